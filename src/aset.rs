@@ -1,0 +1,726 @@
+//! AllocSet: PostgreSQL's general-purpose context kind.
+//!
+//! An AllocSet takes blocks from the system allocator and carves them into power-of-two chunks.
+//! Chunks up to the *chunk limit* (8 KiB for the default sizes) are never returned to the system
+//! individually: `pfree` pushes them onto one of eleven freelists, one per size class 8 .. 8192, and
+//! the next request of that class pops them again. The link lives in the freed chunk's own data, so a
+//! freelist costs no memory of its own. Larger requests get a block of their own, which `pfree` gives
+//! straight back to the system and `repalloc` resizes with `realloc`.
+//!
+//! Blocks grow geometrically: the first non-keeper block has the initial size, each later one twice
+//! the previous, up to the maximum; a request too large for the next block size gets a block just
+//! large enough. When the active block cannot hold a request, the space left at its end is carved
+//! into freelist chunks of decreasing size before a new block is taken, so nothing is stranded.
+//!
+//! The *keeper* block is the context's first block. It survives reset, so a context that is reset
+//! after every row (an ExprContext) takes no memory from the system in the steady state. Deleted
+//! contexts are recycled with their keeper block (see `context.rs`), which makes creating a context
+//! in a loop nearly free, as in PostgreSQL.
+//!
+//! Reset and delete walk the block list, never the chunks: their cost grows with the number of
+//! blocks, which grows logarithmically with the bytes allocated.
+//!
+//! What is deliberately not here: chunk-level checks. In the debug build the hooks in `crate::hooks`
+//! see every carve, free and reset and do the checking; the algorithm below is identical in both
+//! builds, only the chunk prefix and the size class chosen for a request differ.
+
+use core::ptr;
+use std::alloc::{self, Layout};
+
+use crate::chunk::{
+    self, align_up, footprint, ChunkHeader, ChunkKind, CHUNK_ALIGN, CHUNK_PREFIX, FIRST_CHUNK_PAD,
+    MAX_BLOCK_OFFSET,
+};
+use crate::context::ContextHeader;
+use crate::hooks;
+
+/// Number of freelists: size classes 8, 16, ..., 8192 (PostgreSQL's ALLOCSET_NUM_FREELISTS).
+pub(crate) const NUM_FREELISTS: usize = 11;
+/// log2 of the smallest size class.
+const MIN_CLASS_SHIFT: u32 = 3;
+/// Largest chunk limit: requests above it always get a block of their own.
+const MAX_CHUNK_LIMIT: usize = 1 << (MIN_CLASS_SHIFT as usize + NUM_FREELISTS - 1);
+/// A chunk may take at most this fraction of a maximum-sized block, so that a block is shared by at
+/// least a few chunks (PostgreSQL's ALLOC_CHUNK_FRACTION).
+const CHUNK_FRACTION: usize = 4;
+/// Smallest initial block size accepted (PostgreSQL asserts the same).
+const MIN_INIT_BLOCK_SIZE: usize = 1024;
+
+/// The block header, at the start of every block.
+///
+/// `#[repr(C)]` and stable: the gdb walker and the debug build read it. `context` comes first so a
+/// chunk's owner is one load away from its block.
+#[repr(C, align(16))]
+pub(crate) struct Block {
+    /// The owning context.
+    pub(crate) context: *mut ContextHeader,
+    /// Previous block in the context's list (null for the head).
+    pub(crate) prev: *mut Block,
+    /// Next block in the context's list.
+    pub(crate) next: *mut Block,
+    /// Start of the unused space at the block's end.
+    pub(crate) free_ptr: *mut u8,
+    /// One past the block's last byte; `end_ptr - block` is the size given to the system allocator.
+    pub(crate) end_ptr: *mut u8,
+}
+
+/// Size of the block header.
+pub(crate) const BLOCK_HEADER_SIZE: usize = core::mem::size_of::<Block>();
+
+impl Block {
+    /// Size of the block as allocated from the system.
+    #[inline]
+    pub(crate) fn size(&self) -> usize {
+        self.end_ptr as usize - self as *const Block as usize
+    }
+
+    /// First chunk start in a block.
+    #[inline]
+    pub(crate) fn first_chunk(block: *mut Block) -> *mut u8 {
+        (block as *mut u8).wrapping_add(BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD)
+    }
+}
+
+/// Block sizes of an AllocSet: PostgreSQL's `minContextSize`, `initBlockSize`, `maxBlockSize`.
+///
+/// # Examples
+/// ```
+/// use memctx::{BlockSizes, MemoryContext};
+/// let small = MemoryContext::top().new_child("tiny cache", BlockSizes::SMALL);
+/// assert_eq!(BlockSizes::SMALL.max_block_size, 8 * 1024);
+/// small.delete();
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSizes {
+    /// Size of the keeper block; 0 means "the initial block size".
+    pub min_context_size: usize,
+    /// Size of the first block after the keeper; later blocks double from it.
+    pub init_block_size: usize,
+    /// Blocks stop doubling at this size.
+    pub max_block_size: usize,
+}
+
+impl BlockSizes {
+    /// `ALLOCSET_DEFAULT_SIZES`: 0 / 8 KiB / 8 MiB, for most contexts.
+    pub const DEFAULT: BlockSizes = BlockSizes {
+        min_context_size: 0,
+        init_block_size: 8 * 1024,
+        max_block_size: 8 * 1024 * 1024,
+    };
+    /// `ALLOCSET_SMALL_SIZES`: 0 / 1 KiB / 8 KiB, for contexts that stay small.
+    pub const SMALL: BlockSizes = BlockSizes {
+        min_context_size: 0,
+        init_block_size: 1024,
+        max_block_size: 8 * 1024,
+    };
+    /// `ALLOCSET_START_SMALL_SIZES`: 0 / 1 KiB / 8 MiB, for contexts that usually stay small but
+    /// may grow large.
+    pub const START_SMALL: BlockSizes = BlockSizes {
+        min_context_size: 0,
+        init_block_size: 1024,
+        max_block_size: 8 * 1024 * 1024,
+    };
+
+    /// Checks the sizes as PostgreSQL's AllocSetContextCreate asserts them.
+    ///
+    /// # Errors
+    /// A message naming the bad size: the initial block size must be at least 1 KiB and a
+    /// multiple of 16, the maximum at least the initial and at most 1 GiB − 1.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |what: &str| Err(format!("invalid AllocSet block sizes {self:?}: {what}"));
+        if self.init_block_size < MIN_INIT_BLOCK_SIZE || self.init_block_size % CHUNK_ALIGN != 0 {
+            return bad("initial block size must be at least 1024 and a multiple of 16");
+        }
+        if self.max_block_size < self.init_block_size || self.max_block_size > MAX_BLOCK_OFFSET {
+            return bad("maximum block size must lie between the initial size and 1 GiB - 1");
+        }
+        if self.min_context_size > MAX_BLOCK_OFFSET {
+            return bad("minimum context size must be below 1 GiB");
+        }
+        Ok(())
+    }
+
+    /// Size of the keeper block these sizes give.
+    pub(crate) fn keeper_size(&self) -> usize {
+        let smallest = BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + footprint(MAX_CHUNK_LIMIT.min(1024));
+        let wanted = if self.min_context_size != 0 {
+            self.min_context_size
+        } else {
+            self.init_block_size
+        };
+        align_up(wanted.max(smallest), CHUNK_ALIGN)
+    }
+
+    /// The chunk limit these sizes give: 8 KiB, halved while a chunk of that size would take more
+    /// than a quarter of a maximum-sized block (PostgreSQL's rule).
+    pub(crate) fn chunk_limit(&self) -> usize {
+        let mut limit = MAX_CHUNK_LIMIT;
+        while limit > 8
+            && footprint(limit) > (self.max_block_size - BLOCK_HEADER_SIZE) / CHUNK_FRACTION
+        {
+            limit >>= 1;
+        }
+        limit
+    }
+}
+
+/// AllocSet's part of the context header.
+#[repr(C)]
+pub(crate) struct AllocSetState {
+    /// Head of the block list; the head is the active block that new chunks are carved from.
+    pub(crate) blocks: *mut Block,
+    /// The keeper block, kept across reset.
+    pub(crate) keeper: *mut Block,
+    /// Freelist heads: data pointers of free chunks, linked through their first word.
+    pub(crate) freelist: [*mut u8; NUM_FREELISTS],
+    /// Largest data size served from the freelists.
+    pub(crate) chunk_limit: usize,
+    /// Size of the next non-keeper block.
+    pub(crate) next_block_size: usize,
+    /// The sizes the context was created with.
+    pub(crate) sizes: BlockSizes,
+}
+
+impl AllocSetState {
+    /// An empty state, before `init`.
+    pub(crate) const fn empty() -> AllocSetState {
+        AllocSetState {
+            blocks: ptr::null_mut(),
+            keeper: ptr::null_mut(),
+            freelist: [ptr::null_mut(); NUM_FREELISTS],
+            chunk_limit: 0,
+            next_block_size: 0,
+            sizes: BlockSizes::DEFAULT,
+        }
+    }
+}
+
+/// Size class index for a data size (after the debug build's padding): the smallest `i` with
+/// `8 << i >= size`.
+#[inline(always)]
+pub(crate) fn freelist_index(size: usize) -> usize {
+    debug_assert!(size <= MAX_CHUNK_LIMIT);
+    let bits = usize::BITS - (size.max(1) - 1).leading_zeros();
+    bits.saturating_sub(MIN_CLASS_SHIFT) as usize
+}
+
+/// Data size of size class `idx`.
+#[inline(always)]
+pub(crate) const fn class_size(idx: usize) -> usize {
+    1 << (idx + MIN_CLASS_SHIFT as usize)
+}
+
+/// Footprints of the size classes, precomputed for the carve path.
+const FOOTPRINTS: [usize; NUM_FREELISTS] = {
+    let mut f = [0; NUM_FREELISTS];
+    let mut i = 0;
+    while i < NUM_FREELISTS {
+        f[i] = footprint(class_size(i));
+        i += 1;
+    }
+    f
+};
+
+/// Allocates a block of `size` bytes from the system and links it after `prev` (or as the head
+/// when `prev` is null). Returns null when the system allocator fails.
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context; `prev`, if not null, one of its blocks.
+unsafe fn new_block(ctx: *mut ContextHeader, size: usize, as_head: bool) -> *mut Block {
+    debug_assert!(size >= BLOCK_HEADER_SIZE && size % CHUNK_ALIGN == 0);
+    let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: `layout` has a non-zero size (at least the block header).
+    let block = unsafe { alloc::alloc(layout) } as *mut Block;
+    if block.is_null() {
+        return block;
+    }
+    // SAFETY: `ctx` is live (caller); `block` is a fresh allocation large enough for its header.
+    unsafe {
+        let set = &mut (*ctx).set;
+        let (prev, next) = if as_head || set.blocks.is_null() {
+            (ptr::null_mut(), set.blocks)
+        } else {
+            (set.blocks, (*set.blocks).next)
+        };
+        block.write(Block {
+            context: ctx,
+            prev,
+            next,
+            free_ptr: Block::first_chunk(block),
+            end_ptr: (block as *mut u8).add(size),
+        });
+        if prev.is_null() {
+            set.blocks = block;
+        } else {
+            (*prev).next = block;
+        }
+        if !next.is_null() {
+            (*next).prev = block;
+        }
+        (*ctx).mem_allocated += size;
+        hooks::block_allocated(ctx, block);
+    }
+    block
+}
+
+/// Unlinks `block` from its context and gives it back to the system.
+///
+/// # Safety
+/// `block` must be a block of the live context `ctx`, and nothing may use its memory afterwards.
+unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
+    // SAFETY: the caller guarantees `block` belongs to `ctx`; its neighbours are its list mates.
+    unsafe {
+        let (prev, next, size) = ((*block).prev, (*block).next, (*block).size());
+        if prev.is_null() {
+            (*ctx).set.blocks = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*ctx).mem_allocated -= size;
+        hooks::block_freed(ctx, block);
+        alloc::dealloc(
+            block as *mut u8,
+            Layout::from_size_align_unchecked(size, CHUNK_ALIGN),
+        );
+    }
+}
+
+/// Sets up the AllocSet state of a fresh (or recycled, keeper-less) context and allocates its
+/// keeper block. Returns false when the system allocator fails.
+///
+/// # Safety
+/// `ctx` must point to a context header whose `set` holds no blocks.
+pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
+    // SAFETY: the caller guarantees `ctx` is valid and owns no blocks yet.
+    unsafe {
+        let set = &mut (*ctx).set;
+        debug_assert!(set.blocks.is_null() && set.keeper.is_null());
+        set.sizes = sizes;
+        set.chunk_limit = sizes.chunk_limit();
+        set.next_block_size = sizes.init_block_size;
+        set.freelist = [ptr::null_mut(); NUM_FREELISTS];
+        let keeper = new_block(ctx, sizes.keeper_size(), true);
+        if keeper.is_null() {
+            return false;
+        }
+        (*ctx).set.keeper = keeper;
+        true
+    }
+}
+
+/// Re-targets a recycled context's state to new maximum sizes, keeping its keeper block (the
+/// recycling lists are per keeper size, so the keeper already fits).
+///
+/// # Safety
+/// `ctx` must be a reset, recycled AllocSet context.
+pub(crate) unsafe fn reinit(ctx: *mut ContextHeader, sizes: BlockSizes) {
+    // SAFETY: caller guarantees `ctx` is a valid, reset AllocSet.
+    unsafe {
+        let set = &mut (*ctx).set;
+        debug_assert!(set.blocks == set.keeper && (*set.keeper).next.is_null());
+        set.sizes = sizes;
+        set.chunk_limit = sizes.chunk_limit();
+        set.next_block_size = sizes.init_block_size;
+    }
+}
+
+/// Allocates `size` bytes of chunk data in `ctx`. Returns null when the system allocator fails;
+/// size limits are checked by the caller.
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context of the calling thread.
+#[inline(always)]
+pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
+    let need = hooks::class_request(size);
+    // SAFETY: `ctx` is live (caller).
+    unsafe {
+        (*ctx).is_reset = false;
+        if need > (*ctx).set.chunk_limit {
+            return alloc_large(ctx, size, need);
+        }
+        let idx = freelist_index(need);
+        let head = (*ctx).set.freelist[idx];
+        if !head.is_null() {
+            hooks::freelist_open(head);
+            (*ctx).set.freelist[idx] = (head as *mut *mut u8).read();
+            hooks::chunk_reused(ctx, head, size, class_size(idx));
+            return head;
+        }
+        alloc_from_block(ctx, size, idx)
+    }
+}
+
+/// Carves a chunk of class `idx` from the active block, taking a new block when it is full.
+///
+/// # Safety
+/// As [`alloc`].
+#[inline(never)]
+unsafe fn alloc_from_block(ctx: *mut ContextHeader, size: usize, idx: usize) -> *mut u8 {
+    let fp = FOOTPRINTS[idx];
+    // SAFETY: `ctx` is live; its head block (if any) is one of its blocks.
+    unsafe {
+        let mut block = (*ctx).set.blocks;
+        if block.is_null() || ((*block).end_ptr as usize - (*block).free_ptr as usize) < fp {
+            if !block.is_null() {
+                carve_leftover(ctx, block);
+            }
+            block = grow(ctx, fp);
+            if block.is_null() {
+                return ptr::null_mut();
+            }
+        }
+        let chunk = (*block).free_ptr;
+        (*block).free_ptr = chunk.add(fp);
+        let offset = chunk as usize - block as usize;
+        chunk::write_header(
+            chunk,
+            ChunkHeader::new(ChunkKind::AllocSet, false, idx as u32, offset),
+        );
+        let data = chunk::data_of(chunk);
+        hooks::chunk_carved(ctx, data, size, class_size(idx));
+        data
+    }
+}
+
+/// Carves what is left at the end of `block` into freelist chunks, largest class first, so the
+/// space is not stranded when a new block becomes the active one.
+///
+/// # Safety
+/// `block` must be the active block of the live context `ctx`.
+unsafe fn carve_leftover(ctx: *mut ContextHeader, block: *mut Block) {
+    // SAFETY: the block's free space belongs to the context and holds no chunk.
+    unsafe {
+        loop {
+            let avail = (*block).end_ptr as usize - (*block).free_ptr as usize;
+            if avail < FOOTPRINTS[0] {
+                break;
+            }
+            let mut idx = NUM_FREELISTS - 1;
+            while FOOTPRINTS[idx] > avail {
+                idx -= 1;
+            }
+            let chunk = (*block).free_ptr;
+            (*block).free_ptr = chunk.add(FOOTPRINTS[idx]);
+            let offset = chunk as usize - block as usize;
+            chunk::write_header(
+                chunk,
+                ChunkHeader::new(ChunkKind::AllocSet, false, idx as u32, offset),
+            );
+            let data = chunk::data_of(chunk);
+            hooks::leftover_carved(ctx, data, class_size(idx));
+            (data as *mut *mut u8).write((*ctx).set.freelist[idx]);
+            hooks::freelist_close(data);
+            (*ctx).set.freelist[idx] = data;
+        }
+    }
+}
+
+/// Takes a new active block able to hold a chunk of footprint `fp`: the next size in the doubling
+/// series, or larger if `fp` needs it.
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context.
+unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
+    // SAFETY: `ctx` is live.
+    unsafe {
+        let set = &mut (*ctx).set;
+        let mut size = set.next_block_size;
+        set.next_block_size = (size * 2).min(set.sizes.max_block_size);
+        let required = BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + fp;
+        while size < required {
+            size *= 2;
+        }
+        new_block(ctx, size, true)
+    }
+}
+
+/// Gives a request above the chunk limit a block of its own, linked behind the active block so the
+/// active block keeps serving small chunks.
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context; `size` at most the huge limit.
+#[inline(never)]
+unsafe fn alloc_large(ctx: *mut ContextHeader, size: usize, need: usize) -> *mut u8 {
+    let Some(block_size) = large_block_size(need) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: `ctx` is live; the new block is large enough for header, pad, prefix and `need`.
+    unsafe {
+        let block = new_block(ctx, block_size, false);
+        if block.is_null() {
+            return ptr::null_mut();
+        }
+        let chunk = Block::first_chunk(block);
+        (*block).free_ptr = (*block).end_ptr;
+        let offset = chunk as usize - block as usize;
+        chunk::write_header(
+            chunk,
+            ChunkHeader::new(ChunkKind::AllocSet, true, 0, offset),
+        );
+        let data = chunk::data_of(chunk);
+        hooks::chunk_carved(ctx, data, size, (*block).end_ptr as usize - data as usize);
+        data
+    }
+}
+
+/// Block size for a chunk of its own with `need` data bytes, `None` on overflow.
+#[inline]
+fn large_block_size(need: usize) -> Option<usize> {
+    let size =
+        need.checked_add(BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + CHUNK_PREFIX + CHUNK_ALIGN)?;
+    Some(size & !(CHUNK_ALIGN - 1))
+}
+
+/// Returns the chunk at `data` to its context: onto its freelist, or, for a chunk with a block of
+/// its own, back to the system.
+///
+/// # Safety
+/// `data` must be a live chunk of the live AllocSet context `ctx`, with header `hdr`.
+#[inline(always)]
+pub(crate) unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader) {
+    // SAFETY: the caller guarantees `data` is a live chunk of `ctx`.
+    unsafe {
+        if hdr.is_external() {
+            let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+            hooks::chunk_freed(ctx, data, (*block).end_ptr as usize - data as usize);
+            free_block(ctx, block);
+            return;
+        }
+        let idx = hdr.value() as usize;
+        debug_assert!(idx < NUM_FREELISTS);
+        hooks::chunk_freed(ctx, data, class_size(idx));
+        (data as *mut *mut u8).write((*ctx).set.freelist[idx]);
+        hooks::freelist_close(data);
+        (*ctx).set.freelist[idx] = data;
+    }
+}
+
+/// Data capacity of a live chunk: its size class, or what its own block holds.
+///
+/// # Safety
+/// `data` must be a live AllocSet chunk with header `hdr`.
+#[inline]
+pub(crate) unsafe fn chunk_capacity(data: *mut u8, hdr: ChunkHeader) -> usize {
+    if hdr.is_external() {
+        // SAFETY: an external chunk's offset leads to its block header (caller).
+        unsafe {
+            let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+            (*block).end_ptr as usize - data as usize
+        }
+    } else {
+        class_size(hdr.value() as usize)
+    }
+}
+
+/// The context that owns the chunk at `data`.
+///
+/// # Safety
+/// `data` must be a live AllocSet chunk with header `hdr`.
+#[inline(always)]
+pub(crate) unsafe fn owner(data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
+    // SAFETY: the offset leads to the chunk's block, whose first word is its context (caller).
+    unsafe { (*(chunk::chunk_of(data).sub(hdr.offset()) as *mut Block)).context }
+}
+
+/// Resizes the chunk at `data` to `size` bytes. Returns the (possibly moved) data pointer, or null
+/// when the system allocator fails, in which case the old chunk is untouched.
+///
+/// `old_size` is the number of bytes to preserve when the chunk moves (the requested size where it
+/// is known, else the capacity).
+///
+/// # Safety
+/// `data` must be a live chunk of the live AllocSet context `ctx` with header `hdr`.
+pub(crate) unsafe fn realloc(
+    ctx: *mut ContextHeader,
+    data: *mut u8,
+    hdr: ChunkHeader,
+    size: usize,
+    old_size: usize,
+) -> *mut u8 {
+    let need = hooks::class_request(size);
+    // SAFETY: `data` is a live chunk of `ctx` (caller).
+    unsafe {
+        (*ctx).is_reset = false;
+        if hdr.is_external() && need > (*ctx).set.chunk_limit {
+            return realloc_large(ctx, data, hdr, size, need);
+        }
+        if !hdr.is_external() && need <= class_size(hdr.value() as usize) {
+            // Still fits its size class: resize in place, as PostgreSQL does.
+            hooks::chunk_resized(ctx, data, old_size, size, class_size(hdr.value() as usize));
+            return data;
+        }
+        let new = alloc(ctx, size);
+        if new.is_null() {
+            return new;
+        }
+        ptr::copy_nonoverlapping(data, new, old_size.min(size));
+        free(ctx, data, hdr);
+        new
+    }
+}
+
+/// Resizes a chunk that has a block of its own with the system's `realloc`, relinking the block.
+///
+/// # Safety
+/// `data` must be a live external chunk of the live context `ctx`.
+unsafe fn realloc_large(
+    ctx: *mut ContextHeader,
+    data: *mut u8,
+    hdr: ChunkHeader,
+    size: usize,
+    need: usize,
+) -> *mut u8 {
+    let Some(new_size) = large_block_size(need) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: `block` is the chunk's own block (caller); after realloc only the new address is used.
+    unsafe {
+        let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+        let old_size = (*block).size();
+        let old_cap = (*block).end_ptr as usize - data as usize;
+        hooks::large_chunk_moving(ctx, data, old_cap);
+        let layout = Layout::from_size_align_unchecked(old_size, CHUNK_ALIGN);
+        let moved = alloc::realloc(block as *mut u8, layout, new_size) as *mut Block;
+        if moved.is_null() {
+            hooks::large_chunk_moved(ctx, block, data, size, old_cap, true);
+            return ptr::null_mut();
+        }
+        (*moved).end_ptr = (moved as *mut u8).add(new_size);
+        (*moved).free_ptr = (*moved).end_ptr;
+        if (*moved).prev.is_null() {
+            (*ctx).set.blocks = moved;
+        } else {
+            (*(*moved).prev).next = moved;
+        }
+        if !(*moved).next.is_null() {
+            (*(*moved).next).prev = moved;
+        }
+        (*ctx).mem_allocated = (*ctx).mem_allocated - old_size + new_size;
+        let new_data = (moved as *mut u8).add(hdr.offset() + CHUNK_PREFIX);
+        hooks::large_chunk_moved(
+            ctx,
+            moved,
+            new_data,
+            size,
+            new_size - (hdr.offset() + CHUNK_PREFIX),
+            false,
+        );
+        new_data
+    }
+}
+
+/// Frees every chunk: all blocks but the keeper go back to the system, the keeper is emptied, the
+/// freelists are cleared and block sizes start doubling again.
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context whose memory nothing uses any more.
+pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
+    // SAFETY: `ctx` is live and its memory unused (caller).
+    unsafe {
+        hooks::context_resetting(ctx);
+        let keeper = (*ctx).set.keeper;
+        let mut block = (*ctx).set.blocks;
+        while !block.is_null() {
+            let next = (*block).next;
+            if block != keeper {
+                free_block(ctx, block);
+            }
+            block = next;
+        }
+        debug_assert!((*ctx).set.blocks == keeper && (*keeper).prev.is_null());
+        (*keeper).next = ptr::null_mut();
+        (*keeper).free_ptr = Block::first_chunk(keeper);
+        (*ctx).set.freelist = [ptr::null_mut(); NUM_FREELISTS];
+        (*ctx).set.next_block_size = (*ctx).set.sizes.init_block_size;
+        hooks::context_reset_done(ctx);
+    }
+}
+
+/// Gives every block, the keeper included, back to the system.
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context whose memory nothing uses any more.
+pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
+    // SAFETY: as `reset`.
+    unsafe {
+        while !(*ctx).set.blocks.is_null() {
+            free_block(ctx, (*ctx).set.blocks);
+        }
+        (*ctx).set.keeper = ptr::null_mut();
+        (*ctx).set.freelist = [ptr::null_mut(); NUM_FREELISTS];
+        debug_assert_eq!((*ctx).mem_allocated, 0);
+    }
+}
+
+/// The context's own counters: bytes and blocks taken from the system, and the free bytes and
+/// chunks inside them (freelist chunks by footprint, plus unused block tails).
+///
+/// # Safety
+/// `ctx` must be a live AllocSet context.
+pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters {
+    let mut c = crate::stats::Counters::default();
+    // SAFETY: walking the context's own lists.
+    unsafe {
+        let mut block = (*ctx).set.blocks;
+        while !block.is_null() {
+            c.total_nblocks += 1;
+            c.total_bytes += (*block).size() as u64;
+            c.free_bytes += ((*block).end_ptr as usize - (*block).free_ptr as usize) as u64;
+            block = (*block).next;
+        }
+        for (idx, &head) in (*ctx).set.freelist.iter().enumerate() {
+            let mut chunk = head;
+            while !chunk.is_null() {
+                c.free_chunks += 1;
+                c.free_bytes += FOOTPRINTS[idx] as u64;
+                hooks::freelist_open(chunk);
+                let next = (chunk as *mut *mut u8).read();
+                hooks::freelist_close(chunk);
+                chunk = next;
+            }
+        }
+        debug_assert_eq!(c.total_bytes, (*ctx).mem_allocated as u64);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freelist_index_matches_classes() {
+        assert_eq!(freelist_index(0), 0);
+        assert_eq!(freelist_index(1), 0);
+        assert_eq!(freelist_index(8), 0);
+        assert_eq!(freelist_index(9), 1);
+        assert_eq!(freelist_index(16), 1);
+        assert_eq!(freelist_index(17), 2);
+        assert_eq!(freelist_index(4096), 9);
+        assert_eq!(freelist_index(8192), 10);
+        for size in 1..=MAX_CHUNK_LIMIT {
+            let idx = freelist_index(size);
+            assert!(class_size(idx) >= size);
+            assert!(idx == 0 || class_size(idx - 1) < size);
+        }
+    }
+
+    #[test]
+    fn chunk_limits_follow_postgres() {
+        assert_eq!(BlockSizes::DEFAULT.chunk_limit(), 8192);
+        assert_eq!(BlockSizes::START_SMALL.chunk_limit(), 8192);
+        assert!(BlockSizes::SMALL.chunk_limit() <= 2048);
+        assert!(BlockSizes::DEFAULT.validate().is_ok());
+        assert!(BlockSizes {
+            init_block_size: 100,
+            ..BlockSizes::DEFAULT
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Chunk and block layout shared by every context kind.
+//!
+//! A context takes memory from the system allocator in *blocks* and hands it out in *chunks*. Every
+//! chunk is preceded by one 64-bit header word, as PostgreSQL's `MemoryChunk` is, so that `pfree`,
+//! `repalloc` and "which context owns this pointer" need nothing but the pointer:
+//!
+//! ```text
+//!  bit 63 ............................ 34 33 ....................... 5   4     3..0
+//!  | offset from the block start (30)   | kind-specific value (29)    | ext | kind id |
+//! ```
+//!
+//! * the **kind id** says which context kind carved the chunk, so the free functions dispatch on it
+//!   without knowing the context (AllocSet today; Generation, Slab and Bump later). Zero is never a
+//!   valid kind, so a zeroed or wiped header is recognisably not a chunk;
+//! * the **external** bit marks a chunk that has a block of its own (a request above the chunk
+//!   limit); such a block is returned to the system when the chunk is freed;
+//! * the **value** is the kind's own: AllocSet keeps the freelist index (the size class) there;
+//! * the **offset** leads back to the block header, whose first word names the owning context.
+//!
+//! Unlike PostgreSQL, whose chunks are aligned to MAXALIGN (8), every chunk's data here starts on a
+//! 16-byte boundary: hashbrown asks for 16 on every table and `u128` needs it, and the safe API must
+//! serve them on the fast path. The price is that a chunk's footprint is its size class plus its
+//! prefix rounded up to 16 — eight bytes of padding per chunk above the smallest class. We accept it:
+//! the alternative, separate freelists per alignment, would cost a branch and a cache line on every
+//! allocation.
+//!
+//! In the debug build (`debug-contexts`) the *prefix* in front of the data grows from the header
+//! word alone to header, debug record and a redzone; the header word itself keeps its place at the
+//! start of the chunk and its encoding, so the allocator's code is the same in both builds and only
+//! [`CHUNK_PREFIX`] changes. The debug modules own everything between the header and the data.
+
+use core::mem::size_of;
+
+/// Every chunk's data is aligned to this; larger alignments take the slower redirect path.
+pub(crate) const CHUNK_ALIGN: usize = 16;
+
+/// Size of the header word in front of every chunk.
+pub(crate) const CHUNK_HEADER_SIZE: usize = size_of::<u64>();
+
+/// Bytes between the start of a chunk (its header word) and its data.
+///
+/// Release: the header word alone. Debug: header word, the chunk's debug record and the redzone that
+/// guards them (see `debug::layout`).
+#[cfg(not(feature = "debug-contexts"))]
+pub(crate) const CHUNK_PREFIX: usize = CHUNK_HEADER_SIZE;
+/// Bytes between the start of a chunk (its header word) and its data.
+#[cfg(feature = "debug-contexts")]
+pub(crate) const CHUNK_PREFIX: usize = crate::debug::layout::DEBUG_CHUNK_PREFIX;
+
+/// Number of bits of the kind id.
+const KIND_BITS: u32 = 4;
+const KIND_MASK: u64 = (1 << KIND_BITS) - 1;
+const EXTERNAL_BIT: u64 = 1 << KIND_BITS;
+const VALUE_SHIFT: u32 = KIND_BITS + 1;
+const VALUE_BITS: u32 = 29;
+const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
+const OFFSET_SHIFT: u32 = VALUE_SHIFT + VALUE_BITS;
+
+/// Largest offset of a chunk inside its block the header can encode (1 GiB − 1); block sizes are
+/// capped below it.
+pub(crate) const MAX_BLOCK_OFFSET: usize = (1 << (64 - OFFSET_SHIFT)) - 1;
+
+/// The context kinds a chunk header can name. Ids are stable: external tools read them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkKind {
+    /// Carved by an AllocSet context.
+    AllocSet = 1,
+    /// Not a real chunk: a header written in front of an over-aligned pointer, whose offset leads
+    /// back to the data of the real chunk that holds it (PostgreSQL's "aligned redirect").
+    AlignedRedirect = 15,
+}
+
+impl ChunkKind {
+    /// Decodes a kind id, `None` for ids no kind uses (a corrupt or foreign header).
+    #[inline]
+    pub(crate) fn from_id(id: u64) -> Option<ChunkKind> {
+        match id {
+            1 => Some(ChunkKind::AllocSet),
+            15 => Some(ChunkKind::AlignedRedirect),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded chunk header word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkHeader(pub(crate) u64);
+
+impl ChunkHeader {
+    /// Encodes a header. `offset` is the distance from the block start to the chunk start.
+    #[inline(always)]
+    pub(crate) fn new(kind: ChunkKind, external: bool, value: u32, offset: usize) -> ChunkHeader {
+        debug_assert!(
+            (value as u64) <= VALUE_MASK,
+            "chunk value {value} too large"
+        );
+        debug_assert!(
+            offset <= MAX_BLOCK_OFFSET,
+            "chunk offset {offset} too large"
+        );
+        ChunkHeader(
+            kind as u64
+                | if external { EXTERNAL_BIT } else { 0 }
+                | (value as u64) << VALUE_SHIFT
+                | (offset as u64) << OFFSET_SHIFT,
+        )
+    }
+
+    /// The raw kind id (not yet validated).
+    #[inline(always)]
+    pub(crate) fn kind_id(self) -> u64 {
+        self.0 & KIND_MASK
+    }
+
+    /// Whether the chunk has a block of its own.
+    #[inline(always)]
+    pub(crate) fn is_external(self) -> bool {
+        self.0 & EXTERNAL_BIT != 0
+    }
+
+    /// The kind-specific value (AllocSet: the freelist index).
+    #[inline(always)]
+    pub(crate) fn value(self) -> u32 {
+        ((self.0 >> VALUE_SHIFT) & VALUE_MASK) as u32
+    }
+
+    /// Distance from the block start to the chunk start.
+    #[inline(always)]
+    pub(crate) fn offset(self) -> usize {
+        (self.0 >> OFFSET_SHIFT) as usize
+    }
+}
+
+/// Pointer to the chunk start (its header word) from a data pointer.
+#[inline(always)]
+pub(crate) fn chunk_of(data: *mut u8) -> *mut u8 {
+    data.wrapping_sub(CHUNK_PREFIX)
+}
+
+/// Data pointer of a chunk start.
+#[inline(always)]
+pub(crate) fn data_of(chunk: *mut u8) -> *mut u8 {
+    chunk.wrapping_add(CHUNK_PREFIX)
+}
+
+/// Reads the header word of the chunk whose data starts at `data`.
+///
+/// # Safety
+/// `data` must be the data pointer of a chunk carved by this crate (or of an aligned redirect):
+/// the `CHUNK_PREFIX` bytes before it must be readable.
+#[inline(always)]
+pub(crate) unsafe fn read_header(data: *mut u8) -> ChunkHeader {
+    // SAFETY: the caller guarantees the chunk prefix is readable; the header word is 8-aligned
+    // because chunk data is 16-aligned and CHUNK_PREFIX is a multiple of 8.
+    ChunkHeader(unsafe { (chunk_of(data) as *const u64).read() })
+}
+
+/// Writes the header word of the chunk starting at `chunk`.
+///
+/// # Safety
+/// `chunk` must be the 8-aligned start of a chunk inside a block this crate owns.
+#[inline(always)]
+pub(crate) unsafe fn write_header(chunk: *mut u8, header: ChunkHeader) {
+    // SAFETY: the caller guarantees `chunk` is an aligned, writable chunk start.
+    unsafe { (chunk as *mut u64).write(header.0) }
+}
+
+/// Rounds `n` up to a multiple of `align` (a power of two). The caller ensures no overflow.
+#[inline(always)]
+pub(crate) const fn align_up(n: usize, align: usize) -> usize {
+    (n + align - 1) & !(align - 1)
+}
+
+/// Padding at the start of a block's data area so that chunk data lands on [`CHUNK_ALIGN`]: the
+/// chunk start must sit `CHUNK_PREFIX` bytes before an aligned address.
+pub(crate) const FIRST_CHUNK_PAD: usize =
+    (CHUNK_ALIGN - (CHUNK_PREFIX % CHUNK_ALIGN)) % CHUNK_ALIGN;
+
+/// Footprint of a chunk whose data area is `class` bytes: prefix plus data, rounded so that the
+/// next chunk's data is aligned too.
+#[inline(always)]
+pub(crate) const fn footprint(class: usize) -> usize {
+    align_up(CHUNK_PREFIX + class, CHUNK_ALIGN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = ChunkHeader::new(ChunkKind::AllocSet, true, 10, MAX_BLOCK_OFFSET);
+        assert_eq!(h.kind_id(), ChunkKind::AllocSet as u64);
+        assert!(h.is_external());
+        assert_eq!(h.value(), 10);
+        assert_eq!(h.offset(), MAX_BLOCK_OFFSET);
+        let h = ChunkHeader::new(ChunkKind::AlignedRedirect, false, VALUE_MASK as u32, 64);
+        assert_eq!(
+            ChunkKind::from_id(h.kind_id()),
+            Some(ChunkKind::AlignedRedirect)
+        );
+        assert!(!h.is_external());
+        assert_eq!(h.value() as u64, VALUE_MASK);
+        assert_eq!(h.offset(), 64);
+        assert_eq!(ChunkKind::from_id(0), None);
+    }
+
+    #[test]
+    fn footprints_keep_data_aligned() {
+        for class in [8usize, 16, 32, 64, 8192] {
+            assert_eq!(footprint(class) % CHUNK_ALIGN, 0);
+            assert!(footprint(class) >= CHUNK_PREFIX + class);
+        }
+        assert_eq!((FIRST_CHUNK_PAD + CHUNK_PREFIX) % CHUNK_ALIGN, 0);
+    }
+}

@@ -1,0 +1,1125 @@
+//! The context tree: TopMemoryContext, its descendants, CurrentMemoryContext, and the handles that
+//! name them.
+//!
+//! # Design
+//!
+//! Every thread that touches memctx gets its own tree rooted at a TopMemoryContext, created on first
+//! use, exactly as every PostgreSQL backend has one. A context is a [`ContextHeader`] at a fixed heap
+//! address: blocks point back at it, Valgrind uses its address as the pool handle, and the safe
+//! allocator hands out memory whose validity is tied to it, so it must never move.
+//!
+//! Contexts are named by [`MemoryContext`], a `Copy` handle holding the header's address and a
+//! *generation*. Deleting a context bumps the generation and puts the header on a per-thread recycle
+//! list; a handle whose generation no longer matches is stale, and every operation through it
+//! panics with the context's name instead of touching memory that now belongs to another context.
+//! That check is sound only because headers are never given back to the system while their thread
+//! can still run code: the recycle lists keep them, and a thread's tree outlives the thread (see
+//! below). Headers are small (a few hundred bytes), so the cost is bounded by the largest number of
+//! contexts a thread ever had alive at once.
+//!
+//! Recycling follows PostgreSQL: up to [`MAX_RECYCLED`] deleted contexts of each of the two common
+//! keeper sizes keep their keeper block, so creating and deleting a context per query or per
+//! portal costs no system allocation in the steady state.
+//!
+//! # Tree operations and safety
+//!
+//! Reset and delete free memory wholesale, so they are where safe code could be left holding a
+//! dangling reference. The raw API (`palloc`/`pfree`) makes no promise — its pointers are raw. The
+//! safe API borrows memory through a [`crate::PinnedContext`], which *pins* its context: each
+//! header counts its own pins and the pins in its subtree, and every operation that would free a
+//! pinned context (reset or delete of it or of an ancestor, reset-children or delete-children of an
+//! ancestor) is refused with [`ContextError::Pinned`]. `set_parent` moves the subtree's count with
+//! it, so a borrowed subtree moved under a context that is about to be reset still protects itself.
+//! The same counters mark a context as *busy* while its own reset or delete runs, so a callback
+//! cannot free the tree under the operation that called it.
+//!
+//! # Threads
+//!
+//! A tree belongs to its thread, like a backend's: [`MemoryContext`] and [`crate::PinnedContext`]
+//! are neither `Send` nor `Sync`, and the raw functions must be called on the thread that owns the
+//! chunk's context. No context type crosses threads; data does, by copying it out. When a thread
+//! exits, its tree is **not** freed: destructors of other thread-locals may run after ours and still
+//! hold context memory (or call palloc, which keeps working). The tree stays reachable from the
+//! debugger registry, marked exited, so memcheck counts it as still reachable and a debugger can
+//! still walk it. A program that runs many short-lived threads should delete their contexts before
+//! the threads end; what is left then is one keeper block and the headers.
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::aset::{self, AllocSetState, BlockSizes};
+use crate::error::{out_of_memory_message, ContextError};
+use crate::registry;
+use crate::stats::{Counters, StatsNode};
+
+/// Magic of a live context header ("MEMCTXHD" read as a little-endian u64's bytes).
+pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXHD");
+/// Magic of a deleted header waiting on a recycle list.
+pub(crate) const DEAD_CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXDD");
+/// Version of the `#[repr(C)]` layout of [`ContextHeader`] and the block header; external tools
+/// (the gdb walker) refuse layouts they do not know.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Deleted contexts kept with their keeper block, per keeper size (PostgreSQL keeps 100).
+pub(crate) const MAX_RECYCLED: usize = 100;
+
+/// Context kind ids stored in the header (the same ids as in chunk headers).
+pub(crate) const KIND_ALLOC_SET: u32 = crate::chunk::ChunkKind::AllocSet as u32;
+
+/// The header of a memory context.
+///
+/// `#[repr(C)]` so that a debugger can walk the tree without the process's help: the fields up to
+/// `set` have a fixed layout, described by [`LAYOUT_VERSION`] and by the offsets in the debugger
+/// registry. The Rust-only tail (identifier storage, callbacks) is opaque to external tools.
+#[repr(C)]
+pub struct ContextHeader {
+    pub(crate) magic: u64,
+    pub(crate) layout_version: u32,
+    pub(crate) kind: u32,
+    pub(crate) generation: u64,
+    pub(crate) id: u64,
+    pub(crate) name_ptr: *const u8,
+    pub(crate) name_len: usize,
+    pub(crate) ident_ptr: *const u8,
+    pub(crate) ident_len: usize,
+    pub(crate) parent: *mut ContextHeader,
+    pub(crate) first_child: *mut ContextHeader,
+    pub(crate) prev_sibling: *mut ContextHeader,
+    pub(crate) next_sibling: *mut ContextHeader,
+    /// Bytes of all blocks taken from the system (PostgreSQL's `mem_allocated`).
+    pub(crate) mem_allocated: usize,
+    /// Pins (and busy marks) on this context itself.
+    pub(crate) pins: u32,
+    /// Pins in this context's subtree, itself included.
+    pub(crate) subtree_pins: u32,
+    /// No chunk was allocated since the last reset (PostgreSQL's `isReset`).
+    pub(crate) is_reset: bool,
+    /// A reset or delete of this context is running.
+    pub(crate) busy: bool,
+    pub(crate) set: AllocSetState,
+    ident: Option<Box<str>>,
+    callbacks: Vec<Box<dyn FnOnce()>>,
+}
+
+impl ContextHeader {
+    fn empty() -> ContextHeader {
+        ContextHeader {
+            magic: DEAD_CONTEXT_MAGIC,
+            layout_version: LAYOUT_VERSION,
+            kind: KIND_ALLOC_SET,
+            generation: 0,
+            id: 0,
+            name_ptr: ptr::null(),
+            name_len: 0,
+            ident_ptr: ptr::null(),
+            ident_len: 0,
+            parent: ptr::null_mut(),
+            first_child: ptr::null_mut(),
+            prev_sibling: ptr::null_mut(),
+            next_sibling: ptr::null_mut(),
+            mem_allocated: 0,
+            pins: 0,
+            subtree_pins: 0,
+            is_reset: true,
+            busy: false,
+            set: AllocSetState::empty(),
+            ident: None,
+            callbacks: Vec::new(),
+        }
+    }
+
+    /// The context's name.
+    pub(crate) fn name(&self) -> &'static str {
+        // SAFETY: name_ptr/len always come from a `&'static str` (set in `create`).
+        unsafe {
+            core::str::from_utf8_unchecked(core::slice::from_raw_parts(
+                self.name_ptr,
+                self.name_len,
+            ))
+        }
+    }
+}
+
+/// Source of the stable context ids used by snapshots.
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-thread state that is not on the hot path.
+struct ThreadTree {
+    top: Cell<*mut ContextHeader>,
+    /// Deleted contexts that kept their keeper block, for DEFAULT-sized and SMALL-sized keepers.
+    recycled: [Cell<*mut ContextHeader>; 2],
+    recycled_len: [Cell<usize>; 2],
+    /// Deleted headers without blocks.
+    spare: Cell<*mut ContextHeader>,
+}
+
+thread_local! {
+    /// CurrentMemoryContext; null until the thread's tree exists. Const-initialised and without a
+    /// destructor, so reading it is a plain TLS load, also from other thread-locals' destructors.
+    static CURRENT: Cell<*mut ContextHeader> = const { Cell::new(ptr::null_mut()) };
+    static TREE: ThreadTree = const {
+        ThreadTree {
+            top: Cell::new(ptr::null_mut()),
+            recycled: [Cell::new(ptr::null_mut()), Cell::new(ptr::null_mut())],
+            recycled_len: [Cell::new(0), Cell::new(0)],
+            spare: Cell::new(ptr::null_mut()),
+        }
+    };
+    /// Marks the thread's registry entry as exited when the thread ends; frees nothing.
+    static EXIT_MARK: registry::ExitMark = const { registry::ExitMark::new() };
+}
+
+/// CurrentMemoryContext of this thread, creating the tree on first use.
+#[inline(always)]
+pub(crate) fn current_ptr() -> *mut ContextHeader {
+    let cur = CURRENT.with(|c| c.get());
+    if cur.is_null() {
+        init_thread_tree()
+    } else {
+        cur
+    }
+}
+
+/// Creates this thread's TopMemoryContext and makes it current.
+#[cold]
+#[inline(never)]
+fn init_thread_tree() -> *mut ContextHeader {
+    let top = create(ptr::null_mut(), "TopMemoryContext", BlockSizes::DEFAULT);
+    TREE.with(|t| t.top.set(top));
+    CURRENT.with(|c| c.set(top));
+    let entry = registry::register_thread(top as *mut core::ffi::c_void);
+    // The exit mark may already be gone if this runs inside a late thread-local destructor; then
+    // the entry simply stays marked live, which only affects what a debugger prints.
+    let _ = EXIT_MARK.try_with(|m| m.set(entry));
+    top
+}
+
+/// This thread's TopMemoryContext.
+pub(crate) fn top_ptr() -> *mut ContextHeader {
+    let top = TREE.with(|t| t.top.get());
+    if top.is_null() {
+        init_thread_tree()
+    } else {
+        top
+    }
+}
+
+/// Which recycle list a keeper size belongs to.
+fn recycle_slot(sizes: &BlockSizes) -> Option<usize> {
+    let keeper = sizes.keeper_size();
+    if keeper == BlockSizes::DEFAULT.keeper_size() {
+        Some(0)
+    } else if keeper == BlockSizes::SMALL.keeper_size() {
+        Some(1)
+    } else {
+        None
+    }
+}
+
+/// Creates an AllocSet context under `parent` (null only for Top). Panics with PostgreSQL's
+/// out-of-memory message if the keeper block cannot be allocated.
+pub(crate) fn create(
+    parent: *mut ContextHeader,
+    name: &'static str,
+    sizes: BlockSizes,
+) -> *mut ContextHeader {
+    if let Err(e) = sizes.validate() {
+        panic!("{e}");
+    }
+    let ctx = TREE.with(|t| {
+        if let Some(slot) = recycle_slot(&sizes) {
+            let head = t.recycled[slot].get();
+            if !head.is_null() {
+                // SAFETY: recycle lists hold valid, reset headers linked through next_sibling.
+                unsafe {
+                    t.recycled[slot].set((*head).next_sibling);
+                    t.recycled_len[slot].set(t.recycled_len[slot].get() - 1);
+                    aset::reinit(head, sizes);
+                }
+                return head;
+            }
+        }
+        let spare = t.spare.get();
+        let ctx = if spare.is_null() {
+            Box::into_raw(Box::new(ContextHeader::empty()))
+        } else {
+            // SAFETY: the spare list holds valid headers without blocks.
+            unsafe { t.spare.set((*spare).next_sibling) };
+            spare
+        };
+        // SAFETY: `ctx` is a valid header that owns no blocks.
+        if !unsafe { aset::init(ctx, sizes) } {
+            // SAFETY: as above; put it back for the next attempt.
+            unsafe { (*ctx).next_sibling = t.spare.get() };
+            t.spare.set(ctx);
+            panic!("{}", out_of_memory_message(sizes.keeper_size(), name));
+        }
+        ctx
+    });
+    // SAFETY: `ctx` is ours and not linked anywhere; `parent` is a live context or null.
+    unsafe {
+        let c = &mut *ctx;
+        c.magic = CONTEXT_MAGIC;
+        c.kind = KIND_ALLOC_SET;
+        c.id = NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed);
+        c.name_ptr = name.as_ptr();
+        c.name_len = name.len();
+        c.ident = None;
+        c.ident_ptr = ptr::null();
+        c.ident_len = 0;
+        c.pins = 0;
+        c.subtree_pins = 0;
+        c.is_reset = true;
+        c.busy = false;
+        c.first_child = ptr::null_mut();
+        link_child(parent, ctx);
+        crate::hooks::context_created(ctx);
+    }
+    ctx
+}
+
+/// Links `ctx` as the first child of `parent` (PostgreSQL's order: newest first).
+///
+/// # Safety
+/// `ctx` must be live and unlinked; `parent` live or null.
+unsafe fn link_child(parent: *mut ContextHeader, ctx: *mut ContextHeader) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*ctx).parent = parent;
+        (*ctx).prev_sibling = ptr::null_mut();
+        if parent.is_null() {
+            (*ctx).next_sibling = ptr::null_mut();
+            return;
+        }
+        let first = (*parent).first_child;
+        (*ctx).next_sibling = first;
+        if !first.is_null() {
+            (*first).prev_sibling = ctx;
+        }
+        (*parent).first_child = ctx;
+    }
+}
+
+/// Unlinks `ctx` from its parent's child list.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn unlink_child(ctx: *mut ContextHeader) {
+    // SAFETY: per the contract; siblings and parent are live members of the same tree.
+    unsafe {
+        let (parent, prev, next) = ((*ctx).parent, (*ctx).prev_sibling, (*ctx).next_sibling);
+        if !prev.is_null() {
+            (*prev).next_sibling = next;
+        } else if !parent.is_null() {
+            (*parent).first_child = next;
+        }
+        if !next.is_null() {
+            (*next).prev_sibling = prev;
+        }
+        (*ctx).parent = ptr::null_mut();
+        (*ctx).prev_sibling = ptr::null_mut();
+        (*ctx).next_sibling = ptr::null_mut();
+    }
+}
+
+/// Adds `n` pins to `ctx` and to the subtree counts of its ancestors.
+///
+/// # Safety
+/// `ctx` must be live.
+pub(crate) unsafe fn add_pins(ctx: *mut ContextHeader, n: i32) {
+    // SAFETY: walking live ancestors.
+    unsafe {
+        (*ctx).pins = (*ctx).pins.wrapping_add_signed(n);
+        add_subtree_pins(ctx, n);
+    }
+}
+
+/// Adds `n` to the subtree pin counts of `ctx` and its ancestors.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn add_subtree_pins(mut ctx: *mut ContextHeader, n: i32) {
+    // SAFETY: walking live ancestors.
+    unsafe {
+        while !ctx.is_null() {
+            (*ctx).subtree_pins = (*ctx).subtree_pins.wrapping_add_signed(n);
+            debug_assert!((*ctx).subtree_pins < u32::MAX / 2, "pin count underflow");
+            ctx = (*ctx).parent;
+        }
+    }
+}
+
+/// Finds a pinned context in the subtree of `ctx` (itself included when `include_self`), for the
+/// error message. Returns `None` when nothing there is pinned.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn find_pinned(ctx: *mut ContextHeader, include_self: bool) -> Option<*mut ContextHeader> {
+    // SAFETY: walking a live subtree.
+    unsafe {
+        let own = if include_self { 0 } else { (*ctx).pins };
+        if (*ctx).subtree_pins <= own {
+            return None;
+        }
+        if include_self && (*ctx).pins > 0 {
+            return Some(ctx);
+        }
+        let mut child = (*ctx).first_child;
+        while !child.is_null() {
+            if (*child).subtree_pins > 0 {
+                return find_pinned(child, true);
+            }
+            child = (*child).next_sibling;
+        }
+        None
+    }
+}
+
+/// Whether `inner` is `outer` or one of its descendants.
+///
+/// # Safety
+/// Both must be live (or `inner` null).
+unsafe fn is_within(mut inner: *mut ContextHeader, outer: *mut ContextHeader) -> bool {
+    // SAFETY: walking live ancestors.
+    unsafe {
+        while !inner.is_null() {
+            if inner == outer {
+                return true;
+            }
+            inner = (*inner).parent;
+        }
+    }
+    false
+}
+
+/// The checks shared by every operation that frees `ctx`'s children (and `ctx` itself when
+/// `including_self`): no pins there, no busy context, CurrentMemoryContext not inside.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn check_freeable(
+    ctx: *mut ContextHeader,
+    including_self: bool,
+) -> Result<(), ContextError> {
+    // SAFETY: `ctx` and its relatives are live.
+    unsafe {
+        let name = (*ctx).name();
+        if let Some(p) = find_pinned(ctx, including_self) {
+            if (*p).busy {
+                return Err(ContextError::Busy {
+                    context: (*p).name(),
+                });
+            }
+            return Err(ContextError::Pinned {
+                context: name,
+                pinned: (*p).name(),
+                pins: (*p).pins,
+            });
+        }
+        let cur = CURRENT.with(|c| c.get());
+        let inside = if including_self {
+            is_within(cur, ctx)
+        } else {
+            cur != ctx && is_within(cur, ctx)
+        };
+        if inside {
+            return Err(ContextError::ContainsCurrent {
+                context: name,
+                current: (*cur).name(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Marks `ctx` busy (a pin that names itself busy) for the length of an operation; undone on drop,
+/// also when a callback panics.
+struct BusyMark(*mut ContextHeader);
+
+impl BusyMark {
+    /// # Safety
+    /// `ctx` must be live and stay live until the mark is dropped.
+    unsafe fn new(ctx: *mut ContextHeader) -> BusyMark {
+        // SAFETY: per the contract.
+        unsafe {
+            (*ctx).busy = true;
+            add_pins(ctx, 1);
+        }
+        BusyMark(ctx)
+    }
+}
+
+impl Drop for BusyMark {
+    fn drop(&mut self) {
+        // SAFETY: the context is live for the mark's lifetime (constructor's contract).
+        unsafe {
+            (*self.0).busy = false;
+            add_pins(self.0, -1);
+        }
+    }
+}
+
+/// Runs and removes `ctx`'s callbacks, last registered first.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn call_callbacks(ctx: *mut ContextHeader) {
+    loop {
+        // SAFETY: `ctx` is live; the borrow of `callbacks` ends before the callback runs, since
+        // the callback may register more callbacks on the same context.
+        let cb = unsafe { (*ctx).callbacks.pop() };
+        match cb {
+            Some(cb) => cb(),
+            None => break,
+        }
+    }
+}
+
+/// Deletes every descendant of `ctx`, children first, without checks.
+///
+/// Iterative, so a deep tree cannot overflow the stack. Callbacks may create or delete contexts
+/// inside the subtree; the loop re-reads the links after each callback.
+///
+/// # Safety
+/// `ctx` must be live and checked with `check_freeable`.
+unsafe fn delete_descendants(ctx: *mut ContextHeader) {
+    // SAFETY: every context visited is a live member of `ctx`'s subtree.
+    unsafe {
+        let mut cur = (*ctx).first_child;
+        while !cur.is_null() {
+            if !(*cur).first_child.is_null() {
+                cur = (*cur).first_child;
+                continue;
+            }
+            call_callbacks(cur);
+            if !(*cur).first_child.is_null() {
+                continue; // a callback created a child: delete it first
+            }
+            debug_assert_eq!(
+                (*cur).subtree_pins,
+                0,
+                "pinning is refused under a busy context"
+            );
+            let parent = (*cur).parent;
+            delete_one(cur);
+            cur = if parent == ctx {
+                (*ctx).first_child
+            } else {
+                parent
+            };
+        }
+    }
+}
+
+/// Unlinks a childless context, frees its memory and recycles its header.
+///
+/// # Safety
+/// `ctx` must be live, childless, unpinned, its callbacks already run.
+unsafe fn delete_one(ctx: *mut ContextHeader) {
+    // SAFETY: per the contract; the header goes onto a recycle list, never back to the system.
+    unsafe {
+        debug_assert!((*ctx).first_child.is_null() && (*ctx).subtree_pins == 0);
+        unlink_child(ctx);
+        crate::hooks::context_deleting(ctx);
+        (*ctx).generation = (*ctx).generation.wrapping_add(1);
+        (*ctx).magic = DEAD_CONTEXT_MAGIC;
+        (*ctx).ident = None;
+        (*ctx).ident_ptr = ptr::null();
+        (*ctx).ident_len = 0;
+        TREE.with(|t| {
+            if let Some(slot) = recycle_slot(&(*ctx).set.sizes) {
+                if t.recycled_len[slot].get() < MAX_RECYCLED {
+                    if !(*ctx).is_reset {
+                        aset::reset(ctx);
+                        (*ctx).is_reset = true;
+                    }
+                    (*ctx).next_sibling = t.recycled[slot].get();
+                    t.recycled[slot].set(ctx);
+                    t.recycled_len[slot].set(t.recycled_len[slot].get() + 1);
+                    return;
+                }
+            }
+            aset::release_all(ctx);
+            (*ctx).next_sibling = t.spare.get();
+            t.spare.set(ctx);
+        });
+    }
+}
+
+/// A handle to a memory context of the current thread: PostgreSQL's `MemoryContext`.
+///
+/// Handles are `Copy` and cheap (an address and a generation). A handle outlives its context
+/// harmlessly: after [`MemoryContext::delete`], every use of a copy panics with the context's
+/// name, never touches freed memory.
+///
+/// Not `Send` or `Sync`: a context belongs to the thread whose tree it is in.
+///
+/// # Examples
+/// ```
+/// use memctx::{BlockSizes, MemoryContext};
+/// let top = MemoryContext::top();
+/// let cache = top.new_child("CacheMemoryContext", BlockSizes::DEFAULT);
+/// let p = cache.alloc(100);
+/// assert!(cache.mem_allocated(false) >= 100);
+/// unsafe { memctx::pfree(p.as_ptr()) };
+/// cache.delete();
+/// assert!(!cache.is_alive());
+/// ```
+#[derive(Clone, Copy)]
+pub struct MemoryContext {
+    ptr: NonNull<ContextHeader>,
+    generation: u64,
+    name: &'static str,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl PartialEq for MemoryContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr == other.ptr && self.generation == other.generation
+    }
+}
+
+impl Eq for MemoryContext {}
+
+impl core::fmt::Debug for MemoryContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "MemoryContext(\"{}\" @ {:p}", self.name, self.ptr)?;
+        if !self.is_alive() {
+            write!(f, ", deleted")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl MemoryContext {
+    /// A handle to a live header.
+    ///
+    /// # Safety
+    /// `ctx` must be a live context header of this thread.
+    pub(crate) unsafe fn from_raw(ctx: *mut ContextHeader) -> MemoryContext {
+        // SAFETY: live header (caller).
+        unsafe {
+            MemoryContext {
+                ptr: NonNull::new_unchecked(ctx),
+                generation: (*ctx).generation,
+                name: (*ctx).name(),
+                _not_send: PhantomData,
+            }
+        }
+    }
+
+    /// The header, after checking the handle is not stale.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    #[inline(always)]
+    pub(crate) fn raw(self) -> *mut ContextHeader {
+        let p = self.ptr.as_ptr();
+        // SAFETY: headers are never freed while their thread runs (module docs), and handles are
+        // not Send, so `p` is readable; the generation tells whether it is still our context.
+        if unsafe { (*p).generation } != self.generation {
+            self.stale()
+        }
+        p
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn stale(self) -> ! {
+        panic!(
+            "memory context \"{}\" used after it was deleted (stale handle {:p})",
+            self.name, self.ptr
+        )
+    }
+
+    /// This thread's TopMemoryContext, created on first use.
+    pub fn top() -> MemoryContext {
+        // SAFETY: Top is live for the thread's lifetime.
+        unsafe { MemoryContext::from_raw(top_ptr()) }
+    }
+
+    /// This thread's CurrentMemoryContext (Top until something switches).
+    pub fn current() -> MemoryContext {
+        // SAFETY: the current context is live: deleting it is refused.
+        unsafe { MemoryContext::from_raw(current_ptr()) }
+    }
+
+    /// Creates an AllocSet child context: PostgreSQL's `AllocSetContextCreate(self, name, sizes)`.
+    ///
+    /// # Panics
+    /// If this handle is stale, `sizes` are invalid (see [`BlockSizes::validate`]), or the keeper
+    /// block cannot be allocated.
+    pub fn new_child(self, name: &'static str, sizes: BlockSizes) -> MemoryContext {
+        let parent = self.raw();
+        // SAFETY: `create` returns a live context of this thread.
+        unsafe { MemoryContext::from_raw(create(parent, name, sizes)) }
+    }
+
+    /// Whether the context still exists (this handle is not stale).
+    pub fn is_alive(self) -> bool {
+        // SAFETY: headers are never freed while the thread runs (module docs).
+        unsafe { (*self.ptr.as_ptr()).generation == self.generation }
+    }
+
+    /// The context's name.
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// The context's identifier, if one was set.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn ident(self) -> Option<String> {
+        // SAFETY: `raw` checked the header is live.
+        unsafe { (*self.raw()).ident.as_deref().map(str::to_owned) }
+    }
+
+    /// Sets the identifier printed after the stats (PostgreSQL's
+    /// `MemoryContextCopyAndSetIdentifier`): the string is copied.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn set_ident(self, ident: &str) {
+        let ctx = self.raw();
+        // SAFETY: live header; the boxed string's address is stable until replaced.
+        unsafe {
+            let b: Box<str> = ident.into();
+            (*ctx).ident_ptr = b.as_ptr();
+            (*ctx).ident_len = b.len();
+            (*ctx).ident = Some(b);
+        }
+    }
+
+    /// The stable id of this context (unique within the process, never reused), as used by
+    /// snapshots.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn id(self) -> u64 {
+        // SAFETY: live header.
+        unsafe { (*self.raw()).id }
+    }
+
+    /// The parent context, `None` for Top.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn parent(self) -> Option<MemoryContext> {
+        // SAFETY: a live context's parent is live.
+        unsafe {
+            let p = (*self.raw()).parent;
+            (!p.is_null()).then(|| MemoryContext::from_raw(p))
+        }
+    }
+
+    /// The child contexts, newest first (PostgreSQL's order).
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn children(self) -> Vec<MemoryContext> {
+        let mut out = Vec::new();
+        // SAFETY: children of a live context are live.
+        unsafe {
+            let mut c = (*self.raw()).first_child;
+            while !c.is_null() {
+                out.push(MemoryContext::from_raw(c));
+                c = (*c).next_sibling;
+            }
+        }
+        out
+    }
+
+    /// Names from Top down to this context, e.g. `["TopMemoryContext", "PortalContext"]`.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn path(self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut c = self.raw();
+        // SAFETY: ancestors of a live context are live.
+        unsafe {
+            while !c.is_null() {
+                out.push((*c).name());
+                c = (*c).parent;
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// Frees every chunk of this context and deletes its children (PostgreSQL's
+    /// `MemoryContextReset`); the keeper block stays. Reset callbacks run first, last registered
+    /// first.
+    ///
+    /// # Panics
+    /// If the context was deleted, or the reset is refused (see [`MemoryContext::try_reset`]).
+    pub fn reset(self) {
+        if let Err(e) = self.try_reset() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`MemoryContext::reset`], returning an error instead of panicking when refused.
+    ///
+    /// # Errors
+    /// [`ContextError::Pinned`] if safe-API memory in this context or a descendant is still
+    /// borrowed; [`ContextError::ContainsCurrent`] if CurrentMemoryContext is a descendant;
+    /// [`ContextError::Busy`] from inside this context's own reset or delete callbacks.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn try_reset(self) -> Result<(), ContextError> {
+        let ctx = self.raw();
+        // SAFETY: live context; checked before anything is freed.
+        unsafe {
+            check_freeable(ctx, true)?;
+            let _busy = BusyMark::new(ctx);
+            delete_descendants(ctx);
+            call_callbacks(ctx);
+            if !(*ctx).is_reset {
+                aset::reset(ctx);
+                (*ctx).is_reset = true;
+            }
+            crate::hooks::context_reset(ctx);
+        }
+        Ok(())
+    }
+
+    /// Deletes every child context, keeping this context's own chunks
+    /// (`MemoryContextDeleteChildren`).
+    ///
+    /// # Panics
+    /// If the context was deleted or the operation is refused (see [`MemoryContext::try_reset`]).
+    pub fn delete_children(self) {
+        if let Err(e) = self.try_delete_children() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`MemoryContext::delete_children`], returning an error when refused.
+    ///
+    /// # Errors
+    /// As [`MemoryContext::try_reset`], for the descendants only.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn try_delete_children(self) -> Result<(), ContextError> {
+        let ctx = self.raw();
+        // SAFETY: live context; checked before anything is freed.
+        unsafe {
+            check_freeable(ctx, false)?;
+            let _busy = BusyMark::new(ctx);
+            delete_descendants(ctx);
+        }
+        Ok(())
+    }
+
+    /// Resets every child context, recursively, without deleting any
+    /// (`MemoryContextResetChildren`); this context's own chunks stay.
+    ///
+    /// # Panics
+    /// If the context was deleted or the operation is refused.
+    pub fn reset_children(self) {
+        if let Err(e) = self.try_reset_children() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`MemoryContext::reset_children`], returning an error when refused.
+    ///
+    /// # Errors
+    /// [`ContextError::Pinned`] if a descendant is pinned, [`ContextError::Busy`] from a callback.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn try_reset_children(self) -> Result<(), ContextError> {
+        let ctx = self.raw();
+        // SAFETY: live context; checked before anything is freed. Resetting keeps every context,
+        // so CurrentMemoryContext stays valid wherever it is.
+        unsafe {
+            if let Some(p) = find_pinned(ctx, false) {
+                return Err(if (*p).busy {
+                    ContextError::Busy {
+                        context: (*p).name(),
+                    }
+                } else {
+                    ContextError::Pinned {
+                        context: (*ctx).name(),
+                        pinned: (*p).name(),
+                        pins: (*p).pins,
+                    }
+                });
+            }
+            let _busy = BusyMark::new(ctx);
+            for child in self.children() {
+                reset_subtree_keeping(child.raw());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes this context and its whole subtree, children first (`MemoryContextDelete`).
+    /// Callbacks of each context run before its memory goes. Handles to any deleted context become
+    /// stale.
+    ///
+    /// # Panics
+    /// If the context was already deleted or the delete is refused (see
+    /// [`MemoryContext::try_delete`]).
+    pub fn delete(self) {
+        if let Err(e) = self.try_delete() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`MemoryContext::delete`], returning an error instead of panicking when refused.
+    ///
+    /// # Errors
+    /// [`ContextError::IsTop`] for TopMemoryContext; [`ContextError::Pinned`] if safe-API memory
+    /// in the subtree is borrowed; [`ContextError::ContainsCurrent`] if CurrentMemoryContext is in
+    /// the subtree; [`ContextError::Busy`] from inside the context's own callbacks.
+    ///
+    /// # Panics
+    /// If the context was already deleted.
+    pub fn try_delete(self) -> Result<(), ContextError> {
+        let ctx = self.raw();
+        // SAFETY: live context; checked before anything is freed.
+        unsafe {
+            if (*ctx).parent.is_null() {
+                return Err(ContextError::IsTop);
+            }
+            check_freeable(ctx, true)?;
+            {
+                let _busy = BusyMark::new(ctx);
+                delete_descendants(ctx);
+                call_callbacks(ctx);
+            }
+            // A callback may have created children, or pinned the context; check again.
+            if !(*ctx).first_child.is_null() {
+                delete_descendants(ctx);
+            }
+            check_freeable(ctx, true)?;
+            delete_one(ctx);
+        }
+        Ok(())
+    }
+
+    /// Moves this context (with its subtree) under `new_parent` (`MemoryContextSetParent`).
+    ///
+    /// # Panics
+    /// If either handle is stale or the move is refused.
+    pub fn set_parent(self, new_parent: MemoryContext) {
+        if let Err(e) = self.try_set_parent(new_parent) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`MemoryContext::set_parent`], returning an error when refused.
+    ///
+    /// Pins move with the subtree: a pinned subtree moved under a context stays protected from
+    /// that context's reset.
+    ///
+    /// # Errors
+    /// [`ContextError::IsTop`] to move Top; [`ContextError::WouldCycle`] if `new_parent` is this
+    /// context or inside its subtree.
+    ///
+    /// # Panics
+    /// If either handle is stale.
+    pub fn try_set_parent(self, new_parent: MemoryContext) -> Result<(), ContextError> {
+        let ctx = self.raw();
+        let np = new_parent.raw();
+        // SAFETY: both live; counts moved with the subtree keep the pin invariant.
+        unsafe {
+            if (*ctx).parent.is_null() {
+                return Err(ContextError::IsTop);
+            }
+            if is_within(np, ctx) {
+                return Err(ContextError::WouldCycle {
+                    context: (*ctx).name(),
+                    new_parent: (*np).name(),
+                });
+            }
+            if (*ctx).parent == np {
+                return Ok(());
+            }
+            let pins = (*ctx).subtree_pins as i32;
+            add_subtree_pins((*ctx).parent, -pins);
+            unlink_child(ctx);
+            link_child(np, ctx);
+            add_subtree_pins(np, pins);
+        }
+        Ok(())
+    }
+
+    /// Makes this the CurrentMemoryContext until the returned guard drops, which restores the
+    /// previous one — also when a panic unwinds through it.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    ///
+    /// # Examples
+    /// ```
+    /// use memctx::{BlockSizes, MemoryContext};
+    /// let msg = MemoryContext::top().new_child("MessageContext", BlockSizes::DEFAULT);
+    /// {
+    ///     let _g = msg.switch_to();
+    ///     assert_eq!(MemoryContext::current(), msg);
+    ///     let _p = memctx::palloc(32); // lands in MessageContext
+    /// }
+    /// assert_eq!(MemoryContext::current(), MemoryContext::top());
+    /// msg.delete();
+    /// ```
+    pub fn switch_to(self) -> SwitchGuard {
+        let ctx = self.raw();
+        let prev = current_ptr();
+        CURRENT.with(|c| c.set(ctx));
+        SwitchGuard {
+            // SAFETY: the current context is live.
+            prev: unsafe { MemoryContext::from_raw(prev) },
+        }
+    }
+
+    /// Registers a callback run when this context is next reset or deleted, before its memory
+    /// goes (`MemoryContextRegisterResetCallback`). Callbacks run once, last registered first.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn register_reset_callback(self, callback: impl FnOnce() + 'static) {
+        // SAFETY: live header.
+        unsafe { (*self.raw()).callbacks.push(Box::new(callback)) }
+    }
+
+    /// True when the context has no children and nothing was allocated since its last reset
+    /// (`MemoryContextIsEmpty`).
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn is_empty(self) -> bool {
+        let ctx = self.raw();
+        // SAFETY: live header.
+        unsafe { (*ctx).first_child.is_null() && (*ctx).is_reset }
+    }
+
+    /// Bytes this context holds from the system, optionally with its descendants
+    /// (`MemoryContextMemAllocated`).
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn mem_allocated(self, recurse: bool) -> usize {
+        let ctx = self.raw();
+        // SAFETY: a live subtree.
+        unsafe {
+            let mut total = (*ctx).mem_allocated;
+            if recurse {
+                for child in self.children() {
+                    total += child.mem_allocated(true);
+                }
+            }
+            total
+        }
+    }
+
+    /// This context's own counters (blocks, free space), as PostgreSQL's stats method reports.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn counters(self) -> Counters {
+        // SAFETY: live context.
+        unsafe { aset::counters(self.raw()) }
+    }
+
+    /// The stats tree of this context and its descendants.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn stats(self) -> StatsNode {
+        let ctx = self.raw();
+        // SAFETY: live header.
+        let (id, ident) = unsafe { ((*ctx).id, (*ctx).ident.as_deref().map(str::to_owned)) };
+        let mut children: Vec<StatsNode> = self.children().into_iter().map(|c| c.stats()).collect();
+        children.shrink_to_fit();
+        StatsNode {
+            id,
+            name: self.name.to_owned(),
+            ident,
+            kind: "AllocSet".to_owned(),
+            counters: self.counters(),
+            children,
+        }
+    }
+
+    /// Number of live pins on this context (0 unless the safe API borrows it).
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    pub fn pin_count(self) -> u32 {
+        // SAFETY: live header.
+        unsafe { (*self.raw()).pins }
+    }
+}
+
+/// Resets `ctx` and, recursively, its descendants, keeping every context.
+///
+/// # Safety
+/// `ctx` must be live and nothing in its subtree pinned.
+unsafe fn reset_subtree_keeping(ctx: *mut ContextHeader) {
+    // SAFETY: per the contract.
+    unsafe {
+        let mut child = (*ctx).first_child;
+        while !child.is_null() {
+            reset_subtree_keeping(child);
+            child = (*child).next_sibling;
+        }
+        call_callbacks(ctx);
+        if !(*ctx).is_reset {
+            aset::reset(ctx);
+            (*ctx).is_reset = true;
+        }
+        crate::hooks::context_reset(ctx);
+    }
+}
+
+/// Restores the previous CurrentMemoryContext when dropped; see [`MemoryContext::switch_to`].
+#[must_use = "the previous context is restored when the guard drops"]
+pub struct SwitchGuard {
+    prev: MemoryContext,
+}
+
+impl SwitchGuard {
+    /// The context that was current before the switch.
+    pub fn previous(&self) -> MemoryContext {
+        self.prev
+    }
+}
+
+impl Drop for SwitchGuard {
+    fn drop(&mut self) {
+        // If the previous context was deleted meanwhile there is nothing to go back to: fall back
+        // to Top rather than panic in a drop.
+        let target = if self.prev.is_alive() {
+            self.prev.ptr.as_ptr()
+        } else {
+            log::warn!(
+                "memctx: context \"{}\" was deleted while switched away from; CurrentMemoryContext \
+                 is now TopMemoryContext",
+                self.prev.name
+            );
+            top_ptr()
+        };
+        CURRENT.with(|c| c.set(target));
+    }
+}
+
+/// Sets CurrentMemoryContext and returns the previous one (`MemoryContextSwitchTo`), for code that
+/// manages the switch itself rather than with a guard.
+///
+/// # Panics
+/// If `ctx` was deleted.
+pub fn switch_to(ctx: MemoryContext) -> MemoryContext {
+    let new = ctx.raw();
+    let prev = current_ptr();
+    CURRENT.with(|c| c.set(new));
+    // SAFETY: the previous current context is live.
+    unsafe { MemoryContext::from_raw(prev) }
+}

@@ -1,0 +1,121 @@
+//! The allocator's hook points.
+//!
+//! The context kinds call these functions at every event the debug build cares about: a chunk
+//! carved, reused, resized or freed, a free chunk's link read or written, a block taken or given
+//! back, a context reset. In a release build every hook is an empty `#[inline(always)]` function
+//! and [`class_request`] is the identity, so the calls compile to nothing and the hot path is the
+//! same code as if they were not there. With `debug-contexts` they forward to `crate::debug`, which
+//! fills and verifies patterns, records backtraces and talks to Valgrind and ASan.
+//!
+//! Keeping the calls here, rather than `cfg` blocks inside the allocator, leaves one allocator whose
+//! algorithm reads the same in both builds.
+
+#[cfg(feature = "debug-contexts")]
+pub(crate) use crate::debug::hooks::*;
+
+#[cfg(not(feature = "debug-contexts"))]
+pub(crate) use off::*;
+
+#[cfg(not(feature = "debug-contexts"))]
+#[allow(unused_variables)]
+mod off {
+    use crate::aset::Block;
+    use crate::context::ContextHeader;
+
+    /// Data bytes a request of `size` needs from its size class (the debug build adds a redzone).
+    #[inline(always)]
+    pub(crate) fn class_request(size: usize) -> usize {
+        size
+    }
+    /// A free chunk's link word is about to be read or written.
+    #[inline(always)]
+    pub(crate) fn freelist_open(data: *mut u8) {}
+    /// The allocator is done with a free chunk's link word.
+    #[inline(always)]
+    pub(crate) fn freelist_close(data: *mut u8) {}
+    /// A chunk was carved from a block's free space.
+    #[inline(always)]
+    pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {}
+    /// A chunk was taken from a freelist.
+    #[inline(always)]
+    pub(crate) fn chunk_reused(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {}
+    /// A block's leftover space was carved into a free chunk.
+    #[inline(always)]
+    pub(crate) fn leftover_carved(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}
+    /// A live chunk is being freed.
+    #[inline(always)]
+    pub(crate) fn chunk_freed(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}
+    /// A live chunk was resized in place.
+    #[inline(always)]
+    pub(crate) fn chunk_resized(
+        ctx: *mut ContextHeader,
+        data: *mut u8,
+        old: usize,
+        new: usize,
+        cap: usize,
+    ) {
+    }
+    /// A chunk with a block of its own is about to be moved by `realloc`.
+    #[inline(always)]
+    pub(crate) fn large_chunk_moving(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}
+    /// A chunk with a block of its own was moved by `realloc` (or the move failed).
+    #[inline(always)]
+    pub(crate) fn large_chunk_moved(
+        ctx: *mut ContextHeader,
+        block: *mut Block,
+        data: *mut u8,
+        size: usize,
+        cap: usize,
+        failed: bool,
+    ) {
+    }
+    /// A block was taken from the system and linked into `ctx`.
+    #[inline(always)]
+    pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block) {}
+    /// A block is about to go back to the system.
+    #[inline(always)]
+    pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {}
+    /// `ctx` is about to be reset.
+    #[inline(always)]
+    pub(crate) fn context_resetting(ctx: *mut ContextHeader) {}
+    /// `ctx` was reset.
+    #[inline(always)]
+    pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {}
+    /// Checks that `ptr` is a live chunk before its header is trusted; false means "do nothing"
+    /// (the debug build has reported why). Release builds trust the caller, as PostgreSQL does,
+    /// except for a null pointer, which is a clean panic.
+    #[inline(always)]
+    pub(crate) fn validate_pointer(
+        ptr: *mut u8,
+        op: &'static str,
+        expected: Option<*mut ContextHeader>,
+    ) -> bool {
+        if ptr.is_null() {
+            null_pointer(op);
+        }
+        true
+    }
+    #[cold]
+    #[inline(never)]
+    fn null_pointer(op: &str) -> ! {
+        panic!("{op} called with a null pointer")
+    }
+    /// Bytes of a live chunk's contents worth preserving when it moves: its capacity, since a
+    /// release build does not record the requested size.
+    #[inline(always)]
+    pub(crate) fn requested_size(data: *mut u8, cap: usize) -> usize {
+        cap
+    }
+    /// An aligned-redirect header was written at `aligned` inside the chunk `base`.
+    #[inline(always)]
+    pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {}
+    /// `ctx` was created (or recycled) and linked into the tree.
+    #[inline(always)]
+    pub(crate) fn context_created(ctx: *mut ContextHeader) {}
+    /// `ctx` is about to be deleted; its children are gone and its callbacks have run.
+    #[inline(always)]
+    pub(crate) fn context_deleting(ctx: *mut ContextHeader) {}
+    /// A reset of `ctx` (requested by the user, not a recycling reset) finished.
+    #[inline(always)]
+    pub(crate) fn context_reset(ctx: *mut ContextHeader) {}
+}

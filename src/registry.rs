@@ -1,0 +1,189 @@
+//! The debugger registry: where an external tool finds every thread's TopMemoryContext.
+//!
+//! The article this project started from walks PostgreSQL's `TopMemoryContext` global with a gdb
+//! script. A Rust program has one tree per thread, and thread-locals are awkward to reach from a
+//! debugger (and impossible in a core file without libthread_db's help), so memctx keeps a plain
+//! `#[no_mangle]` static, [`MEMCTX_REGISTRY`], heading a lock-free, append-only list of
+//! [`ThreadEntry`] records, one per thread that ever created a tree. Entries are never freed, so a
+//! reader that stops the process at any instant sees a valid list.
+//!
+//! The registry also publishes the layout a walker needs: the size and field offsets of the
+//! context header and block header. A walker that reads those offsets instead of debug info works
+//! on a release build without debug info too: only the `MEMCTX_REGISTRY` symbol is required.
+
+use core::ffi::c_void;
+use core::mem::offset_of;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+use crate::aset::Block;
+use crate::context::{ContextHeader, LAYOUT_VERSION};
+
+/// Magic at the start of [`MEMCTX_REGISTRY`] ("MCTXREG1" as little-endian bytes).
+pub const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"MCTXREG1");
+
+/// Thread state in [`ThreadEntry::state`]: the thread is running.
+pub const THREAD_LIVE: u32 = 1;
+/// Thread state in [`ThreadEntry::state`]: the thread has exited; its tree is kept (see the context
+/// module's docs on threads).
+pub const THREAD_EXITED: u32 = 2;
+
+/// Byte offsets of the fields of the context and block headers, for walkers without debug info.
+#[repr(C)]
+#[derive(Debug)]
+pub struct LayoutInfo {
+    /// `size_of` the context header.
+    pub context_size: u32,
+    /// Offset of the magic (u64).
+    pub magic: u32,
+    /// Offset of the id (u64).
+    pub id: u32,
+    /// Offset of the name pointer (`*const u8`) and, 8 bytes later, its length.
+    pub name: u32,
+    /// Offset of the identifier pointer (null if none) and, 8 bytes later, its length.
+    pub ident: u32,
+    /// Offset of the parent pointer.
+    pub parent: u32,
+    /// Offset of the first-child pointer.
+    pub first_child: u32,
+    /// Offset of the next-sibling pointer.
+    pub next_sibling: u32,
+    /// Offset of `mem_allocated` (usize).
+    pub mem_allocated: u32,
+    /// Offset of the AllocSet's block-list head.
+    pub blocks: u32,
+    /// Offset of the AllocSet's eleven freelist heads.
+    pub freelist: u32,
+    /// `size_of` the block header.
+    pub block_size: u32,
+    /// Offset of a block's next pointer.
+    pub block_next: u32,
+    /// Offset of a block's free pointer.
+    pub block_free_ptr: u32,
+    /// Offset of a block's end pointer.
+    pub block_end_ptr: u32,
+    /// Bytes from a chunk's start to its data (chunk prefix), for walking freelists.
+    pub chunk_prefix: u32,
+}
+
+/// The registry a debugger reads. See the module docs.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Registry {
+    /// [`REGISTRY_MAGIC`].
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// Number of entries ever registered.
+    pub nthreads: AtomicU32,
+    /// Newest entry first.
+    pub head: AtomicPtr<ThreadEntry>,
+    /// Header layout.
+    pub layout: LayoutInfo,
+}
+
+/// One thread's entry in the registry.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ThreadEntry {
+    /// Next (older) entry.
+    pub next: *mut ThreadEntry,
+    /// The thread's TopMemoryContext header.
+    pub top: *mut c_void,
+    /// [`THREAD_LIVE`] or [`THREAD_EXITED`].
+    pub state: AtomicU32,
+    /// The OS thread id (Linux `gettid`), 0 where unknown.
+    pub os_tid: u32,
+    /// The thread's name, NUL-padded, cut to 63 bytes.
+    pub name: [u8; 64],
+}
+
+/// The registry of every thread's tree, for debuggers (`p MEMCTX_REGISTRY` in gdb).
+#[no_mangle]
+pub static MEMCTX_REGISTRY: Registry = Registry {
+    magic: REGISTRY_MAGIC,
+    layout_version: LAYOUT_VERSION,
+    nthreads: AtomicU32::new(0),
+    head: AtomicPtr::new(ptr::null_mut()),
+    layout: LayoutInfo {
+        context_size: core::mem::size_of::<ContextHeader>() as u32,
+        magic: offset_of!(ContextHeader, magic) as u32,
+        id: offset_of!(ContextHeader, id) as u32,
+        name: offset_of!(ContextHeader, name_ptr) as u32,
+        ident: offset_of!(ContextHeader, ident_ptr) as u32,
+        parent: offset_of!(ContextHeader, parent) as u32,
+        first_child: offset_of!(ContextHeader, first_child) as u32,
+        next_sibling: offset_of!(ContextHeader, next_sibling) as u32,
+        mem_allocated: offset_of!(ContextHeader, mem_allocated) as u32,
+        blocks: (offset_of!(ContextHeader, set) + offset_of!(crate::aset::AllocSetState, blocks))
+            as u32,
+        freelist: (offset_of!(ContextHeader, set)
+            + offset_of!(crate::aset::AllocSetState, freelist)) as u32,
+        block_size: core::mem::size_of::<Block>() as u32,
+        block_next: offset_of!(Block, next) as u32,
+        block_free_ptr: offset_of!(Block, free_ptr) as u32,
+        block_end_ptr: offset_of!(Block, end_ptr) as u32,
+        chunk_prefix: crate::chunk::CHUNK_PREFIX as u32,
+    },
+};
+
+/// Adds an entry for the calling thread, whose tree is rooted at `top`. Entries are leaked on
+/// purpose: the registry must stay walkable at every instant.
+pub(crate) fn register_thread(top: *mut c_void) -> *mut ThreadEntry {
+    let mut name = [0u8; 64];
+    if let Some(n) = std::thread::current().name() {
+        let n = n.as_bytes();
+        let len = n.len().min(63);
+        name[..len].copy_from_slice(&n[..len]);
+    }
+    // SAFETY: gettid has no preconditions.
+    let os_tid = unsafe { libc::gettid() } as u32;
+    let entry = Box::into_raw(Box::new(ThreadEntry {
+        next: ptr::null_mut(),
+        top,
+        state: AtomicU32::new(THREAD_LIVE),
+        os_tid,
+        name,
+    }));
+    let mut head = MEMCTX_REGISTRY.head.load(Ordering::Acquire);
+    loop {
+        // SAFETY: `entry` is ours until published by the CAS below.
+        unsafe { (*entry).next = head };
+        match MEMCTX_REGISTRY.head.compare_exchange_weak(
+            head,
+            entry,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break,
+            Err(h) => head = h,
+        }
+    }
+    MEMCTX_REGISTRY.nthreads.fetch_add(1, Ordering::Relaxed);
+    entry
+}
+
+/// Marks the thread's entry as exited when the thread-local holding it is destroyed.
+pub(crate) struct ExitMark(core::cell::Cell<*mut ThreadEntry>);
+
+impl ExitMark {
+    /// An unset mark.
+    pub(crate) const fn new() -> ExitMark {
+        ExitMark(core::cell::Cell::new(ptr::null_mut()))
+    }
+
+    /// Remembers the thread's entry.
+    pub(crate) fn set(&self, entry: *mut ThreadEntry) {
+        self.0.set(entry);
+    }
+}
+
+impl Drop for ExitMark {
+    fn drop(&mut self) {
+        let e = self.0.get();
+        if !e.is_null() {
+            // SAFETY: entries are never freed.
+            unsafe { (*e).state.store(THREAD_EXITED, Ordering::Release) };
+        }
+    }
+}
