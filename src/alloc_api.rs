@@ -111,7 +111,7 @@ impl MemoryContext {
     /// use memctx::{BlockSizes, MemoryContext};
     ///
     /// let expr = MemoryContext::top().new_child("ExprContext", BlockSizes::DEFAULT);
-    /// let mut total = 0;
+    /// let mut total: u64 = 0;
     /// for row in 0..100u64 {
     ///     total += expr.scope(|mem| {
     ///         let mut v: Vec<u64, _> = Vec::new_in(mem);
@@ -120,7 +120,7 @@ impl MemoryContext {
     ///     });
     ///     assert!(expr.is_empty());
     /// }
-    /// assert_eq!(total, (0..100u64).map(|r| r * r.saturating_sub(1) / 2).sum());
+    /// assert_eq!(total, (0..100u64).map(|r| r * r.saturating_sub(1) / 2).sum::<u64>());
     /// expr.delete();
     /// ```
     pub fn scope<R>(self, f: impl FnOnce(&PinnedContext) -> R) -> R {
