@@ -227,6 +227,7 @@ const FOOTPRINTS: [usize; NUM_FREELISTS] = {
 /// # Safety
 /// `ctx` must be a live AllocSet context; `prev`, if not null, one of its blocks.
 unsafe fn new_block(ctx: *mut ContextHeader, size: usize, as_head: bool) -> *mut Block {
+    let external = !as_head;
     debug_assert!(size >= BLOCK_HEADER_SIZE && size % CHUNK_ALIGN == 0);
     let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
         return ptr::null_mut();
@@ -260,7 +261,7 @@ unsafe fn new_block(ctx: *mut ContextHeader, size: usize, as_head: bool) -> *mut
             (*next).prev = block;
         }
         (*ctx).mem_allocated += size;
-        hooks::block_allocated(ctx, block);
+        hooks::block_allocated(ctx, block, external);
     }
     block
 }

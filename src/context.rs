@@ -520,8 +520,8 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
     // SAFETY: per the contract; the header goes onto a recycle list, never back to the system.
     unsafe {
         debug_assert!((*ctx).first_child.is_null() && (*ctx).subtree_pins == 0);
-        unlink_child(ctx);
         crate::hooks::context_deleting(ctx);
+        unlink_child(ctx);
         (*ctx).generation = (*ctx).generation.wrapping_add(1);
         (*ctx).magic = DEAD_CONTEXT_MAGIC;
         (*ctx).ident = None;
@@ -784,6 +784,7 @@ impl MemoryContext {
             }
             crate::hooks::context_reset(ctx);
         }
+        crate::hooks::raise_pending();
         Ok(())
     }
 
@@ -813,6 +814,7 @@ impl MemoryContext {
             let _busy = BusyMark::new(ctx);
             delete_descendants(ctx);
         }
+        crate::hooks::raise_pending();
         Ok(())
     }
 
@@ -857,6 +859,7 @@ impl MemoryContext {
                 reset_subtree_keeping(child.raw());
             }
         }
+        crate::hooks::raise_pending();
         Ok(())
     }
 
@@ -902,6 +905,7 @@ impl MemoryContext {
             check_freeable(ctx, true)?;
             delete_one(ctx);
         }
+        crate::hooks::raise_pending();
         Ok(())
     }
 
@@ -1047,6 +1051,21 @@ impl MemoryContext {
             counters: self.counters(),
             children,
         }
+    }
+
+    /// Verifies this context's blocks and chunks now (PostgreSQL's `MemoryContextCheck`): in the
+    /// debug build, every header, redzone, free chunk and unused block space of this context and
+    /// its descendants, raising a report per finding as the policy says; returns the number of
+    /// findings. A release build has nothing to check and returns 0.
+    ///
+    /// # Panics
+    /// If the context was deleted, or (debug build, default policy) when something is found.
+    pub fn check(self) -> usize {
+        let mut n = crate::hooks::check_context(self.raw());
+        for child in self.children() {
+            n += child.check();
+        }
+        n
     }
 
     /// Number of live pins on this context (0 unless the safe API borrows it).

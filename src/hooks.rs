@@ -71,7 +71,7 @@ mod off {
     }
     /// A block was taken from the system and linked into `ctx`.
     #[inline(always)]
-    pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block) {}
+    pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {}
     /// A block is about to go back to the system.
     #[inline(always)]
     pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {}
@@ -115,6 +115,14 @@ mod off {
     /// `ctx` is about to be deleted; its children are gone and its callbacks have run.
     #[inline(always)]
     pub(crate) fn context_deleting(ctx: *mut ContextHeader) {}
+    /// Raises the reports an operation queued (the debug build's findings at reset and delete).
+    #[inline(always)]
+    pub(crate) fn raise_pending() {}
+    /// Verifies a whole context on demand; returns the number of findings.
+    #[inline(always)]
+    pub(crate) fn check_context(ctx: *mut ContextHeader) -> usize {
+        0
+    }
     /// A reset of `ctx` (requested by the user, not a recycling reset) finished.
     #[inline(always)]
     pub(crate) fn context_reset(ctx: *mut ContextHeader) {}

@@ -57,7 +57,7 @@ pub mod registry;
 pub mod stats;
 
 #[cfg(feature = "debug-contexts")]
-mod debug;
+pub mod debug;
 
 pub use alloc_api::{PString, PinnedContext};
 pub use aset::BlockSizes;

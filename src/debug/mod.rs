@@ -1,1 +1,54 @@
-//! placeholder
+//! The debug build (`debug-contexts`): redzones, fill patterns, backtraces and checks.
+//!
+//! The debug build is the same allocator with a longer chunk prefix and the hook points of
+//! `crate::hooks` filled in. Every chunk carries a record (state, requested size, backtrace ids), a
+//! front redzone and a rear redzone; fresh, freed and unused memory hold recognisable patterns;
+//! and the patterns are verified where memory changes hands and when a context is reset, deleted or
+//! checked. What it finds becomes a [`Report`] of one of the [`BugClass`]es, raised according to the
+//! [`Policy`].
+//!
+//! PostgreSQL's MEMORY_CONTEXT_CHECKING build is the model. It goes further in four ways: a
+//! sentinel even when a request fills its size class, a redzone *before* the data, verification of
+//! freed chunks when they are reused and of released space when it is carved again (PostgreSQL
+//! wipes freed memory but never looks at it again), and the allocation and free backtraces of the
+//! chunk that was hit, which turn "detected write past chunk end" into a file and a line.
+//!
+//! Modules: `layout` (the prefix and patterns), `blocks` (the registry of block ranges), `verify`
+//! (comparisons and the context walk), `report` (reports and policy), `stack` (backtrace capture
+//! and the stack depot), `settings`, and `hooks` (the glue the allocator calls).
+//!
+//! # Examples
+//! ```
+//! use memctx::debug::{self, BugClass, Policy};
+//! use memctx::{BlockSizes, MemoryContext};
+//!
+//! debug::set_thread_policy(Some(Policy::Log)); // collect instead of panicking
+//! let ctx = MemoryContext::top().new_child("doc", BlockSizes::SMALL);
+//! let p = ctx.alloc(10).as_ptr();
+//! unsafe {
+//!     p.add(10).write(0); // one byte past the request
+//!     memctx::pfree(p);
+//! }
+//! let reports = debug::take_reports();
+//! assert_eq!(reports[0].class, BugClass::Overrun);
+//! assert_eq!(reports[0].range, Some((10, 11)));
+//! ctx.delete();
+//! debug::set_thread_policy(None);
+//! ```
+
+pub(crate) mod blocks;
+pub(crate) mod hooks;
+pub(crate) mod layout;
+mod report;
+mod settings;
+pub(crate) mod stack;
+mod verify;
+
+pub use report::{
+    default_policy, set_default_policy, set_thread_policy, take_reports, thread_policy, BugClass,
+    Frame, Policy, Report,
+};
+pub use settings::{
+    reset_check, set_backtrace_depth, set_backtraces, set_redzone, set_reset_check,
+};
+pub use verify::ResetCheck;

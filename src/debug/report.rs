@@ -1,0 +1,318 @@
+//! Reports: what the debug build found, how it is told, and what happens next.
+//!
+//! A finding becomes a [`Report`] naming its [`BugClass`] (one list of names, the same in code,
+//! tests and docs), the context and its path from Top, the chunk and its requested size, the
+//! damaged bytes relative to the chunk with what was expected and what was found, the chunk's
+//! allocation and free backtraces, and where the damage was found.
+//!
+//! Every report goes to `log` at error level (or stderr when no logger is installed), is kept for
+//! [`take_reports`], and then the thread's [`Policy`] decides: panic (the default, so `cargo test`
+//! fails at the faulty test), abort, or log and go on. A report is raised only when the allocator's
+//! state is consistent — checks that run in the middle of an operation queue their findings and the
+//! operation raises them as its last step — and a panic is never raised where it cannot unwind:
+//! while the thread is already panicking the report is logged and the process aborts.
+
+use core::cell::{Cell, RefCell};
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use super::stack::{self, StackId};
+
+/// The bug classes the debug build reports (DESIGN.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BugClass {
+    /// Bytes past the requested size written (rear redzone damaged).
+    Overrun,
+    /// Bytes before the chunk's data written (front redzone damaged).
+    Underrun,
+    /// A freed chunk, or memory a reset or delete released, written through an old pointer.
+    WriteAfterFree,
+    /// Bytes no chunk owns written: block headers, unused block space.
+    WildWrite,
+    /// A chunk freed twice.
+    DoubleFree,
+    /// A pointer that is not a chunk: foreign, interior, misaligned, null.
+    InvalidPointer,
+    /// A chunk freed or reallocated through a context that does not own it, or a header naming
+    /// another context.
+    WrongContext,
+    /// A chunk's header or debug record overwritten.
+    CorruptHeader,
+}
+
+impl BugClass {
+    /// The class's name as used everywhere: `overrun`, `underrun`, `write-after-free`,
+    /// `wild-write`, `double-free`, `invalid-pointer`, `wrong-context`, `corrupt-header`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BugClass::Overrun => "overrun",
+            BugClass::Underrun => "underrun",
+            BugClass::WriteAfterFree => "write-after-free",
+            BugClass::WildWrite => "wild-write",
+            BugClass::DoubleFree => "double-free",
+            BugClass::InvalidPointer => "invalid-pointer",
+            BugClass::WrongContext => "wrong-context",
+            BugClass::CorruptHeader => "corrupt-header",
+        }
+    }
+}
+
+impl fmt::Display for BugClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One finding of the debug build.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// What kind of bug.
+    pub class: BugClass,
+    /// Name of the context the damaged memory belongs to (empty if none: a foreign pointer).
+    pub context: String,
+    /// Names from Top down to that context.
+    pub context_path: Vec<String>,
+    /// Address of the chunk's data, where a chunk is involved.
+    pub chunk: Option<usize>,
+    /// The chunk's requested size, where known.
+    pub requested: Option<usize>,
+    /// Damaged byte range `[start, end)`, relative to the chunk's data (negative: before it), or
+    /// to the block start when no chunk is involved ([`Report::chunk`] is `None`).
+    pub range: Option<(isize, isize)>,
+    /// The bytes that should have been there (at most 64 shown).
+    pub expected: Vec<u8>,
+    /// The bytes found there.
+    pub found: Vec<u8>,
+    /// Where it was found: `pfree`, `repalloc`, `reuse`, `reset of "X"`, `delete of "X"`, `check`.
+    pub found_at: String,
+    /// A sentence of detail.
+    pub detail: String,
+    pub(crate) alloc_stack: StackId,
+    pub(crate) free_stack: StackId,
+}
+
+/// One resolved frame of a backtrace.
+pub use super::stack::ResolvedFrame as Frame;
+
+impl Report {
+    /// The chunk's allocation backtrace, allocator frames trimmed (empty if none was captured).
+    pub fn alloc_backtrace(&self) -> Vec<Frame> {
+        stack::user_frames(stack::resolve(self.alloc_stack))
+    }
+
+    /// The chunk's free backtrace (for a reset, the reset's), where there is one.
+    pub fn free_backtrace(&self) -> Vec<Frame> {
+        stack::user_frames(stack::resolve(self.free_stack))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "memctx: {} in memory context \"{}\" ({}), found at {}",
+            self.class,
+            self.context,
+            self.context_path.join(" -> "),
+            self.found_at
+        )?;
+        writeln!(f, "  {}", self.detail)?;
+        if let Some(c) = self.chunk {
+            match self.requested {
+                Some(r) => writeln!(f, "  chunk {c:#x}, {r} bytes requested")?,
+                None => writeln!(f, "  chunk {c:#x}")?,
+            }
+        }
+        if let Some((a, b)) = self.range {
+            let base = if self.chunk.is_some() {
+                "the chunk's data"
+            } else {
+                "the block start"
+            };
+            writeln!(f, "  damaged bytes [{a}, {b}) relative to {base}")?;
+            writeln!(f, "    expected: {}", hex(&self.expected))?;
+            writeln!(f, "    found:    {}", hex(&self.found))?;
+        }
+        let alloc = self.alloc_backtrace();
+        if !alloc.is_empty() {
+            writeln!(f, "  allocated at:")?;
+            f.write_str(&stack::format_frames(&alloc))?;
+        }
+        let free = self.free_backtrace();
+        if !free.is_empty() {
+            writeln!(f, "  freed at:")?;
+            f.write_str(&stack::format_frames(&free))?;
+        }
+        Ok(())
+    }
+}
+
+/// What follows a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Panic with the report (the default): `cargo test` fails at the faulty test.
+    Panic,
+    /// Abort the process after logging.
+    Abort,
+    /// Log and go on; the faulty operation is skipped where going on would corrupt memory (a
+    /// double or invalid free), and carried out where it is safe (an overrun found at pfree).
+    Log,
+}
+
+/// 0: not yet read from the environment; 1..=3: a [`Policy`].
+static DEFAULT_POLICY: AtomicU8 = AtomicU8::new(0);
+
+fn policy_code(p: Policy) -> u8 {
+    match p {
+        Policy::Panic => 1,
+        Policy::Abort => 2,
+        Policy::Log => 3,
+    }
+}
+
+fn code_policy(c: u8) -> Policy {
+    match c {
+        2 => Policy::Abort,
+        3 => Policy::Log,
+        _ => Policy::Panic,
+    }
+}
+
+/// The process-wide default policy: `MEMCTX_ON_ERROR` (`panic`, `abort` or `log`), read once,
+/// else [`Policy::Panic`].
+pub fn default_policy() -> Policy {
+    let c = DEFAULT_POLICY.load(Ordering::Relaxed);
+    if c != 0 {
+        return code_policy(c);
+    }
+    let p = match std::env::var("MEMCTX_ON_ERROR").as_deref() {
+        Ok("abort") => Policy::Abort,
+        Ok("log") => Policy::Log,
+        _ => Policy::Panic,
+    };
+    DEFAULT_POLICY.store(policy_code(p), Ordering::Relaxed);
+    p
+}
+
+/// Sets the process-wide default policy (overrides `MEMCTX_ON_ERROR`).
+pub fn set_default_policy(policy: Policy) {
+    DEFAULT_POLICY.store(policy_code(policy), Ordering::Relaxed);
+}
+
+thread_local! {
+    static THREAD_POLICY: Cell<Option<Policy>> = const { Cell::new(None) };
+    static SEEN: RefCell<Vec<Report>> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<Report>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most reports kept per thread for [`take_reports`]; older ones are dropped first.
+const MAX_KEPT_REPORTS: usize = 1024;
+
+/// Sets this thread's policy (`None`: back to the default). Tests use it to collect reports
+/// without panicking, for their own thread only.
+pub fn set_thread_policy(policy: Option<Policy>) {
+    THREAD_POLICY.with(|p| p.set(policy));
+}
+
+/// This thread's policy.
+pub fn thread_policy() -> Policy {
+    THREAD_POLICY
+        .try_with(|p| p.get())
+        .ok()
+        .flatten()
+        .unwrap_or_else(default_policy)
+}
+
+/// Takes the reports this thread has raised so far (oldest first).
+pub fn take_reports() -> Vec<Report> {
+    SEEN.try_with(|s| core::mem::take(&mut *s.borrow_mut()))
+        .unwrap_or_default()
+}
+
+/// Queues a finding made in the middle of an operation; the operation raises it when done.
+pub(crate) fn defer(report: Report) {
+    let mut slot = Some(report);
+    let _ = PENDING.try_with(|p| p.borrow_mut().push(slot.take().expect("once")));
+    if let Some(report) = slot {
+        raise(report);
+    }
+}
+
+/// Queues several findings.
+pub(crate) fn defer_all(reports: Vec<Report>) {
+    for r in reports {
+        defer(r);
+    }
+}
+
+/// Raises every queued finding.
+pub(crate) fn raise_pending() {
+    let pending = PENDING
+        .try_with(|p| core::mem::take(&mut *p.borrow_mut()))
+        .unwrap_or_default();
+    raise_all(pending);
+}
+
+/// Raises several findings: all are logged and kept, then the policy acts once.
+pub(crate) fn raise_all(reports: Vec<Report>) {
+    let Some(first) = reports.first().cloned() else {
+        return;
+    };
+    let n = reports.len();
+    for r in reports {
+        record(&r);
+    }
+    act(&first, n);
+}
+
+/// Raises one finding.
+pub(crate) fn raise(report: Report) {
+    record(&report);
+    act(&report, 1);
+}
+
+fn record(report: &Report) {
+    let text = report.to_string();
+    if log::log_enabled!(log::Level::Error) {
+        log::error!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+    let _ = SEEN.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() == MAX_KEPT_REPORTS {
+            s.remove(0);
+        }
+        s.push(report.clone());
+    });
+}
+
+fn act(first: &Report, n: usize) {
+    match thread_policy() {
+        Policy::Log => {}
+        Policy::Abort => std::process::abort(),
+        Policy::Panic => {
+            if std::thread::panicking() {
+                eprintln!("memctx: a report was raised while the thread is panicking; aborting");
+                std::process::abort();
+            }
+            let more = if n > 1 {
+                format!(" (and {} more reports)", n - 1)
+            } else {
+                String::new()
+            };
+            panic!("{first}{more}");
+        }
+    }
+}

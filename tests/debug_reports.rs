@@ -1,0 +1,444 @@
+//! The debug build's reports, one test per bug class (DESIGN.md §4): each commits the bug on
+//! purpose and checks the class, the context, the exact damaged range and that the allocation
+//! backtrace names the test's own function.
+//!
+//! These tests write out of bounds on purpose, which ASan and memcheck rightly call errors, so the
+//! sanitizer legs leave this file out (`ci/test`); the tools' own view of the same bugs is proven by
+//! the dedicated sanitizer tests.
+#![cfg(feature = "debug-contexts")]
+
+use memctx::debug::{self, BugClass, Policy, Report};
+use memctx::{pfree, BlockSizes, MemoryContext};
+
+/// Runs `f` with this thread's policy set to collect, returning the reports it raised.
+fn collect(f: impl FnOnce()) -> Vec<Report> {
+    debug::set_thread_policy(Some(Policy::Log));
+    let _ = debug::take_reports();
+    f();
+    let r = debug::take_reports();
+    debug::set_thread_policy(None);
+    r
+}
+
+/// Asserts there is exactly one report and returns it.
+fn one(mut reports: Vec<Report>) -> Report {
+    assert_eq!(
+        reports.len(),
+        1,
+        "expected one report, got: {:#?}",
+        reports.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+    );
+    reports.remove(0)
+}
+
+/// Asserts that the first user frame of `frames` is the function `name` of this test file.
+fn assert_first_frame(frames: &[debug::Frame], name: &str, what: &str) {
+    let f = frames
+        .first()
+        .unwrap_or_else(|| panic!("{what} backtrace is empty"));
+    let func = f.function.as_deref().unwrap_or("");
+    assert!(
+        func.ends_with(&format!("debug_reports::{name}")),
+        "{what} backtrace should start in {name}, starts in {func:?}; frames: {frames:#?}"
+    );
+}
+
+fn new_ctx(name: &'static str) -> MemoryContext {
+    MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
+}
+
+#[test]
+fn overrun_found_at_pfree() {
+    let ctx = new_ctx("OverrunCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(10).as_ptr();
+        unsafe {
+            p.add(10).write(b'A');
+            p.add(12).write(b'C');
+            pfree(p);
+        }
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "OverrunCtx");
+    assert_eq!(r.context_path, ["TopMemoryContext", "OverrunCtx"]);
+    assert_eq!(r.requested, Some(10));
+    assert_eq!(r.range, Some((10, 13)));
+    assert_eq!(r.expected, [0x7e, 0x7e, 0x7e]);
+    assert_eq!(r.found, [b'A', 0x7e, b'C']);
+    assert_eq!(r.found_at, "pfree");
+    assert_first_frame(&r.alloc_backtrace(), "overrun_found_at_pfree", "allocation");
+    let text = r.to_string();
+    assert!(
+        text.contains("overrun in memory context \"OverrunCtx\""),
+        "{text}"
+    );
+    assert!(text.contains("damaged bytes [10, 13)"), "{text}");
+    ctx.delete();
+}
+
+#[test]
+fn overrun_inside_size_class_slack() {
+    // 24 bytes land in a class with slack; PostgreSQL's sentinel would guard only byte 24, here
+    // every byte up to the class end is redzone.
+    let ctx = new_ctx("SlackCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(24).as_ptr();
+        unsafe {
+            p.add(30).write(0);
+            pfree(p);
+        }
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.range, Some((30, 31)));
+    assert_eq!(r.found, [0]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_inside_size_class_slack",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn overrun_of_request_filling_its_class() {
+    // 64 bytes fill the 64-byte class exactly; the debug build still keeps a redzone after it.
+    let ctx = new_ctx("ExactCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(64).as_ptr();
+        unsafe {
+            p.add(64).write(1);
+            pfree(p);
+        }
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.range, Some((64, 65)));
+    ctx.delete();
+}
+
+#[test]
+fn overrun_found_at_reset_and_repalloc() {
+    let ctx = new_ctx("ResetCtx");
+    let reports = collect(|| {
+        let p = ctx.alloc(100).as_ptr();
+        unsafe { p.add(100).write(9) };
+        ctx.reset();
+        let q = ctx.alloc(40).as_ptr();
+        unsafe {
+            q.add(41).write(9);
+            let _ = memctx::repalloc(q, 20_000);
+        }
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    assert_eq!(reports[0].class, BugClass::Overrun);
+    assert_eq!(reports[0].found_at, "reset of \"ResetCtx\"");
+    assert_eq!(reports[0].range, Some((100, 101)));
+    assert_first_frame(
+        &reports[0].alloc_backtrace(),
+        "overrun_found_at_reset_and_repalloc",
+        "allocation",
+    );
+    assert_eq!(reports[1].class, BugClass::Overrun);
+    assert_eq!(reports[1].found_at, "repalloc");
+    assert_eq!(reports[1].range, Some((41, 42)));
+    ctx.delete();
+}
+
+#[test]
+fn underrun_damages_front_redzone() {
+    let ctx = new_ctx("UnderrunCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(32).as_ptr();
+        unsafe {
+            p.sub(3).write(0x11);
+            p.sub(1).write(0x22);
+            pfree(p);
+        }
+    }));
+    assert_eq!(r.class, BugClass::Underrun);
+    assert_eq!(r.context, "UnderrunCtx");
+    assert_eq!(r.range, Some((-3, 0)));
+    assert_eq!(r.found, [0x11, 0x7e, 0x22]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "underrun_damages_front_redzone",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn write_after_pfree_found_on_reuse() {
+    let ctx = new_ctx("UafCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(100).as_ptr();
+        unsafe {
+            pfree(p);
+            p.add(20).write(0x33); // stale pointer
+        }
+        let q = ctx.alloc(100).as_ptr(); // the freelist hands the same chunk out again
+        assert_eq!(q, p);
+        unsafe { pfree(q) };
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context, "UafCtx");
+    assert_eq!(r.found_at, "reuse");
+    assert_eq!(r.range, Some((20, 21)));
+    assert_eq!(r.found, [0x33]);
+    assert_eq!(r.expected, [0x7f]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "write_after_pfree_found_on_reuse",
+        "allocation",
+    );
+    assert_first_frame(
+        &r.free_backtrace(),
+        "write_after_pfree_found_on_reuse",
+        "free",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn write_after_pfree_found_by_check() {
+    let ctx = new_ctx("UafCheckCtx");
+    let reports = collect(|| {
+        let p = ctx.alloc(200).as_ptr();
+        unsafe {
+            pfree(p);
+            p.add(150).write(0);
+        }
+        assert_eq!(ctx.check(), 1);
+        ctx.delete(); // finds it again: the damage is still there
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    for (r, at) in reports.iter().zip(["check", "delete of \"UafCheckCtx\""]) {
+        assert_eq!(r.class, BugClass::WriteAfterFree);
+        assert_eq!(r.found_at, at);
+        assert_eq!(r.context_path, ["TopMemoryContext", "UafCheckCtx"]);
+        assert_eq!(r.range, Some((150, 151)));
+        assert_first_frame(
+            &r.alloc_backtrace(),
+            "write_after_pfree_found_by_check",
+            "allocation",
+        );
+        assert_first_frame(
+            &r.free_backtrace(),
+            "write_after_pfree_found_by_check",
+            "free",
+        );
+    }
+}
+
+#[test]
+fn write_after_reset_found_by_check_and_on_reuse() {
+    let ctx = new_ctx("PerRow");
+    let reports = collect(|| {
+        let p = ctx.alloc(48).as_ptr();
+        ctx.reset();
+        unsafe { p.add(5).write(0x44) }; // pointer kept past the reset
+        assert_eq!(ctx.check(), 1);
+        let q = ctx.alloc(48).as_ptr(); // the same space is carved again
+        assert_eq!(q, p);
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    for (r, at) in reports.iter().zip(["check", "reuse"]) {
+        assert_eq!(r.class, BugClass::WriteAfterFree);
+        assert_eq!(r.context, "PerRow");
+        assert_eq!(r.found_at, at);
+        assert_eq!(r.requested, Some(48));
+        assert_eq!(r.range, Some((5, 6)));
+        assert_eq!(r.found, [0x44]);
+        assert_first_frame(
+            &r.alloc_backtrace(),
+            "write_after_reset_found_by_check_and_on_reuse",
+            "allocation",
+        );
+        assert_first_frame(
+            &r.free_backtrace(),
+            "write_after_reset_found_by_check_and_on_reuse",
+            "reset",
+        );
+    }
+    ctx.delete();
+}
+
+#[test]
+fn wild_write_into_unused_block_space() {
+    let ctx = new_ctx("WildCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(16).as_ptr();
+        unsafe { p.add(4000).write(0x55) }; // far past any chunk, inside the keeper block
+        ctx.delete();
+    }));
+    assert_eq!(r.class, BugClass::WildWrite);
+    assert_eq!(r.context, "WildCtx");
+    assert_eq!(r.found_at, "delete of \"WildCtx\"");
+    assert_eq!(r.chunk, None);
+    let (a, b) = r.range.expect("range");
+    assert_eq!(b - a, 1);
+    assert_eq!(r.found, [0x55]);
+}
+
+#[test]
+fn double_free_names_both_backtraces() {
+    let ctx = new_ctx("DoubleCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(64).as_ptr();
+        unsafe {
+            pfree(p);
+            pfree(p);
+        }
+    }));
+    assert_eq!(r.class, BugClass::DoubleFree);
+    assert_eq!(r.context, "DoubleCtx");
+    assert_eq!(r.requested, Some(64));
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "double_free_names_both_backtraces",
+        "allocation",
+    );
+    assert_first_frame(
+        &r.free_backtrace(),
+        "double_free_names_both_backtraces",
+        "free",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn invalid_pointers_are_reported_not_freed() {
+    let ctx = new_ctx("InvalidCtx");
+    let foreign = Box::into_raw(Box::new([0u8; 64])) as *mut u8;
+    let reports = collect(|| {
+        let p = ctx.alloc(64).as_ptr();
+        unsafe {
+            pfree(foreign); // foreign
+            pfree(p.add(16)); // interior
+            pfree(p.add(1)); // misaligned
+            pfree(core::ptr::null_mut()); // null
+            pfree(p); // the real one is still live and frees cleanly
+        }
+    });
+    assert_eq!(reports.len(), 4, "{reports:#?}");
+    assert!(reports.iter().all(|r| r.class == BugClass::InvalidPointer));
+    assert_eq!(reports[0].context, "");
+    assert!(reports[0].detail.contains("no context of this thread"));
+    assert_eq!(reports[1].context, "InvalidCtx");
+    assert!(
+        reports[1].detail.contains("16 bytes into the chunk"),
+        "{}",
+        reports[1].detail
+    );
+    assert!(
+        reports[2].detail.contains("1 bytes into the chunk"),
+        "{}",
+        reports[2].detail
+    );
+    assert!(reports[3].detail.contains("null pointer"));
+    assert_eq!(ctx.check(), 0);
+    unsafe { drop(Box::from_raw(foreign as *mut [u8; 64])) };
+    ctx.delete();
+}
+
+#[test]
+fn wrong_context_free_through_another_allocator() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let owner = new_ctx("OwnerCtx");
+    let other = new_ctx("OtherCtx");
+    let r = one(collect(|| {
+        let a = owner.pin();
+        let b = other.pin();
+        let layout = Layout::from_size_align(40, 8).unwrap();
+        let p = a.allocate(layout).unwrap();
+        unsafe { b.deallocate(p.cast(), layout) };
+    }));
+    assert_eq!(r.class, BugClass::WrongContext);
+    assert_eq!(r.context, "OwnerCtx");
+    assert!(
+        r.detail.contains("through context \"OtherCtx\""),
+        "{}",
+        r.detail
+    );
+    assert_eq!(r.requested, Some(40));
+    assert_eq!(r.found_at, "deallocate");
+    owner.delete();
+    other.delete();
+}
+
+#[test]
+fn corrupt_header_is_reported() {
+    let ctx = new_ctx("HeaderCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(32).as_ptr();
+        unsafe {
+            let header = p.sub(memctx::chunk_prefix_size()) as *mut u64;
+            header.write(0xdead_beef);
+            pfree(p);
+        }
+    }));
+    assert_eq!(r.class, BugClass::CorruptHeader);
+    assert_eq!(r.context, "HeaderCtx");
+    let prefix = memctx::chunk_prefix_size() as isize;
+    assert_eq!(r.range, Some((-prefix, -prefix + 8)));
+}
+
+#[test]
+fn default_policy_panics_with_the_report() {
+    let ctx = new_ctx("PanicCtx");
+    let p = ctx.alloc(8).as_ptr();
+    unsafe { p.add(8).write(0) };
+    let err = std::panic::catch_unwind(|| unsafe { pfree(p) }).expect_err("must panic");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("overrun in memory context \"PanicCtx\""),
+        "{msg}"
+    );
+    let _ = debug::take_reports();
+}
+
+#[test]
+fn long_clean_workload_raises_nothing() {
+    let ctx = new_ctx("CleanCtx");
+    let reports = collect(|| {
+        let mut seed = 0x1234_5678_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut live: Vec<(*mut u8, usize)> = Vec::new();
+        for step in 0..20_000 {
+            let r = next();
+            match r % 4 {
+                0 | 1 => {
+                    let size = (r >> 8) as usize % 3000;
+                    let p = ctx.alloc(size).as_ptr();
+                    unsafe { p.write_bytes(step as u8, size) };
+                    live.push((p, size));
+                }
+                2 if !live.is_empty() => {
+                    let (p, _) = live.swap_remove((r >> 8) as usize % live.len());
+                    unsafe { pfree(p) };
+                }
+                3 if !live.is_empty() => {
+                    let i = (r >> 8) as usize % live.len();
+                    let size = (r >> 20) as usize % 20_000;
+                    let (p, old) = live[i];
+                    let q = unsafe { memctx::repalloc(p, size) };
+                    unsafe { q.add(old.min(size)).write_bytes(1, size - old.min(size)) };
+                    live[i] = (q, size);
+                }
+                _ => {}
+            }
+            if step % 5000 == 4999 {
+                assert_eq!(ctx.check(), 0);
+                ctx.reset();
+                live.clear();
+            }
+        }
+        ctx.delete();
+    });
+    assert!(reports.is_empty(), "{reports:#?}");
+}
