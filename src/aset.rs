@@ -142,7 +142,7 @@ impl BlockSizes {
 
     /// Size of the keeper block these sizes give.
     pub(crate) fn keeper_size(&self) -> usize {
-        let smallest = BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + footprint(MAX_CHUNK_LIMIT.min(1024));
+        let smallest = BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + footprint(class_size(0));
         let wanted = if self.min_context_size != 0 {
             self.min_context_size
         } else {

@@ -58,7 +58,7 @@ use crate::stats::{Counters, StatsNode};
 pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXHD");
 /// Magic of a deleted header waiting on a recycle list.
 pub(crate) const DEAD_CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXDD");
-/// Version of the `#[repr(C)]` layout of [`ContextHeader`] and the block header; external tools
+/// Version of the `#[repr(C)]` layout of the context header and the block header; external tools
 /// (the gdb walker) refuse layouts they do not know.
 pub const LAYOUT_VERSION: u32 = 1;
 /// Deleted contexts kept with their keeper block, per keeper size (PostgreSQL keeps 100).
@@ -356,7 +356,8 @@ unsafe fn add_subtree_pins(mut ctx: *mut ContextHeader, n: i32) {
 /// # Safety
 /// `ctx` must be live.
 unsafe fn find_pinned(ctx: *mut ContextHeader, include_self: bool) -> Option<*mut ContextHeader> {
-    // SAFETY: walking a live subtree.
+    // SAFETY: walking a live subtree, down the path of nonzero subtree counts (iteratively: a
+    // tree may be deep).
     unsafe {
         let own = if include_self { 0 } else { (*ctx).pins };
         if (*ctx).subtree_pins <= own {
@@ -365,14 +366,60 @@ unsafe fn find_pinned(ctx: *mut ContextHeader, include_self: bool) -> Option<*mu
         if include_self && (*ctx).pins > 0 {
             return Some(ctx);
         }
-        let mut child = (*ctx).first_child;
-        while !child.is_null() {
-            if (*child).subtree_pins > 0 {
-                return find_pinned(child, true);
+        let mut cur = ctx;
+        loop {
+            let mut child = (*cur).first_child;
+            while !child.is_null() && (*child).subtree_pins == 0 {
+                child = (*child).next_sibling;
             }
-            child = (*child).next_sibling;
+            if child.is_null() {
+                return None;
+            }
+            if (*child).pins > 0 {
+                return Some(child);
+            }
+            cur = child;
         }
-        None
+    }
+}
+
+/// Calls `f` on every context of the subtree of `root`, `root` included, children before their
+/// parent (post-order), iteratively. The successor is computed before `f` runs, so `f` may reset
+/// the context it is given (but not delete or move contexts).
+///
+/// # Safety
+/// `root` must be live.
+unsafe fn for_each_post_order(root: *mut ContextHeader, mut f: impl FnMut(*mut ContextHeader)) {
+    /// The first context visited in post-order below `c`: its leftmost leaf.
+    ///
+    /// # Safety
+    /// `c` must be live.
+    unsafe fn leftmost_leaf(mut c: *mut ContextHeader) -> *mut ContextHeader {
+        // SAFETY: walking live links.
+        unsafe {
+            while !(*c).first_child.is_null() {
+                c = (*c).first_child;
+            }
+        }
+        c
+    }
+    // SAFETY: every context reached through the links of a live subtree is live.
+    unsafe {
+        let mut c = leftmost_leaf(root);
+        loop {
+            let next = if c == root {
+                None
+            } else if !(*c).next_sibling.is_null() {
+                Some(leftmost_leaf((*c).next_sibling))
+            } else {
+                Some((*c).parent)
+            };
+            f(c);
+            match next {
+                Some(n) => c = n,
+                None => break,
+            }
+        }
     }
 }
 
@@ -393,19 +440,43 @@ unsafe fn is_within(mut inner: *mut ContextHeader, outer: *mut ContextHeader) ->
     false
 }
 
-/// The checks shared by every operation that frees `ctx`'s children (and `ctx` itself when
-/// `including_self`): no pins there, no busy context, CurrentMemoryContext not inside.
+/// The nearest context among `ctx` and its ancestors whose own reset or delete is running: a tree
+/// operation from one of its callbacks must not change the subtree under that operation.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn busy_ancestor(ctx: *mut ContextHeader) -> Result<(), ContextError> {
+    let mut c = ctx;
+    // SAFETY: walking live ancestors.
+    unsafe {
+        while !c.is_null() {
+            if (*c).busy {
+                return Err(ContextError::Busy {
+                    context: (*c).name(),
+                });
+            }
+            c = (*c).parent;
+        }
+    }
+    Ok(())
+}
+
+/// The checks shared by every operation that frees memory of `ctx`'s subtree: no pins there (on
+/// `ctx` itself too when `pins_self`), no busy context, and CurrentMemoryContext not in a context
+/// that goes away (the children; `ctx` itself too when `deletes_self`).
 ///
 /// # Safety
 /// `ctx` must be live.
 unsafe fn check_freeable(
     ctx: *mut ContextHeader,
-    including_self: bool,
+    pins_self: bool,
+    deletes_self: bool,
 ) -> Result<(), ContextError> {
     // SAFETY: `ctx` and its relatives are live.
     unsafe {
+        busy_ancestor(ctx)?;
         let name = (*ctx).name();
-        if let Some(p) = find_pinned(ctx, including_self) {
+        if let Some(p) = find_pinned(ctx, pins_self) {
             if (*p).busy {
                 return Err(ContextError::Busy {
                     context: (*p).name(),
@@ -418,7 +489,7 @@ unsafe fn check_freeable(
             });
         }
         let cur = CURRENT.with(|c| c.get());
-        let inside = if including_self {
+        let inside = if deletes_self {
             is_within(cur, ctx)
         } else {
             cur != ctx && is_within(cur, ctx)
@@ -774,7 +845,7 @@ impl MemoryContext {
         let ctx = self.raw();
         // SAFETY: live context; checked before anything is freed.
         unsafe {
-            check_freeable(ctx, true)?;
+            check_freeable(ctx, true, false)?;
             let _busy = BusyMark::new(ctx);
             delete_descendants(ctx);
             call_callbacks(ctx);
@@ -810,7 +881,7 @@ impl MemoryContext {
         let ctx = self.raw();
         // SAFETY: live context; checked before anything is freed.
         unsafe {
-            check_freeable(ctx, false)?;
+            check_freeable(ctx, false, false)?;
             let _busy = BusyMark::new(ctx);
             delete_descendants(ctx);
         }
@@ -841,6 +912,7 @@ impl MemoryContext {
         // SAFETY: live context; checked before anything is freed. Resetting keeps every context,
         // so CurrentMemoryContext stays valid wherever it is.
         unsafe {
+            busy_ancestor(ctx)?;
             if let Some(p) = find_pinned(ctx, false) {
                 return Err(if (*p).busy {
                     ContextError::Busy {
@@ -892,7 +964,7 @@ impl MemoryContext {
             if (*ctx).parent.is_null() {
                 return Err(ContextError::IsTop);
             }
-            check_freeable(ctx, true)?;
+            check_freeable(ctx, true, true)?;
             {
                 let _busy = BusyMark::new(ctx);
                 delete_descendants(ctx);
@@ -902,7 +974,7 @@ impl MemoryContext {
             if !(*ctx).first_child.is_null() {
                 delete_descendants(ctx);
             }
-            check_freeable(ctx, true)?;
+            check_freeable(ctx, true, true)?;
             delete_one(ctx);
         }
         crate::hooks::raise_pending();
@@ -938,6 +1010,8 @@ impl MemoryContext {
             if (*ctx).parent.is_null() {
                 return Err(ContextError::IsTop);
             }
+            busy_ancestor(ctx)?;
+            busy_ancestor(np)?;
             if is_within(np, ctx) {
                 return Err(ContextError::WouldCycle {
                     context: (*ctx).name(),
@@ -1012,16 +1086,14 @@ impl MemoryContext {
     /// If the context was deleted.
     pub fn mem_allocated(self, recurse: bool) -> usize {
         let ctx = self.raw();
-        // SAFETY: a live subtree.
-        unsafe {
-            let mut total = (*ctx).mem_allocated;
-            if recurse {
-                for child in self.children() {
-                    total += child.mem_allocated(true);
-                }
-            }
-            total
+        if !recurse {
+            // SAFETY: live header.
+            return unsafe { (*ctx).mem_allocated };
         }
+        let mut total = 0;
+        // SAFETY: a live subtree; the closure only reads.
+        unsafe { for_each_post_order(ctx, |c| total += (*c).mem_allocated) };
+        total
     }
 
     /// This context's own counters (blocks, free space), as PostgreSQL's stats method reports.
@@ -1038,19 +1110,33 @@ impl MemoryContext {
     /// # Panics
     /// If the context was deleted.
     pub fn stats(self) -> StatsNode {
-        let ctx = self.raw();
-        // SAFETY: live header.
-        let (id, ident) = unsafe { ((*ctx).id, (*ctx).ident.as_deref().map(str::to_owned)) };
-        let mut children: Vec<StatsNode> = self.children().into_iter().map(|c| c.stats()).collect();
-        children.shrink_to_fit();
-        StatsNode {
-            id,
-            name: self.name.to_owned(),
-            ident,
-            kind: "AllocSet".to_owned(),
-            counters: self.counters(),
-            children,
+        let root = self.raw();
+        // Built bottom-up without recursion (a tree may be deep): post-order visits every child
+        // before its parent, so each context's children are complete when it is reached; they
+        // wait on a stack tagged with their parent.
+        let mut pending: Vec<(*mut ContextHeader, StatsNode)> = Vec::new();
+        // SAFETY: a live subtree; the closure only reads it.
+        unsafe {
+            for_each_post_order(root, |c| {
+                let mut children = Vec::new();
+                while pending.last().is_some_and(|(parent, _)| *parent == c) {
+                    children.push(pending.pop().expect("non-empty").1);
+                }
+                // Popped last sibling first; restore the list's order (newest first, as
+                // PostgreSQL prints).
+                children.reverse();
+                let node = StatsNode {
+                    id: (*c).id,
+                    name: (*c).name().to_owned(),
+                    ident: (*c).ident.as_deref().map(str::to_owned),
+                    kind: "AllocSet".to_owned(),
+                    counters: aset::counters(c),
+                    children,
+                };
+                pending.push(((*c).parent, node));
+            });
         }
+        pending.pop().expect("the root").1
     }
 
     /// Verifies this context's blocks and chunks now (PostgreSQL's `MemoryContextCheck`): in the
@@ -1061,10 +1147,9 @@ impl MemoryContext {
     /// # Panics
     /// If the context was deleted, or (debug build, default policy) when something is found.
     pub fn check(self) -> usize {
-        let mut n = crate::hooks::check_context(self.raw());
-        for child in self.children() {
-            n += child.check();
-        }
+        let mut n = 0;
+        // SAFETY: a live subtree; checking only reads it.
+        unsafe { for_each_post_order(self.raw(), |c| n += crate::hooks::check_context(c)) };
         n
     }
 
@@ -1083,19 +1168,16 @@ impl MemoryContext {
 /// # Safety
 /// `ctx` must be live and nothing in its subtree pinned.
 unsafe fn reset_subtree_keeping(ctx: *mut ContextHeader) {
-    // SAFETY: per the contract.
+    // SAFETY: per the contract; a reset never unlinks a context, so the walk stays valid.
     unsafe {
-        let mut child = (*ctx).first_child;
-        while !child.is_null() {
-            reset_subtree_keeping(child);
-            child = (*child).next_sibling;
-        }
-        call_callbacks(ctx);
-        if !(*ctx).is_reset {
-            aset::reset(ctx);
-            (*ctx).is_reset = true;
-        }
-        crate::hooks::context_reset(ctx);
+        for_each_post_order(ctx, |c| {
+            call_callbacks(c);
+            if !(*c).is_reset {
+                aset::reset(c);
+                (*c).is_reset = true;
+            }
+            crate::hooks::context_reset(c);
+        });
     }
 }
 

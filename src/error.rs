@@ -21,7 +21,8 @@ pub enum ContextError {
         /// Number of live pins on `pinned`.
         pins: u32,
     },
-    /// The context is in the middle of its own reset or delete (an operation from a callback).
+    /// The context, or an ancestor, is in the middle of its own reset or delete: an operation from
+    /// a reset callback may not change the subtree under the operation that runs the callback.
     Busy {
         /// The context being reset or deleted.
         context: &'static str,

@@ -420,7 +420,8 @@ pub unsafe fn chunk_context(ptr: *mut u8) -> MemoryContext {
     }
 }
 
-/// Bytes a chunk occupies, header included (`GetMemoryChunkSpace`).
+/// Bytes a chunk occupies in its block, header and alignment padding included
+/// (`GetMemoryChunkSpace`); for a chunk with a block of its own, the chunk's part of that block.
 ///
 /// # Safety
 /// As [`pfree`].
@@ -432,7 +433,10 @@ pub unsafe fn chunk_space(ptr: *mut u8) -> usize {
     unsafe {
         let hdr = chunk::read_header(ptr);
         match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AllocSet) => aset::chunk_capacity(ptr, hdr) + CHUNK_PREFIX,
+            Some(ChunkKind::AllocSet) if hdr.is_external() => {
+                aset::chunk_capacity(ptr, hdr) + CHUNK_PREFIX
+            }
+            Some(ChunkKind::AllocSet) => chunk::footprint(aset::chunk_capacity(ptr, hdr)),
             Some(ChunkKind::AlignedRedirect) => chunk_space(redirect_base(ptr, hdr)),
             None => invalid_pointer("GetMemoryChunkSpace", ptr, hdr),
         }
