@@ -54,6 +54,7 @@ mod error;
 mod hooks;
 mod raw;
 pub mod registry;
+pub mod snapshot;
 pub mod stats;
 
 #[cfg(feature = "debug-contexts")]
