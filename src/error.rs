@@ -64,8 +64,8 @@ impl fmt::Display for ContextError {
             ContextError::IsTop => write!(f, "TopMemoryContext cannot be deleted or moved"),
             ContextError::ContainsCurrent { context, current } => write!(
                 f,
-                "cannot delete memory context \"{context}\": it holds CurrentMemoryContext \
-                 \"{current}\""
+                "cannot free memory context \"{context}\": CurrentMemoryContext \"{current}\" \
+                 would be deleted (switch away from it first)"
             ),
             ContextError::WouldCycle {
                 context,
