@@ -1,32 +1,59 @@
-//! memctx demo: the memory of a toy database backend, PostgreSQL style.
+//! memctx demo: the memory of a toy database backend, PostgreSQL style — with a leak to find.
 //!
-//! Run it with `cargo run --example demo` (or `bash ci/demo`). It builds the context tree a
-//! PostgreSQL backend has while it executes a query,
+//! ```text
+//! cargo run --release --example demo [-- [DIR] [--queries N] [--interval-ms MS]]
+//! ```
+//!
+//! (`bash ci/demo` runs the first form.) It builds the context tree a PostgreSQL backend has while
+//! it executes queries,
 //!
 //! ```text
 //! TopMemoryContext
-//!   CacheMemoryContext        long-lived: the relation cache (never reset; leaks accumulate here)
+//!   CacheMemoryContext        long-lived: the relation cache and a plan cache (never reset)
 //!     relation info: <name>   one small child per cached relation, named by its identifier
-//!   TopTransactionContext     lives as long as the transaction
-//!   MessageContext            the query string of the current message
-//!   PortalContext             the running query
+//!   TopTransactionContext     lives as long as the transaction: reset at commit
+//!   MessageContext            the query string of the current message: reset per message
+//!   PortalContext             the running query: deleted when it ends
 //!     ExecutorState           executor state for the query
 //!       ExprContext           per-row memory, reset after every row
 //! ```
 //!
-//! runs rows through the per-row ExprContext, prints the tree in PostgreSQL's
-//! `MemoryContextStats` format, then drops the portal (one delete frees the whole subtree) and
-//! prints the tree again.
+//! and runs a session of `N` queries (default 200) of 1,000 rows each. It prints the tree in
+//! PostgreSQL's `MemoryContextStats` format at the end of the first query and after the last one.
+//!
+//! **The planted leak.** After each query the backend keeps the query's plan in
+//! CacheMemoryContext for reuse ([`PlanCache::remember`]) and forgets to free the plan it replaces:
+//! about 1 KiB per query stays behind in a context that is never reset — the article's first bug
+//! class, "not freeing in a long-lived context".
+//!
+//! **Finding it.** A [`memctx::dump::Dumper`] writes a snapshot of every thread's tree into `DIR`
+//! (default `./memctx-snapshots`) every 20 queries — or every `MS` milliseconds of wall-clock time
+//! with `--interval-ms`, as a server would run it — and on `SIGUSR1` (`kill -USR1 PID` while a
+//! long session runs). The snapshots are taken by the backend thread itself at its safe points
+//! (here, every row's reset). Then `memctx diff DIR` names the growing context; in the debug build
+//! (`--features debug-contexts`) the snapshots carry per-site attribution, and the demo prints the
+//! sites of CacheMemoryContext at the end: the file and line of the leak. See the README's
+//! walkthrough.
 
+use core::ffi::CStr;
 use core::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use allocator_api2::vec::Vec as PVec;
 use hashbrown::HashMap;
+use memctx::dump::{Dumper, DumperConfig};
 use memctx::stats::PrintOptions;
 use memctx::{BlockSizes, MemoryContext, PString, PinnedContext};
 
-/// Rows the query produces.
-const ROWS: u64 = 10_000;
+/// Rows each query produces.
+const ROWS_PER_QUERY: u64 = 1_000;
+/// Queries in the session unless `--queries` says otherwise.
+const DEFAULT_QUERIES: u64 = 200;
+/// Without `--interval-ms`, a snapshot every this many queries.
+const SNAPSHOT_EVERY: u64 = 20;
+/// Bytes of a cached plan (the plan tree; the query text is stored after it).
+const PLAN_SIZE: usize = 896;
 
 /// The relations the backend has in its relation cache: name and column names.
 const RELATIONS: &[(&str, &[&str])] = &[
@@ -52,7 +79,53 @@ struct Relation {
 type RelCache<'a> =
     HashMap<PString<&'a PinnedContext>, Relation, hashbrown::DefaultHashBuilder, &'a PinnedContext>;
 
+/// The command line.
+struct Args {
+    dir: PathBuf,
+    queries: u64,
+    interval: Option<Duration>,
+}
+
+fn parse_args() -> Args {
+    let usage = "usage: demo [DIR] [--queries N] [--interval-ms MS]\n\
+                 \x20 DIR             where snapshots go (default ./memctx-snapshots)\n\
+                 \x20 --queries N     queries in the session (default 200)\n\
+                 \x20 --interval-ms MS  a snapshot every MS ms instead of every 20 queries";
+    let fail = |msg: &str| -> ! {
+        eprintln!("demo: {msg}\n{usage}");
+        std::process::exit(2)
+    };
+    let mut args = Args {
+        dir: PathBuf::from("memctx-snapshots"),
+        queries: DEFAULT_QUERIES,
+        interval: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut number = |flag: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| fail(&format!("{flag} needs a positive number")))
+        };
+        match a.as_str() {
+            "--queries" => args.queries = number("--queries"),
+            "--interval-ms" => {
+                args.interval = Some(Duration::from_millis(number("--interval-ms")));
+            }
+            "-h" | "--help" => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            s if s.starts_with('-') => fail(&format!("unknown option {s}")),
+            s => args.dir = PathBuf::from(s),
+        }
+    }
+    args
+}
+
 fn main() {
+    let args = parse_args();
     let top = MemoryContext::top();
 
     // Long-lived memory: the relation cache. A pinned context is the safe API's allocator; while
@@ -64,39 +137,168 @@ fn main() {
     let columns: Vec<&str> = orders.columns.iter().map(|c| c.as_str()).collect();
     println!("relation orders: oid {}, columns {columns:?}", orders.oid);
 
-    // Per-transaction and per-message memory, as a backend sets them up for each query.
-    let _transaction = top.new_child("TopTransactionContext", BlockSizes::DEFAULT);
+    // Snapshots of the running backend, into a directory of their own.
+    let dumper = start_dumper(&args);
+    println!(
+        "pid {}: snapshots go to {} ({}; `kill -USR1 {}` asks for one more)\n",
+        std::process::id(),
+        args.dir.display(),
+        match args.interval {
+            Some(d) => format!("every {} ms", d.as_millis()),
+            None => format!("every {SNAPSHOT_EVERY} queries"),
+        },
+        std::process::id()
+    );
+
+    // Per-transaction and per-message memory, as a backend sets them up.
+    let transaction = top.new_child("TopTransactionContext", BlockSizes::DEFAULT);
     let message = top.new_child("MessageContext", BlockSizes::DEFAULT);
-    let query = {
-        // C-style code allocates in CurrentMemoryContext: switch to MessageContext, copy the
-        // query string with pstrdup; the guard switches back when it drops.
-        let _guard = message.switch_to();
-        memctx::pstrdup("SELECT customer, sum(amount) FROM orders GROUP BY customer")
+    let mut plans = PlanCache {
+        cache,
+        last_plan: core::ptr::null_mut(),
     };
 
-    // The portal running the query, its executor state and the per-row expression context.
-    let portal = top.new_child("PortalContext", BlockSizes::DEFAULT);
-    let executor = portal.new_child("ExecutorState", BlockSizes::DEFAULT);
-    let per_row = executor.new_child("ExprContext", BlockSizes::DEFAULT);
+    let mut rows = 0;
+    for q in 0..args.queries {
+        // The client's message: the query string, copied into MessageContext by C-style code
+        // that allocates in CurrentMemoryContext (pstrdup); the guard switches back on drop.
+        let threshold = (q * 37) % 900;
+        let query = {
+            let _guard = message.switch_to();
+            memctx::pstrdup(&format!(
+                "SELECT customer, sum(amount) FROM orders WHERE amount > {threshold} \
+                 GROUP BY customer"
+            ))
+        };
+        // SAFETY: `query` is a NUL-terminated string in MessageContext, alive until its reset.
+        let query_text = unsafe { CStr::from_ptr(query.cast()) };
 
-    // SAFETY: `query` is a NUL-terminated string in MessageContext, which is still alive.
-    let query_text = unsafe { core::ffi::CStr::from_ptr(query.cast()) };
-    println!("query: {}\n", query_text.to_string_lossy());
+        // The transaction's state lives in TopTransactionContext until commit.
+        let xact = transaction.alloc(512);
+        // SAFETY: 512 fresh bytes of TopTransactionContext.
+        unsafe { xact.as_ptr().write_bytes(0, 512) };
 
-    let (rows, ngroups, total) = run_query(executor, per_row, &relcache);
-    println!("{rows} rows in {ngroups} groups, sum(amount) = {total}\n");
+        // The portal running the query, its executor state and the per-row expression context.
+        let portal = top.new_child("PortalContext", BlockSizes::DEFAULT);
+        let executor = portal.new_child("ExecutorState", BlockSizes::DEFAULT);
+        let per_row = executor.new_child("ExprContext", BlockSizes::DEFAULT);
+        let (n, ngroups, total) = run_query(executor, per_row, &relcache, threshold as i64);
+        rows += n;
+        if q == 0 {
+            println!("query: {}", query_text.to_string_lossy());
+            println!("{n} rows in {ngroups} groups, sum(amount) = {total}\n");
+            print_tree("at the end of the first query (portal still open)", top);
+        }
 
-    // End of query: one delete frees PortalContext, ExecutorState and ExprContext together.
-    portal.delete();
-    // A backend resets MessageContext before reading the next message; `query` dangles after
-    // this, like any raw pointer into a reset context: it must not be read again.
-    message.reset();
-    print_tree("after the portal was deleted", top);
+        // Keep the plan for reuse (this is where the leak is).
+        plans.remember(query_text);
 
-    // The cache outlives the query. Dropping the map and then the pin makes the context
+        // End of query: one delete frees PortalContext, ExecutorState and ExprContext together;
+        // commit resets TopTransactionContext; the next message resets MessageContext (`query`
+        // dangles after that, like any raw pointer into a reset context).
+        portal.delete();
+        transaction.reset();
+        message.reset();
+
+        if args.interval.is_none() && (q + 1) % SNAPSHOT_EVERY == 0 {
+            if let Err(e) = dumper.dump_now() {
+                eprintln!("demo: snapshot failed: {e}");
+            }
+        }
+    }
+    if args.interval.is_some() || args.queries % SNAPSHOT_EVERY != 0 {
+        // One last snapshot, of the end of the session.
+        if let Err(e) = dumper.dump_now() {
+            eprintln!("demo: snapshot failed: {e}");
+        }
+    }
+    println!("{} queries, {rows} rows\n", args.queries);
+    print_tree(&format!("after {} queries", args.queries), top);
+
+    // The debug build records every chunk's allocation site: ask CacheMemoryContext who holds its
+    // memory.
+    let sites = cache.sites(true, 3);
+    if sites.is_empty() {
+        println!(
+            "(per-site attribution needs the debug build: \
+             cargo run --features debug-contexts --example demo)"
+        );
+    } else {
+        println!("CacheMemoryContext by allocation site (largest first, 3 frames each):");
+        for site in &sites {
+            let mut site = site.clone();
+            site.frames.truncate(3);
+            print!("{site}");
+        }
+    }
+
+    let written = dumper.written();
+    dumper.stop();
+    println!(
+        "\n{written} snapshot{} in {}; compare them with\n  \
+         cargo run --features cli --bin memctx -- diff {}",
+        if written == 1 { "" } else { "s" },
+        args.dir.display(),
+        args.dir.display()
+    );
+
+    // The caches outlive the session. Dropping the map and then the pin makes the context
     // freeable again (locals drop in reverse order, so this happens at the end of `main` anyway).
     drop(relcache);
     drop(cache_mem);
+}
+
+/// Starts the dumper: into `args.dir` (emptied of an earlier run's snapshots, so the directory
+/// holds one series), on SIGUSR1, and every `args.interval` if one was given.
+fn start_dumper(args: &Args) -> Dumper {
+    let fail = |what: &str, e: std::io::Error| -> ! {
+        eprintln!("demo: {what} {}: {e}", args.dir.display());
+        std::process::exit(1)
+    };
+    if args.dir.is_dir() {
+        let old = memctx::dump::list_snapshots(&args.dir).unwrap_or_else(|e| fail("listing", e));
+        for (_, path) in &old {
+            std::fs::remove_file(path).unwrap_or_else(|e| fail("cleaning", e));
+        }
+        if !old.is_empty() {
+            println!("removed {} snapshots of an earlier run", old.len());
+        }
+    }
+    let mut config = DumperConfig::new(&args.dir)
+        .with_signal()
+        .deadline(Duration::from_secs(5));
+    if let Some(interval) = args.interval {
+        config = config.interval(interval);
+    }
+    Dumper::start(config).unwrap_or_else(|e| fail("cannot write snapshots to", e))
+}
+
+/// Plans of executed queries, kept in CacheMemoryContext so that the next execution of the same
+/// query could skip planning.
+struct PlanCache {
+    cache: MemoryContext,
+    /// The plan of the last query.
+    last_plan: *mut u8,
+}
+
+impl PlanCache {
+    /// Keeps the plan of `query` (a plan tree of `PLAN_SIZE` bytes followed by the query text) in
+    /// CacheMemoryContext, replacing the previous plan.
+    ///
+    /// THE PLANTED LEAK: the plan being replaced should be given back with
+    /// `unsafe { memctx::pfree(self.last_plan) }` first. Without it every query leaves its plan
+    /// behind in a context that is never reset.
+    fn remember(&mut self, query: &CStr) {
+        let text = query.to_bytes_with_nul();
+        let plan = self.cache.alloc(PLAN_SIZE + text.len()).as_ptr();
+        // SAFETY: `plan` has room for the plan tree and the text.
+        unsafe {
+            plan.write_bytes(0, PLAN_SIZE);
+            plan.add(PLAN_SIZE)
+                .copy_from_nonoverlapping(text.as_ptr(), text.len());
+        }
+        self.last_plan = plan; // the old plan is lost here
+    }
 }
 
 /// Fills the relation cache: one map entry per relation, each with a child context whose
@@ -117,14 +319,15 @@ fn build_relcache<'a>(cache: MemoryContext, cache_mem: &'a PinnedContext) -> Rel
     relcache
 }
 
-/// Runs the toy query `SELECT customer, sum(amount) FROM orders GROUP BY customer` over `ROWS`
-/// generated rows, evaluating each row in the per-row context and aggregating in ExecutorState.
-/// Prints the tree at the end of the query, while the portal is still open. Returns the number of
-/// rows, the number of groups and the sum of `amount`.
+/// Runs the toy query `SELECT customer, sum(amount) FROM orders WHERE amount > threshold GROUP BY
+/// customer` over `ROWS_PER_QUERY` generated rows, evaluating each row in the per-row context and
+/// aggregating in ExecutorState. Returns the number of rows, the number of groups and the sum of
+/// `amount`.
 fn run_query(
     executor: MemoryContext,
     per_row: MemoryContext,
     relcache: &RelCache,
+    threshold: i64,
 ) -> (u64, usize, i64) {
     let orders = &relcache["orders"];
     let ncolumns = orders.columns.len();
@@ -135,7 +338,7 @@ fn run_query(
     let mut groups = HashMap::new_in(&exec_mem);
 
     let mut total = 0i64;
-    for row in 0..ROWS {
+    for row in 0..ROWS_PER_QUERY {
         // `scope` makes ExprContext current and pinned for the closure, then resets it: whatever
         // the row allocated is gone before the next row, however it was allocated.
         per_row.scope(|mem| {
@@ -143,6 +346,9 @@ fn run_query(
             let mut tuple: PVec<i64, _> = PVec::with_capacity_in(ncolumns, mem);
             tuple.extend([row as i64, (row % 97) as i64, (row % 1000) as i64 + 1, 0]);
             let amount = tuple[2];
+            if amount <= threshold {
+                return;
+            }
 
             // The group key, built for the row as a string in ExprContext.
             let mut customer = PString::new_in(mem);
@@ -166,12 +372,7 @@ fn run_query(
             total += amount;
         });
     }
-
-    print_tree(
-        "at the end of the query (portal still open)",
-        MemoryContext::top(),
-    );
-    (ROWS, groups.len(), total)
+    (ROWS_PER_QUERY, groups.len(), total)
 }
 
 /// Prints the stats tree of `top` to stdout in PostgreSQL's `MemoryContextStats` format.

@@ -102,8 +102,9 @@ impl MemoryContext {
     /// If `f` panics, the context is reset all the same while the panic unwinds.
     ///
     /// # Panics
-    /// If the context was deleted; after `f`, if the reset is refused because a clone of the pin
-    /// escaped (the memory is then left as it is).
+    /// If the context was deleted or is already pinned (a nested scope on the same context: the
+    /// row could not be reset), before `f` runs; after `f`, if the reset is refused because a
+    /// clone of the pin escaped (the memory is then left as it is).
     ///
     /// # Examples
     /// ```
@@ -124,6 +125,14 @@ impl MemoryContext {
     /// expr.delete();
     /// ```
     pub fn scope<R>(self, f: impl FnOnce(&PinnedContext) -> R) -> R {
+        let pins = self.pin_count();
+        if pins > 0 {
+            panic!(
+                "per-row scope on memory context \"{}\", which is already pinned {pins} time(s): \
+                 it could not be reset after the row (a nested scope on the same context?)",
+                self.name()
+            );
+        }
         let scope = RowScope {
             ctx: self,
             switch: Some(self.switch_to()),

@@ -134,8 +134,11 @@ impl BlockSizes {
         if self.max_block_size < self.init_block_size || self.max_block_size > MAX_BLOCK_OFFSET {
             return bad("maximum block size must lie between the initial size and 1 GiB - 1");
         }
-        if self.min_context_size > MAX_BLOCK_OFFSET {
-            return bad("minimum context size must be below 1 GiB");
+        if self.min_context_size != 0
+            && (self.min_context_size < MIN_INIT_BLOCK_SIZE
+                || self.min_context_size > MAX_BLOCK_OFFSET)
+        {
+            return bad("minimum context size must be 0 or between 1024 and 1 GiB - 1");
         }
         Ok(())
     }
@@ -202,6 +205,35 @@ pub(crate) fn freelist_index(size: usize) -> usize {
     debug_assert!(size <= MAX_CHUNK_LIMIT);
     let bits = usize::BITS - (size.max(1) - 1).leading_zeros();
     bits.saturating_sub(MIN_CLASS_SHIFT) as usize
+}
+
+/// Size class of every request up to 1 KiB, indexed by `(size + 7) / 8`: a table load instead of
+/// a leading-zero count and a subtraction on the hot path.
+const SMALL_CLASSES: [u8; 129] = {
+    let mut t = [0u8; 129];
+    let mut i = 0;
+    while i < 129 {
+        let size: usize = if i == 0 { 1 } else { i * 8 };
+        let bits = usize::BITS - (size - 1).leading_zeros();
+        t[i] = if bits > MIN_CLASS_SHIFT {
+            (bits - MIN_CLASS_SHIFT) as u8
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+/// [`freelist_index`] through [`SMALL_CLASSES`] for requests up to 1 KiB.
+#[inline(always)]
+fn small_class_index(size: usize) -> usize {
+    if size <= 1024 {
+        // SAFETY: (size + 7) / 8 <= 128 < SMALL_CLASSES.len().
+        unsafe { *SMALL_CLASSES.get_unchecked((size + 7) >> 3) as usize }
+    } else {
+        freelist_index(size)
+    }
 }
 
 /// Data size of size class `idx`.
@@ -340,41 +372,46 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
     let need = hooks::class_request(size);
     // SAFETY: `ctx` is live (caller).
     unsafe {
-        (*ctx).is_reset = false;
         if need > (*ctx).set.chunk_limit {
+            (*ctx).is_reset = false;
             return alloc_large(ctx, size, need);
         }
-        let idx = freelist_index(need);
-        let head = (*ctx).set.freelist[idx];
+        let idx = small_class_index(need);
+        // A freelist is empty right after a reset, so popping never needs to clear `is_reset`.
+        let head = *(*ctx).set.freelist.get_unchecked(idx);
         if !head.is_null() {
             hooks::freelist_open(head);
-            (*ctx).set.freelist[idx] = (head as *mut *mut u8).read();
+            *(*ctx).set.freelist.get_unchecked_mut(idx) = (head as *mut *mut u8).read();
             hooks::chunk_reused(ctx, head, size, class_size(idx));
             return head;
         }
-        alloc_from_block(ctx, size, idx)
+        // Carve from the active block inline when it has room; taking a new block is the cold
+        // path. (The keeper block is always on the list, so `blocks` is never null here.)
+        (*ctx).is_reset = false;
+        let fp = *FOOTPRINTS.get_unchecked(idx);
+        let block = (*ctx).set.blocks;
+        debug_assert!(!block.is_null());
+        if ((*block).end_ptr as usize - (*block).free_ptr as usize) >= fp {
+            return carve(ctx, block, size, idx, fp);
+        }
+        alloc_from_new_block(ctx, size, idx)
     }
 }
 
-/// Carves a chunk of class `idx` from the active block, taking a new block when it is full.
+/// Carves a chunk of class `idx` (footprint `fp`) from `block`, which has room for it.
 ///
 /// # Safety
-/// As [`alloc`].
-#[inline(never)]
-unsafe fn alloc_from_block(ctx: *mut ContextHeader, size: usize, idx: usize) -> *mut u8 {
-    let fp = FOOTPRINTS[idx];
-    // SAFETY: `ctx` is live; its head block (if any) is one of its blocks.
+/// `block` must be the active block of the live context `ctx` with at least `fp` free bytes.
+#[inline(always)]
+unsafe fn carve(
+    ctx: *mut ContextHeader,
+    block: *mut Block,
+    size: usize,
+    idx: usize,
+    fp: usize,
+) -> *mut u8 {
+    // SAFETY: per the contract, `[free_ptr, free_ptr + fp)` is unused space of `block`.
     unsafe {
-        let mut block = (*ctx).set.blocks;
-        if block.is_null() || ((*block).end_ptr as usize - (*block).free_ptr as usize) < fp {
-            if !block.is_null() {
-                carve_leftover(ctx, block);
-            }
-            block = grow(ctx, fp);
-            if block.is_null() {
-                return ptr::null_mut();
-            }
-        }
         let chunk = (*block).free_ptr;
         (*block).free_ptr = chunk.add(fp);
         let offset = chunk as usize - block as usize;
@@ -385,6 +422,26 @@ unsafe fn alloc_from_block(ctx: *mut ContextHeader, size: usize, idx: usize) -> 
         let data = chunk::data_of(chunk);
         hooks::chunk_carved(ctx, data, size, class_size(idx));
         data
+    }
+}
+
+/// The active block is full: carve its leftover into freelists, take a new block, and carve a
+/// chunk of class `idx` from it. Null when the system allocator fails.
+///
+/// # Safety
+/// As [`alloc`].
+#[cold]
+#[inline(never)]
+unsafe fn alloc_from_new_block(ctx: *mut ContextHeader, size: usize, idx: usize) -> *mut u8 {
+    let fp = FOOTPRINTS[idx];
+    // SAFETY: `ctx` is live; its head block is the active block.
+    unsafe {
+        carve_leftover(ctx, (*ctx).set.blocks);
+        let block = grow(ctx, fp);
+        if block.is_null() {
+            return ptr::null_mut();
+        }
+        carve(ctx, block, size, idx, fp)
     }
 }
 
@@ -436,7 +493,11 @@ unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
         while size < required {
             size *= 2;
         }
-        new_block(ctx, size, true)
+        let block = new_block(ctx, size, true);
+        if !block.is_null() {
+            crate::dump::safe_point(); // a new block, linked and consistent (see crate::dump)
+        }
+        block
     }
 }
 
@@ -706,6 +767,7 @@ mod tests {
         assert_eq!(freelist_index(8192), 10);
         for size in 1..=MAX_CHUNK_LIMIT {
             let idx = freelist_index(size);
+            assert_eq!(small_class_index(size), idx);
             assert!(class_size(idx) >= size);
             assert!(idx == 0 || class_size(idx - 1) < size);
         }

@@ -151,9 +151,13 @@ pub(crate) fn data_of(chunk: *mut u8) -> *mut u8 {
 /// the `CHUNK_PREFIX` bytes before it must be readable.
 #[inline(always)]
 pub(crate) unsafe fn read_header(data: *mut u8) -> ChunkHeader {
+    let chunk = chunk_of(data);
+    crate::hooks::header_open(chunk);
     // SAFETY: the caller guarantees the chunk prefix is readable; the header word is 8-aligned
     // because chunk data is 16-aligned and CHUNK_PREFIX is a multiple of 8.
-    ChunkHeader(unsafe { (chunk_of(data) as *const u64).read() })
+    let header = ChunkHeader(unsafe { (chunk as *const u64).read() });
+    crate::hooks::header_close(chunk);
+    header
 }
 
 /// Writes the header word of the chunk starting at `chunk`.
@@ -162,8 +166,10 @@ pub(crate) unsafe fn read_header(data: *mut u8) -> ChunkHeader {
 /// `chunk` must be the 8-aligned start of a chunk inside a block this crate owns.
 #[inline(always)]
 pub(crate) unsafe fn write_header(chunk: *mut u8, header: ChunkHeader) {
+    crate::hooks::header_open(chunk);
     // SAFETY: the caller guarantees `chunk` is an aligned, writable chunk start.
     unsafe { (chunk as *mut u64).write(header.0) }
+    crate::hooks::header_close(chunk);
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two). The caller ensures no overflow.

@@ -583,6 +583,25 @@ unsafe fn delete_descendants(ctx: *mut ContextHeader) {
     }
 }
 
+/// If a callback made `ctx` current after the checks (a `switch_to` without a guard), move
+/// CurrentMemoryContext to its parent so it never names a deleted context.
+///
+/// # Safety
+/// `ctx` must be live and not Top.
+unsafe fn leave_if_current(ctx: *mut ContextHeader) {
+    if CURRENT.with(|c| c.get()) == ctx {
+        // SAFETY: a live context that is not Top has a live parent.
+        let parent = unsafe { (*ctx).parent };
+        // SAFETY: as above.
+        let (name, pname) = unsafe { ((*ctx).name(), (*parent).name()) };
+        log::warn!(
+            "memctx: memory context \"{name}\" was made current during its own delete; \
+             CurrentMemoryContext is now its parent \"{pname}\""
+        );
+        CURRENT.with(|c| c.set(parent));
+    }
+}
+
 /// Unlinks a childless context, frees its memory and recycles its header.
 ///
 /// # Safety
@@ -592,6 +611,7 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
     unsafe {
         debug_assert!((*ctx).first_child.is_null() && (*ctx).subtree_pins == 0);
         crate::hooks::context_deleting(ctx);
+        leave_if_current(ctx);
         unlink_child(ctx);
         (*ctx).generation = (*ctx).generation.wrapping_add(1);
         (*ctx).magic = DEAD_CONTEXT_MAGIC;
@@ -644,6 +664,11 @@ pub struct MemoryContext {
     name: &'static str,
     _not_send: PhantomData<*mut ()>,
 }
+
+// A handle is an address and a generation: a panic caught half-way through an operation leaves it
+// as checkable as before (every tree operation keeps the tree consistent before it can panic).
+impl std::panic::UnwindSafe for MemoryContext {}
+impl std::panic::RefUnwindSafe for MemoryContext {}
 
 impl PartialEq for MemoryContext {
     fn eq(&self, other: &Self) -> bool {
@@ -845,10 +870,23 @@ impl MemoryContext {
         let ctx = self.raw();
         // SAFETY: live context; checked before anything is freed.
         unsafe {
-            check_freeable(ctx, true, false)?;
-            let _busy = BusyMark::new(ctx);
-            delete_descendants(ctx);
-            call_callbacks(ctx);
+            if (*ctx).first_child.is_null() && (*ctx).callbacks.is_empty() {
+                // The per-row case: a leaf without callbacks. Nothing can run in the middle, so
+                // it needs no busy mark, and no child can hold CurrentMemoryContext.
+                busy_ancestor(ctx)?;
+                if let Some(p) = find_pinned(ctx, true) {
+                    return Err(ContextError::Pinned {
+                        context: (*ctx).name(),
+                        pinned: (*p).name(),
+                        pins: (*p).pins,
+                    });
+                }
+            } else {
+                check_freeable(ctx, true, false)?;
+                let _busy = BusyMark::new(ctx);
+                delete_descendants(ctx);
+                call_callbacks(ctx);
+            }
             if !(*ctx).is_reset {
                 aset::reset(ctx);
                 (*ctx).is_reset = true;
@@ -856,6 +894,7 @@ impl MemoryContext {
             crate::hooks::context_reset(ctx);
         }
         crate::hooks::raise_pending();
+        crate::dump::safe_point(); // a user reset: the tree is consistent (see crate::dump)
         Ok(())
     }
 
@@ -970,11 +1009,13 @@ impl MemoryContext {
                 delete_descendants(ctx);
                 call_callbacks(ctx);
             }
-            // A callback may have created children, or pinned the context; check again.
+            // A callback may have created children; they go too. Pinning was refused while the
+            // context was busy, and a callback that switched into the subtree is undone by
+            // `leave_if_current`, so nothing can refuse the delete any more.
             if !(*ctx).first_child.is_null() {
                 delete_descendants(ctx);
             }
-            check_freeable(ctx, true, true)?;
+            debug_assert_eq!((*ctx).subtree_pins, 0);
             delete_one(ctx);
         }
         crate::hooks::raise_pending();

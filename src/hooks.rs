@@ -33,6 +33,13 @@ mod off {
     /// The allocator is done with a free chunk's link word.
     #[inline(always)]
     pub(crate) fn freelist_close(data: *mut u8) {}
+    /// A chunk's header word (at `chunk`) is about to be read or written (the debug build opens
+    /// it to Valgrind and ASan).
+    #[inline(always)]
+    pub(crate) fn header_open(chunk: *mut u8) {}
+    /// The allocator is done with a chunk's header word.
+    #[inline(always)]
+    pub(crate) fn header_close(chunk: *mut u8) {}
     /// A chunk was carved from a block's free space.
     #[inline(always)]
     pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {}

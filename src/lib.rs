@@ -50,8 +50,11 @@ mod alloc_api;
 mod aset;
 mod chunk;
 mod context;
+pub mod dump;
 mod error;
 mod hooks;
+#[cfg(feature = "cli")]
+pub mod leak;
 mod raw;
 pub mod registry;
 pub mod snapshot;
@@ -63,6 +66,7 @@ pub mod debug;
 pub use alloc_api::{PString, PinnedContext};
 pub use aset::BlockSizes;
 pub use context::{switch_to, MemoryContext, SwitchGuard, LAYOUT_VERSION};
+pub use dump::{Site, SiteFrame};
 pub use error::ContextError;
 pub use raw::{
     chunk_context, chunk_space, palloc, palloc0, palloc_aligned, palloc_extended, pfree, pstrdup,

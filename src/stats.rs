@@ -191,6 +191,17 @@ pub struct StatsNode {
     pub children: Vec<StatsNode>,
 }
 
+/// Dropping a tree iteratively: the derived drop would recurse once per level, and a deep tree (a
+/// context chain thousands long) would overflow the stack.
+impl Drop for StatsNode {
+    fn drop(&mut self) {
+        let mut stack = core::mem::take(&mut self.children);
+        while let Some(mut node) = stack.pop() {
+            stack.append(&mut node.children);
+        }
+    }
+}
+
 impl StatsNode {
     /// The counters of this context and all its descendants, summed.
     ///

@@ -6,22 +6,44 @@
 //! when it is carved again, and the whole context at reset, delete and check. Findings made in the
 //! middle of an allocator operation are queued and raised when the operation is done, so a panic
 //! never leaves the allocator's lists half-updated.
+//!
+//! The same hooks tell Valgrind memcheck and ASan about every chunk (see `sanitizer`): a chunk's
+//! requested bytes are the only part of it either tool lets the program touch. Everything else —
+//! the prefix (header word, record, front redzone), the rear redzone, freed chunks and unused block
+//! space — is closed (NOACCESS, poisoned) and opened only around the hook's own reads and writes.
+//! The protocol per hook: open what it reads or writes, do the native work, tell the pool, close.
+//! Functions of `verify` never open anything themselves: their callers open the bytes they check.
 
+use core::cell::{Cell, RefCell};
 use core::ptr;
+use std::collections::BTreeMap;
 
-use crate::aset::{self, Block};
-use crate::chunk::{self, align_up, ChunkKind, CHUNK_PREFIX};
+use crate::aset::{self, Block, BLOCK_HEADER_SIZE};
+use crate::chunk::{self, align_up, ChunkHeader, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
 use crate::context::ContextHeader;
 
 use super::blocks::{self, Lookup};
 use super::layout::{
-    front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRESH_BYTE, FRONT_REDZONE, REDZONE_BYTE,
-    STATE_FREE, STATE_LIVE,
+    front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRESH_BYTE, FRONT_REDZONE, RECORD_SIZE,
+    REDZONE_BYTE, STATE_FREE, STATE_LIVE,
 };
 use super::report::{self, BugClass, Report};
 use super::settings;
 use super::stack;
 use super::verify::{self, ResetCheck};
+
+/// The Valgrind and ASan backends behind one interface.
+#[path = "sanitizer.rs"]
+pub(crate) mod sanitizer;
+
+/// Bytes of the prefix after the header word: the debug record and the front redzone.
+const RECORD_AND_FRONT: usize = CHUNK_PREFIX - CHUNK_HEADER_SIZE;
+
+/// The chunk's debug record and front redzone (everything in the prefix but the header word).
+#[inline(always)]
+fn record_start(data: *mut u8) -> *mut u8 {
+    chunk::chunk_of(data).wrapping_add(CHUNK_HEADER_SIZE)
+}
 
 /// Frames of the allocator itself between the user's call and the capture; trimmed again by
 /// symbol at report time, this only saves depth.
@@ -33,24 +55,40 @@ pub(crate) fn class_request(size: usize) -> usize {
     align_up(size, 8) + settings::redzone()
 }
 
-/// The freelist link lives in the free chunk's first word; nothing to open natively (the Valgrind
-/// and ASan layers open it).
+/// The freelist link lives in the free chunk's first word: open it for the allocator.
 #[inline(always)]
 pub(crate) fn freelist_open(data: *mut u8) {
-    let _ = data;
+    sanitizer::open(data, LINK_SIZE);
 }
 
-/// See [`freelist_open`].
+/// The allocator is done with a free chunk's link word: close it again.
 #[inline(always)]
 pub(crate) fn freelist_close(data: *mut u8) {
-    let _ = data;
+    sanitizer::close(data, LINK_SIZE);
 }
 
-/// Writes a live chunk's record, redzones and fresh pattern.
+/// Size of a free chunk's freelist link.
+const LINK_SIZE: usize = core::mem::size_of::<*mut u8>();
+
+/// The allocator is about to read or write the header word of the chunk starting at `chunk`.
+#[inline(always)]
+pub(crate) fn header_open(chunk: *mut u8) {
+    sanitizer::open(chunk, CHUNK_HEADER_SIZE);
+}
+
+/// The allocator is done with the header word of the chunk starting at `chunk`.
+#[inline(always)]
+pub(crate) fn header_close(chunk: *mut u8) {
+    sanitizer::close(chunk, CHUNK_HEADER_SIZE);
+}
+
+/// Writes a live chunk's record, redzones and fresh pattern, hands the requested bytes to the
+/// pool and closes the rest.
 ///
 /// # Safety
-/// `data` must be a chunk of capacity `cap` just handed out.
-unsafe fn setup_live(data: *mut u8, size: usize, cap: usize) {
+/// `data` must be a chunk of `ctx` with capacity `cap` just handed out, its record, front redzone
+/// and data opened by the caller.
+unsafe fn setup_live(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
     let alloc = stack::capture(CAPTURE_SKIP).as_raw();
     // SAFETY: the prefix and `cap` data bytes belong to the chunk (caller).
     unsafe {
@@ -59,12 +97,17 @@ unsafe fn setup_live(data: *mut u8, size: usize, cap: usize) {
         ptr::write_bytes(data, FRESH_BYTE, size);
         ptr::write_bytes(data.add(size), REDZONE_BYTE, cap - size);
     }
+    // The fresh pattern is for human eyes; to the tools the bytes are not yet written.
+    sanitizer::chunk_alloc(ctx, data, size);
+    sanitizer::close(record_start(data), RECORD_AND_FRONT);
+    sanitizer::close(data.wrapping_add(size), cap - size);
 }
 
 /// A chunk was carved from a block's free space: check the space was untouched since it was
 /// released (or since the block was taken), then set the chunk up.
 pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
     let mut found = Vec::new();
+    sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: the chunk was just carved from `ctx`'s block; its bytes are the allocator's.
     unsafe {
         let hdr = chunk::read_header(data);
@@ -73,7 +116,7 @@ pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
             let block = chunk.sub(hdr.offset()) as *mut Block;
             verify::check_unused(ctx, block, chunk.add(8), data.add(cap), "reuse", &mut found);
         }
-        setup_live(data, size, cap);
+        setup_live(ctx, data, size, cap);
     }
     report::raise_all(found);
 }
@@ -81,6 +124,7 @@ pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
 /// A chunk was taken from a freelist: check nothing wrote it since its free.
 pub(crate) fn chunk_reused(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
     let mut found = Vec::new();
+    sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: `data` was a free chunk of `ctx` with capacity `cap`.
     unsafe {
         let rec = *record_ptr(data);
@@ -94,14 +138,16 @@ pub(crate) fn chunk_reused(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
                 "reuse",
             ));
         }
-        setup_live(data, size, cap);
+        setup_live(ctx, data, size, cap);
     }
     report::raise_all(found);
 }
 
-/// Leftover block space became a free chunk.
+/// Leftover block space became a free chunk. Its link word is left open: the allocator writes
+/// it next and closes it with [`freelist_close`].
 pub(crate) fn leftover_carved(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {
     let mut found = Vec::new();
+    sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: as `chunk_carved`.
     unsafe {
         let chunk = chunk::chunk_of(data);
@@ -111,19 +157,33 @@ pub(crate) fn leftover_carved(ctx: *mut ContextHeader, data: *mut u8, cap: usize
         ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
         ptr::write_bytes(data, FREED_BYTE, cap);
     }
+    sanitizer::close(record_start(data), RECORD_AND_FRONT);
+    sanitizer::close(data.wrapping_add(LINK_SIZE), cap - LINK_SIZE);
     report::defer_all(found);
 }
 
-/// A live chunk (already validated) is being freed: record the free and clobber it.
+/// A live chunk (already validated) is being freed: record the free, clobber it and give it back
+/// to the pool. Its link word is left open for the allocator, which closes it with
+/// [`freelist_close`] (a chunk with a block of its own goes back to the system instead).
 pub(crate) fn chunk_freed(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {
-    let _ = ctx;
     let free = stack::capture(CAPTURE_SKIP).as_raw();
+    sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: `data` is a live chunk of capacity `cap` being freed.
     unsafe {
         let rec = &mut *record_ptr(data);
         *rec = DebugRecord::new(STATE_FREE, rec.requested as usize, rec.alloc_stack, free);
+        // Damage found at this free was reported already; restore the front redzone so later
+        // checks report only new damage (the rear one is overwritten with the free pattern).
+        ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
         ptr::write_bytes(data, FREED_BYTE, cap);
     }
+    if let Some(offset) = take_redirect(data) {
+        // The pool chunk is the aligned allocation inside this chunk: bring it back first.
+        sanitizer::chunk_change(ctx, data.wrapping_add(offset), data, cap);
+    }
+    sanitizer::chunk_free(ctx, data, cap);
+    sanitizer::close(record_start(data), RECORD_AND_FRONT + cap);
+    sanitizer::open(data, LINK_SIZE);
 }
 
 /// A live chunk was resized in place.
@@ -134,17 +194,44 @@ pub(crate) fn chunk_resized(
     new: usize,
     cap: usize,
 ) {
-    let _ = (ctx, old);
+    let _ = old;
+    sanitizer::open(record_start(data), RECORD_SIZE);
     // SAFETY: `data` is a live chunk of capacity `cap` >= `new`.
     unsafe {
         let rec = &mut *record_ptr(data);
         let was = rec.requested as usize;
         *rec = DebugRecord::new(STATE_LIVE, new, rec.alloc_stack, 0);
+        sanitizer::close(record_start(data), RECORD_SIZE);
+        resize_tail(data, was, new, cap);
+        sanitizer::chunk_change(ctx, data, data, new);
+    }
+}
+
+/// Fills and marks the bytes of a live chunk whose requested size went from `was` to `new`:
+/// grown bytes fresh (and undefined to the tools), the redzone from `new` to `cap`.
+///
+/// # Safety
+/// `data` must be a live chunk of capacity `cap` >= `new`, `was` <= `cap`.
+unsafe fn resize_tail(data: *mut u8, was: usize, new: usize, cap: usize) {
+    let from = was.min(new);
+    sanitizer::open(data.wrapping_add(from), cap - from);
+    // SAFETY: `[data, data + cap)` is the chunk's (caller).
+    unsafe {
         if new > was {
             ptr::write_bytes(data.add(was), FRESH_BYTE, new - was);
         }
         ptr::write_bytes(data.add(new), REDZONE_BYTE, cap - new);
     }
+    if new > was {
+        sanitizer::undefined(data.wrapping_add(was), new - was);
+    }
+    sanitizer::close(data.wrapping_add(new), cap - new);
+}
+
+thread_local! {
+    /// Block and data address of a chunk with a block of its own while `realloc` moves it, so
+    /// the pool chunks can follow it.
+    static MOVING: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// A chunk with a block of its own is about to move: its block leaves the registry.
@@ -153,6 +240,7 @@ pub(crate) fn large_chunk_moving(ctx: *mut ContextHeader, data: *mut u8, cap: us
     // SAFETY: `data` is a live external chunk; its offset leads to its block.
     let block = unsafe { chunk::chunk_of(data).sub(chunk::read_header(data).offset()) };
     blocks::remove(block as usize);
+    let _ = MOVING.try_with(|m| m.set((block as usize, data as usize)));
 }
 
 /// A chunk with a block of its own moved (or did not): register the block again, and set the
@@ -165,42 +253,70 @@ pub(crate) fn large_chunk_moved(
     cap: usize,
     failed: bool,
 ) {
+    let (old_block, old_data) = MOVING
+        .try_with(|m| m.replace((0, 0)))
+        .unwrap_or((block as usize, data as usize));
     // SAFETY: `block` is a live block of `ctx` holding the chunk `data` of capacity `cap`.
     unsafe {
         blocks::insert(block as usize, (*block).end_ptr as usize, ctx);
         if failed {
             return;
         }
+        // `realloc` kept the contents and (under memcheck) their state; the pool chunks follow.
+        sanitizer::chunk_change(
+            ctx,
+            old_block as *mut u8,
+            block as *mut u8,
+            BLOCK_HEADER_SIZE,
+        );
+        sanitizer::open(record_start(data), RECORD_SIZE);
         let rec = &mut *record_ptr(data);
         let was = rec.requested as usize;
         *rec = DebugRecord::new(STATE_LIVE, size, rec.alloc_stack, 0);
-        if size > was {
-            ptr::write_bytes(data.add(was), FRESH_BYTE, size - was);
-        }
-        ptr::write_bytes(data.add(size), REDZONE_BYTE, cap - size);
+        // ASan's realloc left the whole new block addressable: close the whole prefix.
+        sanitizer::close(chunk::chunk_of(data), CHUNK_PREFIX);
+        resize_tail(data, was.min(cap), size, cap);
+        sanitizer::chunk_change(ctx, old_data as *mut u8, data, size);
     }
 }
 
-/// A block was taken: register it; fill a shared block's space with the unused pattern.
+/// A block was taken: register it; fill a shared block's space with the unused pattern and close
+/// it. The context's first block creates its pool; every block header becomes a pool chunk.
 pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {
     // SAFETY: `block` was just allocated for `ctx`, its header written.
     unsafe {
+        if (*ctx).set.keeper.is_null() {
+            // Only the keeper is taken while the context has no keeper (see `aset::init`).
+            sanitizer::pool_create(ctx);
+        }
+        sanitizer::block_header_alloc(ctx, block as *mut u8, BLOCK_HEADER_SIZE);
         blocks::insert(block as usize, (*block).end_ptr as usize, ctx);
+        let first = Block::first_chunk(block);
+        let space = (block as *mut u8).add(BLOCK_HEADER_SIZE);
+        let len = (*block).end_ptr as usize - space as usize;
         if !external {
-            let first = Block::first_chunk(block);
+            sanitizer::open(space, len);
             ptr::write_bytes(
                 first,
                 FREED_BYTE,
                 (*block).end_ptr as usize - first as usize,
             );
         }
+        sanitizer::close(space, len);
     }
 }
 
-/// A block goes back to the system.
+/// A block goes back to the system (already unlinked). When it was the context's last, the
+/// context's pool goes too.
 pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {
-    let _ = ctx;
     blocks::remove(block as usize);
+    // SAFETY: the block's header is intact until the block goes back to the system.
+    forget_redirects(block as usize, unsafe { (*block).end_ptr } as usize);
+    sanitizer::block_header_free(ctx, block as *mut u8);
+    // SAFETY: `ctx` is live; only `release_all` unlinks its last block.
+    if unsafe { (*ctx).set.blocks.is_null() } {
+        sanitizer::pool_destroy(ctx);
+    }
 }
 
 /// A context is about to be reset: verify it, remember what the keeper's chunks were, and clobber
@@ -208,33 +324,52 @@ pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {
 pub(crate) fn context_resetting(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live; its blocks are walked before any is freed.
     unsafe {
-        let mut found = Vec::new();
-        let depth = if (*ctx).busy {
-            settings::reset_check()
-        } else {
-            ResetCheck::Chunks
-        };
-        let at = format!("reset of \"{}\"", (*ctx).name());
-        verify::verify_context(ctx, depth, &at, &mut found);
-        report::defer_all(found);
+        // A deleted context being recycled was verified in full by `context_deleting` already.
+        if (*ctx).magic != crate::context::DEAD_CONTEXT_MAGIC {
+            let mut found = Vec::new();
+            verify::verify_context(ctx, settings::reset_check(), "reset", &mut found);
+            name_the_operation(&mut found, "reset", ctx);
+            report::defer_all(found);
+        }
         let keeper = (*ctx).set.keeper;
         if keeper.is_null() {
             return;
         }
         let reset_stack = stack::capture(CAPTURE_SKIP).as_raw();
-        blocks::set_ghosts(keeper as usize, verify::collect_ghosts(keeper, reset_stack));
+        blocks::with_ghosts(keeper as usize, |ghosts| {
+            verify::collect_ghosts(keeper, reset_stack, ghosts)
+        });
         let first = Block::first_chunk(keeper);
-        ptr::write_bytes(
-            first,
-            FREED_BYTE,
-            (*keeper).free_ptr as usize - first as usize,
-        );
+        let used = (*keeper).free_ptr as usize - first as usize;
+        sanitizer::open(first, used);
+        ptr::write_bytes(first, FREED_BYTE, used);
+        sanitizer::close(first, used);
     }
 }
 
-/// A context was reset.
+/// Completes `found_at` of reports made during a reset or delete of `ctx` with the context's name
+/// (`reset of "X"`): formatted only when something was found, not on every reset.
+///
+/// # Safety
+/// `ctx` must be live.
+unsafe fn name_the_operation(found: &mut [Report], op: &str, ctx: *mut ContextHeader) {
+    for r in found {
+        // SAFETY: per the contract.
+        r.found_at = format!("{op} of \"{}\"", unsafe { (*ctx).name() });
+    }
+}
+
+/// A context was reset: its other blocks are gone, and every chunk with them. Like PostgreSQL,
+/// trim the pool to the keeper's header, which frees every chunk's pool chunk at once (memcheck
+/// then reports a stale access with the reset's stack as the free stack).
 pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
-    let _ = ctx;
+    // SAFETY: `ctx` is live and was just reset.
+    let keeper = unsafe { (*ctx).set.keeper };
+    if !keeper.is_null() {
+        // SAFETY: the keeper is a live block of `ctx`.
+        forget_redirects(keeper as usize, unsafe { (*keeper).end_ptr } as usize);
+        sanitizer::pool_trim(ctx, keeper as *mut u8, BLOCK_HEADER_SIZE);
+    }
 }
 
 /// A context was created.
@@ -247,8 +382,8 @@ pub(crate) fn context_deleting(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live until the delete finishes.
     unsafe {
         let mut found = Vec::new();
-        let at = format!("delete of \"{}\"", (*ctx).name());
-        verify::verify_context(ctx, ResetCheck::Full, &at, &mut found);
+        verify::verify_context(ctx, ResetCheck::Full, "delete", &mut found);
+        name_the_operation(&mut found, "delete", ctx);
         report::defer_all(found);
     }
 }
@@ -297,6 +432,7 @@ pub(crate) fn validate_pointer(
 
 /// `Ok(None)`: a sound live chunk. `Ok(Some(report))`: a live chunk with damaged redzones.
 /// `Err(report)`: not something the operation may touch.
+#[allow(clippy::result_large_err)] // the cold path; the report is raised right after
 fn classify(
     ptr: *mut u8,
     op: &'static str,
@@ -342,7 +478,7 @@ fn classify(
         if addr % crate::chunk::CHUNK_ALIGN != 0 || addr < first_data || addr >= end {
             return invalid(owner, interior_detail(block, addr, op));
         }
-        let hdr = chunk::read_header(ptr);
+        let hdr = peek_header(ptr);
         match ChunkKind::from_id(hdr.kind_id()) {
             Some(ChunkKind::AlignedRedirect) => {
                 let base = ptr.wrapping_sub(hdr.offset());
@@ -375,7 +511,7 @@ fn classify(
         } else {
             return Err(verify::header_damage(owner, ptr, hdr.offset(), op));
         };
-        let rec = *record_ptr(ptr);
+        let rec = peek_record(ptr);
         if !rec.is_valid() {
             if !chunk_starts_at(block, addr) {
                 return invalid(owner, interior_detail(block, addr, op));
@@ -418,7 +554,13 @@ fn classify(
             }
         }
         let mut found = Vec::new();
+        // A sound live chunk: its redzones are closed, and open only for the check.
+        let req = (rec.requested as usize).min(cap);
+        sanitizer::open(front_redzone(ptr), FRONT_REDZONE);
+        sanitizer::open(ptr.add(req), cap - req);
         verify::check_live(owner, ptr, &rec, cap, op, &mut found);
+        sanitizer::close(front_redzone(ptr), FRONT_REDZONE);
+        sanitizer::close(ptr.add(req), cap - req);
         let mut it = found.into_iter();
         let first = it.next();
         report::defer_all(it.collect());
@@ -446,7 +588,7 @@ unsafe fn chunk_containing(block: *mut Block, addr: usize) -> Option<(usize, usi
         let mut c = Block::first_chunk(block) as usize;
         while c < free {
             let data = c + CHUNK_PREFIX;
-            let hdr = chunk::read_header(data as *mut u8);
+            let hdr = peek_header(data as *mut u8);
             if hdr.offset() != c - block as usize {
                 return None;
             }
@@ -489,10 +631,23 @@ unsafe fn interior_detail(block: *mut Block, addr: usize, op: &str) -> String {
     }
 }
 
+/// Reads the debug record of a chunk of this thread's tree (live or free), opening and closing it
+/// for Valgrind and ASan. Walks outside this module that read records use it.
+///
+/// # Safety
+/// `data` must be the data pointer of a chunk (its whole prefix inside one of our blocks).
+pub(crate) unsafe fn read_record(data: *mut u8) -> DebugRecord {
+    sanitizer::open(record_start(data), RECORD_SIZE);
+    // SAFETY: the record lies in the chunk's prefix (caller); 8-aligned as the data is 16-aligned.
+    let rec = unsafe { record_ptr(data).read() };
+    sanitizer::close(record_start(data), RECORD_SIZE);
+    rec
+}
+
 /// The requested size of a live chunk.
 pub(crate) fn requested_size(data: *mut u8, cap: usize) -> usize {
     // SAFETY: `data` is a live chunk (validated by the caller).
-    let rec = unsafe { *record_ptr(data) };
+    let rec = unsafe { read_record(data) };
     if rec.is_valid() {
         rec.requested as usize
     } else {
@@ -500,18 +655,92 @@ pub(crate) fn requested_size(data: *mut u8, cap: usize) -> usize {
     }
 }
 
-/// An aligned-redirect header was written inside `base`: move the base chunk's rear redzone to
-/// right after the aligned region, so an overrun of it is caught.
+/// An aligned-redirect header is about to be written inside `base`: move the base chunk's rear
+/// redzone to right after the aligned region, so an overrun of it is caught, and close the bytes
+/// before the aligned region (the redirect header among them). Under memcheck, as in PostgreSQL,
+/// the pool chunk becomes the aligned region itself, so that the pointer the program holds is
+/// its start (a leak search calls a block reachable only through an interior pointer "possibly
+/// lost"); the base is remembered, and [`chunk_freed`] moves the pool chunk back before freeing it.
 pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {
     // SAFETY: `base` is a live chunk holding `[aligned, aligned + size)`.
     unsafe {
         let hdr = chunk::read_header(base);
         let cap = aset::chunk_capacity(base, hdr);
         let req = aligned as usize - base as usize + size;
+        sanitizer::open(record_start(base), RECORD_SIZE);
         let rec = &mut *record_ptr(base);
         *rec = DebugRecord::new(STATE_LIVE, req, rec.alloc_stack, 0);
+        sanitizer::close(record_start(base), RECORD_SIZE);
+        sanitizer::open(base.add(req), cap - req);
         ptr::write_bytes(base.add(req), REDZONE_BYTE, cap - req);
+        sanitizer::close(base.add(req), cap - req);
+        let offset = aligned as usize - base as usize;
+        if sanitizer::pools()
+            && REDIRECTS
+                .try_with(|r| r.borrow_mut().insert(base as usize, offset))
+                .is_ok()
+        {
+            sanitizer::chunk_change(aset::owner(base, hdr), base, aligned, size);
+        }
+        sanitizer::close(base, offset);
     }
+}
+
+thread_local! {
+    /// Under memcheck: base chunk address → offset of the aligned allocation that its pool chunk
+    /// describes (see [`redirect_written`]). Empty otherwise. Only offsets and base addresses,
+    /// which no pool chunk starts at, so the map keeps nothing reachable for the leak search.
+    static REDIRECTS: RefCell<BTreeMap<usize, usize>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// The offset of the aligned allocation whose pool chunk the base chunk `base` has lent, if any;
+/// forgets it.
+fn take_redirect(base: *mut u8) -> Option<usize> {
+    if !sanitizer::pools() {
+        return None;
+    }
+    REDIRECTS
+        .try_with(|r| r.borrow_mut().remove(&(base as usize)))
+        .ok()
+        .flatten()
+}
+
+/// Forgets the redirects of chunks in `[start, end)`, memory a reset or a freed block released
+/// (their pool chunks went with the pool trim or the block).
+fn forget_redirects(start: usize, end: usize) {
+    if !sanitizer::pools() {
+        return;
+    }
+    let _ = REDIRECTS.try_with(|r| {
+        let mut r = r.borrow_mut();
+        let gone: Vec<usize> = r.range(start..end).map(|(&b, _)| b).collect();
+        for b in gone {
+            r.remove(&b);
+        }
+    });
+}
+
+/// Reads the header word in front of `data`, a pointer not yet known to be a chunk, without
+/// changing what the tools think of those bytes.
+///
+/// # Safety
+/// The header word must lie inside one of this thread's blocks.
+unsafe fn peek_header(data: *mut u8) -> ChunkHeader {
+    let chunk = chunk::chunk_of(data);
+    let _peek = sanitizer::peek(chunk, CHUNK_HEADER_SIZE);
+    // SAFETY: inside a registered block (caller); 8-aligned because `data` is 16-aligned.
+    ChunkHeader(unsafe { (chunk as *const u64).read() })
+}
+
+/// Reads the debug record in front of `data`, a pointer not yet known to be a chunk, without
+/// changing what the tools think of those bytes.
+///
+/// # Safety
+/// The record must lie inside one of this thread's blocks.
+unsafe fn peek_record(data: *mut u8) -> DebugRecord {
+    let _peek = sanitizer::peek(record_start(data), RECORD_SIZE);
+    // SAFETY: inside a registered block (caller); 8-aligned because `data` is 16-aligned.
+    unsafe { record_ptr(data).read() }
 }
 
 const _: () = assert!(FREED_BYTE != REDZONE_BYTE && FRESH_BYTE != FREED_BYTE);

@@ -41,6 +41,7 @@ pub(crate) mod hooks;
 pub(crate) mod layout;
 mod report;
 mod settings;
+pub(crate) mod sites;
 pub(crate) mod stack;
 mod verify;
 
@@ -51,4 +52,12 @@ pub use report::{
 pub use settings::{
     reset_check, set_backtrace_depth, set_backtraces, set_redzone, set_reset_check,
 };
+pub use sites::{format_sites, print_sites};
 pub use verify::ResetCheck;
+
+/// The median cost in nanoseconds of one backtrace capture `frames` deep (stack already in the
+/// depot), for the benchmark; not part of the API.
+#[doc(hidden)]
+pub fn __bench_capture(frames: usize, iters: usize) -> f64 {
+    stack::bench_capture(frames, iters)
+}

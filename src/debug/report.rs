@@ -265,7 +265,17 @@ pub(crate) fn raise_pending() {
 }
 
 /// Raises several findings: all are logged and kept, then the policy acts once.
+#[inline]
 pub(crate) fn raise_all(reports: Vec<Report>) {
+    if !reports.is_empty() {
+        raise_found(reports);
+    }
+}
+
+/// [`raise_all`] once there is something to raise.
+#[cold]
+#[inline(never)]
+fn raise_found(reports: Vec<Report>) {
     let Some(first) = reports.first().cloned() else {
         return;
     };

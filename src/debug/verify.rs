@@ -13,15 +13,21 @@
 //!   is not the default at every per-row reset: a mostly empty 8 KiB keeper block compared on every
 //!   row would dominate the row's cost. A write into unused space is still caught by the per-chunk
 //!   check when the space is next carved, and by the next delete or check.
+//!
+//! Under Valgrind or ASan the bytes checked here are closed to the program (see
+//! `hooks::sanitizer`). The comparisons (`check_live`, `check_free`, `check_unused`) read what their
+//! caller opened; the walks below open each region around its check and close it again, and never
+//! touch a live chunk's requested bytes, whose state (defined or not) belongs to the program.
 
 use crate::aset::{self, Block, BLOCK_HEADER_SIZE, NUM_FREELISTS};
-use crate::chunk::{self, ChunkKind, CHUNK_PREFIX};
+use crate::chunk::{self, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
 use crate::context::ContextHeader;
 
 use super::blocks::{self, Ghost};
+use super::hooks::sanitizer;
 use super::layout::{
-    front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRONT_REDZONE, REDZONE_BYTE, STATE_FREE,
-    STATE_LIVE,
+    front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRONT_REDZONE, RECORD_SIZE, REDZONE_BYTE,
+    STATE_FREE, STATE_LIVE,
 };
 use super::report::{BugClass, Report};
 use super::stack::StackId;
@@ -43,32 +49,29 @@ const SHOWN_BYTES: usize = 64;
 /// # Safety
 /// The range must be readable.
 pub(crate) unsafe fn damaged(ptr: *const u8, len: usize, byte: u8) -> Option<(usize, usize)> {
-    // SAFETY: the caller guarantees the range is readable.
-    let s = unsafe { core::slice::from_raw_parts(ptr, len) };
     let word = u64::from_ne_bytes([byte; 8]);
-    let mut first = None;
     let mut i = 0;
-    // Compare a word at a time until the first difference.
-    while i + 8 <= len {
-        let w = u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-        if w != word {
-            break;
+    // SAFETY: every read is inside `[ptr, ptr + len)`, which the caller guarantees readable.
+    unsafe {
+        // The common case is an intact region: compare a word at a time, without bounds checks.
+        while i + 8 <= len {
+            if (ptr.add(i) as *const u64).read_unaligned() != word {
+                break;
+            }
+            i += 8;
         }
-        i += 8;
-    }
-    while i < len {
-        if s[i] != byte {
-            first = Some(i);
-            break;
+        while i < len && *ptr.add(i) == byte {
+            i += 1;
         }
-        i += 1;
+        if i == len {
+            return None;
+        }
+        let mut last = len - 1;
+        while *ptr.add(last) == byte {
+            last -= 1;
+        }
+        Some((i, last))
     }
-    let first = first?;
-    let last = s
-        .iter()
-        .rposition(|&b| b != byte)
-        .expect("a difference exists");
-    Some((first, last))
 }
 
 /// Name and path from Top of a context.
@@ -185,7 +188,8 @@ pub(crate) unsafe fn plain_report(
 /// Checks a live chunk's redzones.
 ///
 /// # Safety
-/// `data` must be a live chunk of the live context `ctx` with capacity `cap` and record `rec`.
+/// `data` must be a live chunk of the live context `ctx` with capacity `cap` and record `rec`;
+/// its redzones readable (opened by the caller under a sanitizer).
 pub(crate) unsafe fn check_live(
     ctx: *mut ContextHeader,
     data: *mut u8,
@@ -243,7 +247,8 @@ pub(crate) unsafe fn check_live(
 /// Checks a free chunk's pattern (all but its freelist link word) and front redzone.
 ///
 /// # Safety
-/// `data` must be a free chunk of the live context `ctx` with capacity `cap` and record `rec`.
+/// `data` must be a free chunk of the live context `ctx` with capacity `cap` and record `rec`;
+/// its front redzone and data readable (opened by the caller under a sanitizer).
 pub(crate) unsafe fn check_free(
     ctx: *mut ContextHeader,
     data: *mut u8,
@@ -293,7 +298,8 @@ pub(crate) unsafe fn check_free(
 /// damage to the chunk a reset released there (write-after-free) or to nobody (wild write).
 ///
 /// # Safety
-/// The range must lie inside `block`, a block of the live context `ctx`.
+/// The range must lie inside `block`, a block of the live context `ctx`, and be readable (opened
+/// by the caller under a sanitizer).
 pub(crate) unsafe fn check_unused(
     ctx: *mut ContextHeader,
     block: *mut Block,
@@ -475,6 +481,9 @@ unsafe fn verify_block(
                 out.push(header_damage(ctx, data, hdr.offset(), found_at));
                 return;
             }
+            // The record and front redzone, open for this chunk's checks.
+            let meta = c.add(CHUNK_HEADER_SIZE);
+            sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
             let rec = *record_ptr(data);
             if !rec.is_valid() {
                 let d = Damage {
@@ -498,14 +507,24 @@ unsafe fn verify_block(
                         .into(),
                 ));
             } else if rec.state == STATE_LIVE {
+                // Only the rear redzone: the requested bytes are the program's.
+                let req = (rec.requested as usize).min(cap);
+                sanitizer::open(data.add(req), cap - req);
                 check_live(ctx, data, &rec, cap, found_at, out);
+                sanitizer::close(data.add(req), cap - req);
             } else if rec.state == STATE_FREE {
+                sanitizer::open(data, cap);
                 check_free(ctx, data, &rec, cap, found_at, out);
+                sanitizer::close(data, cap);
             }
+            sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
             c = c.add(fp);
         }
         if depth == ResetCheck::Full && free < (*block).end_ptr {
+            let len = (*block).end_ptr as usize - free as usize;
+            sanitizer::open(free, len);
             check_unused(ctx, block, free, (*block).end_ptr, found_at, out);
+            sanitizer::close(free, len);
         }
     }
 }
@@ -544,18 +563,20 @@ pub(crate) unsafe fn header_damage(
         alloc_stack: 0,
         free_stack: 0,
     };
-    // SAFETY: the header word is readable (caller).
+    let header = chunk::chunk_of(data);
+    sanitizer::open(header, CHUNK_HEADER_SIZE);
+    // SAFETY: the header word is readable (caller), and open.
     let mut r = unsafe { make_report(ctx, d, found_at, detail) };
+    sanitizer::close(header, CHUNK_HEADER_SIZE);
     r.expected.clear();
     r
 }
 
-/// Collects the chunks of a keeper block as ghosts before a reset releases them.
+/// Collects the chunks of a keeper block as ghosts, into `ghosts`, before a reset releases them.
 ///
 /// # Safety
 /// `block` must be a sane block of a live context.
-pub(crate) unsafe fn collect_ghosts(block: *mut Block, free_stack: u32) -> Vec<Ghost> {
-    let mut ghosts = Vec::new();
+pub(crate) unsafe fn collect_ghosts(block: *mut Block, free_stack: u32, ghosts: &mut Vec<Ghost>) {
     // SAFETY: as in `verify_block`; stops at the first header that does not decode.
     unsafe {
         let free = (*block).free_ptr;
@@ -568,7 +589,10 @@ pub(crate) unsafe fn collect_ghosts(block: *mut Block, free_stack: u32) -> Vec<G
             }
             let cap = aset::class_size(hdr.value() as usize);
             let fp = chunk::footprint(cap);
+            let meta = c.add(CHUNK_HEADER_SIZE);
+            sanitizer::open(meta, RECORD_SIZE);
             let rec = *record_ptr(data);
+            sanitizer::close(meta, RECORD_SIZE);
             if rec.state == STATE_LIVE || rec.state == STATE_FREE {
                 ghosts.push(Ghost {
                     start: c as usize,
@@ -586,7 +610,6 @@ pub(crate) unsafe fn collect_ghosts(block: *mut Block, free_stack: u32) -> Vec<G
             c = c.add(fp);
         }
     }
-    ghosts
 }
 
 const _: () = assert!(BLOCK_HEADER_SIZE % 16 == 0);

@@ -1,0 +1,230 @@
+//! Memory bugs committed on purpose, one per run, for the sanitizer proof tests
+//! (`tests/memcheck_proof.rs`, `tests/asan_proof.rs`): `cargo run --example bugs -- NAME`.
+//!
+//! Each bug is a function of its own, never inlined, so that the tool's report names it. The
+//! debug build's own checks are set to log instead of panicking: the point of these runs is what
+//! Valgrind memcheck or AddressSanitizer says at the faulting instruction.
+//!
+//! | name | bug |
+//! |---|---|
+//! | `overrun` | writes the byte right after a 10-byte chunk |
+//! | `overrun-slack` | writes the last byte of a 20-byte chunk's size class (64 bytes) |
+//! | `underrun` | writes the byte before a chunk |
+//! | `read-after-pfree` | reads a chunk after `pfree` |
+//! | `read-after-reset` | reads a chunk after its context was reset |
+//! | `uninit` | branches on a fresh chunk's unwritten bytes |
+//! | `leak` | loses the only pointer to a chunk of a long-lived context, while a list spread over many blocks (and a block with no live chunk between them) stays referenced from a static |
+//! | `clean` | a small correct workload (no report expected) |
+
+use std::hint::black_box;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use memctx::{pfree, BlockSizes, MemoryContext};
+
+/// A context of its own for each bug, as a long-lived cache would have.
+fn context(name: &'static str) -> MemoryContext {
+    MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
+}
+
+#[inline(never)]
+fn overrun(ctx: MemoryContext) {
+    let p = ctx.alloc(10).as_ptr();
+    // SAFETY: none — one byte past the request is the bug.
+    unsafe { ptr::write_volatile(p.add(10), b'!') };
+}
+
+#[inline(never)]
+fn overrun_slack(ctx: MemoryContext) {
+    let p = ctx.alloc(20).as_ptr();
+    // SAFETY: none — byte 63 is inside the chunk's 64-byte size class but past the request.
+    unsafe { ptr::write_volatile(p.add(63), b'!') };
+}
+
+#[inline(never)]
+fn underrun(ctx: MemoryContext) {
+    let p = ctx.alloc(10).as_ptr();
+    // SAFETY: none — the byte before the chunk is the bug.
+    unsafe { ptr::write_volatile(p.sub(1), b'!') };
+}
+
+#[inline(never)]
+fn read_after_pfree(ctx: MemoryContext) -> u8 {
+    let p = ctx.alloc(10).as_ptr();
+    // SAFETY: `p` is a live 10-byte chunk until the pfree; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 10);
+        pfree(p);
+        ptr::read_volatile(p)
+    }
+}
+
+#[inline(never)]
+fn read_after_reset(ctx: MemoryContext) -> u8 {
+    let p = ctx.alloc(10).as_ptr();
+    // SAFETY: `p` is a live 10-byte chunk until the reset; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 10);
+        ctx.reset();
+        ptr::read_volatile(p)
+    }
+}
+
+#[inline(never)]
+fn uninit(ctx: MemoryContext) -> bool {
+    let p = ctx.alloc(16).as_ptr();
+    // SAFETY: the chunk has 16 readable bytes; none was written, which is the bug.
+    let byte = unsafe { ptr::read_volatile(p.add(3)) };
+    if black_box(byte) == 0xA5 {
+        println!("a fresh chunk holds the fresh pattern");
+        true
+    } else {
+        false
+    }
+}
+
+/// A node of the list `leak` keeps: the previous node and a payload.
+#[repr(C)]
+struct Node {
+    prev: *mut Node,
+    payload: [u64; 12],
+}
+
+/// The newest node of the list; the only reference to the list outside the context.
+static LIST_HEAD: AtomicPtr<Node> = AtomicPtr::new(ptr::null_mut());
+
+/// Allocates `n` nodes in `ctx`, each pointing at the one before, and publishes the newest.
+#[inline(never)]
+fn build_list(ctx: MemoryContext, n: usize) {
+    for i in 0..n {
+        let node = ctx.alloc(core::mem::size_of::<Node>()).as_ptr() as *mut Node;
+        // SAFETY: a fresh chunk large enough and aligned for a `Node`.
+        unsafe {
+            node.write(Node {
+                prev: LIST_HEAD.load(Ordering::Relaxed),
+                payload: [i as u64; 12],
+            })
+        };
+        LIST_HEAD.store(node, Ordering::Relaxed);
+    }
+}
+
+/// Leaves a block with no live chunk in the middle of the context's block list: fills the rest
+/// of the active block and one whole new block with chunks, starts the block after it, and frees
+/// every one of those chunks (the middle block's first, so that no freelist head points into it).
+#[inline(never)]
+fn fill_and_free(ctx: MemoryContext) {
+    let blocks = || ctx.counters().total_nblocks;
+    let mut before = Vec::new(); // the rest of the block the list is in
+    let mut middle = Vec::new(); // a block of its own
+    let start = blocks();
+    let mut p = ctx.alloc(1000).as_ptr();
+    while blocks() == start {
+        before.push(p);
+        p = ctx.alloc(1000).as_ptr();
+    }
+    let mid = blocks();
+    while blocks() == mid {
+        middle.push(p);
+        p = ctx.alloc(1000).as_ptr();
+    }
+    // `p` is the first chunk of the newest block, which the second half of the list fills.
+    for q in middle.into_iter().chain(before).chain([p]) {
+        // SAFETY: each is a live chunk of `ctx`, freed once.
+        unsafe { pfree(q) };
+    }
+}
+
+/// Allocates a chunk and forgets the pointer: the leak.
+#[inline(never)]
+fn leak_one(ctx: MemoryContext) {
+    let p = ctx.alloc(48).as_ptr();
+    // SAFETY: 48 writable bytes.
+    unsafe { p.write_bytes(1, 48) };
+    black_box(p);
+}
+
+/// Overwrites the stack below the caller, so no dead frame still holds the leaked pointer.
+#[inline(never)]
+fn clobber_stack() {
+    let junk = [0u8; 16 * 1024];
+    black_box(&junk);
+}
+
+/// Runs on a thread of its own, which ends before the process does: the tree outlives it
+/// (reachable from the debugger registry), but the thread's own bookkeeping (the debug build's
+/// registry of blocks) is gone, so only the context and block headers lead memcheck's leak
+/// search to the blocks — as for any thread that exits with its contexts alive.
+#[inline(never)]
+fn leak() {
+    std::thread::spawn(|| {
+        // Blocks of one size, which 16 chunks of 1000 bytes fill exactly (1072 bytes each with
+        // the debug build's prefix and redzone), so that `fill_and_free` can leave a whole block
+        // with no live chunk and no leftover chunk that a later allocation could reuse.
+        let exact = 48 + 16 * 1072;
+        let sizes = BlockSizes {
+            min_context_size: 0,
+            init_block_size: exact,
+            max_block_size: exact,
+        };
+        let ctx = MemoryContext::top().new_child("CacheMemoryContext", sizes);
+        build_list(ctx, 400);
+        fill_and_free(ctx);
+        build_list(ctx, 400);
+        leak_one(ctx);
+        clobber_stack();
+    })
+    .join()
+    .expect("the leaking thread");
+}
+
+#[inline(never)]
+fn clean(ctx: MemoryContext) {
+    let per_row = ctx.new_child("ExprContext", BlockSizes::DEFAULT);
+    for row in 0..100 {
+        let p = per_row.alloc(8 + row).as_ptr();
+        // SAFETY: `8 + row` writable bytes.
+        unsafe { p.write_bytes(0, 8 + row) };
+        per_row.reset();
+    }
+    let p = ctx.alloc_zeroed(100).as_ptr();
+    // SAFETY: a live 100-byte chunk, grown then freed once.
+    unsafe {
+        let q = memctx::repalloc(p, 20_000);
+        pfree(q);
+    }
+    ctx.delete();
+}
+
+fn main() {
+    #[cfg(feature = "debug-contexts")]
+    memctx::debug::set_default_policy(memctx::debug::Policy::Log);
+    let name = std::env::args().nth(1).unwrap_or_default();
+    if name == "leak" {
+        leak();
+        return;
+    }
+    let ctx = context("BugContext");
+    match name.as_str() {
+        "overrun" => overrun(ctx),
+        "overrun-slack" => overrun_slack(ctx),
+        "underrun" => underrun(ctx),
+        "read-after-pfree" => {
+            black_box(read_after_pfree(ctx));
+        }
+        "read-after-reset" => {
+            black_box(read_after_reset(ctx));
+        }
+        "uninit" => {
+            black_box(uninit(ctx));
+        }
+        "clean" => clean(ctx),
+        _ => {
+            eprintln!(
+                "usage: bugs overrun|overrun-slack|underrun|read-after-pfree|read-after-reset|\
+                 uninit|leak|clean"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,1123 @@
+//! Snapshots of a running program: taken on demand, periodically, or when a signal arrives —
+//! PostgreSQL's `pg_log_backend_memory_contexts()` for a Rust program, and the article's "dump the
+//! tree every few minutes and compare" made into a product.
+//!
+//! # Snapshots
+//!
+//! [`snapshot`] copies the calling thread's tree into a [`Snapshot`]: the rows of
+//! [`crate::stats::rows`] (pg_backend_memory_contexts' columns plus stable ids), a timestamp, the
+//! pid and the thread's name and OS id, and in the debug build the live chunks of every context
+//! grouped by allocation site ([`SiteRow`], the largest [`DEFAULT_SITES_PER_CONTEXT`] per context;
+//! see [`crate::MemoryContext::sites`]).
+//! [`to_json`] and [`write_snapshot`] store it; [`from_json`] and [`read_snapshot`] read it back.
+//!
+//! # Dumps of every thread: the [`Dumper`]
+//!
+//! Trees are not thread-safe: only its own thread may walk a tree. A library has no
+//! `CHECK_FOR_INTERRUPTS()`, so memctx asks every thread to dump *itself* when it next reaches a
+//! **safe point**, a place where its tree is consistent and walking it is harmless:
+//!
+//! | safe point | where | how often |
+//! |---|---|---|
+//! | a new block | an AllocSet context takes a new block for small chunks | logarithmic in the bytes a context grows by |
+//! | a reset | the end of [`crate::MemoryContext::reset`] (a user's reset, not the internal ones of a delete) | per reset |
+//! | the end of a per-row scope | [`crate::MemoryContext::scope`] ends with a reset, which is the safe point above | per row |
+//! | an explicit poll | [`poll`], wherever the host puts it (a main loop, between requests) | as the host likes |
+//!
+//! When nothing is pending, a safe point costs **one relaxed atomic load** and a predicted branch
+//! (in a position-independent executable the atomic's address comes from the GOT, a read-only
+//! load that stays in cache): the per-allocation fast path (a freelist pop or a carve from the
+//! active block) has no safe point at all. When a dump is pending, the thread copies its tree (rows, and its site totals in the
+//! debug build), hands the copy to the dumper and goes on; it answers each request once.
+//!
+//! A [`Dumper`] runs a background *writer* thread that never touches a tree. For each dump it opens
+//! a request, waits until every live thread in the registry (`crate::registry`) has answered or the
+//! request's deadline ([`DumperConfig::deadline`]) has passed, resolves the site backtraces (so the
+//! symbolisation does not stall the answering threads), and writes one numbered file,
+//! `snapshot-000001.json`, `snapshot-000002.json`, ... into its directory (numbering continues after
+//! the highest number already there; files are written to a temporary name and renamed, so a reader
+//! never sees half a file). Threads that did not answer in time are listed with `missing: true` and
+//! no rows. **Exited threads are listed as missing too**: their trees still hold memory (see the
+//! context module's docs on threads) but no thread is left to walk them; their names and OS ids
+//! come from the registry. Threads that never created a tree are not listed.
+//!
+//! A dump is requested
+//! - periodically, every [`DumperConfig::interval`];
+//! - by the API: [`Dumper::request`], [`request_dump`], or [`Dumper::dump_now`], which also answers
+//!   for the calling thread and waits for the file;
+//! - by a signal, when [`DumperConfig::signal`] is set (opt-in; [`DumperConfig::with_signal`] picks
+//!   `SIGUSR1`, like `kill -USR1 PID`). The handler only sets an atomic flag and then calls the
+//!   handler the host had installed for that signal before (unless that was the default action or
+//!   "ignore"); the writer sees the flag within [`SIGNAL_POLL`] and opens the request. When the
+//!   dumper stops, the previous handler is put back (if nobody replaced ours meanwhile).
+//!
+//! One dumper runs at a time in a process.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use memctx::dump::{Dumper, DumperConfig};
+//! use memctx::{BlockSizes, MemoryContext};
+//!
+//! let dir = std::env::temp_dir().join(format!("memctx-doc-{}", std::process::id()));
+//! let dumper = Dumper::start(DumperConfig::new(&dir).deadline(Duration::from_secs(5))).unwrap();
+//! let cache = MemoryContext::top().new_child("CacheMemoryContext", BlockSizes::DEFAULT);
+//! let _leak = cache.alloc(1000);
+//! let path = dumper.dump_now().unwrap();
+//! let snap = memctx::dump::read_snapshot(&path).unwrap();
+//! let me = snap.threads.iter().find(|t| !t.missing).unwrap();
+//! assert!(me.contexts.iter().any(|c| c.name == "CacheMemoryContext" && c.used_bytes >= 1000));
+//! dumper.stop();
+//! std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::registry::{ThreadEntry, MEMCTX_REGISTRY, THREAD_LIVE};
+use crate::snapshot::{SiteRow, Snapshot, ThreadSnapshot, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use crate::MemoryContext;
+
+/// Sites kept per context in a snapshot unless configured otherwise.
+pub const DEFAULT_SITES_PER_CONTEXT: usize = 20;
+/// How often the writer looks at the signal flag while idle (only when a signal is configured).
+pub const SIGNAL_POLL: Duration = Duration::from_millis(20);
+/// How often the writer re-reads the registry while waiting for answers, to notice threads that
+/// exit instead of answering.
+const ANSWER_POLL: Duration = Duration::from_millis(10);
+
+// ---------------------------------------------------------------------------------------------
+// Sites.
+
+/// One frame of an allocation site's backtrace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SiteFrame {
+    /// The function, demangled without its hash, if the symbol was found.
+    pub function: Option<String>,
+    /// The source file, if debug info has it.
+    pub file: Option<String>,
+    /// The line, if debug info has it.
+    pub line: Option<u32>,
+}
+
+impl fmt::Display for SiteFrame {
+    /// `function at file:line`, with `??` for an unknown function; a file under the current
+    /// directory is shown relative to it (as the debug build's reports show it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.function.as_deref().unwrap_or("??"))?;
+        if let Some(file) = &self.file {
+            let cwd = std::env::current_dir().ok();
+            let shown = cwd
+                .as_deref()
+                .and_then(|d| Path::new(file).strip_prefix(d).ok())
+                .map_or_else(|| file.clone(), |p| p.display().to_string());
+            write!(f, " at {shown}")?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Live chunks allocated from one site (one allocation backtrace): LeakSanitizer's
+/// "N bytes in M objects allocated from".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Number of live chunks.
+    pub count: u64,
+    /// Their requested bytes (not the size classes' slack, nor the chunk headers).
+    pub bytes: u64,
+    /// The allocation backtrace, the allocator's own frames trimmed: the frame that called the
+    /// allocator first. Empty when no backtrace was captured (backtraces turned off).
+    pub frames: Vec<SiteFrame>,
+    /// The stack depot's id of the backtrace (0: none captured). Equal ids, equal sites — within
+    /// one process.
+    pub stack_id: u32,
+}
+
+impl fmt::Display for Site {
+    /// LeakSanitizer's form: `N bytes in M objects allocated from:` and one `#i frame` line per
+    /// frame, each line ending in a newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} bytes in {} objects allocated from:",
+            self.bytes, self.count
+        )?;
+        if self.frames.is_empty() {
+            writeln!(f, "    (no backtrace captured)")?;
+        }
+        for (i, frame) in self.frames.iter().enumerate() {
+            writeln!(f, "    #{i} {frame}")?;
+        }
+        Ok(())
+    }
+}
+
+impl MemoryContext {
+    /// The live chunks of this context (and of its descendants when `recursive`) grouped by
+    /// allocation site, largest first (by requested bytes, then count), at most `top_n` of them,
+    /// with their backtraces resolved — as LeakSanitizer reports leaks, but for memory that is
+    /// still reachable: the question it answers is "which line of code holds this context's
+    /// memory?".
+    ///
+    /// Debug build (`debug-contexts`) only: the sites come from the allocation backtrace recorded
+    /// in every chunk. **A release build records nothing and returns an empty list.** The walk costs
+    /// time proportional to the live chunks, plus a symbolisation the first time a backtrace is
+    /// seen. Backtraces that differ only inside the allocator are one site: sites are keyed by
+    /// their user frames.
+    ///
+    /// # Panics
+    /// If the context was deleted.
+    ///
+    /// # Examples
+    /// ```
+    /// use memctx::{BlockSizes, MemoryContext};
+    /// let cache = MemoryContext::top().new_child("cache", BlockSizes::DEFAULT);
+    /// for _ in 0..3 {
+    ///     cache.alloc(40);
+    /// }
+    /// let sites = cache.sites(false, 10);
+    /// if cfg!(feature = "debug-contexts") {
+    ///     assert_eq!((sites[0].count, sites[0].bytes), (3, 120));
+    /// } else {
+    ///     assert!(sites.is_empty());
+    /// }
+    /// cache.delete();
+    /// ```
+    pub fn sites(self, recursive: bool, top_n: usize) -> Vec<Site> {
+        self.raw(); // a stale handle panics in both builds
+        #[cfg(feature = "debug-contexts")]
+        {
+            use crate::debug::sites;
+            // SAFETY: a live context of this thread, outside any allocator operation.
+            let acc = unsafe { sites::raw_sites(self, recursive) };
+            let mut all = sites::merge(&acc);
+            all.truncate(top_n);
+            all
+        }
+        #[cfg(not(feature = "debug-contexts"))]
+        {
+            let _ = (recursive, top_n);
+            Vec::new()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots of the calling thread.
+
+/// Live chunks of one context from one stack, before the frames are resolved.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+struct PendingSite {
+    context_id: u64,
+    stack: u32,
+    count: u64,
+    bytes: u64,
+}
+
+/// A thread's copy of its tree, as handed to the writer: the sites are resolved (and merged and
+/// cut to the largest per context) by the writer, not by the answering thread.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+struct ThreadCopy {
+    snapshot: ThreadSnapshot,
+    /// Every (context, stack) pair with live chunks, in context order.
+    sites: Vec<PendingSite>,
+    /// Sites to keep per context.
+    sites_per_context: usize,
+}
+
+/// Copies the calling thread's tree. Must only run where the tree is consistent (a safe point, or
+/// user code).
+fn copy_own_tree(sites_per_context: usize) -> ThreadCopy {
+    let top = MemoryContext::top();
+    let contexts = crate::stats::rows(&top.stats());
+    let sites = if sites_per_context == 0 {
+        Vec::new()
+    } else {
+        own_sites(top)
+    };
+    ThreadCopy {
+        snapshot: ThreadSnapshot {
+            // The name the registry took at the thread's first use of memctx: asking
+            // `std::thread::current()` here could panic in a late thread-local destructor.
+            name: own_entry().and_then(entry_name),
+            os_tid: gettid(),
+            missing: false,
+            contexts,
+            sites: Vec::new(),
+        },
+        sites,
+        sites_per_context,
+    }
+}
+
+/// The live chunks of every context of the tree under `top`, per context and stack.
+#[cfg(feature = "debug-contexts")]
+fn own_sites(top: MemoryContext) -> Vec<PendingSite> {
+    let mut out = Vec::new();
+    let mut stack = vec![top];
+    while let Some(c) = stack.pop() {
+        // SAFETY: a live context of this thread, at a safe point or in user code.
+        let acc = unsafe { crate::debug::sites::raw_sites(c, false) };
+        let id = c.id();
+        out.extend(acc.into_iter().map(|(stack, (count, bytes))| PendingSite {
+            context_id: id,
+            stack,
+            count,
+            bytes,
+        }));
+        stack.extend(c.children());
+    }
+    out
+}
+
+#[cfg(not(feature = "debug-contexts"))]
+fn own_sites(_top: MemoryContext) -> Vec<PendingSite> {
+    Vec::new()
+}
+
+/// Resolves a thread's pending sites into rows: per context, stacks merged by their user frames,
+/// largest first, at most `copy.sites_per_context`.
+#[cfg(feature = "debug-contexts")]
+fn resolve_sites(copy: &ThreadCopy) -> Vec<SiteRow> {
+    use crate::debug::sites::{merge, SiteTotals};
+    let mut per_context: Vec<(u64, SiteTotals)> = Vec::new();
+    for p in &copy.sites {
+        let same = matches!(per_context.last(), Some((id, _)) if *id == p.context_id);
+        if !same {
+            per_context.push((p.context_id, SiteTotals::new()));
+        }
+        let acc = &mut per_context.last_mut().expect("pushed above").1;
+        let e = acc.entry(p.stack).or_insert((0, 0));
+        e.0 += p.count;
+        e.1 += p.bytes;
+    }
+    let mut rows = Vec::new();
+    for (context_id, acc) in per_context {
+        rows.extend(
+            merge(&acc)
+                .into_iter()
+                .take(copy.sites_per_context)
+                .map(|site| SiteRow {
+                    context_id,
+                    count: site.count,
+                    bytes: site.bytes,
+                    frames: site.frames.iter().map(ToString::to_string).collect(),
+                }),
+        );
+    }
+    rows
+}
+
+#[cfg(not(feature = "debug-contexts"))]
+fn resolve_sites(_copy: &ThreadCopy) -> Vec<SiteRow> {
+    Vec::new()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// A snapshot of the calling thread's tree (creating the tree if the thread has none yet), with
+/// up to [`DEFAULT_SITES_PER_CONTEXT`] sites per context in the debug build; `seq` is 0.
+///
+/// This walks only the caller's own tree, at once; to dump every thread, use a [`Dumper`].
+pub fn snapshot() -> Snapshot {
+    snapshot_with_sites(DEFAULT_SITES_PER_CONTEXT)
+}
+
+/// [`snapshot`] with at most `sites_per_context` sites per context (0: none).
+pub fn snapshot_with_sites(sites_per_context: usize) -> Snapshot {
+    let copy = copy_own_tree(sites_per_context);
+    let sites = resolve_sites(&copy);
+    let mut thread = copy.snapshot;
+    thread.sites = sites;
+    Snapshot {
+        format: SNAPSHOT_FORMAT.to_owned(),
+        version: SNAPSHOT_VERSION,
+        timestamp_ms: now_ms(),
+        pid: std::process::id(),
+        seq: 0,
+        threads: vec![thread],
+    }
+}
+
+/// The snapshot as pretty-printed JSON (the file format of [`crate::snapshot`]).
+///
+/// # Panics
+/// Never in practice: the document is plain data with string keys.
+pub fn to_json(snapshot: &Snapshot) -> String {
+    serde_json::to_string_pretty(snapshot).expect("serialising a snapshot cannot fail")
+}
+
+/// Reads a snapshot written by [`to_json`].
+///
+/// # Errors
+/// A JSON syntax or shape error, or a `format`/`version` this build does not read.
+pub fn from_json(s: &str) -> Result<Snapshot, serde_json::Error> {
+    use serde::de::Error as _;
+    let snap: Snapshot = serde_json::from_str(s)?;
+    if snap.format != SNAPSHOT_FORMAT {
+        return Err(serde_json::Error::custom(format!(
+            "not a memctx snapshot: format is {:?}, expected {SNAPSHOT_FORMAT:?}",
+            snap.format
+        )));
+    }
+    if snap.version != SNAPSHOT_VERSION {
+        return Err(serde_json::Error::custom(format!(
+            "unsupported memctx snapshot version {} (this build reads version {SNAPSHOT_VERSION})",
+            snap.version
+        )));
+    }
+    Ok(snap)
+}
+
+/// Writes `snapshot` as JSON to `path`, through a temporary file in the same directory renamed
+/// into place, so a reader never sees a partial file.
+///
+/// # Errors
+/// Any I/O error creating, writing or renaming the file.
+pub fn write_snapshot(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "snapshot path has no name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    fs::write(&tmp, to_json(snapshot))?;
+    fs::rename(&tmp, path)
+}
+
+/// Reads a snapshot file.
+///
+/// # Errors
+/// An I/O error, or what [`from_json`] refuses (as `InvalidData`, naming the file).
+pub fn read_snapshot(path: &Path) -> io::Result<Snapshot> {
+    let text = fs::read_to_string(path)?;
+    from_json(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+/// The file name of snapshot number `seq` in a dumper's directory: `snapshot-000042.json`.
+pub fn snapshot_file_name(seq: u64) -> String {
+    format!("snapshot-{seq:06}.json")
+}
+
+/// The sequence number in a snapshot file name, if it is one.
+fn seq_of_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".json")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The numbered snapshot files in `dir`, in sequence order.
+///
+/// # Errors
+/// An I/O error listing the directory.
+pub fn list_snapshots(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(seq_of_file_name) {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safe points.
+
+/// The generation of the open dump request, 0 when none is open. The only thing a safe point
+/// reads when nothing is pending.
+static REQUEST: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The last request generation this thread answered.
+    static ANSWERED: Cell<u64> = const { Cell::new(0) };
+    /// This thread is copying its tree (no nested answer).
+    static ANSWERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A safe point: if a dump is pending, the calling thread copies its tree and hands it to the
+/// dumper; otherwise nothing happens, at the cost of one relaxed atomic load.
+///
+/// The allocator has safe points of its own (see the module docs); place `poll` where a thread
+/// may spend long without reaching one — a worker's idle loop, between requests — so it is not
+/// listed as missing. A thread without a tree answers nothing (it is not waited for either).
+///
+/// Call it where no borrow of context memory would be disturbed by a read-only walk of the tree:
+/// anywhere in safe code.
+#[inline(always)]
+pub fn poll() {
+    let gen = REQUEST.load(Ordering::Relaxed);
+    if gen != 0 {
+        answer(gen);
+    }
+}
+
+/// Whether a dump request is open: the calling thread would answer it at its next safe point
+/// (unless it already has).
+pub fn dump_pending() -> bool {
+    let gen = REQUEST.load(Ordering::Relaxed);
+    gen != 0 && ANSWERED.with(Cell::get) != gen
+}
+
+/// The allocator's safe points; see [`poll`].
+#[inline(always)]
+pub(crate) fn safe_point() {
+    poll();
+}
+
+/// The calling thread's live registry entry: it exists once the thread has a tree, so this also
+/// tells whether it has one, without creating it.
+fn own_entry() -> Option<&'static ThreadEntry> {
+    let tid = gettid();
+    registry_entries().find(|e| e.os_tid == tid && e.state.load(Ordering::Acquire) == THREAD_LIVE)
+}
+
+/// Every registry entry, newest first.
+fn registry_entries() -> impl Iterator<Item = &'static ThreadEntry> {
+    let mut p = MEMCTX_REGISTRY.head.load(Ordering::Acquire);
+    core::iter::from_fn(move || {
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: registry entries are published with release ordering, never freed and their
+        // `next` links never change after publication.
+        let e: &'static ThreadEntry = unsafe { &*p };
+        p = e.next;
+        Some(e)
+    })
+}
+
+/// Answers request `gen` for the calling thread, once.
+#[cold]
+#[inline(never)]
+fn answer(gen: u64) {
+    if ANSWERED.with(Cell::get) == gen || ANSWERING.with(Cell::get) {
+        return;
+    }
+    // Not while unwinding: the allocator may be reached from a drop during a panic, and a
+    // second panic there would abort. The thread answers at its next safe point, or is missing.
+    if std::thread::panicking() {
+        return;
+    }
+    if own_entry().is_none() {
+        // No tree: nothing to dump, and nobody waits for this thread. Not marked answered, so a
+        // tree it creates before the dump closes is still dumped.
+        return;
+    }
+    ANSWERED.with(|a| a.set(gen));
+    let per_context = lock_state().sites_per_context;
+    ANSWERING.with(|a| a.set(true));
+    let copy = copy_own_tree(per_context);
+    ANSWERING.with(|a| a.set(false));
+    let mut st = lock_state();
+    if st.open_gen == gen {
+        st.answers.push(copy);
+        CV.notify_all();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dumper.
+
+/// State shared by the writer, the answering threads and the API.
+struct State {
+    /// A dumper is running.
+    active: bool,
+    /// The running dumper should stop.
+    stop: bool,
+    /// The last generation handed out (never reset, so thread-local marks stay meaningful).
+    last_gen: u64,
+    /// Generation of the open request (as `REQUEST`), 0 when none.
+    open_gen: u64,
+    /// Answers to the open request.
+    answers: Vec<ThreadCopy>,
+    /// API requests made so far.
+    requested: u64,
+    /// API requests covered by a finished dump (written or failed).
+    served: u64,
+    /// The last snapshot written.
+    last_path: Option<PathBuf>,
+    /// The error of the last dump, if it failed.
+    last_error: Option<String>,
+    /// Snapshots written by the running dumper.
+    written: u64,
+    /// Sites kept per context.
+    sites_per_context: usize,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    active: false,
+    stop: false,
+    last_gen: 0,
+    open_gen: 0,
+    answers: Vec::new(),
+    requested: 0,
+    served: 0,
+    last_path: None,
+    last_error: None,
+    written: 0,
+    sites_per_context: DEFAULT_SITES_PER_CONTEXT,
+});
+static CV: Condvar = Condvar::new();
+
+fn lock_state() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How a [`Dumper`] works; build with [`DumperConfig::new`] and the setters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumperConfig {
+    /// Directory of the numbered snapshot files (created if missing).
+    pub dir: PathBuf,
+    /// Take a snapshot this often; `None`: only when requested.
+    pub interval: Option<Duration>,
+    /// How long a dump waits for live threads to reach a safe point before it lists them as
+    /// missing. Default 2 s.
+    pub deadline: Duration,
+    /// Dump when this signal arrives; `None` (the default): no signal handler is installed.
+    pub signal: Option<i32>,
+    /// Sites kept per context in the debug build. Default [`DEFAULT_SITES_PER_CONTEXT`].
+    pub sites_per_context: usize,
+}
+
+impl DumperConfig {
+    /// Snapshots into `dir`, on request only, with a 2 s deadline and no signal.
+    pub fn new(dir: impl Into<PathBuf>) -> DumperConfig {
+        DumperConfig {
+            dir: dir.into(),
+            interval: None,
+            deadline: Duration::from_secs(2),
+            signal: None,
+            sites_per_context: DEFAULT_SITES_PER_CONTEXT,
+        }
+    }
+
+    /// Takes a snapshot every `interval`.
+    #[must_use]
+    pub fn interval(mut self, interval: Duration) -> DumperConfig {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Sets the deadline of each dump.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> DumperConfig {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Dumps on `SIGUSR1` (`kill -USR1 PID`).
+    #[must_use]
+    pub fn with_signal(self) -> DumperConfig {
+        self.signal(libc::SIGUSR1)
+    }
+
+    /// Dumps on `signal` (e.g. `libc::SIGUSR2`).
+    #[must_use]
+    pub fn signal(mut self, signal: i32) -> DumperConfig {
+        self.signal = Some(signal);
+        self
+    }
+
+    /// Keeps at most `n` sites per context (debug build; 0: none).
+    #[must_use]
+    pub fn sites_per_context(mut self, n: usize) -> DumperConfig {
+        self.sites_per_context = n;
+        self
+    }
+}
+
+/// A running dumper: a writer thread that takes snapshots of every thread into a directory. See
+/// the module docs. Dropping it stops it, like [`Dumper::stop`].
+#[derive(Debug)]
+pub struct Dumper {
+    dir: PathBuf,
+    signal: Option<i32>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Dumper {
+    /// Starts the writer thread (and installs the signal handler, if configured).
+    ///
+    /// # Errors
+    /// `AlreadyExists` if a dumper is already running in this process; an I/O error creating or
+    /// listing the directory; the OS error of `sigaction` for a signal that cannot be caught.
+    pub fn start(config: DumperConfig) -> io::Result<Dumper> {
+        fs::create_dir_all(&config.dir)?;
+        let first_seq = list_snapshots(&config.dir)?
+            .last()
+            .map_or(1, |(seq, _)| seq + 1);
+        {
+            let mut st = lock_state();
+            if st.active {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a memctx dumper is already running in this process",
+                ));
+            }
+            st.active = true;
+            st.stop = false;
+            st.requested = 0;
+            st.served = 0;
+            st.written = 0;
+            st.last_path = None;
+            st.last_error = None;
+            st.sites_per_context = config.sites_per_context;
+        }
+        if let Some(sig) = config.signal {
+            if let Err(e) = signal::install(sig) {
+                lock_state().active = false;
+                return Err(e);
+            }
+        }
+        let dir = config.dir.clone();
+        let signal = config.signal;
+        let spawned = std::thread::Builder::new()
+            .name("memctx-dumper".into())
+            .spawn(move || writer(&config, first_seq));
+        match spawned {
+            Ok(handle) => Ok(Dumper {
+                dir,
+                signal,
+                writer: Some(handle),
+            }),
+            Err(e) => {
+                if let Some(sig) = signal {
+                    signal::uninstall(sig);
+                }
+                lock_state().active = false;
+                Err(e)
+            }
+        }
+    }
+
+    /// The directory the snapshots go to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Asks for a dump as soon as possible; returns at once. Threads answer at their next safe
+    /// point.
+    pub fn request(&self) {
+        request_dump();
+    }
+
+    /// Requests a dump, answers it for the calling thread, and waits until the snapshot is written
+    /// (at most the deadline plus the time to write). Returns the file's path.
+    ///
+    /// # Errors
+    /// The error of the dump (an I/O error writing the file), or `Interrupted` if the dumper
+    /// stopped first.
+    pub fn dump_now(&self) -> io::Result<PathBuf> {
+        let mine = {
+            let mut st = lock_state();
+            st.requested += 1;
+            CV.notify_all();
+            st.requested
+        };
+        loop {
+            poll();
+            let st = lock_state();
+            if st.served >= mine {
+                return match (&st.last_error, &st.last_path) {
+                    (None, Some(p)) => Ok(p.clone()),
+                    (Some(e), _) => Err(io::Error::other(e.clone())),
+                    (None, None) => Err(io::Error::other("no snapshot was written")),
+                };
+            }
+            if !st.active || st.stop {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the memctx dumper stopped",
+                ));
+            }
+            let (st, _) = CV
+                .wait_timeout(st, ANSWER_POLL)
+                .unwrap_or_else(PoisonError::into_inner);
+            drop(st);
+        }
+    }
+
+    /// Snapshots written so far by this dumper.
+    pub fn written(&self) -> u64 {
+        lock_state().written
+    }
+
+    /// The most recent snapshot file written, if any.
+    pub fn last_path(&self) -> Option<PathBuf> {
+        lock_state().last_path.clone()
+    }
+
+    /// Waits until this dumper has written at least `n` snapshots, or `timeout` passes; returns
+    /// the number written.
+    pub fn wait_written(&self, n: u64, timeout: Duration) -> u64 {
+        let end = Instant::now() + timeout;
+        let mut st = lock_state();
+        while st.written < n {
+            let now = Instant::now();
+            if now >= end || !st.active {
+                break;
+            }
+            st = CV
+                .wait_timeout(st, end - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        st.written
+    }
+
+    /// Stops the writer (an open request is abandoned unwritten) and puts the previous signal
+    /// handler back.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(handle) = self.writer.take() else {
+            return;
+        };
+        {
+            let mut st = lock_state();
+            st.stop = true;
+            CV.notify_all();
+        }
+        if handle.join().is_err() {
+            log::error!("memctx: the dumper's writer thread panicked");
+        }
+        if let Some(sig) = self.signal {
+            signal::uninstall(sig);
+        }
+        let mut st = lock_state();
+        st.active = false;
+        st.stop = false;
+        REQUEST.store(0, Ordering::Release);
+        st.open_gen = 0;
+        st.answers.clear();
+        CV.notify_all();
+    }
+}
+
+impl Drop for Dumper {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Asks the running dumper for a dump, as the signal would; returns false if no dumper runs.
+pub fn request_dump() -> bool {
+    let mut st = lock_state();
+    if !st.active || st.stop {
+        return false;
+    }
+    st.requested += 1;
+    CV.notify_all();
+    true
+}
+
+/// Whether every live thread in the registry has answered.
+fn all_answered(answers: &[ThreadCopy]) -> bool {
+    registry_entries().all(|e| {
+        e.state.load(Ordering::Acquire) != THREAD_LIVE
+            || answers.iter().any(|a| a.snapshot.os_tid == e.os_tid)
+    })
+}
+
+/// The writer thread: waits for a reason to dump, collects the answers, writes the file.
+fn writer(config: &DumperConfig, first_seq: u64) {
+    let mut seq = first_seq;
+    let mut next_periodic = config.interval.map(|d| Instant::now() + d);
+    let mut st = lock_state();
+    loop {
+        // Idle: wait for a request, a signal, the next periodic dump, or stop.
+        loop {
+            if st.stop {
+                return;
+            }
+            let now = Instant::now();
+            let api = st.requested > st.served;
+            let signalled = config.signal.is_some() && signal::take_pending();
+            let periodic = next_periodic.is_some_and(|t| now >= t);
+            if periodic {
+                let d = config.interval.expect("periodic dumps have an interval");
+                let t = next_periodic.expect("set with the interval") + d;
+                next_periodic = Some(if t > now { t } else { now + d });
+            }
+            if api || signalled || periodic {
+                break;
+            }
+            let mut wait = next_periodic.map_or(Duration::from_secs(3600), |t| t - now);
+            if config.signal.is_some() {
+                wait = wait.min(SIGNAL_POLL);
+            }
+            st = CV
+                .wait_timeout(st, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+
+        // Open the request and collect answers until everyone live answered or the deadline.
+        let covers = st.requested;
+        st.last_gen += 1;
+        let gen = st.last_gen;
+        st.open_gen = gen;
+        st.answers.clear();
+        REQUEST.store(gen, Ordering::Release);
+        CV.notify_all();
+        let deadline = Instant::now() + config.deadline;
+        loop {
+            if st.stop {
+                REQUEST.store(0, Ordering::Release);
+                st.open_gen = 0;
+                st.answers.clear();
+                return;
+            }
+            if all_answered(&st.answers) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = CV
+                .wait_timeout(st, (deadline - now).min(ANSWER_POLL))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        REQUEST.store(0, Ordering::Release);
+        st.open_gen = 0;
+        let answers = core::mem::take(&mut st.answers);
+        drop(st);
+
+        let snapshot = assemble(answers, seq);
+        let path = config.dir.join(snapshot_file_name(seq));
+        let result = write_snapshot(&path, &snapshot);
+
+        st = lock_state();
+        st.served = covers;
+        match result {
+            Ok(()) => {
+                st.written += 1;
+                st.last_path = Some(path);
+                st.last_error = None;
+                seq += 1;
+            }
+            Err(e) => {
+                let msg = format!("memctx: writing {} failed: {e}", path.display());
+                log::error!("{msg}");
+                st.last_error = Some(msg);
+            }
+        }
+        CV.notify_all();
+    }
+}
+
+/// Builds the snapshot from the answers: answered threads with their trees, every other thread in
+/// the registry (live but late, or exited) as missing. Oldest thread first.
+fn assemble(answers: Vec<ThreadCopy>, seq: u64) -> Snapshot {
+    let mut entries: Vec<&ThreadEntry> = registry_entries().collect();
+    entries.reverse();
+    let mut answers: Vec<Option<ThreadCopy>> = answers.into_iter().map(Some).collect();
+    let mut threads = Vec::with_capacity(entries.len());
+    for e in entries {
+        let live = e.state.load(Ordering::Acquire) == THREAD_LIVE;
+        let found = if live {
+            answers
+                .iter_mut()
+                .find(|a| a.as_ref().is_some_and(|a| a.snapshot.os_tid == e.os_tid))
+                .and_then(Option::take)
+        } else {
+            None
+        };
+        threads.push(match found {
+            Some(copy) => {
+                let sites = resolve_sites(&copy);
+                let mut t = copy.snapshot;
+                t.sites = sites;
+                t
+            }
+            None => ThreadSnapshot {
+                name: entry_name(e),
+                os_tid: e.os_tid,
+                missing: true,
+                contexts: Vec::new(),
+                sites: Vec::new(),
+            },
+        });
+    }
+    Snapshot {
+        format: SNAPSHOT_FORMAT.to_owned(),
+        version: SNAPSHOT_VERSION,
+        timestamp_ms: now_ms(),
+        pid: std::process::id(),
+        seq,
+        threads,
+    }
+}
+
+/// A registry entry's thread name.
+fn entry_name(e: &ThreadEntry) -> Option<String> {
+    let len = e.name.iter().position(|&b| b == 0).unwrap_or(e.name.len());
+    (len > 0).then(|| String::from_utf8_lossy(&e.name[..len]).into_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The signal handler.
+
+mod signal {
+    //! Installing, chaining and removing the dump signal's handler.
+
+    use super::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+    use std::io;
+
+    /// Set by the handler, taken by the writer.
+    static PENDING: AtomicBool = AtomicBool::new(false);
+    /// The signal our handler is installed for (0: none).
+    static INSTALLED: AtomicI32 = AtomicI32::new(0);
+    /// The action that was installed before ours. Each installation leaks its copy (a few hundred
+    /// bytes), so a handler still running on another thread never reads freed memory.
+    static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Takes the flag the handler set.
+    pub(super) fn take_pending() -> bool {
+        PENDING.swap(false, Ordering::AcqRel)
+    }
+
+    /// The handler: sets the flag, then runs the previous handler. Only async-signal-safe work:
+    /// atomic operations and a call.
+    extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut libc::c_void) {
+        PENDING.store(true, Ordering::Release);
+        let prev = PREVIOUS.load(Ordering::Acquire);
+        if prev.is_null() {
+            return;
+        }
+        // SAFETY: `prev` was published before our handler was installed and is never freed.
+        let prev = unsafe { &*prev };
+        let h = prev.sa_sigaction;
+        if h == libc::SIG_DFL || h == libc::SIG_IGN {
+            return; // the default action of the dump signal would end the process
+        }
+        if prev.sa_flags & libc::SA_SIGINFO != 0 {
+            // SAFETY: with SA_SIGINFO, the previous owner installed a three-argument handler.
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                unsafe { core::mem::transmute(h) };
+            f(sig, info, uctx);
+        } else {
+            // SAFETY: without SA_SIGINFO, the previous owner installed a one-argument handler.
+            let f: extern "C" fn(libc::c_int) = unsafe { core::mem::transmute(h) };
+            f(sig);
+        }
+    }
+
+    /// Installs the handler for `sig`, remembering the current action for chaining.
+    pub(super) fn install(sig: i32) -> io::Result<()> {
+        // SAFETY: sigaction with a null new action only reads the current one into `old`.
+        let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: as above; `old` is a valid out-parameter.
+        if unsafe { libc::sigaction(sig, core::ptr::null(), &mut old) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        PREVIOUS.store(Box::into_raw(Box::new(old)), Ordering::Release);
+        PENDING.store(false, Ordering::Release);
+        // SAFETY: a zeroed sigaction is a valid starting point; the mask is emptied below.
+        let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
+        new.sa_sigaction = handler as *const () as libc::sighandler_t;
+        new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: `new.sa_mask` is a valid sigset; `new` is a fully initialised action whose
+        // handler only does async-signal-safe work.
+        let rc = unsafe {
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(sig, &new, core::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        INSTALLED.store(sig, Ordering::Release);
+        Ok(())
+    }
+
+    /// Puts the previous action back, if ours is still the installed one.
+    pub(super) fn uninstall(sig: i32) {
+        if INSTALLED.swap(0, Ordering::AcqRel) != sig {
+            return;
+        }
+        // SAFETY: querying the current action into a valid out-parameter.
+        let mut cur: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::sigaction(sig, core::ptr::null(), &mut cur) } != 0 {
+            return;
+        }
+        if cur.sa_sigaction != handler as *const () as libc::sighandler_t {
+            return; // someone installed their own over ours: leave theirs alone
+        }
+        let prev = PREVIOUS.load(Ordering::Acquire);
+        if prev.is_null() {
+            return;
+        }
+        // SAFETY: `prev` is a valid, never-freed copy of the previous action.
+        unsafe { libc::sigaction(sig, prev, core::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(snapshot_file_name(42), "snapshot-000042.json");
+        assert_eq!(seq_of_file_name("snapshot-000042.json"), Some(42));
+        assert_eq!(seq_of_file_name("snapshot-1234567.json"), Some(1234567));
+        assert_eq!(seq_of_file_name("snapshot-.json"), None);
+        assert_eq!(seq_of_file_name(".snapshot-000001.json.tmp"), None);
+        assert_eq!(seq_of_file_name("snapshot-00a.json"), None);
+    }
+
+    #[test]
+    fn site_display_is_lsan_style() {
+        let s = Site {
+            count: 3,
+            bytes: 120,
+            frames: vec![SiteFrame {
+                function: Some("app::cache_insert".into()),
+                file: Some("src/cache.rs".into()),
+                line: Some(42),
+            }],
+            stack_id: 7,
+        };
+        assert_eq!(
+            s.to_string(),
+            "120 bytes in 3 objects allocated from:\n    #0 app::cache_insert at src/cache.rs:42\n"
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Showing a dump: PostgreSQL's stats text, and folded stacks for a flame graph.
+
+use std::fmt::Write as _;
+
+use super::parse::{Dump, Tree};
+use crate::stats::{format_stats, Counters, PrintOptions, StatsNode};
+
+/// Prints a dump in PostgreSQL's `MemoryContextStats` format.
+///
+/// Trees are turned into [`StatsNode`]s and printed by [`crate::stats::format_stats`] with `opts`
+/// (so more than `max_children` children are summarised as PostgreSQL would), except trees that
+/// PostgreSQL already summarised: those are printed as they were dumped, their
+/// `N more child contexts` lines included. The gdb script records only bytes, so its dumps
+/// print as `NAME: BYTES` lines, two spaces per level. A tree of a memctx snapshot with several
+/// threads is headed by `thread NAME:`.
+#[must_use]
+pub fn stats_text(dump: &Dump, opts: &PrintOptions) -> String {
+    let mut out = String::new();
+    let several = dump.trees.len() > 1;
+    for tree in &dump.trees {
+        if several || tree.missing {
+            let _ = writeln!(
+                out,
+                "thread {}:{}",
+                tree.thread.as_deref().unwrap_or("?"),
+                if tree.missing {
+                    " (missing: did not answer the dump)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if tree.contexts.is_empty() {
+            continue;
+        }
+        let folded = tree.contexts.iter().any(|c| c.folded.is_some());
+        if !dump.has_detail {
+            out.push_str(&bytes_text(tree));
+        } else if folded {
+            out.push_str(&postgres_text(tree));
+        } else {
+            out.push_str(&format_stats(&to_stats_node(tree), opts));
+        }
+    }
+    out
+}
+
+/// Turns a tree into a [`StatsNode`] (folded lines, which have no place there, are dropped; ids
+/// are the memctx ids, or positions when the input had none).
+///
+/// # Panics
+///
+/// If the tree is empty.
+#[must_use]
+pub fn to_stats_node(tree: &Tree) -> StatsNode {
+    let children = tree.children();
+    let node = |i: usize| {
+        let c = &tree.contexts[i];
+        StatsNode {
+            id: c.id.unwrap_or(i as u64 + 1),
+            name: c.name.clone(),
+            ident: c.ident.clone(),
+            kind: c.kind.clone().unwrap_or_else(|| "AllocSet".to_string()),
+            counters: c.counters(),
+            children: Vec::new(),
+        }
+    };
+    // Build bottom-up without recursion: contexts come parent-first, so walk them backwards.
+    let mut built: Vec<Option<StatsNode>> = (0..tree.contexts.len()).map(|_| None).collect();
+    for i in (0..tree.contexts.len()).rev() {
+        if tree.contexts[i].folded.is_some() {
+            continue;
+        }
+        let mut n = node(i);
+        n.children = children[i]
+            .iter()
+            .filter_map(|&c| built[c].take())
+            .collect();
+        built[i] = Some(n);
+    }
+    built[0].take().expect("a tree has a root")
+}
+
+/// Pre-order walk: (index, depth).
+fn preorder(tree: &Tree) -> Vec<usize> {
+    let children = tree.children();
+    let mut out = Vec::with_capacity(tree.contexts.len());
+    let mut stack: Vec<usize> = tree
+        .contexts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.parent.is_none())
+        .map(|(i, _)| i)
+        .rev()
+        .collect();
+    while let Some(i) = stack.pop() {
+        out.push(i);
+        // Folded lines come after the printed children.
+        let (folded, printed): (Vec<usize>, Vec<usize>) = children[i]
+            .iter()
+            .partition(|&&c| tree.contexts[c].folded.is_some());
+        stack.extend(folded.iter().rev());
+        stack.extend(printed.iter().rev());
+    }
+    out
+}
+
+fn indent(out: &mut String, level: u32) {
+    for _ in 0..level {
+        out.push_str("  ");
+    }
+}
+
+fn postgres_text(tree: &Tree) -> String {
+    let mut out = String::new();
+    let mut grand = Counters::default();
+    for i in preorder(tree) {
+        let c = &tree.contexts[i];
+        let counters = c.counters();
+        grand.add(&counters);
+        indent(&mut out, c.level);
+        match c.folded {
+            Some(n) => {
+                let _ = writeln!(out, "{n} more child contexts containing {counters}");
+            }
+            None => {
+                let _ = write!(out, "{}: {counters}", c.name);
+                if let Some(id) = &c.ident {
+                    out.push_str(": ");
+                    push_display_ident(&mut out, id);
+                }
+                out.push('\n');
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Grand total: {} bytes in {} blocks; {} free ({} chunks); {} used",
+        grand.total_bytes,
+        grand.total_nblocks,
+        grand.free_bytes,
+        grand.free_chunks,
+        grand.used_bytes()
+    );
+    out
+}
+
+/// An identifier as PostgreSQL prints it: cut at 100 bytes on a character boundary (then `...`),
+/// control characters as spaces.
+fn push_display_ident(out: &mut String, ident: &str) {
+    let mut cut = ident.len().min(100);
+    while !ident.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.extend(ident[..cut].chars().map(|c| if c < ' ' { ' ' } else { c }));
+    if cut < ident.len() {
+        out.push_str("...");
+    }
+}
+
+fn bytes_text(tree: &Tree) -> String {
+    let mut out = String::new();
+    let mut total = 0u64;
+    for i in preorder(tree) {
+        let c = &tree.contexts[i];
+        total = total.saturating_add(c.total_bytes);
+        indent(&mut out, c.level);
+        let _ = writeln!(out, "{}: {}", c.name, c.total_bytes);
+    }
+    let _ = writeln!(
+        out,
+        "Grand total: {total} bytes (the gdb script records no blocks or free space)"
+    );
+    out
+}
+
+/// What [`folded_stacks`] counts and how it names frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlameOptions {
+    /// Count used bytes instead of total bytes (where the dump records them).
+    pub used: bool,
+    /// Give each identifier its own frame (`CachedPlanSource: SELECT ...`) instead of merging
+    /// same-named siblings.
+    pub idents: bool,
+}
+
+/// Frame text: no `;` (the stack separator) and no control characters.
+fn frame(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            ';' => ',',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+/// The dump as folded stacks, one line per context with its own bytes:
+/// `TopMemoryContext;CacheMemoryContext;CachedPlanSource 4096`, the input of
+/// `inferno::flamegraph::from_lines` (and of `flamegraph.pl`). Same-named siblings merge into one
+/// frame unless `opts.idents`; a folded `N more child contexts` line is a frame of its own; a
+/// context with no bytes is left out. Threads of a memctx snapshot are the bottom frames when
+/// there are several.
+#[must_use]
+pub fn folded_stacks(dump: &Dump, opts: &FlameOptions) -> Vec<String> {
+    let mut out = Vec::new();
+    let several = dump.trees.len() > 1;
+    for tree in &dump.trees {
+        let mut names: Vec<String> = Vec::with_capacity(tree.contexts.len());
+        for c in &tree.contexts {
+            let own = match c.folded {
+                Some(n) => format!("({n} more child contexts)"),
+                None => match (opts.idents, c.display_ident()) {
+                    (true, Some(id)) => frame(&format!("{}: {id}", c.display_name())),
+                    _ => frame(c.display_name()),
+                },
+            };
+            let stack = match c.parent {
+                Some(p) => format!("{};{own}", names[p]),
+                None if several => format!(
+                    "{};{own}",
+                    frame(tree.thread.as_deref().unwrap_or("thread"))
+                ),
+                None => own,
+            };
+            let bytes = if opts.used {
+                c.used_bytes.unwrap_or(c.total_bytes)
+            } else {
+                c.total_bytes
+            };
+            if bytes > 0 {
+                out.push(format!("{stack} {bytes}"));
+            }
+            names.push(stack);
+        }
+    }
+    out
+}

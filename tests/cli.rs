@@ -1,0 +1,950 @@
+//! The leak-hunting library (`memctx::leak`) and the `memctx` CLI, end to end: every input format
+//! read from small files in `tests/data` (the PostgreSQL ones are real PostgreSQL 15 output, see
+//! `tests/data/README.md`), the diff's verdicts on synthetic series, same-named siblings and
+//! `N more child contexts` lines, and the binary's output, files and exit codes.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use memctx::leak::{self, render, EntryKind, Format, Metric, ReportOptions, Verdict};
+use memctx::snapshot::{SiteRow, Snapshot, ThreadSnapshot, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use memctx::stats::{self, format_stats, Counters, PrintOptions, StatsNode};
+use memctx::{BlockSizes, MemoryContext};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("memctx-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn memctx<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memctx"))
+        .args(args)
+        .output()
+        .expect("run memctx")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn node(id: u64, name: &str, ident: Option<&str>, total: u64, used: u64) -> StatsNode {
+    StatsNode {
+        id,
+        name: name.to_string(),
+        ident: ident.map(str::to_string),
+        kind: "AllocSet".to_string(),
+        counters: Counters {
+            total_bytes: total,
+            total_nblocks: total.div_ceil(8192),
+            free_bytes: total - used,
+            free_chunks: 1,
+        },
+        children: Vec::new(),
+    }
+}
+
+fn thread(name: &str, tid: u32, root: &StatsNode, sites: Vec<SiteRow>) -> ThreadSnapshot {
+    ThreadSnapshot {
+        name: Some(name.to_string()),
+        os_tid: tid,
+        missing: false,
+        contexts: stats::rows(root),
+        sites,
+    }
+}
+
+fn snapshot(seq: u64, threads: Vec<ThreadSnapshot>) -> Snapshot {
+    Snapshot {
+        format: SNAPSHOT_FORMAT.to_string(),
+        version: SNAPSHOT_VERSION,
+        timestamp_ms: 1_700_000_000_000 + seq * 60_000,
+        pid: 4321,
+        seq,
+        threads,
+    }
+}
+
+/// A synthetic series of six snapshots of a program with two threads:
+/// - `main`: CacheMemoryContext leaks steadily (used bytes ramp while the total doubles in
+///   blocks), and under it more and more `CachedPlanSource` siblings, each with its own query;
+///   PlateauCache grows then stops; ExprContext goes up and down; MessageContext never moves;
+///   a site in CacheMemoryContext grows, one in MessageContext does not;
+/// - `worker`: constant, but missing from the fourth snapshot.
+fn synthetic_series() -> Vec<Snapshot> {
+    let cache_total = [8192, 8192, 16384, 16384, 32768, 32768];
+    let cache_used = [1000, 3000, 5000, 7000, 9000, 11000];
+    let plateau_used = [1000, 3000, 5000, 5000, 5000, 5000];
+    let expr_used = [500, 4000, 800, 3900, 600, 4100];
+    (0..6)
+        .map(|k| {
+            let mut top = node(1, "TopMemoryContext", None, 16384, 9000);
+            let mut cache = node(2, "CacheMemoryContext", None, cache_total[k], cache_used[k]);
+            for j in 0..(2 + 2 * k as u64) {
+                cache.children.push(node(
+                    100 + j,
+                    "CachedPlanSource",
+                    Some(&format!("SELECT {j}")),
+                    1024,
+                    900,
+                ));
+            }
+            top.children.push(cache);
+            top.children
+                .push(node(3, "PlateauCache", None, 8192, plateau_used[k]));
+            top.children
+                .push(node(4, "ExprContext", None, 8192, expr_used[k]));
+            top.children
+                .push(node(5, "MessageContext", None, 8192, 2000));
+            let sites = vec![
+                SiteRow {
+                    context_id: 2,
+                    count: 10 * (k as u64 + 1),
+                    bytes: 1000 * (k as u64 + 1),
+                    frames: vec![
+                        "cache::remember at src/cache.rs:42".to_string(),
+                        "main at src/main.rs:7".to_string(),
+                    ],
+                },
+                SiteRow {
+                    context_id: 5,
+                    count: 3,
+                    bytes: 300,
+                    frames: vec!["message::read at src/message.rs:9".to_string()],
+                },
+            ];
+            let worker_top = node(1, "TopMemoryContext", None, 8192, 4000);
+            let mut worker = thread("worker", 11, &worker_top, Vec::new());
+            if k == 3 {
+                worker.missing = true;
+                worker.contexts.clear();
+            }
+            snapshot(k as u64, vec![thread("main", 10, &top, sites), worker])
+        })
+        .collect()
+}
+
+fn write_series(dir: &TempDir) {
+    for (k, s) in synthetic_series().iter().enumerate() {
+        // Numbered like the dumper's files; natural order must put 10 after 9, so use both.
+        let name = format!("snapshot-{}.json", k * 5);
+        dir.file(&name, &serde_json::to_string_pretty(s).unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts
+
+#[test]
+fn verdicts_on_synthetic_series() {
+    assert_eq!(leak::verdict(&[10, 20, 30, 40, 50, 60]), Verdict::Growing);
+    assert_eq!(leak::verdict(&[10, 30, 50, 50, 50, 50]), Verdict::Plateau);
+    assert_eq!(leak::verdict(&[5, 40, 8, 39, 6, 41]), Verdict::Noisy);
+    assert_eq!(leak::verdict(&[7, 7, 7, 7]), Verdict::Stable);
+    assert_eq!(leak::verdict(&[60, 50, 40, 30]), Verdict::Shrinking);
+    // Block-sized steps that keep coming are growth; growth with small dips too.
+    assert_eq!(leak::verdict(&[8, 8, 16, 16, 32]), Verdict::Growing);
+    assert_eq!(
+        leak::verdict(&[100, 200, 180, 300, 280, 400]),
+        Verdict::Growing
+    );
+    // Jitter around a plateau is still a plateau.
+    assert_eq!(
+        leak::verdict(&[100, 300, 500, 495, 505, 500]),
+        Verdict::Plateau
+    );
+}
+
+#[test]
+fn diff_of_a_synthetic_series_names_the_leak_first() {
+    let dir = TempDir::new("series-lib");
+    write_series(&dir);
+    let dumps = leak::load_series(&[&dir.0]).unwrap();
+    assert_eq!(dumps.len(), 6);
+    assert!(dumps.iter().all(|d| d.format == Format::MemctxSnapshot));
+    // Natural order: snapshot-5 before snapshot-10.
+    let seqs: Vec<u64> = dumps
+        .iter()
+        .map(|d| d.timestamp_ms.unwrap() / 60_000 % 10)
+        .collect();
+    assert_eq!(seqs.len(), 6);
+    assert!(dumps[1].source.ends_with("snapshot-5.json"));
+    assert!(dumps[2].source.ends_with("snapshot-10.json"));
+
+    let report = leak::diff(&dumps).unwrap();
+    let find = |path: &str| {
+        report
+            .entries
+            .iter()
+            .find(|e| e.display_path() == path)
+            .unwrap_or_else(|| panic!("no entry {path}"))
+    };
+    let cache = find("[main] TopMemoryContext/CacheMemoryContext");
+    assert_eq!(cache.verdict, Verdict::Growing);
+    assert_eq!(cache.metric, Metric::Used);
+    assert_eq!(cache.growth(), 32768 - 8192);
+    assert_eq!(cache.used_growth(), Some(10000));
+    // The first growing entry is the one that grew most: the cache.
+    assert_eq!(
+        report.growing().next().unwrap().display_path(),
+        "[main] TopMemoryContext/CacheMemoryContext"
+    );
+
+    let (hot, hot_growth) = report.hotspot().unwrap();
+    assert_eq!(
+        hot.display_path(),
+        "[main] TopMemoryContext/CacheMemoryContext"
+    );
+    assert_eq!(hot_growth, 24576 + 10 * 1024);
+
+    let plans = find("[main] TopMemoryContext/CacheMemoryContext/CachedPlanSource");
+    assert_eq!(plans.kind, EntryKind::Group);
+    assert_eq!(plans.verdict, Verdict::Growing);
+    assert_eq!(plans.count.first(), Some(&Some(2)));
+    assert_eq!(plans.count.last(), Some(&Some(12)));
+    // A member present all along is matched by its identifier, and it did not grow.
+    let one = find("[main] TopMemoryContext/CacheMemoryContext/CachedPlanSource[SELECT 0]");
+    assert_eq!(one.kind, EntryKind::Context);
+    assert_eq!(one.verdict, Verdict::Stable);
+
+    assert_eq!(
+        find("[main] TopMemoryContext/PlateauCache").verdict,
+        Verdict::Plateau
+    );
+    assert_eq!(
+        find("[main] TopMemoryContext/ExprContext").verdict,
+        Verdict::Noisy
+    );
+    assert_eq!(
+        find("[main] TopMemoryContext/MessageContext").verdict,
+        Verdict::Stable
+    );
+    // The worker did not answer the fourth dump: unknown there, not zero, so still stable.
+    let worker = find("[worker] TopMemoryContext");
+    assert_eq!(worker.total[3], None);
+    assert_eq!(worker.verdict, Verdict::Stable);
+
+    // Per-site growth: the cache's site grows, the message one does not.
+    assert_eq!(report.sites.len(), 2);
+    let site = &report.sites[0];
+    assert_eq!(site.frames[0], "cache::remember at src/cache.rs:42");
+    assert_eq!(site.context, ["TopMemoryContext", "CacheMemoryContext"]);
+    assert_eq!(site.verdict, Verdict::Growing);
+    assert_eq!(site.growth(), 5000);
+    assert_eq!(report.sites[1].verdict, Verdict::Stable);
+}
+
+#[test]
+fn cli_diff_dir_prints_table_verdicts_and_sites() {
+    let dir = TempDir::new("series-cli");
+    write_series(&dir);
+    let o = memctx(&[Path::new("diff"), dir.0.as_path()]);
+    assert!(o.status.success(), "stderr: {}", err(&o));
+    let text = out(&o);
+    assert!(text.starts_with("memctx diff: 6 snapshots (memctx snapshot), PID 4321, over 5m00s\n"));
+    let verdicts: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["growing ", "plateau ", "noisy "]
+                .iter()
+                .any(|v| l.starts_with(v))
+        })
+        .collect();
+    assert!(
+        verdicts[0].starts_with(
+            "growing   [main] TopMemoryContext/CacheMemoryContext  +24.0 kB over 6 snapshots in 5m00s (used +9.8 kB)"
+        ),
+        "{text}"
+    );
+    assert!(verdicts
+        .iter()
+        .any(|l| l.starts_with("plateau   [main] TopMemoryContext/PlateauCache  +0 bytes")));
+    assert!(verdicts
+        .iter()
+        .any(|l| l.starts_with("noisy     [main] TopMemoryContext/ExprContext")));
+    assert!(text.contains("per-site growth (live chunks by allocation site):\n"));
+    assert!(text.contains("growing   +4.9 kB (1000 bytes -> 5.9 kB, chunks 10 -> 60) in [main] TopMemoryContext/CacheMemoryContext\n      cache::remember at src/cache.rs:42\n"));
+
+    // Exact bytes.
+    let o = memctx(&[Path::new("diff"), Path::new("--bytes"), dir.0.as_path()]);
+    assert!(out(&o).contains("[main] TopMemoryContext/CacheMemoryContext  +24576 over 6 snapshots"));
+
+    // Two files: OLD NEW.
+    let first = dir.0.join("snapshot-0.json");
+    let last = dir.0.join("snapshot-25.json");
+    let o = memctx(&[Path::new("diff"), &first, &last]);
+    assert!(o.status.success(), "stderr: {}", err(&o));
+    let text = out(&o);
+    assert!(text.contains("memctx diff: 2 snapshots"));
+    assert!(text.contains("note: with two snapshots"));
+    assert!(text.contains("growing   [main] TopMemoryContext/CacheMemoryContext  +24.0 kB"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats
+
+#[test]
+fn memctx_stats_json_from_a_real_tree() {
+    let top = MemoryContext::top();
+    let cache = top.new_child("LeakTestCache", BlockSizes::DEFAULT);
+    cache.set_ident("relcache");
+    let guard = cache.switch_to();
+    for _ in 0..100 {
+        let _ = memctx::palloc(200);
+    }
+    drop(guard);
+    let tree = top.stats();
+    let json = stats::to_json(&tree);
+    let dumps = leak::parse_str(&json, "stats.json").unwrap();
+    assert_eq!(dumps.len(), 1);
+    assert_eq!(dumps[0].format, Format::MemctxStats);
+    let t = &dumps[0].trees[0];
+    assert_eq!(t.contexts[0].name, "TopMemoryContext");
+    let c = t
+        .contexts
+        .iter()
+        .find(|c| c.name == "LeakTestCache")
+        .unwrap();
+    assert_eq!(c.ident.as_deref(), Some("relcache"));
+    assert_eq!(c.level, 1);
+    assert!(c.used_bytes.unwrap() >= 20_000);
+    // `memctx stats` prints exactly what format_stats prints for the tree.
+    assert_eq!(
+        render::stats_text(&dumps[0], &PrintOptions::default()),
+        format_stats(&tree, &PrintOptions::default())
+    );
+    cache.delete();
+}
+
+#[test]
+fn memctx_snapshot_stats_uses_postgres_format() {
+    let dir = TempDir::new("snap-stats");
+    let snap = &synthetic_series()[5];
+    let path = dir.file("s.json", &serde_json::to_string(snap).unwrap());
+    let o = memctx(&[Path::new("stats"), &path]);
+    assert!(o.status.success(), "stderr: {}", err(&o));
+    let text = out(&o);
+    assert!(text.starts_with("thread main:\nTopMemoryContext: 16384 total in 2 blocks; 7384 free (1 chunks); 9000 used\n  CacheMemoryContext: 32768 total in 4 blocks;"));
+    assert!(text.contains(
+        "    CachedPlanSource: 1024 total in 1 blocks; 124 free (1 chunks); 900 used: SELECT 11\n"
+    ));
+    assert!(text.contains("thread worker:\n"));
+    // --max-children summarises as PostgreSQL does.
+    let o = memctx(&[
+        Path::new("stats"),
+        Path::new("--max-children"),
+        Path::new("3"),
+        &path,
+    ]);
+    assert!(out(&o).contains("    9 more child contexts containing 9216 total in 9 blocks;"));
+}
+
+#[test]
+fn several_snapshots_in_one_json_file() {
+    let series = synthetic_series();
+    let text = format!(
+        "{}\n{}\n",
+        serde_json::to_string(&series[0]).unwrap(),
+        serde_json::to_string(&series[1]).unwrap()
+    );
+    let dumps = leak::parse_str(&text, "two.jsonl").unwrap();
+    assert_eq!(dumps.len(), 2);
+    assert_eq!(dumps[1].source, "two.jsonl#2");
+    let array = serde_json::to_string(&series).unwrap();
+    assert_eq!(leak::parse_str(&array, "all.json").unwrap().len(), 6);
+}
+
+#[test]
+fn postgres15_server_log_series() {
+    let dumps = leak::parse_file(&data("pg15_server.log")).unwrap();
+    assert_eq!(dumps.len(), 3);
+    for d in &dumps {
+        assert_eq!(d.format, Format::PostgresLog);
+        assert_eq!(d.pid, Some(9281));
+        // The lines add up to the printed grand total: nothing was lost or misplaced.
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(Some(d.trees[0].total()), d.grand_total);
+    }
+    let t = &dumps[0].trees[0];
+    assert_eq!(t.contexts[0].name, "TopMemoryContext");
+    assert_eq!(t.contexts[0].level, 0);
+    // ExecutorState is under PortalContext (ident <unnamed>) under TopPortalContext.
+    let i = t
+        .contexts
+        .iter()
+        .position(|c| c.name == "ExecutorState")
+        .unwrap();
+    let path: Vec<String> = t
+        .path(i)
+        .iter()
+        .map(|c| match &c.ident {
+            Some(id) => format!("{}[{id}]", c.name),
+            None => c.name.clone(),
+        })
+        .collect();
+    assert_eq!(
+        path,
+        [
+            "TopMemoryContext",
+            "TopPortalContext",
+            "PortalContext[<unnamed>]",
+            "ExecutorState"
+        ]
+    );
+    // The folded line belongs to CacheMemoryContext (its `level: 1` is the parent's level).
+    let f = t.contexts.iter().find(|c| c.folded.is_some()).unwrap();
+    assert_eq!(f.folded, Some(46));
+    assert_eq!(f.level, 2);
+    assert_eq!(t.contexts[f.parent.unwrap()].name, "CacheMemoryContext");
+    assert_eq!(f.total_bytes, 84992);
+    assert_eq!(f.used_bytes, Some(61584));
+    // Timestamps come from the %m prefix.
+    assert_eq!(
+        dumps[1].timestamp_ms.unwrap() - dumps[0].timestamp_ms.unwrap(),
+        15
+    );
+}
+
+#[test]
+fn same_named_siblings_and_folded_lines_are_attributed() {
+    let dumps = leak::parse_file(&data("pg15_server.log")).unwrap();
+    let report = leak::diff(&dumps).unwrap();
+    let top = &report.entries[0];
+    assert_eq!(
+        top.display_path(),
+        "TopMemoryContext/CacheMemoryContext/(more child contexts)"
+    );
+    assert_eq!(top.kind, EntryKind::Folded);
+    assert_eq!(top.verdict, Verdict::Growing);
+    let counts: Vec<u64> = top.count.iter().flatten().copied().collect();
+    assert_eq!(counts, [46, 106, 166]);
+    assert!(top
+        .note
+        .as_deref()
+        .unwrap()
+        .contains("the 100 printed siblings: CachedPlanSource x100"));
+    // The printed CachedPlanSource contexts are one group, summed, with their count.
+    let plans = report
+        .entries
+        .iter()
+        .find(|e| e.display_path() == "TopMemoryContext/CacheMemoryContext/CachedPlanSource")
+        .unwrap();
+    assert_eq!(plans.kind, EntryKind::Group);
+    let counts: Vec<u64> = plans.count.iter().flatten().copied().collect();
+    assert_eq!(counts, [60, 100, 100]);
+    assert_eq!(plans.total[0], Some(59 * 4096 + 8192));
+    assert!(plans.note.as_deref().unwrap().starts_with("partial:"));
+    // Nothing is lost: the folded entry and the printed groups add up to every byte.
+    for d in 0..3 {
+        let sum: u64 = report
+            .entries
+            .iter()
+            .filter(|e| e.kind != EntryKind::Context)
+            .map(|e| e.total[d].unwrap())
+            .sum();
+        assert_eq!(sum, report.grand_total[d]);
+    }
+    // Prepared Queries grows in used bytes while its total moves by one block.
+    let pq = report
+        .entries
+        .iter()
+        .find(|e| e.display_path() == "TopMemoryContext/Prepared Queries")
+        .unwrap();
+    assert_eq!(pq.verdict, Verdict::Growing);
+}
+
+#[test]
+fn a_log_that_starts_in_the_middle_of_a_dump() {
+    // A rotated log: the first dump's beginning is gone; its tail is skipped.
+    let text = std::fs::read_to_string(data("pg15_server.log")).unwrap();
+    let tail: String = text.lines().skip(50).map(|l| format!("{l}\n")).collect();
+    let dumps = leak::parse_str(&tail, "rotated.log").unwrap();
+    assert_eq!(dumps.len(), 2);
+    for d in &dumps {
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+    // Without the `logging memory contexts` lines, dumps still start at TopMemoryContext.
+    let headless: String = text
+        .lines()
+        .filter(|l| !l.contains("logging memory contexts"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dumps = leak::parse_str(&headless, "headless.log").unwrap();
+    assert_eq!(dumps.len(), 3);
+    assert!(dumps
+        .iter()
+        .all(|d| d.warnings.is_empty() && d.pid.is_none()));
+}
+
+#[test]
+fn log_line_prefixes_csvlog_and_jsonlog() {
+    let custom = leak::parse_file(&data("pg15_custom_prefix.log")).unwrap();
+    assert_eq!(custom.len(), 1);
+    assert_eq!(custom[0].pid, Some(15065));
+    assert!(custom[0].warnings.is_empty());
+    let csv = leak::parse_file(&data("pg15_csvlog.csv.log")).unwrap();
+    let json = leak::parse_file(&data("pg15_jsonlog.json.log")).unwrap();
+    assert_eq!(csv.len(), 1);
+    assert_eq!(json.len(), 1);
+    assert!(csv[0].warnings.is_empty(), "{:?}", csv[0].warnings);
+    assert_eq!(csv[0].trees, json[0].trees);
+    assert_eq!(csv[0].pid, Some(12958));
+    let ident = csv[0].trees[0]
+        .contexts
+        .iter()
+        .find(|c| c.name == "CachedPlanSource")
+        .and_then(|c| c.ident.clone());
+    assert_eq!(ident.as_deref(), Some("prepare x as select 1"));
+}
+
+#[test]
+fn newer_log_levels_start_at_one() {
+    let dumps = leak::parse_file(&data("pg18_server.log")).unwrap();
+    assert_eq!(dumps.len(), 2);
+    let t = &dumps[0].trees[0];
+    assert_eq!(t.contexts[0].level, 0);
+    assert!(dumps[0].warnings.is_empty(), "{:?}", dumps[0].warnings);
+    let f = t.contexts.iter().find(|c| c.folded.is_some()).unwrap();
+    assert_eq!(t.contexts[f.parent.unwrap()].name, "CacheMemoryContext");
+    // The same tree as PostgreSQL 15 would log it.
+    let text = render::stats_text(&dumps[0], &PrintOptions::default());
+    assert!(text.starts_with("TopMemoryContext: 97680 total in 5 blocks;"));
+    assert!(text.contains("\n    3 more child contexts containing 36864 total"));
+    assert!(text.contains("\n      CachedPlanQuery: 8192 total in 4 blocks;"));
+}
+
+/// Two backends dumping at once: dump 1 of `pg15_server.log` (PID 9281) and dump 2 with its PID
+/// changed to 9282, interleaved line by line.
+fn interleaved_log() -> String {
+    let text = std::fs::read_to_string(data("pg15_server.log")).unwrap();
+    let dump = |k: usize| -> Vec<String> {
+        let mut n = 0;
+        let mut out = Vec::new();
+        for l in text.lines() {
+            if l.contains("logging memory contexts of PID") {
+                n += 1;
+            }
+            if n == k {
+                out.push(l.to_string());
+                if l.contains("Grand total") {
+                    break;
+                }
+            }
+        }
+        out
+    };
+    let a = dump(1);
+    let b: Vec<String> = dump(2)
+        .iter()
+        .map(|l| {
+            l.replace("[9281]", "[9282]")
+                .replace("PID 9281", "PID 9282")
+        })
+        .collect();
+    let mut out = String::new();
+    for i in 0..a.len().max(b.len()) {
+        for side in [&a, &b] {
+            if let Some(l) = side.get(i) {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn interleaved_backends_are_separated_by_pid() {
+    let dir = TempDir::new("interleaved");
+    let log = dir.file("interleaved.log", &interleaved_log());
+    let dumps = leak::parse_file(&log).unwrap();
+    assert_eq!(dumps.len(), 2);
+    let pids: Vec<Option<u32>> = dumps.iter().map(|d| d.pid).collect();
+    assert_eq!(pids, [Some(9281), Some(9282)]);
+    for d in &dumps {
+        // Every line went to its own dump: each adds up to its grand total.
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+    let o = memctx(&[Path::new("diff"), &log]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains(
+        "holds dumps of several processes: PID 9281 (1 dump), PID 9282 (1 dump); choose one with --pid"
+    ));
+    let o = memctx(&[
+        Path::new("diff"),
+        &data("pg15_server.log"),
+        &log,
+        Path::new("--pid"),
+        Path::new("9281"),
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).starts_with("memctx diff: 4 snapshots"));
+}
+
+#[test]
+fn stderr_output_round_trips_exactly() {
+    let path = data("pg15_stderr.txt");
+    let dumps = leak::parse_file(&path).unwrap();
+    assert_eq!(dumps.len(), 1);
+    assert_eq!(dumps[0].format, Format::PostgresStderr);
+    assert!(dumps[0].warnings.is_empty());
+    let o = memctx(&[Path::new("stats"), &path]);
+    assert!(o.status.success());
+    assert_eq!(out(&o), std::fs::read_to_string(&path).unwrap());
+    // The folded line is indented like the children it stands for.
+    let t = &dumps[0].trees[0];
+    let f = t.contexts.iter().find(|c| c.folded.is_some()).unwrap();
+    assert_eq!(f.folded, Some(116));
+    assert_eq!(t.contexts[f.parent.unwrap()].name, "CacheMemoryContext");
+}
+
+#[test]
+fn gdb_script_output_series() {
+    let dir = data("gdb_series");
+    let dumps = leak::load_series(&[&dir]).unwrap();
+    assert_eq!(dumps.len(), 4);
+    let d = &dumps[1];
+    assert_eq!(d.format, Format::Gdb);
+    assert!(!d.has_detail);
+    let t = &d.trees[0];
+    assert_eq!(t.contexts[0].name, "TopMemoryContext");
+    let ec = t
+        .contexts
+        .iter()
+        .position(|c| c.name == "SRF multi-call context")
+        .unwrap();
+    assert_eq!(t.contexts[ec].level, 4);
+    assert_eq!(
+        t.path(ec)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "TopMemoryContext",
+            "PortalMemory",
+            "PortalHeapMemory",
+            "ExecutorState",
+            "SRF multi-call context"
+        ]
+    );
+    let cache = t
+        .contexts
+        .iter()
+        .find(|c| c.name == "CacheMemoryContext")
+        .unwrap();
+    assert_eq!(cache.total_bytes, 1_040_384);
+    assert_eq!(cache.used_bytes, None);
+
+    let o = memctx(&[Path::new("diff"), dir.as_path()]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(
+        text.contains(
+            "\ngrowing   TopMemoryContext/CacheMemoryContext  +768.0 kB over 4 snapshots\n"
+        ),
+        "{text}"
+    );
+    // Three ExprContext siblings are one group of three.
+    let report = leak::diff(&dumps).unwrap();
+    let expr = report
+        .entries
+        .iter()
+        .find(|e| e.display_path().ends_with("/ExprContext"))
+        .unwrap();
+    assert_eq!(expr.count[0], Some(3));
+    assert_eq!(expr.metric, Metric::Total);
+}
+
+#[test]
+fn csv_from_postgres15_rebuilds_the_tree() {
+    let dumps = leak::parse_file(&data("pg15_contexts.csv")).unwrap();
+    assert_eq!(dumps.len(), 1);
+    assert_eq!(dumps[0].format, Format::PostgresCsvParent);
+    assert!(dumps[0].warnings.is_empty(), "{:?}", dumps[0].warnings);
+    let t = &dumps[0].trees[0];
+    assert_eq!(t.contexts.len(), 114);
+    let i = t
+        .contexts
+        .iter()
+        .position(|c| c.name == "ExprContext")
+        .unwrap();
+    let names: Vec<&str> = t.path(i).iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "TopMemoryContext",
+            "TopPortalContext",
+            "PortalContext",
+            "COPY",
+            "ExecutorState",
+            "ExprContext"
+        ]
+    );
+    // NULL ident (empty, unquoted) vs a real one.
+    assert_eq!(t.contexts[0].ident, None);
+    assert_eq!(t.path(i)[2].ident.as_deref(), Some("<unnamed>"));
+}
+
+#[test]
+fn csv_from_newer_postgres_uses_path() {
+    let dumps = leak::parse_file(&data("pg17_contexts.csv")).unwrap();
+    assert_eq!(dumps[0].format, Format::PostgresCsvPath);
+    let t = &dumps[0].trees[0];
+    assert_eq!(t.contexts.len(), 24);
+    assert_eq!(t.contexts[0].level, 0);
+    let portal = t
+        .contexts
+        .iter()
+        .find(|c| c.name == "PortalContext")
+        .unwrap();
+    // A quoted identifier with a comma, doubled quotes and a newline.
+    assert_eq!(
+        portal.ident.as_deref(),
+        Some("select name, \"ident\"\nfrom pg_backend_memory_contexts, x")
+    );
+    assert_eq!(t.contexts[portal.parent.unwrap()].name, "TopPortalContext");
+    assert_eq!(portal.level, 2);
+    assert_eq!(portal.kind.as_deref(), Some("AllocSet"));
+    // The same contexts as in the PostgreSQL 15 export they were made from.
+    let old = leak::parse_file(&data("pg15_contexts.csv")).unwrap();
+    let old_names: std::collections::BTreeSet<_> = old[0].trees[0].contexts[..24]
+        .iter()
+        .map(|c| (c.name.clone(), c.total_bytes, c.level))
+        .collect();
+    let new_names: std::collections::BTreeSet<_> = t
+        .contexts
+        .iter()
+        .map(|c| (c.name.clone(), c.total_bytes, c.level))
+        .collect();
+    assert_eq!(old_names, new_names);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flame graphs
+
+#[test]
+fn flame_writes_an_svg() {
+    let dir = TempDir::new("flame");
+    let svg = dir.0.join("tree.svg");
+    let o = memctx(&[
+        Path::new("flame"),
+        &data("pg15_server.log"),
+        Path::new("-o"),
+        &svg,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<?xml"));
+    assert!(text.contains("<svg"));
+    assert!(text.trim_end().ends_with("</svg>"));
+    assert!(text.contains("CacheMemoryContext"));
+    assert!(text.contains("(166 more child contexts)"));
+
+    // Folded stacks merge same-named siblings unless asked not to.
+    let dumps = leak::parse_file(&data("pg15_server.log")).unwrap();
+    let lines = render::folded_stacks(&dumps[0], &render::FlameOptions::default());
+    assert!(lines.contains(&"TopMemoryContext 97680".to_string()));
+    assert!(
+        lines.contains(&"TopMemoryContext;CacheMemoryContext;CachedPlanSource 4096".to_string())
+    );
+    assert!(lines.contains(
+        &"TopMemoryContext;CacheMemoryContext;(46 more child contexts) 84992".to_string()
+    ));
+    let with_idents = render::folded_stacks(
+        &dumps[0],
+        &render::FlameOptions {
+            used: true,
+            idents: true,
+        },
+    );
+    assert!(with_idents.iter().any(|l| l
+        .starts_with("TopMemoryContext;CacheMemoryContext;CachedPlanSource: PREPARE s59 AS")
+        && l.ends_with(" 3312")));
+
+    // To standard output, from a memctx snapshot with two threads.
+    let snap = dir.file(
+        "s.json",
+        &serde_json::to_string(&synthetic_series()[0]).unwrap(),
+    );
+    let o = memctx(&[
+        Path::new("flame"),
+        &snap,
+        Path::new("-o"),
+        Path::new("-"),
+        Path::new("--title"),
+        Path::new("my tree"),
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(text.contains("my tree"));
+    assert!(text.contains("worker"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and exit codes
+
+#[test]
+fn missing_files_are_errors_naming_the_file() {
+    let o = memctx(&["stats", "/nonexistent/dump.log"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        err(&o),
+        "memctx: error: /nonexistent/dump.log: no such file\n"
+    );
+    let o = memctx(&["diff", "/nonexistent/a.json", "/nonexistent/b.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("/nonexistent/a.json: no such file"));
+    let o = memctx(&["flame", "/nonexistent/a.json", "-o", "/tmp/x.svg"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn malformed_files_are_errors_with_line_numbers() {
+    let dir = TempDir::new("malformed");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "bad.log",
+            "2026-01-01 00:00:00 UTC [1] LOG:  logging memory contexts of PID 1\n\
+             2026-01-01 00:00:00 UTC [1] LOG:  level: 0; TopMemoryContext: 8192 total in 1 blocks; lots free\n"
+                .to_string(),
+            "bad.log:2: malformed memory-context line: expected `NAME: T total in B blocks; F free (C chunks); U used` after `level: 0; `",
+        ),
+        (
+            "bad.json",
+            "{\"format\": \"memctx-snapshot\",\n \"version\": 1,\n \"threads\": [}".to_string(),
+            "bad.json:3: malformed JSON",
+        ),
+        (
+            "other.json",
+            "{\"format\": \"something-else\"}".to_string(),
+            "other.json:1: unknown JSON format \"something-else\"",
+        ),
+        (
+            "cols.csv",
+            "name,total_bytes\nTop,1\n".to_string(),
+            "cols.csv:1: CSV header has no `level` column",
+        ),
+        (
+            "num.csv",
+            "name,ident,parent,level,total_bytes,total_nblocks,free_bytes,free_chunks,used_bytes\n\
+             Top,,,0,8192,1,10,1,8182\nChild,,Top,1,many,1,0,0,0\n"
+                .to_string(),
+            "num.csv:3: column `total_bytes`: expected a non-negative integer, found \"many\"",
+        ),
+        (
+            "gap.txt",
+            "TopMemoryContext: 8192 total in 1 blocks; 100 free (1 chunks); 8092 used\n\
+             \x20     Deep: 8192 total in 1 blocks; 100 free (1 chunks); 8092 used\n"
+                .to_string(),
+            "gap.txt:2: context \"Deep\" is 3 levels below the previous context's parent",
+        ),
+        (
+            "prose.txt",
+            "just some text\nnothing to see\n".to_string(),
+            "prose.txt: no memory-context dump found: expected a memctx JSON snapshot",
+        ),
+        (
+            "empty.log",
+            String::new(),
+            "empty.log: empty file",
+        ),
+    ];
+    for (name, content, expected) in cases {
+        let p = dir.file(name, &content);
+        let o = memctx(&[Path::new("stats"), &p]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", err(&o));
+        let e = err(&o);
+        let want = format!("memctx: error: {}", dir.0.join(expected).display());
+        assert!(e.starts_with(&want), "{name}:\n got  {e}\n want {want}");
+    }
+    // A directory of non-dumps, an empty directory.
+    let empty = TempDir::new("empty-dir");
+    let o = memctx(&[Path::new("diff"), empty.0.as_path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("directory holds no dump files"));
+    let o = memctx(&[Path::new("diff"), dir.0.as_path()]);
+    assert_eq!(o.status.code(), Some(1));
+    // One dump is not a series.
+    let o = memctx(&[Path::new("diff"), &data("pg15_stderr.txt")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("holds 1 dump; diff needs two snapshots"));
+    // --index out of range.
+    let o = memctx(&[
+        Path::new("stats"),
+        Path::new("--index"),
+        Path::new("4"),
+        &data("pg15_server.log"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("--index 4: the file holds 3 dumps"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["diff"][..],
+        &["frobnicate"][..],
+        &["stats"][..],
+        &["flame", "x.json"][..],
+        &["diff", "--top", "many", "a", "b"][..],
+    ] {
+        let o = memctx(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+    }
+    let o = memctx(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = out(&o);
+    for cmd in ["stats", "diff", "flame"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+}
+
+#[test]
+fn report_options_limit_rows() {
+    let dumps = leak::parse_file(&data("pg15_server.log")).unwrap();
+    let report = leak::diff(&dumps).unwrap();
+    let text = report.format(&ReportOptions {
+        top: 1,
+        sites: 0,
+        exact: true,
+    });
+    assert!(
+        text.contains("... 3 more that grew (--top to show more)"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("growing ") || l.starts_with("plateau "))
+            .count(),
+        1
+    );
+}

@@ -1,0 +1,732 @@
+//! The operation language of the reliability tests, and the model it runs against.
+//!
+//! One file, included (`#[path]`) by every user so they all speak the same language:
+//! `tests/model.rs` (proptest, release and debug build), `tests/injected_bugs.rs` (the same
+//! sequences with one memory bug injected, debug build), the cargo-fuzz target
+//! `fuzz/fuzz_targets/ops.rs` (bytes decoded by [`decode`]) and `tests/fuzz_regressions.rs`
+//! (replays the inputs the fuzzer once crashed on). It depends on nothing but memctx and std.
+//!
+//! An [`Op`] names its operands by *selectors*: small integers taken modulo the number of live
+//! contexts or chunks when the op runs, so every sequence of ops is valid and shrinks well.
+//! [`Runner`] applies ops to a real context tree (a `ModelRoot` context under the thread's
+//! TopMemoryContext) and to a plain model of it — which contexts exist and where, which chunks are
+//! live in which context and what bytes they hold — and [`Runner::verify`] compares the two:
+//! contents of every live chunk, the owner of every chunk ([`memctx::chunk_context`]), the tree's
+//! shape, the current context, and the stats invariants of every context and of the whole tree.
+//! Refusals are part of the model: a reset or delete that would free CurrentMemoryContext and a
+//! `set_parent` that would make a cycle must fail with exactly the error the model predicts.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use memctx::stats::{Counters, StatsNode};
+use memctx::{BlockSizes, ContextError, MemoryContext};
+
+/// One step of a sequence. Selectors (`ctx`, `parent`, `chunk`) pick among the live contexts
+/// (ordered by creation) or live chunks modulo their number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create a child of the selected context with one of three block-size presets.
+    Create { parent: u16, sizes: u8 },
+    /// `MemoryContext::alloc(size)` in the selected context.
+    Alloc { ctx: u16, size: u32 },
+    /// `MemoryContext::alloc_zeroed(size)` in the selected context.
+    AllocZero { ctx: u16, size: u32 },
+    /// `palloc(size)` in CurrentMemoryContext.
+    Palloc { size: u32 },
+    /// `MemoryContext::alloc_aligned(size, 32 << shift)` in the selected context.
+    AllocAligned { ctx: u16, size: u32, shift: u8 },
+    /// `repalloc(chunk, size)`.
+    Realloc { chunk: u16, size: u32 },
+    /// `pfree(chunk)`.
+    Free { chunk: u16 },
+    /// `try_reset` of the selected context.
+    Reset { ctx: u16 },
+    /// `try_delete` of the selected context (never ModelRoot: it selects among the others).
+    Delete { ctx: u16 },
+    /// `switch_to` the selected context.
+    Switch { ctx: u16 },
+    /// `try_set_parent` of the selected context (never ModelRoot) under the selected parent.
+    SetParent { ctx: u16, parent: u16 },
+}
+
+/// Largest size any op allocates (decoders and strategies stay below it; the runner clamps).
+pub const MAX_SIZE: u32 = 1 << 20;
+/// Most ops [`decode`] produces from one input.
+pub const MAX_DECODED_OPS: usize = 1000;
+/// Largest alignment shift of [`Op::AllocAligned`] (32 << 7 = 4096).
+pub const MAX_ALIGN_SHIFT: u8 = 7;
+
+/// Names the created contexts get (they must be `'static`).
+const NAMES: [&str; 8] = [
+    "ModelA", "ModelB", "ModelC", "ModelD", "ModelE", "ModelF", "ModelG", "ModelH",
+];
+
+/// Decodes fuzzer bytes into ops. Every byte string decodes (a short tail is dropped), so the
+/// fuzzer explores sequences, not syntax. Sizes follow the same rough distribution as the
+/// proptest strategy: mostly small, some up to the chunk limit, a few with a block of their own.
+pub fn decode(data: &[u8]) -> Vec<Op> {
+    let mut r = Reader { data, pos: 0 };
+    let mut ops = Vec::new();
+    while ops.len() < MAX_DECODED_OPS {
+        let Some(tag) = r.byte() else { break };
+        let op = match tag % 16 {
+            0 => r.sel().map(|parent| Op::Create {
+                parent,
+                sizes: tag / 16 % 3,
+            }),
+            1..=3 => r
+                .sel()
+                .and_then(|ctx| r.size().map(|size| Op::Alloc { ctx, size })),
+            4 => r
+                .sel()
+                .and_then(|ctx| r.size().map(|size| Op::AllocZero { ctx, size })),
+            5 => r.size().map(|size| Op::Palloc { size }),
+            6 => r.sel().and_then(|ctx| {
+                r.size().map(|size| Op::AllocAligned {
+                    ctx,
+                    size,
+                    shift: tag / 16 % (MAX_ALIGN_SHIFT + 1),
+                })
+            }),
+            7 | 8 => r
+                .sel()
+                .and_then(|chunk| r.size().map(|size| Op::Realloc { chunk, size })),
+            9..=11 => r.sel().map(|chunk| Op::Free { chunk }),
+            12 => r.sel().map(|ctx| Op::Reset { ctx }),
+            13 => r.sel().map(|ctx| Op::Delete { ctx }),
+            14 => r.sel().map(|ctx| Op::Switch { ctx }),
+            _ => r
+                .sel()
+                .and_then(|ctx| r.sel().map(|parent| Op::SetParent { ctx, parent })),
+        };
+        match op {
+            Some(op) => ops.push(op),
+            None => break,
+        }
+    }
+    ops
+}
+
+/// A cursor over fuzzer bytes.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn sel(&mut self) -> Option<u16> {
+        self.byte().map(u16::from)
+    }
+
+    fn u16(&mut self) -> Option<u32> {
+        Some(u32::from(self.byte()?) | u32::from(self.byte()?) << 8)
+    }
+
+    /// A size: one class byte, then one or two bytes of value.
+    fn size(&mut self) -> Option<u32> {
+        let class = self.byte()?;
+        Some(match class % 8 {
+            0..=4 => u32::from(self.byte()?),  // 0 ..= 255
+            5 | 6 => 256 + self.u16()? % 7937, // 256 ..= 8192
+            _ => 8193 + self.u16()?,           // a block of its own, up to 72 KiB
+        })
+    }
+}
+
+/// What the model knows of a context.
+#[derive(Clone, Debug)]
+pub struct CtxModel {
+    /// The real context.
+    pub handle: MemoryContext,
+    /// Model id of the parent (`None` for ModelRoot, whose parent is Top).
+    pub parent: Option<u32>,
+    /// Something was allocated in it since its creation or last reset (`!is_empty()` if it has no
+    /// children).
+    pub touched: bool,
+}
+
+/// What the model knows of a live chunk.
+#[derive(Clone, Debug)]
+pub struct ChunkModel {
+    /// Unique id in the sequence (seeds the byte pattern).
+    pub id: u64,
+    /// The data pointer.
+    pub ptr: *mut u8,
+    /// Model id of the owning context.
+    pub ctx: u32,
+    /// The bytes it must hold.
+    pub data: Vec<u8>,
+    /// Alignment it was allocated with (16 for ordinary chunks).
+    pub align: usize,
+}
+
+/// The byte at `i` of chunk `id`'s pattern: different per chunk and per position.
+pub fn pattern_byte(id: u64, i: usize) -> u8 {
+    let seed = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8;
+    seed.wrapping_add((i as u8).wrapping_mul(13))
+        .wrapping_add((i >> 8) as u8)
+}
+
+/// A real context tree and its model.
+pub struct Runner {
+    /// Live contexts by model id; id 0 is ModelRoot.
+    pub ctxs: BTreeMap<u32, CtxModel>,
+    /// Live chunks, in allocation order.
+    pub chunks: Vec<ChunkModel>,
+    /// Model id of CurrentMemoryContext.
+    pub current: u32,
+    /// Handles of deleted contexts (each must stay stale).
+    pub dead: Vec<MemoryContext>,
+    /// CurrentMemoryContext before the runner started, restored at the end.
+    saved: MemoryContext,
+    next_ctx: u32,
+    next_chunk: u64,
+    /// Ops applied so far.
+    pub steps: usize,
+}
+
+/// Model id of ModelRoot.
+pub const ROOT: u32 = 0;
+
+impl Runner {
+    /// Creates ModelRoot under this thread's Top and makes it current.
+    pub fn new() -> Runner {
+        let root = MemoryContext::top().new_child("ModelRoot", BlockSizes::DEFAULT);
+        let saved = memctx::switch_to(root);
+        let mut ctxs = BTreeMap::new();
+        ctxs.insert(
+            ROOT,
+            CtxModel {
+                handle: root,
+                parent: None,
+                touched: false,
+            },
+        );
+        Runner {
+            ctxs,
+            chunks: Vec::new(),
+            current: ROOT,
+            dead: Vec::new(),
+            saved,
+            next_ctx: 1,
+            next_chunk: 1,
+            steps: 0,
+        }
+    }
+
+    /// ModelRoot's handle.
+    pub fn root(&self) -> MemoryContext {
+        self.ctxs[&ROOT].handle
+    }
+
+    /// The model id of the `sel`-th live context.
+    pub fn pick_ctx(&self, sel: u16) -> u32 {
+        let n = self.ctxs.len();
+        *self
+            .ctxs
+            .keys()
+            .nth(usize::from(sel) % n)
+            .expect("ModelRoot always lives")
+    }
+
+    /// The model id of the `sel`-th live context other than ModelRoot, if there is one.
+    pub fn pick_non_root(&self, sel: u16) -> Option<u32> {
+        let n = self.ctxs.len() - 1;
+        (n > 0).then(|| {
+            *self
+                .ctxs
+                .keys()
+                .filter(|&&id| id != ROOT)
+                .nth(usize::from(sel) % n)
+                .expect("n > 0")
+        })
+    }
+
+    /// The index of the `sel`-th live chunk, if there is one.
+    pub fn pick_chunk(&self, sel: u16) -> Option<usize> {
+        (!self.chunks.is_empty()).then(|| usize::from(sel) % self.chunks.len())
+    }
+
+    /// Whether `inner` is `outer` or one of its descendants in the model.
+    pub fn within(&self, mut inner: u32, outer: u32) -> bool {
+        loop {
+            if inner == outer {
+                return true;
+            }
+            match self.ctxs[&inner].parent {
+                Some(p) => inner = p,
+                None => return false,
+            }
+        }
+    }
+
+    /// Model ids of the strict descendants of `id`.
+    pub fn descendants(&self, id: u32) -> Vec<u32> {
+        self.ctxs
+            .keys()
+            .copied()
+            .filter(|&c| c != id && self.within(c, id))
+            .collect()
+    }
+
+    fn handle(&self, id: u32) -> MemoryContext {
+        self.ctxs[&id].handle
+    }
+
+    /// Records a new chunk at `ptr` in `ctx`, filling it with its pattern (after checking it is
+    /// zeroed when `zeroed`). Returns its index.
+    pub fn adopt(
+        &mut self,
+        ptr: *mut u8,
+        ctx: u32,
+        size: usize,
+        zeroed: bool,
+        align: usize,
+    ) -> usize {
+        assert!(!ptr.is_null(), "allocation of {size} bytes returned null");
+        assert_eq!(
+            ptr as usize % align,
+            0,
+            "chunk {ptr:p} not aligned to {align}"
+        );
+        if zeroed && size > 0 {
+            // SAFETY: a live chunk of `size` bytes.
+            let got = unsafe { std::slice::from_raw_parts(ptr, size) };
+            assert!(
+                got.iter().all(|&b| b == 0),
+                "zeroed allocation of {size} bytes at {ptr:p} is not zeroed"
+            );
+        }
+        let id = self.next_chunk;
+        self.next_chunk += 1;
+        let data: Vec<u8> = (0..size).map(|i| pattern_byte(id, i)).collect();
+        // SAFETY: a live chunk of `size` bytes, not aliased by anything else.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, size) };
+        self.ctxs.get_mut(&ctx).expect("live context").touched = true;
+        self.chunks.push(ChunkModel {
+            id,
+            ptr,
+            ctx,
+            data,
+            align,
+        });
+        self.chunks.len() - 1
+    }
+
+    /// Allocates `size` bytes in context `ctx` (model id) and records the chunk.
+    pub fn alloc_in(&mut self, ctx: u32, size: usize) -> usize {
+        let p = self.handle(ctx).alloc(size).as_ptr();
+        self.adopt(p, ctx, size, false, 16)
+    }
+
+    /// Frees the chunk at `idx` with `pfree`, removing it from the model; returns its pointer.
+    pub fn free_index(&mut self, idx: usize) -> ChunkModel {
+        let c = self.chunks.swap_remove(idx);
+        // SAFETY: a live chunk of this thread's tree.
+        unsafe { memctx::pfree(c.ptr) };
+        c
+    }
+
+    /// Removes `ids` (and their chunks) from the model after the tree deleted them.
+    fn forget_contexts(&mut self, ids: &[u32]) {
+        for id in ids {
+            let c = self.ctxs.remove(id).expect("live context");
+            self.dead.push(c.handle);
+        }
+        self.chunks.retain(|c| !ids.contains(&c.ctx));
+    }
+
+    /// `try_reset` of `id`, checked against the model's prediction; updates the model.
+    pub fn reset_ctx(&mut self, id: u32) -> Result<(), ContextError> {
+        let h = self.handle(id);
+        let expected = if self.current != id && self.within(self.current, id) {
+            Err(ContextError::ContainsCurrent {
+                context: h.name(),
+                current: self.handle(self.current).name(),
+            })
+        } else {
+            Ok(())
+        };
+        let got = h.try_reset();
+        assert_eq!(got, expected, "reset of {h:?}");
+        if got.is_ok() {
+            let gone = self.descendants(id);
+            self.forget_contexts(&gone);
+            self.chunks.retain(|c| c.ctx != id);
+            self.ctxs.get_mut(&id).expect("live").touched = false;
+        }
+        got
+    }
+
+    /// Applies one op to the tree and the model.
+    pub fn apply(&mut self, op: &Op) {
+        self.steps += 1;
+        let clamp = |size: u32| size.min(MAX_SIZE) as usize;
+        match *op {
+            Op::Create { parent, sizes } => {
+                let parent = self.pick_ctx(parent);
+                let sizes = match sizes % 3 {
+                    0 => BlockSizes::DEFAULT,
+                    1 => BlockSizes::SMALL,
+                    _ => BlockSizes::START_SMALL,
+                };
+                let id = self.next_ctx;
+                self.next_ctx += 1;
+                let name = NAMES[id as usize % NAMES.len()];
+                let handle = self.handle(parent).new_child(name, sizes);
+                assert!(handle.is_empty(), "a new context is empty");
+                self.ctxs.insert(
+                    id,
+                    CtxModel {
+                        handle,
+                        parent: Some(parent),
+                        touched: false,
+                    },
+                );
+            }
+            Op::Alloc { ctx, size } => {
+                let ctx = self.pick_ctx(ctx);
+                self.alloc_in(ctx, clamp(size));
+            }
+            Op::AllocZero { ctx, size } => {
+                let ctx = self.pick_ctx(ctx);
+                let size = clamp(size);
+                let p = self.handle(ctx).alloc_zeroed(size).as_ptr();
+                self.adopt(p, ctx, size, true, 16);
+            }
+            Op::Palloc { size } => {
+                let size = clamp(size);
+                let p = memctx::palloc(size);
+                self.adopt(p, self.current, size, false, 16);
+            }
+            Op::AllocAligned { ctx, size, shift } => {
+                let ctx = self.pick_ctx(ctx);
+                let size = clamp(size);
+                let align = 32usize << (shift % (MAX_ALIGN_SHIFT + 1));
+                let p = self
+                    .handle(ctx)
+                    .alloc_aligned(size, align, memctx::AllocFlags::NONE)
+                    .expect("aligned allocation without NO_OOM never returns None")
+                    .as_ptr();
+                self.adopt(p, ctx, size, false, align);
+            }
+            Op::Realloc { chunk, size } => {
+                let Some(i) = self.pick_chunk(chunk) else {
+                    return;
+                };
+                let size = clamp(size);
+                let c = &mut self.chunks[i];
+                // SAFETY: a live chunk of this thread's tree.
+                let q = unsafe { memctx::repalloc(c.ptr, size) };
+                assert!(!q.is_null(), "repalloc to {size} returned null");
+                assert_eq!(q as usize % c.align, 0, "repalloc lost the alignment");
+                let old = c.data.len();
+                let id = c.id;
+                c.data
+                    .extend((old..size.max(old)).map(|i| pattern_byte(id, i)));
+                c.data.truncate(size);
+                c.ptr = q;
+                // Only the preserved prefix is checked by verify; write the grown part.
+                if size > old {
+                    // SAFETY: `q` has `size` bytes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            c.data[old..].as_ptr(),
+                            q.add(old),
+                            size - old,
+                        )
+                    };
+                }
+                // The preserved prefix must have survived the move.
+                // SAFETY: `q` has `size` bytes.
+                let got = unsafe { std::slice::from_raw_parts(q, size.min(old)) };
+                assert!(
+                    got == &c.data[..size.min(old)],
+                    "repalloc({old} -> {size}) lost contents of chunk #{id}"
+                );
+                let ctx = c.ctx;
+                self.ctxs.get_mut(&ctx).expect("live").touched = true;
+            }
+            Op::Free { chunk } => {
+                if let Some(i) = self.pick_chunk(chunk) {
+                    self.free_index(i);
+                }
+            }
+            Op::Reset { ctx } => {
+                let ctx = self.pick_ctx(ctx);
+                let _ = self.reset_ctx(ctx);
+            }
+            Op::Delete { ctx } => {
+                let Some(id) = self.pick_non_root(ctx) else {
+                    return;
+                };
+                let h = self.handle(id);
+                let expected = if self.within(self.current, id) {
+                    Err(ContextError::ContainsCurrent {
+                        context: h.name(),
+                        current: self.handle(self.current).name(),
+                    })
+                } else {
+                    Ok(())
+                };
+                let got = h.try_delete();
+                assert_eq!(got, expected, "delete of {h:?}");
+                if got.is_ok() {
+                    let mut gone = self.descendants(id);
+                    gone.push(id);
+                    self.forget_contexts(&gone);
+                }
+            }
+            Op::Switch { ctx } => {
+                let ctx = self.pick_ctx(ctx);
+                let prev = memctx::switch_to(self.handle(ctx));
+                assert_eq!(
+                    prev,
+                    self.handle(self.current),
+                    "switch_to returned the wrong previous context"
+                );
+                self.current = ctx;
+            }
+            Op::SetParent { ctx, parent } => {
+                let Some(id) = self.pick_non_root(ctx) else {
+                    return;
+                };
+                let np = self.pick_ctx(parent);
+                let h = self.handle(id);
+                let expected = if self.within(np, id) {
+                    Err(ContextError::WouldCycle {
+                        context: h.name(),
+                        new_parent: self.handle(np).name(),
+                    })
+                } else {
+                    Ok(())
+                };
+                let got = h.try_set_parent(self.handle(np));
+                assert_eq!(got, expected, "set_parent of {h:?}");
+                if got.is_ok() {
+                    self.ctxs.get_mut(&id).expect("live").parent = Some(np);
+                }
+            }
+        }
+    }
+
+    /// Checks that every live chunk holds its bytes (and is aligned).
+    pub fn verify_contents(&self) {
+        for c in &self.chunks {
+            // SAFETY: a live chunk of `c.data.len()` bytes.
+            let got = unsafe { std::slice::from_raw_parts(c.ptr, c.data.len()) };
+            if got != c.data.as_slice() {
+                let at = got
+                    .iter()
+                    .zip(&c.data)
+                    .position(|(a, b)| a != b)
+                    .expect("a difference");
+                panic!(
+                    "step {}: chunk #{} at {:p} ({} bytes in {:?}) changed at byte {at}: \
+                     expected {:#04x}, found {:#04x}",
+                    self.steps,
+                    c.id,
+                    c.ptr,
+                    c.data.len(),
+                    self.ctxs[&c.ctx].handle,
+                    c.data[at],
+                    got[at]
+                );
+            }
+        }
+    }
+
+    /// Everything: contents, chunk owners, the tree's shape and the stats invariants.
+    pub fn verify(&self) {
+        self.verify_contents();
+        self.verify_tree(true);
+    }
+
+    /// The tree's shape, the current context, stale handles and the stats invariants; with
+    /// `owners`, also each live chunk's owner ([`memctx::chunk_context`]) and its space. The
+    /// owner check validates each pointer, which in the debug build also checks its redzones.
+    pub fn verify_tree(&self, owners: bool) {
+        let step = self.steps;
+        assert_eq!(
+            MemoryContext::current(),
+            self.handle(self.current),
+            "step {step}: CurrentMemoryContext"
+        );
+        for d in &self.dead {
+            assert!(!d.is_alive(), "step {step}: deleted {d:?} is alive");
+        }
+        // Chunk owners, and the space each context's chunks occupy.
+        let mut space: BTreeMap<u32, u64> = BTreeMap::new();
+        for c in &self.chunks {
+            if !owners {
+                *space.entry(c.ctx).or_default() += c.data.len() as u64;
+                continue;
+            }
+            // SAFETY: a live chunk.
+            let owner = unsafe { memctx::chunk_context(c.ptr) };
+            assert_eq!(
+                owner,
+                self.handle(c.ctx),
+                "step {step}: owner of chunk #{} at {:p}",
+                c.id,
+                c.ptr
+            );
+            // SAFETY: a live chunk.
+            let s = unsafe { memctx::chunk_space(c.ptr) } as u64;
+            assert!(
+                s as usize >= c.data.len(),
+                "step {step}: chunk_space {s} < size {}",
+                c.data.len()
+            );
+            *space.entry(c.ctx).or_default() += s;
+        }
+        // Each context: links, counters.
+        let mut sum = 0u64;
+        for (&id, m) in &self.ctxs {
+            let h = m.handle;
+            assert!(h.is_alive(), "step {step}: {h:?} should be alive");
+            let parent = h
+                .parent()
+                .expect("ModelRoot and its descendants have parents");
+            let want_parent = match m.parent {
+                Some(p) => self.handle(p),
+                None => MemoryContext::top(),
+            };
+            assert_eq!(parent, want_parent, "step {step}: parent of {h:?}");
+            let mut kids: Vec<u64> = h.children().iter().map(|c| c.id()).collect();
+            kids.sort_unstable();
+            let mut want: Vec<u64> = self
+                .ctxs
+                .values()
+                .filter(|c| c.parent == Some(id))
+                .map(|c| c.handle.id())
+                .collect();
+            want.sort_unstable();
+            assert_eq!(kids, want, "step {step}: children of {h:?}");
+            assert_eq!(
+                h.is_empty(),
+                want.is_empty() && !m.touched,
+                "step {step}: is_empty of {h:?}"
+            );
+            let c = h.counters();
+            check_counters(&c, h, step);
+            assert_eq!(
+                c.total_bytes,
+                h.mem_allocated(false) as u64,
+                "step {step}: total_bytes != mem_allocated of {h:?}"
+            );
+            let used = space.get(&id).copied().unwrap_or(0);
+            assert!(
+                c.used_bytes() >= used,
+                "step {step}: {h:?} reports {} used bytes, its live chunks occupy {used}: {c}",
+                c.used_bytes()
+            );
+            sum += c.total_bytes;
+        }
+        // The whole tree.
+        let root = self.root();
+        let stats = root.stats();
+        let total = stats.total();
+        assert_eq!(
+            total.total_bytes, sum,
+            "step {step}: tree total != sum of contexts"
+        );
+        assert_eq!(
+            root.mem_allocated(true) as u64,
+            sum,
+            "step {step}: mem_allocated(recurse) != sum of contexts"
+        );
+        check_counters(&total, root, step);
+        let mut nodes = 0;
+        let mut stack: Vec<&StatsNode> = vec![&stats];
+        while let Some(n) = stack.pop() {
+            nodes += 1;
+            let m = self
+                .ctxs
+                .values()
+                .find(|c| c.handle.id() == n.id)
+                .unwrap_or_else(|| panic!("step {step}: stats node {} not in the model", n.id));
+            assert_eq!(n.name, m.handle.name());
+            assert_eq!(
+                n.counters,
+                m.handle.counters(),
+                "step {step}: stats of {:?}",
+                m.handle
+            );
+            stack.extend(n.children.iter());
+        }
+        assert_eq!(nodes, self.ctxs.len(), "step {step}: stats tree size");
+    }
+
+    /// Switches back to the context that was current before, deletes ModelRoot and checks that
+    /// every handle of the sequence is stale.
+    pub fn finish(mut self) {
+        memctx::switch_to(self.saved);
+        let root = self.root();
+        root.delete();
+        for c in std::mem::take(&mut self.ctxs).into_values() {
+            assert!(!c.handle.is_alive());
+        }
+        for d in &self.dead {
+            assert!(!d.is_alive());
+        }
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner::new()
+    }
+}
+
+impl Drop for Runner {
+    /// After a failure (a panic in the middle of a sequence), leave the thread usable for the next
+    /// case: switch back and delete what is left.
+    fn drop(&mut self) {
+        if let Some(root) = self.ctxs.get(&ROOT).map(|c| c.handle) {
+            memctx::switch_to(self.saved);
+            if root.is_alive() {
+                let _ = root.try_delete();
+            }
+        }
+    }
+}
+
+/// The counters' own invariants: free within total (so used + free == total), blocks present.
+pub fn check_counters(c: &Counters, h: MemoryContext, step: usize) {
+    assert!(
+        c.free_bytes <= c.total_bytes,
+        "step {step}: {h:?}: free exceeds total: {c}"
+    );
+    assert_eq!(
+        c.used_bytes() + c.free_bytes,
+        c.total_bytes,
+        "step {step}: {h:?}: {c}"
+    );
+    assert!(
+        c.total_nblocks >= 1,
+        "step {step}: {h:?} has no keeper block: {c}"
+    );
+    assert!(
+        c.free_chunks == 0 || c.free_bytes > 0,
+        "step {step}: {h:?}: free chunks without free bytes: {c}"
+    );
+}
+
+/// Runs `ops` on a fresh runner, verifying after every step, and cleans up.
+pub fn run_checked(ops: &[Op]) {
+    let mut r = Runner::new();
+    r.verify();
+    for op in ops {
+        r.apply(op);
+        r.verify();
+    }
+    r.finish();
+}
