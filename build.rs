@@ -13,7 +13,15 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(memctx_asan)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
-    println!("cargo::rerun-if-env-changed=RUSTFLAGS");
+    // Cargo reruns a build script when an environment variable it names changes; the rustflags
+    // may come from any of these.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     if sanitizers(&flags).any(|s| s == "address") {
         println!("cargo::rustc-cfg=memctx_asan");

@@ -35,7 +35,7 @@ use allocator_api2::vec::Vec;
 
 use crate::chunk::CHUNK_ALIGN;
 use crate::context::{add_pins, ContextHeader, MemoryContext};
-use crate::raw::{self, AllocFlags, MAX_ALLOC_HUGE_SIZE};
+use crate::raw::{self, AllocFlags, MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE};
 
 /// A pinned memory context: the allocator of the safe API.
 ///
@@ -219,7 +219,7 @@ unsafe impl Allocator for PinnedContext {
         if size == 0 {
             return Ok(dangling(layout));
         }
-        if size > MAX_ALLOC_HUGE_SIZE {
+        if size > MAX_ALLOC_HUGE_SIZE || layout.align() > MAX_ALIGNMENT {
             return Err(AllocError);
         }
         let p = if layout.align() <= CHUNK_ALIGN {

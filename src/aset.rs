@@ -415,6 +415,7 @@ unsafe fn carve(
         let chunk = (*block).free_ptr;
         (*block).free_ptr = chunk.add(fp);
         let offset = chunk as usize - block as usize;
+        hooks::space_carving(ctx, block, chunk);
         chunk::write_header(
             chunk,
             ChunkHeader::new(ChunkKind::AllocSet, false, idx as u32, offset),
@@ -465,6 +466,7 @@ unsafe fn carve_leftover(ctx: *mut ContextHeader, block: *mut Block) {
             let chunk = (*block).free_ptr;
             (*block).free_ptr = chunk.add(FOOTPRINTS[idx]);
             let offset = chunk as usize - block as usize;
+            hooks::space_carving(ctx, block, chunk);
             chunk::write_header(
                 chunk,
                 ChunkHeader::new(ChunkKind::AllocSet, false, idx as u32, offset),

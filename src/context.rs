@@ -621,10 +621,10 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
         TREE.with(|t| {
             if let Some(slot) = recycle_slot(&(*ctx).set.sizes) {
                 if t.recycled_len[slot].get() < MAX_RECYCLED {
-                    if !(*ctx).is_reset {
-                        aset::reset(ctx);
-                        (*ctx).is_reset = true;
-                    }
+                    // Always, even when nothing was allocated since the last reset: the debug
+                    // build clobbers the keeper here so nothing of this life reaches the next.
+                    aset::reset(ctx);
+                    (*ctx).is_reset = true;
                     (*ctx).next_sibling = t.recycled[slot].get();
                     t.recycled[slot].set(ctx);
                     t.recycled_len[slot].set(t.recycled_len[slot].get() + 1);

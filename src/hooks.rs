@@ -40,6 +40,10 @@ mod off {
     /// The allocator is done with a chunk's header word.
     #[inline(always)]
     pub(crate) fn header_close(chunk: *mut u8) {}
+    /// Unused space of `block` at `chunk` is about to become a chunk (its header word is written
+    /// next).
+    #[inline(always)]
+    pub(crate) fn space_carving(ctx: *mut ContextHeader, block: *mut Block, chunk: *mut u8) {}
     /// A chunk was carved from a block's free space.
     #[inline(always)]
     pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {}

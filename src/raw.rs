@@ -189,11 +189,20 @@ pub(crate) unsafe fn alloc_aligned_in(
         return unsafe { alloc_in(ctx, size, flags) };
     }
     check_size(size, flags);
-    let total = size + align + CHUNK_PREFIX;
-    let inner_flags = AllocFlags((flags.0 & !AllocFlags::ZERO.0) | AllocFlags::HUGE.0);
-    // SAFETY: per the contract.
-    let base = unsafe { alloc_in(ctx, total, inner_flags) };
+    // The over-allocation is ours, not the caller's: a size the limit allows that cannot be padded
+    // is out of memory for the request, never "invalid size" for a number nobody asked for.
+    let base = match size.checked_add(align + CHUNK_PREFIX) {
+        // SAFETY: per the contract; the padded size is within the huge limit.
+        Some(total) if total <= MAX_ALLOC_HUGE_SIZE => unsafe {
+            alloc_unchecked(ctx, total, false)
+        },
+        _ => ptr::null_mut(),
+    };
     if base.is_null() {
+        if !flags.contains(AllocFlags::NO_OOM) {
+            // SAFETY: live context.
+            out_of_memory(size, unsafe { (*ctx).name() });
+        }
         return base;
     }
     let aligned = align_up(base as usize + CHUNK_PREFIX, align);
@@ -272,12 +281,6 @@ fn invalid_pointer(op: &str, ptr: *mut u8, hdr: ChunkHeader) -> ! {
         "{op} called with invalid pointer {ptr:p} (header 0x{:016x})",
         hdr.0
     )
-}
-
-#[cold]
-#[inline(never)]
-fn null_pointer(op: &str) -> ! {
-    panic!("{op} called with a null pointer")
 }
 
 /// Resizes a chunk (`repalloc`), keeping it in its own context. Returns the new pointer; the old
@@ -414,7 +417,9 @@ pub unsafe fn chunk_context(ptr: *mut u8) -> MemoryContext {
     // SAFETY: per the contract.
     unsafe {
         if !hooks::validate_pointer(ptr, "GetMemoryChunkContext", None) {
-            null_pointer("GetMemoryChunkContext");
+            // The debug build has reported what is wrong with the pointer; there is no context
+            // to return.
+            panic!("GetMemoryChunkContext called with invalid pointer {ptr:p}");
         }
         MemoryContext::from_raw(chunk_context_ptr(ptr))
     }

@@ -1,7 +1,7 @@
 //! Replays the fuzz target's crash inputs (`tests/fuzz_regressions/`, filled by `ci/fuzz`) through
-//! the fuzz target's own decoder and runner (`tests/common/ops.rs`): each input is decoded into
-//! ops and run against the model with every invariant checked after every step, exactly as
-//! `fuzz/fuzz_targets/ops.rs` does, in the release and the debug build.
+//! the fuzz target's own decoder and model (`tests/common/ops.rs`): each input is decoded into ops
+//! and run against the model with every invariant checked after every step (`run_checked`, a
+//! superset of the fuzz target's `run_sampled`), in the release and the debug build.
 //!
 //! Besides the files, a few fixed inputs exercise the decoder so the test means something while
 //! the directory holds no crash: every byte string decodes to some sequence of ops.

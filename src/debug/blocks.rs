@@ -107,12 +107,11 @@ pub(crate) fn lookup(addr: usize) -> Lookup {
         .unwrap_or(Lookup::Unavailable)
 }
 
-/// Replaces the ghosts of a block with what `fill` pushes (the vector is reused: no allocation
-/// per reset once it has grown).
+/// Updates the ghosts of a block in place (the vector is reused: no allocation per reset once it
+/// has grown).
 pub(crate) fn with_ghosts(start: usize, fill: impl FnOnce(&mut Vec<Ghost>)) {
     let _ = BLOCKS.try_with(|b| {
         if let Some(info) = b.borrow_mut().get_mut(&start) {
-            info.ghosts.clear();
             fill(&mut info.ghosts);
         }
     });

@@ -118,8 +118,34 @@ pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
         }
         setup_live(ctx, data, size, cap);
     }
-    report::raise_all(found);
+    // With what `space_carving` and `leftover_carved` queued during this allocation.
+    report::defer_all(found);
+    report::raise_pending();
 }
+
+/// Block space is about to become a chunk at `chunk` (its header word is written next): check the
+/// header word's bytes before they are overwritten; `chunk_carved`/`leftover_carved` check the
+/// rest. A write after reset that hit exactly these bytes would otherwise be lost.
+pub(crate) fn space_carving(ctx: *mut ContextHeader, block: *mut Block, chunk: *mut u8) {
+    let mut found = Vec::new();
+    sanitizer::open(chunk, HEADER_WORD);
+    // SAFETY: `chunk` starts unused space of `block`, at least a header word long.
+    unsafe {
+        verify::check_unused(
+            ctx,
+            block,
+            chunk,
+            chunk.add(HEADER_WORD),
+            "reuse",
+            &mut found,
+        );
+    }
+    sanitizer::close(chunk, HEADER_WORD);
+    report::defer_all(found);
+}
+
+/// Bytes of the header word.
+const HEADER_WORD: usize = crate::chunk::CHUNK_HEADER_SIZE;
 
 /// A chunk was taken from a freelist: check nothing wrote it since its free.
 pub(crate) fn chunk_reused(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
@@ -335,12 +361,24 @@ pub(crate) fn context_resetting(ctx: *mut ContextHeader) {
         if keeper.is_null() {
             return;
         }
+        let first = Block::first_chunk(keeper);
+        let free = (*keeper).free_ptr as usize;
+        // A deleted context going onto a recycle list was checked in full: clobber its whole
+        // keeper and forget its chunks, so nothing of its life is reported in the next one.
+        let dead = (*ctx).magic == crate::context::DEAD_CONTEXT_MAGIC;
         let reset_stack = stack::capture(CAPTURE_SKIP).as_raw();
         blocks::with_ghosts(keeper as usize, |ghosts| {
+            // Space past the free pointer was not reused since earlier resets released it:
+            // their ghosts still say whose it was. The chunks below it are this reset's.
+            ghosts.retain(|g| !dead && g.start >= free);
             verify::collect_ghosts(keeper, reset_stack, ghosts)
         });
-        let first = Block::first_chunk(keeper);
-        let used = (*keeper).free_ptr as usize - first as usize;
+        let end = if dead {
+            (*keeper).end_ptr as usize
+        } else {
+            free
+        };
+        let used = end - first as usize;
         sanitizer::open(first, used);
         ptr::write_bytes(first, FREED_BYTE, used);
         sanitizer::close(first, used);
@@ -476,7 +514,7 @@ fn classify(
     unsafe {
         let first_data = Block::first_chunk(block) as usize + CHUNK_PREFIX;
         if addr % crate::chunk::CHUNK_ALIGN != 0 || addr < first_data || addr >= end {
-            return invalid(owner, interior_detail(block, addr, op));
+            return not_a_live_chunk(owner, block, addr, op);
         }
         let hdr = peek_header(ptr);
         match ChunkKind::from_id(hdr.kind_id()) {
@@ -489,19 +527,20 @@ fn classify(
             }
             Some(ChunkKind::AllocSet) => {}
             None => {
-                return if chunk_starts_at(block, addr) {
+                // A real chunk whose header word alone was overwritten still has its record.
+                return if chunk_starts_at(block, addr) || peek_record(ptr).is_valid() {
                     Err(verify::header_damage(owner, ptr, hdr.offset(), op))
                 } else {
-                    invalid(owner, interior_detail(block, addr, op))
-                }
+                    not_a_live_chunk(owner, block, addr, op)
+                };
             }
         }
         let chunk_start = chunk::chunk_of(ptr) as usize;
         if hdr.offset() != chunk_start - start {
-            return if chunk_starts_at(block, addr) {
+            return if chunk_starts_at(block, addr) || peek_record(ptr).is_valid() {
                 Err(verify::header_damage(owner, ptr, hdr.offset(), op))
             } else {
-                invalid(owner, interior_detail(block, addr, op))
+                not_a_live_chunk(owner, block, addr, op)
             };
         }
         let cap = if hdr.is_external() {
@@ -514,7 +553,7 @@ fn classify(
         let rec = peek_record(ptr);
         if !rec.is_valid() {
             if !chunk_starts_at(block, addr) {
-                return invalid(owner, interior_detail(block, addr, op));
+                return not_a_live_chunk(owner, block, addr, op);
             }
             let mut r = verify::header_damage(owner, ptr, hdr.offset(), op);
             r.class = BugClass::CorruptHeader;
@@ -565,6 +604,71 @@ fn classify(
         let first = it.next();
         report::defer_all(it.collect());
         Ok(first)
+    }
+}
+
+/// A pointer inside a registered block that is not the data of a live chunk. A pointer into a
+/// freed chunk (an over-aligned chunk freed twice: its redirect header was wiped) or into memory a
+/// reset released is a `double-free`, reported with that chunk's history; anything else is an
+/// `invalid-pointer`.
+///
+/// # Safety
+/// `block` must be a registered block of `owner`.
+unsafe fn not_a_live_chunk(
+    owner: *mut ContextHeader,
+    block: *mut Block,
+    addr: usize,
+    op: &'static str,
+) -> Result<Option<Report>, Report> {
+    // SAFETY: per the contract; records are read only for chunks the walk decoded.
+    unsafe {
+        let freed = match chunk_containing(block, addr) {
+            Some((data, _)) => {
+                let rec = peek_record(data as *mut u8);
+                (rec.is_valid() && rec.state == STATE_FREE).then(|| {
+                    let detail = format!(
+                        "{op} of {addr:#x}, inside the chunk at {data:#x}, which was already freed"
+                    );
+                    (
+                        data,
+                        rec.requested as usize,
+                        rec.alloc_stack,
+                        rec.free_stack,
+                        detail,
+                    )
+                })
+            }
+            None => blocks::ghost_at(block as usize, addr).map(|g| {
+                let detail = format!(
+                    "{op} of {addr:#x}: the chunk at {:#x} was already freed by a reset of its \
+                     context",
+                    g.data
+                );
+                (g.data, g.requested, g.alloc_stack, g.free_stack, detail)
+            }),
+        };
+        Err(match freed {
+            Some((data, requested, alloc, free, detail)) => verify::plain_report(
+                BugClass::DoubleFree,
+                owner,
+                Some(data),
+                Some(requested),
+                alloc,
+                free,
+                op,
+                detail,
+            ),
+            None => verify::plain_report(
+                BugClass::InvalidPointer,
+                owner,
+                Some(addr),
+                None,
+                0,
+                0,
+                op,
+                interior_detail(block, addr, op),
+            ),
+        })
     }
 }
 

@@ -587,7 +587,15 @@ impl Runner {
             );
             *space.entry(c.ctx).or_default() += s;
         }
-        // Each context: links, counters.
+        // Each context: links, counters. The model's children and the stable ids are gathered
+        // once, so a step costs O(contexts), not O(contexts²).
+        let mut model_kids: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let mut by_id: BTreeMap<u64, (MemoryContext, Counters)> = BTreeMap::new();
+        for m in self.ctxs.values() {
+            if let Some(p) = m.parent {
+                model_kids.entry(p).or_default().push(m.handle.id());
+            }
+        }
         let mut sum = 0u64;
         for (&id, m) in &self.ctxs {
             let h = m.handle;
@@ -602,12 +610,7 @@ impl Runner {
             assert_eq!(parent, want_parent, "step {step}: parent of {h:?}");
             let mut kids: Vec<u64> = h.children().iter().map(|c| c.id()).collect();
             kids.sort_unstable();
-            let mut want: Vec<u64> = self
-                .ctxs
-                .values()
-                .filter(|c| c.parent == Some(id))
-                .map(|c| c.handle.id())
-                .collect();
+            let mut want = model_kids.remove(&id).unwrap_or_default();
             want.sort_unstable();
             assert_eq!(kids, want, "step {step}: children of {h:?}");
             assert_eq!(
@@ -629,6 +632,7 @@ impl Runner {
                 c.used_bytes()
             );
             sum += c.total_bytes;
+            by_id.insert(h.id(), (h, c));
         }
         // The whole tree.
         let root = self.root();
@@ -648,18 +652,11 @@ impl Runner {
         let mut stack: Vec<&StatsNode> = vec![&stats];
         while let Some(n) = stack.pop() {
             nodes += 1;
-            let m = self
-                .ctxs
-                .values()
-                .find(|c| c.handle.id() == n.id)
+            let (h, c) = by_id
+                .get(&n.id)
                 .unwrap_or_else(|| panic!("step {step}: stats node {} not in the model", n.id));
-            assert_eq!(n.name, m.handle.name());
-            assert_eq!(
-                n.counters,
-                m.handle.counters(),
-                "step {step}: stats of {:?}",
-                m.handle
-            );
+            assert_eq!(n.name, h.name());
+            assert_eq!(n.counters, *c, "step {step}: stats of {h:?}");
             stack.extend(n.children.iter());
         }
         assert_eq!(nodes, self.ctxs.len(), "step {step}: stats tree size");
@@ -720,7 +717,37 @@ pub fn check_counters(c: &Counters, h: MemoryContext, step: usize) {
     );
 }
 
-/// Runs `ops` on a fresh runner, verifying after every step, and cleans up.
+/// Runs `ops` on a fresh runner, checking the contents of every live chunk after every step and
+/// everything else ([`Runner::verify`]: owners, tree, stats) after every tree operation, every
+/// [`FULL_CHECK_EVERY`] steps and at the end. The fuzz target's runner: the full check after
+/// every step costs about ten times the rest, and a broken invariant of the tree or the stats
+/// persists until the next full check, so the fuzzer misses little. A crash input it finds fails
+/// [`run_checked`] too (a superset of these checks).
+pub fn run_sampled(ops: &[Op]) {
+    let mut r = Runner::new();
+    for (i, op) in ops.iter().enumerate() {
+        r.apply(op);
+        r.verify_contents();
+        let tree_op = matches!(
+            op,
+            Op::Create { .. }
+                | Op::Reset { .. }
+                | Op::Delete { .. }
+                | Op::Switch { .. }
+                | Op::SetParent { .. }
+        );
+        if tree_op || i % FULL_CHECK_EVERY == 0 {
+            r.verify_tree(true);
+        }
+    }
+    r.verify();
+    r.finish();
+}
+
+/// How often [`run_sampled`] runs the full check between tree operations.
+pub const FULL_CHECK_EVERY: usize = 8;
+
+/// Runs `ops` on a fresh runner, verifying everything after every step, and cleans up.
 pub fn run_checked(ops: &[Op]) {
     let mut r = Runner::new();
     r.verify();
