@@ -322,11 +322,11 @@ fn every_valid_alignment_up_to_the_maximum() {
     f.done();
 }
 
-/// Bug (src/raw.rs, `alloc_aligned_in`): a size the huge limit allows fails differently with an
-/// alignment. `palloc_extended(MAX_ALLOC_HUGE_SIZE, HUGE | NO_OOM)` returns null, but
-/// `palloc_aligned` with the same size and flags panics with "invalid memory alloc request size
-/// N", N being the size plus the alignment plus the chunk prefix (its internal over-allocation),
-/// a number the caller never asked for.
+/// A size the huge limit allows must fail the same with an alignment as without:
+/// `palloc_extended(MAX_ALLOC_HUGE_SIZE, HUGE | NO_OOM)` returns null, and so must
+/// `palloc_aligned`. (It used to panic with "invalid memory alloc request size N", N being the
+/// size plus its internal over-allocation, a number the caller never asked for; fixed in
+/// src/raw.rs `alloc_aligned_in`.)
 #[test]
 fn aligned_huge_request_fails_like_an_unaligned_one() {
     if !huge_malloc_ok() {
@@ -440,10 +440,10 @@ fn allocator_sizes_beyond_the_limit_are_errors_not_panics() {
     f.done();
 }
 
-/// Bug (src/alloc_api.rs, `Allocator::allocate`): the module promises "a failure is an
-/// AllocError, never a panic inside the allocator", but a `Layout` whose alignment exceeds
-/// `MAX_ALIGNMENT` (valid for `Layout`: any power of two) reaches `alloc_aligned_in`, which panics
-/// with "invalid alignment ... requested in palloc_aligned".
+/// The safe API promises "a failure is an AllocError, never a panic inside the allocator": a
+/// `Layout` whose alignment exceeds `MAX_ALIGNMENT` (valid for `Layout`: any power of two) is an
+/// error. (It used to reach `alloc_aligned_in` and panic with "invalid alignment"; fixed in
+/// src/alloc_api.rs `allocate`.)
 #[test]
 fn allocator_alignment_beyond_the_maximum_is_an_error_not_a_panic() {
     let f = Fixture::new("LayoutAlign");
@@ -460,11 +460,10 @@ fn allocator_alignment_beyond_the_maximum_is_an_error_not_a_panic() {
     f.done();
 }
 
-/// Bug (src/alloc_api.rs, `Allocator::allocate`, and src/raw.rs, `alloc_aligned_in`): an
-/// over-aligned `Layout` whose size is within the huge limit, but not once the alignment is added,
-/// panics ("invalid memory alloc request size") inside `allocate` instead of returning
-/// `AllocError`: `allocate` checks only `layout.size()`, and `alloc_aligned_in` asks `alloc_in` for
-/// `size + align + CHUNK_PREFIX`, which `check_size` rejects with a panic.
+/// An over-aligned `Layout` whose size is within the huge limit, but not once the alignment is
+/// added, is an `AllocError` too. (It used to panic inside `allocate`: `alloc_aligned_in` asked
+/// for `size + align + CHUNK_PREFIX`, which `check_size` rejected with a panic; fixed with the
+/// previous case.)
 #[test]
 fn allocator_over_aligned_huge_size_is_an_error_not_a_panic() {
     let f = Fixture::new("LayoutAlignHuge");
@@ -880,10 +879,9 @@ mod debug_pointers {
         f.done();
     }
 
-    /// Bug (src/raw.rs, `chunk_context`): for a pointer that is not a chunk, the debug build
-    /// reports `invalid-pointer` and then `chunk_context` panics with "GetMemoryChunkContext
-    /// called with a null pointer" although the pointer is not null. The panic should name the
-    /// real reason (or say "invalid pointer {ptr:p}", as `pfree` does in a release build).
+    /// For a pointer that is not a chunk, the debug build reports `invalid-pointer` and
+    /// `chunk_context` panics naming the pointer. (It used to panic with "GetMemoryChunkContext
+    /// called with a null pointer" for a pointer that was not null; fixed in src/raw.rs.)
     #[test]
     fn chunk_context_of_a_foreign_pointer_names_the_pointer() {
         let f = Fixture::new("ForeignCtx");
@@ -938,15 +936,12 @@ mod debug_pointers {
         f.done();
     }
 
-    /// Bug (src/debug/layout.rs + hooks.rs `classify`): freed and unused memory is filled with
-    /// 0x7F, whose low four bits are 15 — the chunk-kind id of an aligned redirect. A second
-    /// `pfree` of an aligned chunk, a `pfree` of a chunk a reset released, or a `pfree` of a
-    /// pointer into unused block space reads a header of 0x7F bytes, takes it for a redirect with
-    /// an absurd offset and reports `corrupt-header` (no chunk, no history) instead of
-    /// `double-free` (with the chunk's allocation and free backtraces) or `invalid-pointer`.
-    /// Suggested fix: make FREED_BYTE's low nibble a kind id no kind uses (0, e.g. 0x70 or
-    /// 0x80), or have `classify` consult the keeper's ghosts / the record state before decoding
-    /// a redirect.
+    /// A second `pfree` of an aligned chunk and a `pfree` of a chunk a reset released are double
+    /// frees; a `pfree` into unused block space is an invalid pointer. (Freed and unused memory
+    /// is filled with 0x7F, whose low four bits, 15, used to be the kind id of an aligned
+    /// redirect: such a header was taken for a redirect with an absurd offset and reported as
+    /// `corrupt-header`, with no chunk and no history. Fixed by moving the redirect's kind id to
+    /// 9, which no fill pattern has, src/chunk.rs, and by classifying frees of released memory.)
     #[test]
     fn pfree_of_freed_or_unused_memory_is_not_a_corrupt_header() {
         let f = Fixture::new("FreedTwice");

@@ -1,7 +1,8 @@
 //! Injected bugs (debug build): the model's random sequences (`tests/common/ops.rs`) with exactly
 //! one memory bug committed at a random step — an overrun, a write after pfree, a write after
-//! reset or a double free — must raise reports of that class naming that chunk (and, for the
-//! writes, exactly the byte written), and the same sequences without a bug must raise none.
+//! reset or a double free — must raise exactly one report, of that class, naming that chunk (and,
+//! for the writes, exactly the byte written), and the same sequences without a bug must raise
+//! none.
 //!
 //! After the injection the sequence goes on, so the bug is found wherever the debug build finds
 //! it naturally: at pfree or repalloc of the chunk, when its memory is handed out again, at the
@@ -27,24 +28,6 @@ use memctx::debug::{self, BugClass, Policy, Report};
 use memctx::{BlockSizes, MemoryContext};
 use ops::{Op, Runner};
 use proptest::prelude::*;
-
-/// Known bugs of the debug build (src/, found by this file), each pinned by a focused test at the
-/// end of this file:
-/// (a) `one_bug_one_report_at_delete` (fixed since: it passes): damage found at the delete of a
-///     context that goes onto a recycle list was reported twice (the delete's full check, then
-///     the recycling reset's check, naming the unlinked context without its path);
-/// (b) `write_after_reset_keeps_its_chunk_across_resets` and
-///     `damage_is_not_carried_into_a_recycled_context` (fail until fixed): damage in unused
-///     keeper space is left in place after it is reported, and a keeper remembers only the chunks
-///     of its *last* reset, so a write after reset found after another reset, or after the
-///     context was recycled, is reported again, as a `wild-write` with no chunk, possibly under
-///     another context's name;
-/// (c) `write_after_reset_into_a_new_chunk_header_is_reported` (fails until fixed): a carve
-///     writes the new chunk's header word before checking the space, so a stale write there is
-///     lost.
-/// While true, the property tolerates (a) and (b) and steers clear of (c); set it to false once
-/// they are fixed, to demand exactly one exact report per bug.
-const KNOWN_SRC_BUGS: bool = false;
 
 /// The bugs the generator injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +61,6 @@ struct Expected {
     range: Option<(isize, isize)>,
     /// The byte written (what the report must have found).
     byte: u8,
-    /// A write after reset (see `KNOWN_SRC_BUGS`).
-    after_reset: bool,
 }
 
 /// Largest request a victim of a free may have: its chunk then lies in a shared block (the chunk
@@ -132,7 +113,6 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
                 chunk: c.ptr as usize,
                 range: Some((off as isize, off as isize + 1)),
                 byte,
-                after_reset: false,
             }
         }
         Bug::WriteAfterFree => {
@@ -149,7 +129,6 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
                 chunk: c.ptr as usize,
                 range: Some((off as isize, off as isize + 1)),
                 byte,
-                after_reset: false,
             }
         }
         Bug::WriteAfterReset => {
@@ -162,13 +141,7 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
             let i = r.alloc_in(ctx, n);
             let p = r.chunks[i].ptr;
             r.reset_ctx(ctx).expect("the current context can be reset");
-            let mut off = usize::from(inj.offset) % n;
-            if KNOWN_SRC_BUGS {
-                // Chunk starts are 16-aligned, so a header word a later carve writes covers
-                // bytes 0..8 of a 16-byte granule; bug (c) loses a stale write there. Stay in
-                // bytes 8..16 (still inside the chunk's old capacity) until it is fixed.
-                off |= 8;
-            }
+            let off = usize::from(inj.offset) % n;
             // SAFETY (process): inside the keeper block. The write is the bug.
             let byte = differ(inj.byte, 0x7f);
             unsafe { p.add(off).write(byte) };
@@ -177,7 +150,6 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
                 chunk: p as usize,
                 range: Some((off as isize, off as isize + 1)),
                 byte,
-                after_reset: true,
             }
         }
         Bug::DoubleFree => {
@@ -191,7 +163,6 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
                 chunk: c.ptr as usize,
                 range: None,
                 byte: 0,
-                after_reset: false,
             }
         }
     }
@@ -245,37 +216,18 @@ fn check(ops: &[Op], injection: Option<&Injection>) {
         );
         return;
     };
-    assert!(
-        !reports.is_empty(),
-        "the injected bug was not reported: {e:?}"
+    assert_eq!(
+        reports.len(),
+        1,
+        "one bug, one report expected ({e:?}); got:\n{}",
+        describe(&reports)
     );
-    for rep in &reports {
-        let exact = rep.class == e.class
-            && rep.chunk == Some(e.chunk)
-            && rep.range == e.range
-            && (e.range.is_none() || rep.found == [e.byte]);
-        // Bug (b): a write after reset found after another reset of its context (or after the
-        // context was recycled) has lost its chunk and is called a wild write.
-        let known_echo = KNOWN_SRC_BUGS
-            && e.after_reset
-            && rep.class == BugClass::WildWrite
-            && rep.chunk.is_none()
-            && rep.found == [e.byte];
-        assert!(
-            exact || known_echo,
-            "expected {e:?}, got:\n{}",
-            describe(&reports)
-        );
-    }
-    if !KNOWN_SRC_BUGS {
-        // Bug (a): a bug found at the delete of a context that is recycled is reported twice.
-        assert_eq!(
-            reports.len(),
-            1,
-            "one bug, one report; got:\n{}",
-            describe(&reports)
-        );
-    }
+    let rep = &reports[0];
+    let exact = rep.class == e.class
+        && rep.chunk == Some(e.chunk)
+        && rep.range == e.range
+        && (e.range.is_none() || rep.found == [e.byte]);
+    assert!(exact, "expected {e:?}, got:\n{rep}");
 }
 
 fn bug() -> impl Strategy<Value = Bug> {
@@ -308,8 +260,8 @@ proptest! {
     #![proptest_config(strategy::config())]
 
     /// One bug in four of five sequences; the fifth is the control. Each case runs on a fresh
-    /// thread, so it starts with a fresh tree and recycle lists: nothing one case leaves behind
-    /// (see bug (b)) can be reported in the next.
+    /// thread, so it starts with a fresh tree and recycle lists, and a report can only come from
+    /// its own sequence.
     #[test]
     fn injected_bugs_are_reported(
         ops in strategy::ops(),
@@ -370,7 +322,8 @@ fn each_bug_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Focused tests of the known bugs (see KNOWN_SRC_BUGS). Each fails until its bug is fixed.
+// Focused tests of the bugs the property found in the debug build (all fixed since; kept as
+// regression tests, each on a fresh thread so no earlier test's tree is involved).
 
 /// Runs `f` on a fresh thread with the Log policy and returns the reports it raised.
 fn reports_of(f: impl FnOnce() + Send + 'static) -> Vec<Report> {
@@ -404,11 +357,12 @@ fn one_bug_one_report_at_delete() {
     assert_eq!(reports[0].context_path, ["TopMemoryContext", "Victim"]);
 }
 
-/// Bug (b), first half. A write after reset must stay a `write-after-free` of the chunk it hit,
-/// however many resets pass before it is found. Today the keeper block's ghosts (the chunks a
-/// reset released, src/debug/blocks.rs) are replaced at every reset, and the damage, beyond the
-/// new free pointer, is not checked by a reset (ResetCheck::Chunks): once another reset has
-/// passed, the carve that finds it calls it a `wild-write` with no chunk.
+/// Bug (b), first half, fixed. A write after reset must stay a `write-after-free` of the chunk it
+/// hit, however many resets pass before it is found. The keeper block's ghosts (the chunks a reset
+/// released, src/debug/blocks.rs) used to be replaced at every reset, while the damage, beyond the
+/// new free pointer, is not checked by a reset (ResetCheck::Chunks): once another reset had
+/// passed, the carve that found it called it a `wild-write` with no chunk. Ghosts past the free
+/// pointer are now kept.
 #[test]
 fn write_after_reset_keeps_its_chunk_across_resets() {
     let (p, reports) = std::thread::spawn(|| {
@@ -439,10 +393,11 @@ fn write_after_reset_keeps_its_chunk_across_resets() {
     }
 }
 
-/// Bug (b), second half. A bug found and reported at a delete must not be reported again in the
-/// next context that recycles the deleted one's keeper block. Today the recycling reset clobbers
-/// only the keeper's used space, so damage beyond the free pointer stays, and the next life's
-/// first carve reports it under the new context's name.
+/// Bug (b), second half, fixed. A bug found and reported at a delete must not be reported again
+/// in the next context that recycles the deleted one's keeper block. The recycling reset used to
+/// clobber only the keeper's used space (and only when something had been allocated since the
+/// last reset), so damage beyond the free pointer stayed, and the next life's first carve reported
+/// it under the new context's name. A recycled keeper is now clobbered whole.
 #[test]
 fn damage_is_not_carried_into_a_recycled_context() {
     let reports = reports_of(|| {
@@ -460,10 +415,10 @@ fn damage_is_not_carried_into_a_recycled_context() {
     assert_eq!(reports[0].context, "Victim");
 }
 
-/// Bug (c). A write after reset into the bytes where a later carve puts a chunk's header word is
-/// never reported: `alloc_from_block` and `carve_leftover` (src/aset.rs) write the header before
-/// the `chunk_carved`/`leftover_carved` hooks check the space, and the hooks start their check at
-/// `chunk + 8`. The damage is overwritten by the header and lost.
+/// Bug (c), fixed. A write after reset into the bytes where a later carve puts a chunk's header
+/// word was never reported: the carve (src/aset.rs) wrote the header before the
+/// `chunk_carved`/`leftover_carved` hooks checked the space, from `chunk + 8`, so the damage was
+/// overwritten and lost. A `space_carving` hook now checks the header word first.
 #[test]
 fn write_after_reset_into_a_new_chunk_header_is_reported() {
     let reports = reports_of(|| {

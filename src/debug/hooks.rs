@@ -614,6 +614,7 @@ fn classify(
 ///
 /// # Safety
 /// `block` must be a registered block of `owner`.
+#[allow(clippy::result_large_err)] // as `classify`, whose result it is
 unsafe fn not_a_live_chunk(
     owner: *mut ContextHeader,
     block: *mut Block,
