@@ -6,31 +6,15 @@
 //! header, 16-byte data alignment) are compiled only without `debug-contexts`, whose redzones
 //! change every size; the behavioural tests run in both builds.
 
-use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use memctx::{
     chunk_context, chunk_space, palloc, palloc0, palloc_aligned, palloc_extended, pfree, pstrdup,
     repalloc, repalloc_extended, repalloc_huge, AllocFlags, BlockSizes, MemoryContext,
     MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE, MAX_ALLOC_SIZE,
 };
 
-fn panic_text(payload: Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else {
-        panic!("panic payload is neither String nor &str")
-    }
-}
-
-fn expect_panic<R>(f: impl FnOnce() -> R) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(_) => panic!("expected a panic"),
-        Err(e) => panic_text(e),
-    }
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::expect_panic;
 
 /// A fresh DEFAULT context, current until the guard drops.
 fn fresh(name: &'static str) -> (MemoryContext, memctx::SwitchGuard) {

@@ -1,7 +1,6 @@
 //! The safe API: allocator-api2's `Allocator` on a pinned context (Vec, Box, hashbrown), exact
 //! allocation lengths and alignments, PString, pins and what they refuse, and per-row scopes.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
@@ -15,22 +14,9 @@ use allocator_api2::boxed::Box as ABox;
 use allocator_api2::vec::Vec as AVec;
 use memctx::{BlockSizes, ContextError, MemoryContext, PString, PinnedContext};
 
-fn panic_text(payload: Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else {
-        panic!("panic payload is neither String nor &str")
-    }
-}
-
-fn expect_panic<R>(f: impl FnOnce() -> R) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(_) => panic!("expected a panic"),
-        Err(e) => panic_text(e),
-    }
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::{expect_panic, panic_text};
 
 fn child(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_child(name, BlockSizes::DEFAULT)

@@ -5,7 +5,6 @@
 //! Each `#[test]` runs on its own thread, so each sees a fresh TopMemoryContext; the tests only
 //! ever look at contexts they created themselves (plus their own thread's Top).
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -15,23 +14,9 @@ use memctx::{BlockSizes, ContextError, MemoryContext};
 /// Size of a DEFAULT context's keeper block (the initial block size, as in PostgreSQL).
 const DEFAULT_KEEPER: usize = 8192;
 
-fn panic_text(payload: Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else {
-        panic!("panic payload is neither String nor &str")
-    }
-}
-
-/// Runs `f`, which must panic, and returns the panic message.
-fn expect_panic<R>(f: impl FnOnce() -> R) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(_) => panic!("expected a panic"),
-        Err(e) => panic_text(e),
-    }
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::expect_panic;
 
 /// Log of events recorded by callbacks.
 type Log = Rc<RefCell<Vec<String>>>;
