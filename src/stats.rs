@@ -368,15 +368,7 @@ pub fn format_stats(root: &StatsNode, opts: &PrintOptions) -> String {
         }
     }
 
-    let _ = writeln!(
-        out,
-        "Grand total: {} bytes in {} blocks; {} free ({} chunks); {} used",
-        grand.total_bytes,
-        grand.total_nblocks,
-        grand.free_bytes,
-        grand.free_chunks,
-        grand.used_bytes()
-    );
+    push_grand_total(&mut out, &grand);
     out
 }
 
@@ -399,20 +391,39 @@ fn push_context_line(out: &mut String, node: &StatsNode) {
     let _ = write!(out, "{name}: {}", node.counters);
     if let Some(ident) = ident {
         out.push_str(": ");
-        let mut cut = ident.len();
-        let truncated = cut > IDENT_DISPLAY_MAX;
-        if truncated {
-            cut = IDENT_DISPLAY_MAX;
-            while !ident.is_char_boundary(cut) {
-                cut -= 1;
-            }
-        }
-        out.extend(ident[..cut].chars().map(|c| if c < ' ' { ' ' } else { c }));
-        if truncated {
-            out.push_str("...");
-        }
+        push_display_ident(out, ident);
     }
     out.push('\n');
+}
+
+/// Appends an identifier as PostgreSQL prints it: cut at 100 bytes on a character boundary (then
+/// `...`), control characters as spaces.
+pub(crate) fn push_display_ident(out: &mut String, ident: &str) {
+    let mut cut = ident.len();
+    let truncated = cut > IDENT_DISPLAY_MAX;
+    if truncated {
+        cut = IDENT_DISPLAY_MAX;
+        while !ident.is_char_boundary(cut) {
+            cut -= 1;
+        }
+    }
+    out.extend(ident[..cut].chars().map(|c| if c < ' ' { ' ' } else { c }));
+    if truncated {
+        out.push_str("...");
+    }
+}
+
+/// Appends the last line of a stats dump: `Grand total: T bytes in B blocks; ...`.
+pub(crate) fn push_grand_total(out: &mut String, grand: &Counters) {
+    let _ = writeln!(
+        out,
+        "Grand total: {} bytes in {} blocks; {} free ({} chunks); {} used",
+        grand.total_bytes,
+        grand.total_nblocks,
+        grand.free_bytes,
+        grand.free_chunks,
+        grand.used_bytes()
+    );
 }
 
 /// One context as a row, with the columns of PostgreSQL's

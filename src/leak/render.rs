@@ -127,35 +127,14 @@ fn postgres_text(tree: &Tree) -> String {
                 let _ = write!(out, "{}: {counters}", c.name);
                 if let Some(id) = &c.ident {
                     out.push_str(": ");
-                    push_display_ident(&mut out, id);
+                    crate::stats::push_display_ident(&mut out, id);
                 }
                 out.push('\n');
             }
         }
     }
-    let _ = writeln!(
-        out,
-        "Grand total: {} bytes in {} blocks; {} free ({} chunks); {} used",
-        grand.total_bytes,
-        grand.total_nblocks,
-        grand.free_bytes,
-        grand.free_chunks,
-        grand.used_bytes()
-    );
+    crate::stats::push_grand_total(&mut out, &grand);
     out
-}
-
-/// An identifier as PostgreSQL prints it: cut at 100 bytes on a character boundary (then `...`),
-/// control characters as spaces.
-fn push_display_ident(out: &mut String, ident: &str) {
-    let mut cut = ident.len().min(100);
-    while !ident.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    out.extend(ident[..cut].chars().map(|c| if c < ' ' { ' ' } else { c }));
-    if cut < ident.len() {
-        out.push_str("...");
-    }
 }
 
 fn bytes_text(tree: &Tree) -> String {
