@@ -7,7 +7,7 @@
 //! the dedicated sanitizer tests.
 #![cfg(feature = "debug-contexts")]
 
-use memctx::debug::{self, BugClass, Policy, Report};
+use memctx::debug::{self, BugClass, Policy, Report, ResetCheck};
 use memctx::{pfree, BlockSizes, MemoryContext};
 
 /// Runs `f` with this thread's policy set to collect, returning the reports it raised.
@@ -235,12 +235,15 @@ fn write_after_pfree_found_by_check() {
 fn write_after_reset_found_by_check_and_on_reuse() {
     let ctx = new_ctx("PerRow");
     let reports = collect(|| {
+        // Released space is verified when carved again at depth `Full` only.
+        debug::set_thread_reset_check(Some(ResetCheck::Full));
         let p = ctx.alloc(48).as_ptr();
         ctx.reset();
         unsafe { p.add(5).write(0x44) }; // pointer kept past the reset
         assert_eq!(ctx.check(), 1);
         let q = ctx.alloc(48).as_ptr(); // the same space is carved again
         assert_eq!(q, p);
+        debug::set_thread_reset_check(None);
     });
     assert_eq!(reports.len(), 2, "{reports:#?}");
     for (r, at) in reports.iter().zip(["check", "reuse"]) {
@@ -261,6 +264,44 @@ fn write_after_reset_found_by_check_and_on_reuse() {
             "reset",
         );
     }
+    ctx.delete();
+}
+
+/// At the default depth (`Chunks`), carving released space fills it without verifying it (see
+/// `ResetCheck`): a write after reset is still found by `check` (and delete, and a reset at depth
+/// `Full`) while the space is unused, but not when the space is carved again first.
+#[test]
+fn write_after_reset_at_default_depth_found_by_check_not_on_reuse() {
+    let ctx = new_ctx("PerRowChunks");
+    let reports = collect(|| {
+        debug::set_thread_reset_check(Some(ResetCheck::Chunks));
+        let p = ctx.alloc(48).as_ptr();
+        ctx.reset();
+        unsafe { p.add(7).write(0x46) }; // pointer kept past the reset
+        assert_eq!(ctx.check(), 1);
+        let q = ctx.alloc(48).as_ptr(); // carved again: the evidence is overwritten
+        assert_eq!(q, p);
+        assert_eq!(
+            unsafe { q.add(7).read() },
+            0xA5,
+            "fresh pattern over the stale write"
+        );
+        ctx.reset();
+        assert_eq!(ctx.check(), 0);
+        debug::set_thread_reset_check(None);
+    });
+    let r = one(reports);
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context, "PerRowChunks");
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.requested, Some(48));
+    assert_eq!(r.range, Some((7, 8)));
+    assert_eq!(r.found, [0x46]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "write_after_reset_at_default_depth_found_by_check_not_on_reuse",
+        "allocation",
+    );
     ctx.delete();
 }
 

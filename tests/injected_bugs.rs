@@ -4,6 +4,12 @@
 //! for the writes, exactly the byte written), and the same sequences without a bug must raise
 //! none.
 //!
+//! Each sequence runs at one of the two verification depths (`ResetCheck`). At `Full` every bug is
+//! reported. At `Chunks`, the default, released space is filled without being verified when it is
+//! carved again, so a write after reset whose bytes are carved into a new chunk before the next
+//! check or delete is lost (the documented trade-off): there a write after reset may go
+//! unreported, but never misreported, and every other bug must still be reported exactly.
+//!
 //! After the injection the sequence goes on, so the bug is found wherever the debug build finds
 //! it naturally: at pfree or repalloc of the chunk, when its memory is handed out again, at the
 //! reset or delete of its context (or of an ancestor), or at the end, when ModelRoot is deleted.
@@ -24,7 +30,7 @@ mod ops;
 #[path = "common/strategy.rs"]
 mod strategy;
 
-use memctx::debug::{self, BugClass, Policy, Report};
+use memctx::debug::{self, BugClass, Policy, Report, ResetCheck};
 use memctx::{BlockSizes, MemoryContext};
 use ops::{Op, Runner};
 use proptest::prelude::*;
@@ -176,9 +182,15 @@ fn describe(reports: &[Report]) -> String {
         .join("\n")
 }
 
-/// Runs `ops` with `injection` (or none) and returns what it expected and the reports raised.
-fn run(ops: &[Op], injection: Option<&Injection>) -> (Option<Expected>, Vec<Report>) {
+/// Runs `ops` with `injection` (or none) at verification depth `depth` and returns what it
+/// expected and the reports raised.
+fn run(
+    ops: &[Op],
+    injection: Option<&Injection>,
+    depth: ResetCheck,
+) -> (Option<Expected>, Vec<Report>) {
     debug::set_thread_policy(Some(Policy::Log));
+    debug::set_thread_reset_check(Some(depth));
     let _ = debug::take_reports();
     let mut r = Runner::new();
     let at = injection.map(|inj| inj.at % ops.len());
@@ -202,12 +214,14 @@ fn run(ops: &[Op], injection: Option<&Injection>) -> (Option<Expected>, Vec<Repo
     r.finish();
     let reports = debug::take_reports();
     debug::set_thread_policy(None);
+    debug::set_thread_reset_check(None);
     (expected, reports)
 }
 
-/// The property: no bug, no report; one bug, reports of its class on its chunk and bytes.
-fn check(ops: &[Op], injection: Option<&Injection>) {
-    let (expected, reports) = run(ops, injection);
+/// The property: no bug, no report; one bug, one report of its class on its chunk and bytes — or,
+/// for a write after reset at depth `Chunks`, possibly none (see the module docs).
+fn check(ops: &[Op], injection: Option<&Injection>, depth: ResetCheck) {
+    let (expected, reports) = run(ops, injection, depth);
     let Some(e) = expected else {
         assert!(
             reports.is_empty(),
@@ -216,10 +230,15 @@ fn check(ops: &[Op], injection: Option<&Injection>) {
         );
         return;
     };
+    let may_be_lost =
+        depth == ResetCheck::Chunks && injection.is_some_and(|inj| inj.bug == Bug::WriteAfterReset);
+    if may_be_lost && reports.is_empty() {
+        return;
+    }
     assert_eq!(
         reports.len(),
         1,
-        "one bug, one report expected ({e:?}); got:\n{}",
+        "one bug, one report expected ({e:?}, depth {depth:?}); got:\n{}",
         describe(&reports)
     );
     let rep = &reports[0];
@@ -266,8 +285,10 @@ proptest! {
     fn injected_bugs_are_reported(
         ops in strategy::ops(),
         injection in proptest::option::weighted(0.8, injection()),
+        full in any::<bool>(),
     ) {
-        on_fresh_thread(move || check(&ops, injection.as_ref()));
+        let depth = if full { ResetCheck::Full } else { ResetCheck::Chunks };
+        on_fresh_thread(move || check(&ops, injection.as_ref(), depth));
     }
 }
 
@@ -278,7 +299,7 @@ fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Each bug at least once, whatever `PROPTEST_CASES` says.
+/// Each bug at least once at each depth, whatever `PROPTEST_CASES` says.
 #[test]
 fn each_bug_once() {
     use Op::*;
@@ -306,7 +327,10 @@ fn each_bug_once() {
         Bug::WriteAfterReset,
         Bug::DoubleFree,
     ] {
-        for at in [0, 4, 9] {
+        for (at, depth) in [0, 4, 9]
+            .into_iter()
+            .flat_map(|at| [(at, ResetCheck::Full), (at, ResetCheck::Chunks)])
+        {
             let inj = Injection {
                 bug,
                 at,
@@ -315,20 +339,25 @@ fn each_bug_once() {
                 byte: 0,
             };
             let ops = ops.clone();
-            on_fresh_thread(move || check(&ops, Some(&inj)));
+            on_fresh_thread(move || check(&ops, Some(&inj), depth));
         }
     }
-    on_fresh_thread(move || check(&ops, None));
+    for depth in [ResetCheck::Full, ResetCheck::Chunks] {
+        let ops = ops.clone();
+        on_fresh_thread(move || check(&ops, None, depth));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Focused tests of the bugs the property found in the debug build (all fixed since; kept as
 // regression tests, each on a fresh thread so no earlier test's tree is involved).
 
-/// Runs `f` on a fresh thread with the Log policy and returns the reports it raised.
+/// Runs `f` on a fresh thread with the Log policy and full verification (these bugs were found
+/// at that depth) and returns the reports it raised.
 fn reports_of(f: impl FnOnce() + Send + 'static) -> Vec<Report> {
     std::thread::spawn(|| {
         debug::set_thread_policy(Some(Policy::Log));
+        debug::set_thread_reset_check(Some(ResetCheck::Full));
         f();
         debug::take_reports()
     })
@@ -367,6 +396,7 @@ fn one_bug_one_report_at_delete() {
 fn write_after_reset_keeps_its_chunk_across_resets() {
     let (p, reports) = std::thread::spawn(|| {
         debug::set_thread_policy(Some(Policy::Log));
+        debug::set_thread_reset_check(Some(ResetCheck::Full));
         let c = MemoryContext::top().new_child("Twice", BlockSizes::SMALL);
         let p = c.alloc(48).as_ptr();
         c.reset();

@@ -89,44 +89,107 @@ pub(crate) fn header_close(chunk: *mut u8) {
 /// `data` must be a chunk of `ctx` with capacity `cap` just handed out, its record, front redzone
 /// and data opened by the caller.
 unsafe fn setup_live(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
-    let alloc = stack::capture(CAPTURE_SKIP).as_raw();
     // SAFETY: the prefix and `cap` data bytes belong to the chunk (caller).
     unsafe {
-        record_ptr(data).write(DebugRecord::new(STATE_LIVE, size, alloc, 0));
         ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
         ptr::write_bytes(data, FRESH_BYTE, size);
         ptr::write_bytes(data.add(size), REDZONE_BYTE, cap - size);
+        finish_live(ctx, data, size, cap);
     }
+}
+
+/// The part of [`setup_live`] after the patterns are in place (the fast paths of carve and reuse
+/// wrote them while checking): the record, the pool chunk, and closing what is not the program's.
+///
+/// # Safety
+/// As [`setup_live`], with the front redzone, fresh bytes and rear redzone already written.
+#[inline(always)]
+unsafe fn finish_live(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
+    let alloc = stack::capture(CAPTURE_SKIP).as_raw();
+    // SAFETY: the record lies in the chunk's prefix (caller).
+    unsafe { record_ptr(data).write(DebugRecord::new(STATE_LIVE, size, alloc, 0)) };
     // The fresh pattern is for human eyes; to the tools the bytes are not yet written.
     sanitizer::chunk_alloc(ctx, data, size);
     sanitizer::close(record_start(data), RECORD_AND_FRONT);
     sanitizer::close(data.wrapping_add(size), cap - size);
 }
 
-/// A chunk was carved from a block's free space: check the space was untouched since it was
-/// released (or since the block was taken), then set the chunk up.
+/// A chunk was carved from a block's free space: at depth [`ResetCheck::Full`], check the space
+/// was untouched since it was released (or since the block was taken); then set the chunk up.
 pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
-    let mut found = Vec::new();
     sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: the chunk was just carved from `ctx`'s block; its bytes are the allocator's.
     unsafe {
-        let hdr = chunk::read_header(data);
-        if !hdr.is_external() {
-            let chunk = chunk::chunk_of(data);
-            let block = chunk.sub(hdr.offset()) as *mut Block;
-            verify::check_unused(ctx, block, chunk.add(8), data.add(cap), "reuse", &mut found);
+        if chunk::read_header(data).is_external() || settings::reset_check() != ResetCheck::Full {
+            // A block of its own, fresh from the system, has nothing to check; nor does released
+            // space at depth `Chunks` (see `verify`'s docs): it is only filled.
+            setup_live(ctx, data, size, cap);
+        } else if let Err(from) = carve_fill(data, size, cap) {
+            carve_damaged(ctx, data, from, size, cap);
+        } else {
+            finish_live(ctx, data, size, cap);
         }
-        setup_live(ctx, data, size, cap);
     }
     // With what `space_carving` and `leftover_carved` queued during this allocation.
-    report::defer_all(found);
     report::raise_pending();
 }
 
-/// Block space is about to become a chunk at `chunk` (its header word is written next): check the
-/// header word's bytes before they are overwritten; `chunk_carved`/`leftover_carved` check the
+/// The fast path of [`chunk_carved`]: checks that the chunk's record, front redzone and data
+/// still hold the released pattern and writes the live chunk's patterns over them in the same
+/// pass. `Err(at)`: damage at or after `at`, nothing written from there on (see
+/// [`verify::check_and_fill`]).
+///
+/// # Safety
+/// As [`setup_live`].
+#[inline(always)]
+unsafe fn carve_fill(data: *mut u8, size: usize, cap: usize) -> Result<(), *mut u8> {
+    // SAFETY: every range lies in the chunk's prefix or its `cap` data bytes (caller).
+    unsafe {
+        let record = record_start(data);
+        if !verify::intact(record, RECORD_SIZE, FREED_BYTE) {
+            return Err(record);
+        }
+        let front = front_redzone(data);
+        verify::check_and_fill(front, FRONT_REDZONE, FREED_BYTE, REDZONE_BYTE)
+            .map_err(|i| front.add(i))?;
+        verify::check_and_fill(data, size, FREED_BYTE, FRESH_BYTE).map_err(|i| data.add(i))?;
+        let rear = data.add(size);
+        verify::check_and_fill(rear, cap - size, FREED_BYTE, REDZONE_BYTE).map_err(|i| rear.add(i))
+    }
+}
+
+/// The slow path of [`chunk_carved`]: the released space was written from `from` on. Queues the
+/// finding (attributed to the chunk a reset released there, if any), then sets the chunk up.
+///
+/// # Safety
+/// As [`setup_live`]; `from` lies in `[record_start(data), data + cap)`.
+#[cold]
+#[inline(never)]
+unsafe fn carve_damaged(
+    ctx: *mut ContextHeader,
+    data: *mut u8,
+    from: *mut u8,
+    size: usize,
+    cap: usize,
+) {
+    let mut found = Vec::new();
+    // SAFETY: per the contract; the header's offset leads to the chunk's block.
+    unsafe {
+        let chunk = chunk::chunk_of(data);
+        let block = chunk.sub(chunk::read_header(data).offset()) as *mut Block;
+        verify::check_unused(ctx, block, from, data.add(cap), "reuse", &mut found);
+        setup_live(ctx, data, size, cap);
+    }
+    report::defer_all(found);
+}
+
+/// Block space is about to become a chunk at `chunk` (its header word is written next): at depth
+/// [`ResetCheck::Full`], check the header word's bytes before they are overwritten; `chunk_carved`/`leftover_carved` check the
 /// rest. A write after reset that hit exactly these bytes would otherwise be lost.
 pub(crate) fn space_carving(ctx: *mut ContextHeader, block: *mut Block, chunk: *mut u8) {
+    if settings::reset_check() != ResetCheck::Full {
+        return; // released space is verified when carved only at depth `Full`
+    }
     let mut found = Vec::new();
     sanitizer::open(chunk, HEADER_WORD);
     // SAFETY: `chunk` starts unused space of `block`, at least a header word long.
@@ -149,20 +212,71 @@ const HEADER_WORD: usize = crate::chunk::CHUNK_HEADER_SIZE;
 
 /// A chunk was taken from a freelist: check nothing wrote it since its free.
 pub(crate) fn chunk_reused(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
-    let mut found = Vec::new();
     sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: `data` was a free chunk of `ctx` with capacity `cap`.
     unsafe {
         let rec = *record_ptr(data);
-        if rec.is_valid() && rec.state == STATE_FREE {
-            verify::check_free(ctx, data, &rec, cap, "reuse", &mut found);
+        if !(rec.is_valid() && rec.state == STATE_FREE) {
+            reuse_damaged(ctx, data, &rec, None, size, cap);
+        } else if !verify::intact(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE) {
+            reuse_damaged(ctx, data, &rec, Some(LINK_SIZE), size, cap);
+        } else if let Err(from) = refill_free(data, size, cap) {
+            reuse_damaged(ctx, data, &rec, Some(from), size, cap);
         } else {
-            found.push(verify::header_damage(
+            finish_live(ctx, data, size, cap);
+        }
+    }
+}
+
+/// The fast path of [`chunk_reused`]: checks that a free chunk's data (past its freelist link)
+/// still holds the freed pattern and writes the live chunk's fresh pattern and rear redzone over
+/// it in the same pass. `Err(from)`: damage at or after data offset `from`, nothing written from
+/// there on.
+///
+/// # Safety
+/// `data` must be a free chunk of capacity `cap` >= `size` + the rear redzone, its data open.
+#[inline(always)]
+unsafe fn refill_free(data: *mut u8, size: usize, cap: usize) -> Result<(), usize> {
+    // SAFETY: every range lies in the chunk's `cap` data bytes (caller).
+    unsafe {
+        // The link word held the freelist's pointer: not a pattern, just overwritten.
+        let head = size.min(LINK_SIZE);
+        ptr::write_bytes(data, FRESH_BYTE, head);
+        ptr::write_bytes(data.add(head), REDZONE_BYTE, LINK_SIZE - head);
+        let mid = size.max(LINK_SIZE);
+        verify::check_and_fill(data.add(LINK_SIZE), mid - LINK_SIZE, FREED_BYTE, FRESH_BYTE)
+            .map_err(|i| LINK_SIZE + i)?;
+        verify::check_and_fill(data.add(mid), cap - mid, FREED_BYTE, REDZONE_BYTE)
+            .map_err(|i| mid + i)
+    }
+}
+
+/// The slow path of [`chunk_reused`]: the free chunk's record (`from` is `None`), front redzone or
+/// data from offset `from` on was written since its free. Reports it, then sets the chunk up.
+///
+/// # Safety
+/// As [`setup_live`]; `rec` is the chunk's record as it was found.
+#[cold]
+#[inline(never)]
+unsafe fn reuse_damaged(
+    ctx: *mut ContextHeader,
+    data: *mut u8,
+    rec: &DebugRecord,
+    from: Option<usize>,
+    size: usize,
+    cap: usize,
+) {
+    let mut found = Vec::new();
+    // SAFETY: per the contract.
+    unsafe {
+        match from {
+            Some(from) => verify::check_free(ctx, data, rec, cap, from, "reuse", &mut found),
+            None => found.push(verify::header_damage(
                 ctx,
                 data,
                 chunk::read_header(data).offset(),
                 "reuse",
-            ));
+            )),
         }
         setup_live(ctx, data, size, cap);
     }
@@ -345,38 +459,64 @@ pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {
     }
 }
 
-/// A context is about to be reset: verify it, remember what the keeper's chunks were, and clobber
-/// the keeper's used space.
+/// A context is about to be reset: verify it, remember what the keeper's chunks were (in the same
+/// walk), and clobber the keeper's used space.
 pub(crate) fn context_resetting(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live; its blocks are walked before any is freed.
     unsafe {
-        // A deleted context being recycled was verified in full by `context_deleting` already.
-        if (*ctx).magic != crate::context::DEAD_CONTEXT_MAGIC {
-            let mut found = Vec::new();
-            verify::verify_context(ctx, settings::reset_check(), "reset", &mut found);
-            name_the_operation(&mut found, "reset", ctx);
-            report::defer_all(found);
-        }
         let keeper = (*ctx).set.keeper;
+        // A deleted context going onto a recycle list was verified in full by `context_deleting`
+        // already: forget its chunks and clobber its whole keeper, so nothing of its life is
+        // reported in the next one.
+        let dead = (*ctx).magic == crate::context::DEAD_CONTEXT_MAGIC;
+        // Damage a full check found in the keeper's unused space is reported now: clobber the
+        // whole keeper, so the carve that reuses the space does not report it a second time.
+        let mut clobber_all = dead;
+        let mut ghosts = if keeper.is_null() {
+            Vec::new()
+        } else {
+            blocks::take_ghosts(keeper as usize)
+        };
+        if dead {
+            ghosts.clear();
+        } else {
+            // Space past the free pointer was not reused since earlier resets released it: their
+            // ghosts still say whose it was. The chunks below it are this reset's, added by the
+            // walk.
+            let free = if keeper.is_null() {
+                0
+            } else {
+                (*keeper).free_ptr as usize
+            };
+            ghosts.retain(|g| g.start >= free);
+            let mut sink = verify::GhostSink {
+                block: keeper,
+                free_stack: stack::capture(CAPTURE_SKIP).as_raw(),
+                ghosts: &mut ghosts,
+            };
+            let mut found = Vec::new();
+            verify::verify_context(
+                ctx,
+                settings::reset_check(),
+                "reset",
+                &mut found,
+                Some(&mut sink),
+            );
+            if !found.is_empty() {
+                clobber_all = true;
+                name_the_operation(&mut found, "reset", ctx);
+                report::defer_all(found);
+            }
+        }
         if keeper.is_null() {
             return;
         }
+        blocks::put_ghosts(keeper as usize, ghosts);
         let first = Block::first_chunk(keeper);
-        let free = (*keeper).free_ptr as usize;
-        // A deleted context going onto a recycle list was checked in full: clobber its whole
-        // keeper and forget its chunks, so nothing of its life is reported in the next one.
-        let dead = (*ctx).magic == crate::context::DEAD_CONTEXT_MAGIC;
-        let reset_stack = stack::capture(CAPTURE_SKIP).as_raw();
-        blocks::with_ghosts(keeper as usize, |ghosts| {
-            // Space past the free pointer was not reused since earlier resets released it:
-            // their ghosts still say whose it was. The chunks below it are this reset's.
-            ghosts.retain(|g| !dead && g.start >= free);
-            verify::collect_ghosts(keeper, reset_stack, ghosts)
-        });
-        let end = if dead {
+        let end = if clobber_all {
             (*keeper).end_ptr as usize
         } else {
-            free
+            (*keeper).free_ptr as usize
         };
         let used = end - first as usize;
         sanitizer::open(first, used);
@@ -420,7 +560,7 @@ pub(crate) fn context_deleting(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live until the delete finishes.
     unsafe {
         let mut found = Vec::new();
-        verify::verify_context(ctx, ResetCheck::Full, "delete", &mut found);
+        verify::verify_context(ctx, ResetCheck::Full, "delete", &mut found, None);
         name_the_operation(&mut found, "delete", ctx);
         report::defer_all(found);
     }
@@ -440,7 +580,7 @@ pub(crate) fn raise_pending() {
 pub(crate) fn check_context(ctx: *mut ContextHeader) -> usize {
     let mut found = Vec::new();
     // SAFETY: `ctx` is live (the caller checked the handle).
-    unsafe { verify::verify_context(ctx, ResetCheck::Full, "check", &mut found) };
+    unsafe { verify::verify_context(ctx, ResetCheck::Full, "check", &mut found, None) };
     let n = found.len();
     report::raise_all(found);
     n
@@ -600,10 +740,12 @@ fn classify(
         verify::check_live(owner, ptr, &rec, cap, op, &mut found);
         sanitizer::close(front_redzone(ptr), FRONT_REDZONE);
         sanitizer::close(ptr.add(req), cap - req);
-        let mut it = found.into_iter();
-        let first = it.next();
-        report::defer_all(it.collect());
-        Ok(first)
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let first = found.remove(0);
+        report::defer_all(found);
+        Ok(Some(first))
     }
 }
 

@@ -51,6 +51,7 @@ pub use report::{
 };
 pub use settings::{
     reset_check, set_backtrace_depth, set_backtraces, set_redzone, set_reset_check,
+    set_thread_reset_check,
 };
 pub use sites::{format_sites, print_sites};
 pub use verify::ResetCheck;

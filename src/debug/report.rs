@@ -249,15 +249,39 @@ pub(crate) fn defer(report: Report) {
     }
 }
 
-/// Queues several findings.
+/// Queues several findings. Nearly always there are none: that case is a length test.
+#[inline]
 pub(crate) fn defer_all(reports: Vec<Report>) {
+    if !reports.is_empty() {
+        defer_found(reports);
+    }
+}
+
+/// [`defer_all`] once there is something to queue.
+#[cold]
+#[inline(never)]
+fn defer_found(reports: Vec<Report>) {
     for r in reports {
         defer(r);
     }
 }
 
-/// Raises every queued finding.
+/// Raises every queued finding. Runs at the end of every allocator operation, so the common case
+/// — nothing queued — only reads the queue's length.
+#[inline]
 pub(crate) fn raise_pending() {
+    let queued = PENDING
+        .try_with(|p| p.try_borrow().is_ok_and(|p| !p.is_empty()))
+        .unwrap_or(false);
+    if queued {
+        raise_queued();
+    }
+}
+
+/// [`raise_pending`] once something is queued.
+#[cold]
+#[inline(never)]
+fn raise_queued() {
     let pending = PENDING
         .try_with(|p| core::mem::take(&mut *p.borrow_mut()))
         .unwrap_or_default();

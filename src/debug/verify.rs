@@ -1,18 +1,35 @@
 //! Verification: comparing memory with the patterns it should hold, and the heap-consistency walk
 //! of a whole context (PostgreSQL's AllocSetCheck, talc's heap check).
 //!
-//! Three depths of checking, chosen for cost:
+//! Checking happens at three points, each chosen for what it costs against what it catches:
 //! - **per chunk**, always: `pfree` and `repalloc` check the chunk's own redzones; a chunk taken from
-//!   a freelist is checked for writes since its free; space carved from a block is checked for
-//!   writes since it was released or since the block was taken. These cost time proportional to
-//!   the chunk, which the operation pays anyway to fill its pattern.
-//! - **reset walk** ([`ResetCheck::Chunks`], the default at reset): every chunk's header and record,
-//!   every live chunk's redzones, every free chunk's pattern. Proportional to the bytes in use.
-//! - **full walk** ([`ResetCheck::Full`]; always at delete and on [`crate::MemoryContext::check`]):
-//!   also every block's unused space. Proportional to the bytes the context holds, which is why it
-//!   is not the default at every per-row reset: a mostly empty 8 KiB keeper block compared on every
-//!   row would dominate the row's cost. A write into unused space is still caught by the per-chunk
-//!   check when the space is next carved, and by the next delete or check.
+//!   a freelist is checked for writes since its free (one pass that verifies the freed pattern and
+//!   writes the fresh one, [`check_and_fill`]). These cost time proportional to the chunk, which
+//!   the operation pays anyway to fill its pattern.
+//! - **reset walk**: every chunk's header and record, every live chunk's redzones, every free
+//!   chunk's pattern. Proportional to the chunks in use.
+//! - **unused space**: the part of each block past its free pointer, and released space when it is
+//!   carved into a chunk again. Always at delete and on [`crate::MemoryContext::check`]; at reset
+//!   and carve only at depth [`ResetCheck::Full`].
+//!
+//! The depth ([`ResetCheck`], a run-time setting) decides the last point for resets and carving:
+//! - [`ResetCheck::Chunks`] (the default) catches at the next reset, delete or check: overruns and
+//!   underruns of live chunks, writes after pfree into chunks still free, damaged headers and
+//!   records. A wild write into unused block space, or a write through a pointer kept past a reset
+//!   into the space the reset released, is caught by the next delete or check if the space is
+//!   still unused then; if the space is carved into a new chunk first, the new chunk's patterns
+//!   overwrite the evidence. Valgrind and ASan still catch such writes at the faulting instruction
+//!   (the space is closed to both).
+//! - [`ResetCheck::Full`] also verifies every block's unused space at every reset, and released
+//!   space at the moment it is carved again, so a write after a reset is reported when the space
+//!   is reused (`found at: reuse`), with the backtrace of the chunk the reset released there.
+//!
+//! Why `Chunks` is the default: a per-row context (PostgreSQL's per-tuple ExprContext) is reset
+//! after every few allocations, and its released space is carved again at once. Checking that
+//! space costs a compare of every byte of every new chunk, on top of writing its fresh pattern —
+//! in the per-row benchmark, the difference between about 3x and 4.5x the release build's time.
+//! Full verification is one setting away (`MEMCTX_RESET_CHECK=full`, [`super::set_reset_check`],
+//! or per thread [`super::set_thread_reset_check`]) for a run that hunts such a bug.
 //!
 //! Under Valgrind or ASan the bytes checked here are closed to the program (see
 //! `hooks::sanitizer`). The comparisons (`check_live`, `check_free`, `check_unused`) read what their
@@ -32,45 +49,166 @@ use super::layout::{
 use super::report::{BugClass, Report};
 use super::stack::StackId;
 
-/// How much a reset verifies; see the module docs.
+/// How much resets and carving verify (delete and check always verify in full).
+///
+/// | depth | reset verifies | carving released space verifies |
+/// |---|---|---|
+/// | `Chunks` (default) | headers, records, live chunks' redzones, free chunks' patterns | nothing (it is filled) |
+/// | `Full` | also every block's unused space | that the space still holds the released pattern |
+///
+/// With `Chunks`, a write into unused or released space is reported by the next delete or
+/// [`crate::MemoryContext::check`] if the space was not carved again before; with `Full`, also
+/// at every reset and when the space is carved again.
+///
+/// # Examples
+/// ```
+/// use memctx::debug::{self, ResetCheck};
+/// debug::set_thread_reset_check(Some(ResetCheck::Full));
+/// // ... the code under suspicion ...
+/// debug::set_thread_reset_check(None);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetCheck {
-    /// Headers, live chunks' redzones and free chunks' patterns.
+    /// Headers, records, live chunks' redzones and free chunks' patterns at reset; released space
+    /// is filled, not verified, when carved again.
     Chunks,
-    /// Also every block's unused space.
+    /// Also every block's unused space at reset, and released space when it is carved again.
     Full,
 }
 
+/// Bytes of a free chunk's freelist link, which holds no pattern.
+const LINK: usize = core::mem::size_of::<usize>();
+
 /// Bytes of a damaged region shown in a report.
 const SHOWN_BYTES: usize = 64;
+
+/// Whether every byte of `[ptr, ptr + len)` is `byte`.
+///
+/// The hot comparison of the debug build: every pfree, reuse, carve and reset runs it over
+/// redzones and freed chunks, nearly always on intact memory. So it has no early exit inside a
+/// 32-byte stride — four words XOR'ed with the pattern and OR'ed together, which the compiler turns
+/// into vector compares — and answers only yes or no; [`damaged`] finds the range when the answer
+/// is no.
+///
+/// # Safety
+/// The range must be readable.
+#[inline]
+pub(crate) unsafe fn intact(ptr: *const u8, len: usize, byte: u8) -> bool {
+    const STRIDE: usize = 32;
+    let word = u64::from_ne_bytes([byte; 8]);
+    let mut i = 0;
+    // SAFETY: every read is inside `[ptr, ptr + len)`, which the caller guarantees readable.
+    unsafe {
+        let at = |i: usize| (ptr.add(i) as *const u64).read_unaligned() ^ word;
+        while i + STRIDE <= len {
+            if at(i) | at(i + 8) | at(i + 16) | at(i + 24) != 0 {
+                return false;
+            }
+            i += STRIDE;
+        }
+        while i + 8 <= len {
+            if at(i) != 0 {
+                return false;
+            }
+            i += 8;
+        }
+        while i < len {
+            if *ptr.add(i) != byte {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    true
+}
+
+/// Checks that `[ptr, ptr + len)` holds `expect` and overwrites it with `fill`, in one pass.
+///
+/// Handing out a freed chunk or carving released space both verify a pattern and write another
+/// over the same bytes; one pass loads each line once and stores it while it is in hand, where a
+/// check followed by a `memset` went over the memory twice. `Ok(())`: the range was intact and now
+/// holds `fill`. `Err(i)`: the bytes before offset `i` were intact and now hold `fill`; from `i` on
+/// nothing was written, and some byte there differs from `expect` — so [`damaged`] over
+/// `[ptr + i, ptr + len)` finds the exact damaged range.
+///
+/// # Safety
+/// The range must be readable and writable.
+#[inline]
+pub(crate) unsafe fn check_and_fill(
+    ptr: *mut u8,
+    len: usize,
+    expect: u8,
+    fill: u8,
+) -> Result<(), usize> {
+    const STRIDE: usize = 32;
+    let want = u64::from_ne_bytes([expect; 8]);
+    let put = u64::from_ne_bytes([fill; 8]);
+    let mut i = 0;
+    // SAFETY: every access is inside `[ptr, ptr + len)` (caller).
+    unsafe {
+        let word = |i: usize| ptr.add(i) as *mut u64;
+        while i + STRIDE <= len {
+            let bad = (word(i).read_unaligned() ^ want)
+                | (word(i + 8).read_unaligned() ^ want)
+                | (word(i + 16).read_unaligned() ^ want)
+                | (word(i + 24).read_unaligned() ^ want);
+            if bad != 0 {
+                return Err(i);
+            }
+            for k in (0..STRIDE).step_by(8) {
+                word(i + k).write_unaligned(put);
+            }
+            i += STRIDE;
+        }
+        while i + 8 <= len {
+            if word(i).read_unaligned() != want {
+                return Err(i);
+            }
+            word(i).write_unaligned(put);
+            i += 8;
+        }
+        if !intact(ptr.add(i), len - i, expect) {
+            return Err(i);
+        }
+        core::ptr::write_bytes(ptr.add(i), fill, len - i);
+    }
+    Ok(())
+}
 
 /// The first and last byte of `[ptr, ptr + len)` that differ from `byte`, or `None`.
 ///
 /// # Safety
 /// The range must be readable.
+#[inline]
 pub(crate) unsafe fn damaged(ptr: *const u8, len: usize, byte: u8) -> Option<(usize, usize)> {
-    let word = u64::from_ne_bytes([byte; 8]);
-    let mut i = 0;
-    // SAFETY: every read is inside `[ptr, ptr + len)`, which the caller guarantees readable.
+    // SAFETY: the caller's contract is `intact`'s and `damaged_range`'s.
     unsafe {
-        // The common case is an intact region: compare a word at a time, without bounds checks.
-        while i + 8 <= len {
-            if (ptr.add(i) as *const u64).read_unaligned() != word {
-                break;
-            }
-            i += 8;
+        if intact(ptr, len, byte) {
+            None
+        } else {
+            Some(damaged_range(ptr, len, byte))
         }
-        while i < len && *ptr.add(i) == byte {
-            i += 1;
-        }
-        if i == len {
-            return None;
+    }
+}
+
+/// The first and last byte of `[ptr, ptr + len)` that differ from `byte`, which at least one does.
+///
+/// # Safety
+/// The range must be readable and hold a byte other than `byte`.
+#[cold]
+#[inline(never)]
+unsafe fn damaged_range(ptr: *const u8, len: usize, byte: u8) -> (usize, usize) {
+    // SAFETY: reads stay inside the range; a differing byte stops both scans (caller).
+    unsafe {
+        let mut first = 0;
+        while *ptr.add(first) == byte {
+            first += 1;
         }
         let mut last = len - 1;
         while *ptr.add(last) == byte {
             last -= 1;
         }
-        Some((i, last))
+        (first, last)
     }
 }
 
@@ -244,7 +382,9 @@ pub(crate) unsafe fn check_live(
     }
 }
 
-/// Checks a free chunk's pattern (all but its freelist link word) and front redzone.
+/// Checks a free chunk's front redzone and its freed pattern from data offset `from` on (all but
+/// its freelist link word: `from` is at least the link's size; more when the bytes before it are
+/// known intact).
 ///
 /// # Safety
 /// `data` must be a free chunk of the live context `ctx` with capacity `cap` and record `rec`;
@@ -254,10 +394,11 @@ pub(crate) unsafe fn check_free(
     data: *mut u8,
     rec: &DebugRecord,
     cap: usize,
+    from: usize,
     found_at: &str,
     out: &mut Vec<Report>,
 ) {
-    let link = core::mem::size_of::<usize>();
+    let link = from.clamp(core::mem::size_of::<usize>(), cap);
     // SAFETY: the chunk's bytes lie in its block (caller).
     unsafe {
         let front = front_redzone(data);
@@ -308,6 +449,24 @@ pub(crate) unsafe fn check_unused(
     found_at: &str,
     out: &mut Vec<Report>,
 ) {
+    // SAFETY: per the contract.
+    unsafe { check_unused_with(ctx, block, from, to, found_at, out, None) }
+}
+
+/// [`check_unused`], with the block's ghosts given when the registry does not hold them (the
+/// reset walk has taken them out to refill them).
+///
+/// # Safety
+/// As [`check_unused`].
+unsafe fn check_unused_with(
+    ctx: *mut ContextHeader,
+    block: *mut Block,
+    from: *mut u8,
+    to: *mut u8,
+    found_at: &str,
+    out: &mut Vec<Report>,
+    ghosts: Option<&[Ghost]>,
+) {
     let len = to as usize - from as usize;
     // SAFETY: the range lies in the block (caller).
     unsafe {
@@ -316,7 +475,14 @@ pub(crate) unsafe fn check_unused(
         };
         let first = from as usize + a;
         let last = from as usize + b;
-        out.push(match blocks::ghost_at(block as usize, first) {
+        let ghost = match ghosts {
+            Some(gs) => gs
+                .iter()
+                .find(|g| g.start <= first && first < g.end)
+                .copied(),
+            None => blocks::ghost_at(block as usize, first),
+        };
+        out.push(match ghost {
             Some(g) => ghost_report(ctx, &g, first, last.min(g.end - 1), found_at),
             None => {
                 let d = Damage {
@@ -378,7 +544,19 @@ unsafe fn ghost_report(
     }
 }
 
-/// Walks every block and chunk of `ctx`, appending findings to `out`. Never modifies memory.
+/// Where the reset walk records the chunks of the keeper block the reset is about to release, as
+/// [`Ghost`]s (one walk both verifies them and remembers them).
+pub(crate) struct GhostSink<'a> {
+    /// The keeper block.
+    pub(crate) block: *mut Block,
+    /// Stack id of the reset, the "free" backtrace of chunks still live when it released them.
+    pub(crate) free_stack: u32,
+    /// The ghosts, appended to.
+    pub(crate) ghosts: &'a mut Vec<Ghost>,
+}
+
+/// Walks every block and chunk of `ctx`, appending findings to `out`, and the chunks of
+/// `sink.block` to `sink`. Never modifies memory.
 ///
 /// # Safety
 /// `ctx` must be a live context of this thread.
@@ -387,6 +565,7 @@ pub(crate) unsafe fn verify_context(
     depth: ResetCheck,
     found_at: &str,
     out: &mut Vec<Report>,
+    mut sink: Option<&mut GhostSink<'_>>,
 ) {
     // SAFETY: walking the context's own blocks; every read is bounded by the block's extent,
     // which is checked against the registry before the block's contents are trusted.
@@ -396,7 +575,11 @@ pub(crate) unsafe fn verify_context(
             if !block_header_sane(ctx, block, found_at, out) {
                 return; // the list itself cannot be trusted past this block
             }
-            verify_block(ctx, block, depth, found_at, out);
+            let ghosts = match sink.as_deref_mut() {
+                Some(s) if s.block == block => Some(s),
+                _ => None,
+            };
+            verify_block(ctx, block, depth, found_at, out, ghosts);
             block = (*block).next;
         }
     }
@@ -447,7 +630,7 @@ unsafe fn block_header_sane(
     }
 }
 
-/// Walks one block's chunks.
+/// Walks one block's chunks (and records them in `sink`, if given).
 ///
 /// # Safety
 /// `block` must be a sane block of the live context `ctx`.
@@ -457,6 +640,7 @@ unsafe fn verify_block(
     depth: ResetCheck,
     found_at: &str,
     out: &mut Vec<Report>,
+    mut sink: Option<&mut GhostSink<'_>>,
 ) {
     // SAFETY: every chunk start is checked to lie before the block's free pointer before its
     // header is read; footprints come from validated headers.
@@ -484,48 +668,82 @@ unsafe fn verify_block(
             // The record and front redzone, open for this chunk's checks.
             let meta = c.add(CHUNK_HEADER_SIZE);
             sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
-            let rec = *record_ptr(data);
+            let rec = DebugRecord::load(record_ptr(data));
+            let front_ok = intact(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE);
             if !rec.is_valid() {
-                let d = Damage {
-                    class: BugClass::CorruptHeader,
-                    chunk: Some(data as usize),
-                    requested: None,
-                    at: record_ptr(data) as *const u8,
-                    range: (
-                        -((FRONT_REDZONE + super::layout::RECORD_SIZE) as isize),
-                        -(FRONT_REDZONE as isize),
-                    ),
-                    expected: 0,
-                    alloc_stack: 0,
-                    free_stack: 0,
-                };
-                out.push(make_report(
-                    ctx,
-                    d,
-                    found_at,
-                    "the chunk's debug record was overwritten (an underrun past its front redzone?)"
-                        .into(),
-                ));
+                out.push(record_damage(ctx, data, found_at));
             } else if rec.state == STATE_LIVE {
                 // Only the rear redzone: the requested bytes are the program's.
                 let req = (rec.requested as usize).min(cap);
                 sanitizer::open(data.add(req), cap - req);
-                check_live(ctx, data, &rec, cap, found_at, out);
+                if !(front_ok && intact(data.add(req), cap - req, REDZONE_BYTE)) {
+                    check_live(ctx, data, &rec, cap, found_at, out);
+                }
                 sanitizer::close(data.add(req), cap - req);
-            } else if rec.state == STATE_FREE {
+            } else {
                 sanitizer::open(data, cap);
-                check_free(ctx, data, &rec, cap, found_at, out);
+                if !(front_ok && intact(data.add(LINK), cap - LINK, FREED_BYTE)) {
+                    check_free(ctx, data, &rec, cap, LINK, found_at, out);
+                }
                 sanitizer::close(data, cap);
             }
             sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+            if let Some(s) = sink.as_deref_mut() {
+                if rec.is_valid() && !hdr.is_external() {
+                    s.ghosts.push(Ghost {
+                        start: c as usize,
+                        data: data as usize,
+                        end: data as usize + cap,
+                        requested: rec.requested as usize,
+                        alloc_stack: rec.alloc_stack,
+                        free_stack: if rec.state == STATE_FREE {
+                            rec.free_stack
+                        } else {
+                            s.free_stack
+                        },
+                    });
+                }
+            }
             c = c.add(fp);
         }
         if depth == ResetCheck::Full && free < (*block).end_ptr {
             let len = (*block).end_ptr as usize - free as usize;
             sanitizer::open(free, len);
-            check_unused(ctx, block, free, (*block).end_ptr, found_at, out);
+            let ghosts = sink.as_deref().map(|s| &s.ghosts[..]);
+            check_unused_with(ctx, block, free, (*block).end_ptr, found_at, out, ghosts);
             sanitizer::close(free, len);
         }
+    }
+}
+
+/// A report for a chunk whose debug record does not check out.
+///
+/// # Safety
+/// `data` must be a chunk of the live context `ctx` whose prefix is open.
+#[cold]
+#[inline(never)]
+unsafe fn record_damage(ctx: *mut ContextHeader, data: *mut u8, found_at: &str) -> Report {
+    let d = Damage {
+        class: BugClass::CorruptHeader,
+        chunk: Some(data as usize),
+        requested: None,
+        at: record_ptr(data) as *const u8,
+        range: (
+            -((FRONT_REDZONE + RECORD_SIZE) as isize),
+            -(FRONT_REDZONE as isize),
+        ),
+        expected: 0,
+        alloc_stack: 0,
+        free_stack: 0,
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        make_report(
+            ctx,
+            d,
+            found_at,
+            "the chunk's debug record was overwritten (an underrun past its front redzone?)".into(),
+        )
     }
 }
 
@@ -570,46 +788,6 @@ pub(crate) unsafe fn header_damage(
     sanitizer::close(header, CHUNK_HEADER_SIZE);
     r.expected.clear();
     r
-}
-
-/// Collects the chunks of a keeper block as ghosts, into `ghosts`, before a reset releases them.
-///
-/// # Safety
-/// `block` must be a sane block of a live context.
-pub(crate) unsafe fn collect_ghosts(block: *mut Block, free_stack: u32, ghosts: &mut Vec<Ghost>) {
-    // SAFETY: as in `verify_block`; stops at the first header that does not decode.
-    unsafe {
-        let free = (*block).free_ptr;
-        let mut c = Block::first_chunk(block);
-        while c < free {
-            let data = chunk::data_of(c);
-            let hdr = chunk::read_header(data);
-            if hdr.is_external() || hdr.value() as usize >= NUM_FREELISTS {
-                break;
-            }
-            let cap = aset::class_size(hdr.value() as usize);
-            let fp = chunk::footprint(cap);
-            let meta = c.add(CHUNK_HEADER_SIZE);
-            sanitizer::open(meta, RECORD_SIZE);
-            let rec = *record_ptr(data);
-            sanitizer::close(meta, RECORD_SIZE);
-            if rec.state == STATE_LIVE || rec.state == STATE_FREE {
-                ghosts.push(Ghost {
-                    start: c as usize,
-                    data: data as usize,
-                    end: data as usize + cap,
-                    requested: rec.requested as usize,
-                    alloc_stack: rec.alloc_stack,
-                    free_stack: if rec.state == STATE_FREE {
-                        rec.free_stack
-                    } else {
-                        free_stack
-                    },
-                });
-            }
-            c = c.add(fp);
-        }
-    }
 }
 
 const _: () = assert!(BLOCK_HEADER_SIZE % 16 == 0);
