@@ -39,10 +39,22 @@
 //! are neither `Send` nor `Sync`, and the raw functions must be called on the thread that owns the
 //! chunk's context. No context type crosses threads; data does, by copying it out. When a thread
 //! exits, its tree is **not** freed: destructors of other thread-locals may run after ours and still
-//! hold context memory (or call palloc, which keeps working). The tree stays reachable from the
-//! debugger registry, marked exited, so memcheck counts it as still reachable and a debugger can
-//! still walk it. A program that runs many short-lived threads should delete their contexts before
-//! the threads end; what is left then is one keeper block and the headers.
+//! hold context memory (or call palloc, which keeps working). A program that runs many short-lived
+//! threads should delete their contexts before the threads end; what is left then is one keeper
+//! block and the headers.
+//!
+//! # Tree lifetime
+//!
+//! Since the tree outlives its thread, so must whatever owns it: not thread-local storage, which is
+//! gone once the thread has exited, but the thread's entry in the debugger registry
+//! ([`registry::ThreadEntry`]), reached from a global static for the life of the process. The entry
+//! holds `top`, the root of the live contexts, and `tree`, the heap-allocated [`ThreadTree`] with
+//! the recycle and spare lists of deleted headers. The thread-local `LOCAL` only caches those two
+//! pointers (set once, at the thread's first use), so `palloc`/`pfree` cost the same — they read
+//! `CURRENT` alone — and a context create or delete reads its lists through one more pointer.
+//! After the thread exits, memcheck's leak search finds every header and block of the tree still
+//! reachable, and a debugger can still walk it; only chunks whose pointers were dropped are lost,
+//! which is what a leak is.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -144,26 +156,50 @@ impl ContextHeader {
 /// Source of the stable context ids used by snapshots.
 static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Per-thread state that is not on the hot path.
+/// The deleted headers a thread keeps for reuse (see the module docs on threads).
+///
+/// It lives on the heap, never freed, and the thread's registry entry points at it
+/// ([`registry::ThreadEntry`]'s `tree`), not in thread-local storage: these lists hold the only
+/// pointers to recycled and spare headers (and, through them, to recycled keeper blocks), and a
+/// thread's TLS is gone once the thread has exited while the headers are kept for the life of the
+/// process. Reachable from the `MEMCTX_REGISTRY` static, they stay "still reachable" for memcheck's
+/// leak search instead of "definitely lost".
 struct ThreadTree {
-    top: Cell<*mut ContextHeader>,
-    /// Deleted contexts that kept their keeper block, for DEFAULT-sized and SMALL-sized keepers.
+    /// Deleted contexts that kept their keeper block, for DEFAULT-sized and SMALL-sized keepers,
+    /// linked through `next_sibling`.
     recycled: [Cell<*mut ContextHeader>; 2],
     recycled_len: [Cell<usize>; 2],
-    /// Deleted headers without blocks.
+    /// Deleted headers without blocks, linked through `next_sibling`.
     spare: Cell<*mut ContextHeader>,
+}
+
+impl ThreadTree {
+    const fn new() -> ThreadTree {
+        ThreadTree {
+            recycled: [Cell::new(ptr::null_mut()), Cell::new(ptr::null_mut())],
+            recycled_len: [Cell::new(0), Cell::new(0)],
+            spare: Cell::new(ptr::null_mut()),
+        }
+    }
+}
+
+/// The thread-local part of a thread's tree: two pointers, set once when the tree is created.
+struct LocalTree {
+    /// The thread's TopMemoryContext; null until the tree exists.
+    top: Cell<*mut ContextHeader>,
+    /// The thread's recycle lists (heap, never freed; also reachable from the registry entry).
+    tree: Cell<*const ThreadTree>,
 }
 
 thread_local! {
     /// CurrentMemoryContext; null until the thread's tree exists. Const-initialised and without a
     /// destructor, so reading it is a plain TLS load, also from other thread-locals' destructors.
     static CURRENT: Cell<*mut ContextHeader> = const { Cell::new(ptr::null_mut()) };
-    static TREE: ThreadTree = const {
-        ThreadTree {
+    /// Const-initialised and without a destructor, like `CURRENT`: usable until the thread is gone.
+    static LOCAL: LocalTree = const {
+        LocalTree {
             top: Cell::new(ptr::null_mut()),
-            recycled: [Cell::new(ptr::null_mut()), Cell::new(ptr::null_mut())],
-            recycled_len: [Cell::new(0), Cell::new(0)],
-            spare: Cell::new(ptr::null_mut()),
+            tree: Cell::new(ptr::null()),
         }
     };
     /// Marks the thread's registry entry as exited when the thread ends; frees nothing.
@@ -181,14 +217,25 @@ pub(crate) fn current_ptr() -> *mut ContextHeader {
     }
 }
 
-/// Creates this thread's TopMemoryContext and makes it current.
+/// Creates this thread's recycle lists and TopMemoryContext, makes Top current and registers the
+/// thread, which from then on keeps both reachable (see [`ThreadTree`]).
 #[cold]
 #[inline(never)]
 fn init_thread_tree() -> *mut ContextHeader {
+    let tree = LOCAL.with(|l| {
+        if l.tree.get().is_null() {
+            // Never freed: the registry entry keeps it for the life of the process.
+            l.tree.set(Box::into_raw(Box::new(ThreadTree::new())));
+        }
+        l.tree.get()
+    });
     let top = create(ptr::null_mut(), "TopMemoryContext", BlockSizes::DEFAULT);
-    TREE.with(|t| t.top.set(top));
+    LOCAL.with(|l| l.top.set(top));
     CURRENT.with(|c| c.set(top));
-    let entry = registry::register_thread(top as *mut core::ffi::c_void);
+    let entry = registry::register_thread(
+        top as *mut core::ffi::c_void,
+        tree as *mut core::ffi::c_void,
+    );
     // The exit mark may already be gone if this runs inside a late thread-local destructor; then
     // the entry simply stays marked live, which only affects what a debugger prints.
     let _ = EXIT_MARK.try_with(|m| m.set(entry));
@@ -197,12 +244,25 @@ fn init_thread_tree() -> *mut ContextHeader {
 
 /// This thread's TopMemoryContext.
 pub(crate) fn top_ptr() -> *mut ContextHeader {
-    let top = TREE.with(|t| t.top.get());
+    let top = LOCAL.with(|l| l.top.get());
     if top.is_null() {
         init_thread_tree()
     } else {
         top
     }
+}
+
+/// This thread's recycle lists. They exist from the start of `init_thread_tree`, before the first
+/// `create`, and every later `create` or delete runs on a thread with a tree.
+fn thread_tree() -> &'static ThreadTree {
+    let tree = LOCAL.with(|l| l.tree.get());
+    debug_assert!(
+        !tree.is_null(),
+        "a context operation on a thread without a tree"
+    );
+    // SAFETY: set once per thread before any context exists and never freed; `ThreadTree` is only
+    // used by its own thread (the registry keeps the pointer for reachability and never reads it).
+    unsafe { &*tree }
 }
 
 /// Which recycle list a keeper size belongs to.
@@ -217,6 +277,41 @@ fn recycle_slot(sizes: &BlockSizes) -> Option<usize> {
     }
 }
 
+/// A header with blocks for a new context of `sizes`: a recycled one with a matching keeper, or
+/// a spare or new header given a keeper block. Panics with PostgreSQL's out-of-memory message if
+/// the keeper block cannot be allocated.
+fn take_header(name: &'static str, sizes: BlockSizes) -> *mut ContextHeader {
+    let t = thread_tree();
+    if let Some(slot) = recycle_slot(&sizes) {
+        let head = t.recycled[slot].get();
+        if !head.is_null() {
+            // SAFETY: recycle lists hold valid, reset headers linked through next_sibling.
+            unsafe {
+                t.recycled[slot].set((*head).next_sibling);
+                t.recycled_len[slot].set(t.recycled_len[slot].get() - 1);
+                aset::reinit(head, sizes);
+            }
+            return head;
+        }
+    }
+    let spare = t.spare.get();
+    let ctx = if spare.is_null() {
+        Box::into_raw(Box::new(ContextHeader::empty()))
+    } else {
+        // SAFETY: the spare list holds valid headers without blocks.
+        unsafe { t.spare.set((*spare).next_sibling) };
+        spare
+    };
+    // SAFETY: `ctx` is a valid header that owns no blocks.
+    if !unsafe { aset::init(ctx, sizes) } {
+        // SAFETY: as above; put it back for the next attempt.
+        unsafe { (*ctx).next_sibling = t.spare.get() };
+        t.spare.set(ctx);
+        panic!("{}", out_of_memory_message(sizes.keeper_size(), name));
+    }
+    ctx
+}
+
 /// Creates an AllocSet context under `parent` (null only for Top). Panics with PostgreSQL's
 /// out-of-memory message if the keeper block cannot be allocated.
 pub(crate) fn create(
@@ -227,36 +322,7 @@ pub(crate) fn create(
     if let Err(e) = sizes.validate() {
         panic!("{e}");
     }
-    let ctx = TREE.with(|t| {
-        if let Some(slot) = recycle_slot(&sizes) {
-            let head = t.recycled[slot].get();
-            if !head.is_null() {
-                // SAFETY: recycle lists hold valid, reset headers linked through next_sibling.
-                unsafe {
-                    t.recycled[slot].set((*head).next_sibling);
-                    t.recycled_len[slot].set(t.recycled_len[slot].get() - 1);
-                    aset::reinit(head, sizes);
-                }
-                return head;
-            }
-        }
-        let spare = t.spare.get();
-        let ctx = if spare.is_null() {
-            Box::into_raw(Box::new(ContextHeader::empty()))
-        } else {
-            // SAFETY: the spare list holds valid headers without blocks.
-            unsafe { t.spare.set((*spare).next_sibling) };
-            spare
-        };
-        // SAFETY: `ctx` is a valid header that owns no blocks.
-        if !unsafe { aset::init(ctx, sizes) } {
-            // SAFETY: as above; put it back for the next attempt.
-            unsafe { (*ctx).next_sibling = t.spare.get() };
-            t.spare.set(ctx);
-            panic!("{}", out_of_memory_message(sizes.keeper_size(), name));
-        }
-        ctx
-    });
+    let ctx = take_header(name, sizes);
     // SAFETY: `ctx` is ours and not linked anywhere; `parent` is a live context or null.
     unsafe {
         let c = &mut *ctx;
@@ -618,23 +684,22 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
         (*ctx).ident = None;
         (*ctx).ident_ptr = ptr::null();
         (*ctx).ident_len = 0;
-        TREE.with(|t| {
-            if let Some(slot) = recycle_slot(&(*ctx).set.sizes) {
-                if t.recycled_len[slot].get() < MAX_RECYCLED {
-                    // Always, even when nothing was allocated since the last reset: the debug
-                    // build clobbers the keeper here so nothing of this life reaches the next.
-                    aset::reset(ctx);
-                    (*ctx).is_reset = true;
-                    (*ctx).next_sibling = t.recycled[slot].get();
-                    t.recycled[slot].set(ctx);
-                    t.recycled_len[slot].set(t.recycled_len[slot].get() + 1);
-                    return;
-                }
+        let t = thread_tree();
+        if let Some(slot) = recycle_slot(&(*ctx).set.sizes) {
+            if t.recycled_len[slot].get() < MAX_RECYCLED {
+                // Always, even when nothing was allocated since the last reset: the debug
+                // build clobbers the keeper here so nothing of this life reaches the next.
+                aset::reset(ctx);
+                (*ctx).is_reset = true;
+                (*ctx).next_sibling = t.recycled[slot].get();
+                t.recycled[slot].set(ctx);
+                t.recycled_len[slot].set(t.recycled_len[slot].get() + 1);
+                return;
             }
-            aset::release_all(ctx);
-            (*ctx).next_sibling = t.spare.get();
-            t.spare.set(ctx);
-        });
+        }
+        aset::release_all(ctx);
+        (*ctx).next_sibling = t.spare.get();
+        t.spare.set(ctx);
     }
 }
 

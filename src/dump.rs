@@ -1004,9 +1004,20 @@ mod signal {
     static PENDING: AtomicBool = AtomicBool::new(false);
     /// The signal our handler is installed for (0: none).
     static INSTALLED: AtomicI32 = AtomicI32::new(0);
-    /// The action that was installed before ours. Each installation leaks its copy (a few hundred
-    /// bytes), so a handler still running on another thread never reads freed memory.
-    static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
+    /// The action that was installed before ours, newest installation first. Each installation
+    /// keeps its copy for the life of the process (a few hundred bytes), so a handler still running
+    /// on another thread never reads freed memory; each copy links the one before it, so every copy
+    /// stays reachable from this static (memcheck's leak search calls none of them lost).
+    static PREVIOUS: AtomicPtr<Saved> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// One installation's copy of the previous action.
+    struct Saved {
+        action: libc::sigaction,
+        /// The copy of the installation before, or null: never read, it only keeps that copy
+        /// reachable.
+        #[allow(dead_code)]
+        older: *mut Saved,
+    }
 
     /// Takes the flag the handler set.
     pub(super) fn take_pending() -> bool {
@@ -1022,7 +1033,7 @@ mod signal {
             return;
         }
         // SAFETY: `prev` was published before our handler was installed and is never freed.
-        let prev = unsafe { &*prev };
+        let prev = unsafe { &(*prev).action };
         let h = prev.sa_sigaction;
         if h == libc::SIG_DFL || h == libc::SIG_IGN {
             return; // the default action of the dump signal would end the process
@@ -1047,7 +1058,11 @@ mod signal {
         if unsafe { libc::sigaction(sig, core::ptr::null(), &mut old) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        PREVIOUS.store(Box::into_raw(Box::new(old)), Ordering::Release);
+        let saved = Box::new(Saved {
+            action: old,
+            older: PREVIOUS.load(Ordering::Acquire),
+        });
+        PREVIOUS.store(Box::into_raw(saved), Ordering::Release);
         PENDING.store(false, Ordering::Release);
         // SAFETY: a zeroed sigaction is a valid starting point; the mask is emptied below.
         let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
@@ -1085,7 +1100,7 @@ mod signal {
             return;
         }
         // SAFETY: `prev` is a valid, never-freed copy of the previous action.
-        unsafe { libc::sigaction(sig, prev, core::ptr::null_mut()) };
+        unsafe { libc::sigaction(sig, &(*prev).action, core::ptr::null_mut()) };
     }
 }
 

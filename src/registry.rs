@@ -7,6 +7,14 @@
 //! [`ThreadEntry`] records, one per thread that ever created a tree. Entries are never freed, so a
 //! reader that stops the process at any instant sees a valid list.
 //!
+//! The registry is also what keeps a thread's tree *owned* after the thread exits. Context headers
+//! are never freed (stale handles read them), and a thread's tree outlives the thread, so each
+//! entry holds the pointers that own the tree — `top` for the live contexts, `tree` for the
+//! recycle lists of deleted headers — rather than the thread's own thread-local storage, which is
+//! gone at exit. Every header and block of a tree is thus reachable from a global for the life of
+//! the process, which Valgrind memcheck's leak search calls "still reachable"; a chunk, as with
+//! malloc, is reachable only while something points to it.
+//!
 //! The registry also publishes the layout a walker needs: the size and field offsets of the
 //! context header and block header. A walker that reads those offsets instead of debug info works
 //! on a release build without debug info too: only the `MEMCTX_REGISTRY` symbol is required.
@@ -83,6 +91,12 @@ pub struct Registry {
 }
 
 /// One thread's entry in the registry.
+///
+/// The entry is also where a thread's tree is *owned from* once the thread is gone: `top` roots the
+/// live contexts and `tree` holds the recycle lists of deleted headers. Both stay reachable from
+/// [`MEMCTX_REGISTRY`] for the life of the process, so a tree that outlives its thread is memory a
+/// global still points to — "still reachable" for Valgrind memcheck's leak search, not lost with
+/// the thread's thread-local storage.
 #[repr(C)]
 #[derive(Debug)]
 pub struct ThreadEntry {
@@ -96,6 +110,11 @@ pub struct ThreadEntry {
     pub os_tid: u32,
     /// The thread's name, NUL-padded, cut to 63 bytes.
     pub name: [u8; 64],
+    /// The thread's recycle lists (memctx's own, opaque to walkers, which read the fields above
+    /// only): the entry holds this pointer so the deleted headers they link stay reachable after
+    /// the thread exits. Written once, before the entry is published; nobody reads it through the
+    /// registry.
+    pub tree: *mut c_void,
 }
 
 /// The registry of every thread's tree, for debuggers (`p MEMCTX_REGISTRY` in gdb).
@@ -127,9 +146,10 @@ pub static MEMCTX_REGISTRY: Registry = Registry {
     },
 };
 
-/// Adds an entry for the calling thread, whose tree is rooted at `top`. Entries are leaked on
-/// purpose: the registry must stay walkable at every instant.
-pub(crate) fn register_thread(top: *mut c_void) -> *mut ThreadEntry {
+/// Adds an entry for the calling thread, whose tree is rooted at `top` and whose recycle lists
+/// are at `tree`. Entries are leaked on purpose: the registry must stay walkable at every instant,
+/// and it keeps every thread's tree reachable after the thread exits.
+pub(crate) fn register_thread(top: *mut c_void, tree: *mut c_void) -> *mut ThreadEntry {
     let mut name = [0u8; 64];
     if let Some(n) = std::thread::current().name() {
         let n = n.as_bytes();
@@ -144,6 +164,7 @@ pub(crate) fn register_thread(top: *mut c_void) -> *mut ThreadEntry {
         state: AtomicU32::new(THREAD_LIVE),
         os_tid,
         name,
+        tree,
     }));
     let mut head = MEMCTX_REGISTRY.head.load(Ordering::Acquire);
     loop {

@@ -305,7 +305,7 @@ fn stats_text_matches_the_counters() {
             let _ = index.alloc(100);
         }
         let _ = message.alloc(20_000);
-        let _ = top.alloc(500);
+        let in_top = top.alloc(500);
 
         let stats = top.stats();
         let text = format_stats(&stats, &PrintOptions::default());
@@ -396,5 +396,11 @@ fn stats_text_matches_the_counters() {
         assert!(mem < -20_000);
         assert_blocks_only(sys, mem);
         assert_eq!(top.stats().total().total_bytes as isize, total_before + mem);
+
+        // The chunks above were never freed one by one: give everything back.
+        cache.delete();
+        message.delete();
+        // SAFETY: a live chunk of Top, freed once.
+        unsafe { pfree(in_top.as_ptr()) };
     });
 }

@@ -794,9 +794,10 @@ fn a_scope_whose_pin_escaped_refuses_to_reset() {
     // A forgotten clone of the pin keeps the context pinned: the scope cannot reset it. Without
     // a panic in flight the scope says so with a panic; while unwinding it logs instead (a panic
     // in a drop during unwinding would abort).
+    let row_chunk = std::cell::Cell::new(std::ptr::null_mut());
     let msg = panic_message(|| {
         f.ctx.scope(|mem| {
-            let _ = palloc(10);
+            row_chunk.set(palloc(10));
             std::mem::forget(mem.clone());
         })
     });
@@ -816,7 +817,10 @@ fn a_scope_whose_pin_escaped_refuses_to_reset() {
         f.ctx.try_delete(),
         Err(ContextError::Pinned { .. })
     ));
-    // The context stays pinned for good; it is leaked on purpose (no API can unpin it).
+    // The context stays pinned for good; it is leaked on purpose (no API can unpin it). Its
+    // row's chunk, which no reset will free now, is freed by hand: its pointer must not be lost.
+    // SAFETY: the chunk is live (the reset was refused), freed once.
+    unsafe { pfree(row_chunk.get()) };
 }
 
 // ---------------------------------------------------------------------------------------------

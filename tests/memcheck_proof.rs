@@ -221,6 +221,17 @@ fn leaked_chunk_is_definitely_lost_and_referenced_memory_is_not() {
         lost[0].mentions("bugs::leak_one"),
         "the loss record names the allocating function: {lost:#?}"
     );
+    // The leaking thread has exited, but its tree has not gone with it: the live context and the
+    // headers of the contexts it deleted (on its recycle and spare lists) are reachable from the
+    // debugger registry. No context header may appear in a loss record of any kind.
+    for e in errors.iter().filter(|e| e.kind.starts_with("Leak_")) {
+        assert!(
+            !e.mentions("memctx::context::take_header")
+                && !e.mentions("memctx::context::init_thread_tree"),
+            "a context header or recycle list of the exited thread reported as {}: {e:#?}",
+            e.kind
+        );
+    }
     // The list spread over many blocks, the block with no live chunk between them and the blocks
     // themselves are all still referenced: no chunk or block of the context may appear in a loss
     // record of any kind. (Other allocations of the debug build on the way, such as its stack

@@ -4,6 +4,11 @@
 //! The dumper is process-global (one runs at a time, and it waits for every live thread with a
 //! tree), so every test here takes `LOCK` first: tests of this file never overlap, and no other
 //! test's thread is live while a dump waits for answers.
+//!
+//! Waits have deadlines, stretched under Valgrind (`common/timing.rs`): each ends as soon as what
+//! it waits for happens, so the memcheck leg can run this file at its own pace. No test loses a
+//! chunk: each deletes the contexts it allocates in (the one an exited thread leaves alive holds
+//! none), so memcheck's leak search finds nothing lost.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +19,10 @@ use memctx::dump::{self, Dumper, DumperConfig};
 use memctx::snapshot::{Snapshot, ThreadSnapshot, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
 use memctx::stats::rows;
 use memctx::{BlockSizes, MemoryContext};
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::allow;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -53,7 +62,7 @@ fn total_of(t: &ThreadSnapshot, name: &str) -> u64 {
 
 /// Waits (without reaching a safe point) until a dump request is open for this thread.
 fn wait_pending() {
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + allow(Duration::from_secs(10));
     while !dump::dump_pending() {
         assert!(Instant::now() < end, "no dump request was opened");
         std::thread::sleep(Duration::from_millis(2));
@@ -116,7 +125,7 @@ fn periodic_dumper_writes_a_growing_numbered_series() {
     let dumper = Dumper::start(
         DumperConfig::new(&dir)
             .interval(Duration::from_millis(20))
-            .deadline(Duration::from_secs(20)),
+            .deadline(allow(Duration::from_secs(20))),
     )
     .unwrap();
     const STEPS: u64 = 5;
@@ -126,7 +135,7 @@ fn periodic_dumper_writes_a_growing_numbered_series() {
             cache.alloc(1000);
         }
         // Wait for the next periodic snapshot, answering at explicit safe points.
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + allow(Duration::from_secs(10));
         while dumper.written() < step {
             assert!(Instant::now() < end, "snapshot {step} was not written");
             dump::poll();
@@ -173,7 +182,8 @@ fn every_safe_point_answers_a_pending_dump() {
     let dir = temp_dir("safe-points");
     // A deadline far beyond the waits below: a dump is written in time only if the thread
     // answered at the safe point under test.
-    let dumper = Dumper::start(DumperConfig::new(&dir).deadline(Duration::from_secs(120))).unwrap();
+    let dumper =
+        Dumper::start(DumperConfig::new(&dir).deadline(allow(Duration::from_secs(120)))).unwrap();
     let ctx = MemoryContext::top().new_child("SafePoints", BlockSizes::DEFAULT);
     let safe_points: [(&str, &dyn Fn()); 4] = [
         ("reset", &|| ctx.reset()),
@@ -190,7 +200,7 @@ fn every_safe_point_answers_a_pending_dump() {
         wait_pending();
         safe_point();
         assert!(!dump::dump_pending(), "{what} did not answer");
-        let written = dumper.wait_written(n as u64 + 1, Duration::from_secs(10));
+        let written = dumper.wait_written(n as u64 + 1, allow(Duration::from_secs(10)));
         assert_eq!(written, n as u64 + 1, "no snapshot after the {what}");
         let snap = dump::read_snapshot(&dumper.last_path().unwrap()).unwrap();
         assert!(!me(&snap).missing);
@@ -205,12 +215,11 @@ fn every_safe_point_answers_a_pending_dump() {
 fn signal_dumps_at_a_safe_point_and_lists_a_silent_thread_missing() {
     let _l = serial();
     let dir = temp_dir("signal");
-    let dumper = Dumper::start(
-        DumperConfig::new(&dir)
-            .with_signal()
-            .deadline(Duration::from_secs(2)),
-    )
-    .unwrap();
+    // The dump waits this long for the silent thread below, so this deadline is time the test
+    // spends, not only a bound: it must outlast this thread's own answer, which takes
+    // milliseconds natively; ten times 2 s is ample under Valgrind too.
+    let deadline = Duration::from_secs(2) * timing::slowdown().min(10);
+    let dumper = Dumper::start(DumperConfig::new(&dir).with_signal().deadline(deadline)).unwrap();
 
     // A thread with a tree that then blocks, never reaching a safe point.
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -240,7 +249,7 @@ fn signal_dumps_at_a_safe_point_and_lists_a_silent_thread_missing() {
     );
     ctx.reset(); // the safe point
     assert!(!dump::dump_pending());
-    assert_eq!(dumper.wait_written(1, Duration::from_secs(20)), 1);
+    assert_eq!(dumper.wait_written(1, allow(Duration::from_secs(20))), 1);
     done_tx.send(()).unwrap();
     silent.join().unwrap();
     dumper.stop();
@@ -286,7 +295,7 @@ fn a_handler_the_host_installed_still_runs() {
     let dumper = Dumper::start(
         DumperConfig::new(&dir)
             .signal(libc::SIGUSR2)
-            .deadline(Duration::from_secs(20)),
+            .deadline(allow(Duration::from_secs(20))),
     )
     .unwrap();
     let ctx = MemoryContext::top().new_child("Chained", BlockSizes::DEFAULT);
@@ -299,7 +308,7 @@ fn a_handler_the_host_installed_still_runs() {
     );
     wait_pending();
     dump::poll();
-    assert_eq!(dumper.wait_written(1, Duration::from_secs(10)), 1);
+    assert_eq!(dumper.wait_written(1, allow(Duration::from_secs(10))), 1);
     dumper.stop();
 
     // Stopping put the host's handler back: the signal reaches it alone.
@@ -319,9 +328,10 @@ fn exited_threads_are_missing_and_not_waited_for() {
     let tid = std::thread::Builder::new()
         .name("short-lived".into())
         .spawn(|| {
-            MemoryContext::top()
-                .new_child("Forgotten", BlockSizes::DEFAULT)
-                .alloc(10);
+            // A context the thread leaves alive: its tree outlives the thread, reachable through
+            // the registry. (No chunk in it: one whose pointer died with the thread would be a
+            // leak in memcheck's eyes.)
+            MemoryContext::top().new_child("Forgotten", BlockSizes::DEFAULT);
             gettid()
         })
         .unwrap()
@@ -329,11 +339,12 @@ fn exited_threads_are_missing_and_not_waited_for() {
         .unwrap();
     // The deadline is far beyond the wait: the dump completes only if it does not wait for the
     // exited thread.
-    let dumper = Dumper::start(DumperConfig::new(&dir).deadline(Duration::from_secs(120))).unwrap();
+    let dumper =
+        Dumper::start(DumperConfig::new(&dir).deadline(allow(Duration::from_secs(120)))).unwrap();
     dumper.request();
     wait_pending();
     dump::poll();
-    assert_eq!(dumper.wait_written(1, Duration::from_secs(10)), 1);
+    assert_eq!(dumper.wait_written(1, allow(Duration::from_secs(10))), 1);
     let snap = dump::read_snapshot(&dumper.last_path().unwrap()).unwrap();
     let gone = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
     assert!(gone.missing && gone.contexts.is_empty());
@@ -353,7 +364,8 @@ fn a_thread_without_a_tree_answers_nothing_and_gets_none() {
     let _l = serial();
     let dir = temp_dir("treeless");
     MemoryContext::top(); // this thread has a tree; the one spawned below does not
-    let dumper = Dumper::start(DumperConfig::new(&dir).deadline(Duration::from_secs(120))).unwrap();
+    let dumper =
+        Dumper::start(DumperConfig::new(&dir).deadline(allow(Duration::from_secs(120)))).unwrap();
     // A thread that never touches memctx polls: it must not create a tree.
     let before = memctx::registry::MEMCTX_REGISTRY
         .nthreads

@@ -751,6 +751,8 @@ fn each_thread_has_its_own_top() {
                 let p = memctx::palloc(10);
                 let owner = unsafe { memctx::chunk_context(p) };
                 assert_eq!(owner, top);
+                // SAFETY: a live chunk of this thread's Top, freed once.
+                unsafe { memctx::pfree(p) };
                 let id = top.id();
                 // Calling top() again on the same thread gives the same context.
                 assert_eq!(MemoryContext::top().id(), id);

@@ -81,13 +81,15 @@ LAYOUT_FIELDS = (
     "chunk_prefix",
 )
 REG_SIZE = REG_LAYOUT + 4 * len(LAYOUT_FIELDS)
-# ThreadEntry (repr(C), 64-bit): next ptr, top ptr, state u32, os_tid u32, name [u8; 64].
+# ThreadEntry (repr(C), 64-bit): next ptr, top ptr, state u32, os_tid u32, name [u8; 64], then
+# memctx's own `tree` pointer at 88 (the thread's recycle lists of deleted headers, which the entry
+# keeps reachable after the thread exits; nothing a walker needs, so not read here).
 ENTRY_NEXT = 0
 ENTRY_TOP = 8
 ENTRY_STATE = 16
 ENTRY_TID = 20
 ENTRY_NAME = 24
-ENTRY_SIZE = 88
+ENTRY_SIZE = 88  # the bytes read per entry: the fields above (the entry itself is 96 bytes)
 
 # Defaults of the guards and of the printing limits (PostgreSQL's MemoryContextStats: 100/100).
 DEFAULT_MAX_LEVEL = 100

@@ -74,13 +74,22 @@ pub(crate) fn insert(start: usize, end: usize, ctx: *mut ContextHeader) -> bool 
                 ctx,
                 ghosts: Vec::new(),
             };
-            match position(&b, start) {
+            let i = match position(&b, start) {
                 // The same address again (a block given back to the system without our hearing
                 // of it cannot happen; a re-registration after `realloc` can): replace it.
-                Ok(i) => b[i] = info,
-                Err(i) => b.insert(i, info),
-            }
-            debug_assert!(b.windows(2).all(|w| w[0].end <= w[1].start));
+                Ok(i) => {
+                    b[i] = info;
+                    i
+                }
+                Err(i) => {
+                    b.insert(i, info);
+                    i
+                }
+            };
+            // Blocks never overlap: the new entry ends before its successor starts and starts
+            // after its predecessor ends (only the neighbours: the rest was checked before).
+            debug_assert!(i == 0 || b[i - 1].end <= b[i].start);
+            debug_assert!(i + 1 == b.len() || b[i].end <= b[i + 1].start);
         })
         .is_ok()
 }
