@@ -18,7 +18,7 @@
 //! stretched under Valgrind (`common/timing.rs`), where threads run one at a time.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,18 @@ use memctx::{palloc, pfree, repalloc, BlockSizes, MemoryContext};
 #[path = "common/timing.rs"]
 mod timing;
 use timing::allow;
+
+/// The tests of this file run one at a time. A dump waits for every live thread with a tree to
+/// reach a safe point, up to its deadline; a thread of another test blocked meanwhile (on a barrier,
+/// a join, a channel) reaches none, so the dump would wait out the whole deadline — a second
+/// natively, but under Valgrind, where threads run one at a time and the deadline is stretched,
+/// long enough to stall the leg.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -272,6 +284,7 @@ fn check_stats(r: &WorkerResult) {
 
 #[test]
 fn many_threads_churn_while_the_dumper_asks_for_snapshots() {
+    let _serial = serial();
     let n = threads();
     let dir = std::env::temp_dir().join(format!("memctx-threads-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -348,6 +361,7 @@ fn many_threads_churn_while_the_dumper_asks_for_snapshots() {
 
 #[test]
 fn short_lived_threads_register_and_exit() {
+    let _serial = serial();
     use memctx::registry::{MEMCTX_REGISTRY, THREAD_EXITED};
     let batches = 4;
     let per_batch = 16;
@@ -399,6 +413,7 @@ fn short_lived_threads_register_and_exit() {
 
 #[test]
 fn each_thread_has_its_own_current_context_and_top() {
+    let _serial = serial();
     let n = threads().min(8);
     let barrier = Arc::new(Barrier::new(n));
     let hs: Vec<_> = (0..n)
@@ -437,6 +452,7 @@ fn each_thread_has_its_own_current_context_and_top() {
 #[cfg(feature = "debug-contexts")]
 #[test]
 fn a_chunk_freed_on_another_thread_is_reported_not_freed() {
+    let _serial = serial();
     use memctx::debug::{self, BugClass, Policy};
     let owner = MemoryContext::top().new_child("Owner", BlockSizes::DEFAULT);
     let p = owner.alloc(256).as_ptr();
