@@ -177,15 +177,16 @@ unsafe fn carve_damaged(
     unsafe {
         let chunk = chunk::chunk_of(data);
         let block = chunk.sub(chunk::read_header(data).offset()) as *mut Block;
-        verify::check_unused(ctx, block, from, data.add(cap), "reuse", &mut found);
+        verify::check_unused(ctx, block, from, data.add(cap), "reuse", &mut found, None);
         setup_live(ctx, data, size, cap);
     }
     report::defer_all(found);
 }
 
 /// Block space is about to become a chunk at `chunk` (its header word is written next): at depth
-/// [`ResetCheck::Full`], check the header word's bytes before they are overwritten; `chunk_carved`/`leftover_carved` check the
-/// rest. A write after reset that hit exactly these bytes would otherwise be lost.
+/// [`ResetCheck::Full`], check the header word's bytes before they are overwritten;
+/// `chunk_carved`/`leftover_carved` check the rest. A write after reset that hit exactly these
+/// bytes would otherwise be lost.
 pub(crate) fn space_carving(ctx: *mut ContextHeader, block: *mut Block, chunk: *mut u8) {
     if settings::reset_check() != ResetCheck::Full {
         return; // released space is verified when carved only at depth `Full`
@@ -201,6 +202,7 @@ pub(crate) fn space_carving(ctx: *mut ContextHeader, block: *mut Block, chunk: *
             chunk.add(HEADER_WORD),
             "reuse",
             &mut found,
+            None,
         );
     }
     sanitizer::close(chunk, HEADER_WORD);
@@ -215,7 +217,7 @@ pub(crate) fn chunk_reused(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
     sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
     // SAFETY: `data` was a free chunk of `ctx` with capacity `cap`.
     unsafe {
-        let rec = *record_ptr(data);
+        let rec = DebugRecord::load(record_ptr(data));
         if !(rec.is_valid() && rec.state == STATE_FREE) {
             reuse_damaged(ctx, data, &rec, None, size, cap);
         } else if !verify::intact(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE) {
@@ -292,7 +294,15 @@ pub(crate) fn leftover_carved(ctx: *mut ContextHeader, data: *mut u8, cap: usize
     unsafe {
         let chunk = chunk::chunk_of(data);
         let block = chunk.sub(chunk::read_header(data).offset()) as *mut Block;
-        verify::check_unused(ctx, block, chunk.add(8), data.add(cap), "reuse", &mut found);
+        verify::check_unused(
+            ctx,
+            block,
+            chunk.add(8),
+            data.add(cap),
+            "reuse",
+            &mut found,
+            None,
+        );
         record_ptr(data).write(DebugRecord::new(STATE_FREE, 0, 0, 0));
         ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
         ptr::write_bytes(data, FREED_BYTE, cap);
