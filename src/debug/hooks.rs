@@ -92,8 +92,7 @@ unsafe fn setup_live(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: u
     // SAFETY: the prefix and `cap` data bytes belong to the chunk (caller).
     unsafe {
         ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
-        ptr::write_bytes(data, FRESH_BYTE, size);
-        ptr::write_bytes(data.add(size), REDZONE_BYTE, cap - size);
+        verify::fill_live(data, size, cap, FRESH_BYTE, REDZONE_BYTE);
         finish_live(ctx, data, size, cap);
     }
 }
@@ -325,7 +324,7 @@ pub(crate) fn chunk_freed(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {
         // Damage found at this free was reported already; restore the front redzone so later
         // checks report only new damage (the rear one is overwritten with the free pattern).
         ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
-        ptr::write_bytes(data, FREED_BYTE, cap);
+        verify::fill(data, cap, FREED_BYTE);
     }
     if let Some(offset) = take_redirect(data) {
         // The pool chunk is the aligned allocation inside this chunk: bring it back first.
@@ -742,21 +741,47 @@ fn classify(
                 report::raise(r);
             }
         }
-        let mut found = Vec::new();
         // A sound live chunk: its redzones are closed, and open only for the check.
         let req = (rec.requested as usize).min(cap);
         sanitizer::open(front_redzone(ptr), FRONT_REDZONE);
         sanitizer::open(ptr.add(req), cap - req);
-        verify::check_live(owner, ptr, &rec, cap, op, &mut found);
+        let intact = verify::intact(front_redzone(ptr), FRONT_REDZONE, REDZONE_BYTE)
+            && verify::intact(ptr.add(req), cap - req, REDZONE_BYTE);
+        let found = if intact {
+            Ok(None)
+        } else {
+            redzones_damaged(owner, ptr, &rec, cap, op)
+        };
         sanitizer::close(front_redzone(ptr), FRONT_REDZONE);
         sanitizer::close(ptr.add(req), cap - req);
-        if found.is_empty() {
-            return Ok(None);
-        }
-        let first = found.remove(0);
-        report::defer_all(found);
-        Ok(Some(first))
+        found
     }
+}
+
+/// The slow path of [`classify`]: a live chunk's redzones were written. The first finding is
+/// returned, the others (both redzones damaged) queued.
+///
+/// # Safety
+/// `data` must be a live chunk of `owner` with capacity `cap` and record `rec`, its redzones open.
+#[cold]
+#[inline(never)]
+#[allow(clippy::result_large_err)] // as `classify`, whose result it is
+unsafe fn redzones_damaged(
+    owner: *mut ContextHeader,
+    data: *mut u8,
+    rec: &DebugRecord,
+    cap: usize,
+    op: &'static str,
+) -> Result<Option<Report>, Report> {
+    let mut found = Vec::new();
+    // SAFETY: per the contract.
+    unsafe { verify::check_live(owner, data, rec, cap, op, &mut found) };
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let first = found.remove(0);
+    report::defer_all(found);
+    Ok(Some(first))
 }
 
 /// A pointer inside a registered block that is not the data of a live chunk. A pointer into a

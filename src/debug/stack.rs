@@ -23,7 +23,7 @@
 //! ----------------------
 //!
 //! With `-C force-frame-pointers=yes` every function keeps `rbp` pointing at a two-word record
-//! `[saved rbp of the caller, return address into the caller]`. Starting from `capture`'s own
+//! `[saved rbp of the caller, return address into the caller]`. Starting from `capture_frames`'s own
 //! `rbp`, following the saved `rbp` words yields the return addresses of all the callers, two loads
 //! a frame. The chain is only as good as the least careful function on the stack, though: code
 //! built without frame pointers (a host app's build without the flag, most of the C library) uses
@@ -331,7 +331,7 @@ fn with_busy<R>(f: impl FnOnce() -> R) -> R {
 // Capture
 // ---------------------------------------------------------------------------------------------
 
-/// `capture`'s own frame and stack pointers, read at its start.
+/// `capture_frames`'s own frame and stack pointers, read at its start.
 #[derive(Clone, Copy)]
 struct FrameRegs {
     /// The frame pointer (`rbp`); 0 where it is not read.
@@ -340,8 +340,8 @@ struct FrameRegs {
         allow(dead_code)
     )]
     fp: usize,
-    /// `capture`'s stack pointer or, where registers are not read, the address of a local in
-    /// `capture`'s frame: the frames of `capture`'s callers all lie above it, those of the
+    /// `capture_frames`'s stack pointer or, where registers are not read, the address of a local in
+    /// `capture_frames`'s frame: the frames of `capture_frames`'s callers all lie above it, those of the
     /// functions it calls (the unwinder's) at or below it.
     sp: usize,
 }
@@ -391,24 +391,32 @@ macro_rules! current_frame {
 ///
 /// Walks frame pointers when it can (a few ns), else uses `backtrace::trace` (≈ 100 ns a frame);
 /// see the module notes.
-#[inline(never)]
+#[inline(always)]
 pub(crate) fn capture(skip: usize) -> StackId {
+    // Capture off (mode `patterns`) is decided here, inlined into the hook: no call at all. The
+    // walk's frames are unchanged, as `capture_frames` is called from where `capture` is used.
     let state = STATE.load(Ordering::Relaxed);
     if state == STATE_OFF {
         return StackId::NONE;
     }
+    capture_frames(state, skip)
+}
+
+/// The body of [`capture`] when capture may be on: reads its own frame and walks from there.
+#[inline(never)]
+fn capture_frames(state: u8, skip: usize) -> StackId {
     // Read this function's frame registers first thing: the walk starts from this frame.
     let regs = current_frame!();
     // The closure stays small so that `with` (and the thread-local's accessor) inline here.
     let id = THREAD.with(|t| capture_on(t, state, regs, skip));
-    // Not a tail call: `capture`'s frame, where both walks start, must stay on the stack until
+    // Not a tail call: this frame, where both walks start, must stay on the stack until
     // `capture_on` returns. The opaque use of the result after the call keeps it there.
     std::hint::black_box(id)
 }
 
 /// The body of [`capture`], given this thread's state, the `STATE` value `capture` read and
-/// `capture`'s frame registers. Not inlined, which keeps `capture` small enough for the
-/// thread-local access to be inlined into it (else it is an indirect call).
+/// `capture_frames`'s frame registers. Not inlined, which keeps `capture_frames` small enough for
+/// the thread-local access to be inlined into it (else it is an indirect call).
 #[inline(never)]
 fn capture_on(t: &ThreadState, state: u8, regs: FrameRegs, skip: usize) -> StackId {
     if t.busy.replace(true) {
@@ -452,7 +460,7 @@ unsafe fn assume_init_prefix(buf: &[MaybeUninit<usize>], n: usize) -> &[usize] {
     unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) }
 }
 
-/// Captures with the fallback unwinder and interns the result. `sp` is `capture`'s stack pointer.
+/// Captures with the fallback unwinder and interns the result. `sp` is `capture_frames`'s stack pointer.
 #[cold]
 #[inline(never)]
 fn capture_fallback(t: &ThreadState, sp: usize, skip: usize, depth: usize) -> StackId {
@@ -513,7 +521,7 @@ fn first_sight(
 /// Whether the frame-pointer walk is used (tests and the fallback benchmark turn it off).
 static FP_WALK: AtomicBool = AtomicBool::new(true);
 
-/// Walks the frame-pointer chain from `capture`'s frame, writing return addresses into `out`
+/// Walks the frame-pointer chain from `capture_frames`'s frame, writing return addresses into `out`
 /// after skipping `skip`; returns how many were written and their [`hash_frames`]. Returns
 /// `(0, 0)` when the walk is not possible (unknown stack bounds, another stack, walk turned off).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -669,8 +677,8 @@ fn thread_stack_bounds() -> Option<(usize, usize)> {
 /// Captures with `backtrace::trace` (DWARF unwinding), writing return addresses into `out` after
 /// skipping `skip`; returns how many were written.
 ///
-/// `sp` is `capture`'s stack pointer. The unwinder reports each frame's stack pointer at its call
-/// (`Frame::sp`): the unwinder's own frames, this module's and `capture`'s are at or below `sp`,
+/// `sp` is `capture_frames`'s stack pointer. The unwinder reports each frame's stack pointer at its call
+/// (`Frame::sp`): the unwinder's own frames, this module's and `capture_frames`'s are at or below `sp`,
 /// and the first frame above it is `capture`'s caller, which is where the stack starts.
 #[inline(never)]
 fn fallback_walk(sp: usize, mut skip: usize, out: &mut [MaybeUninit<usize>]) -> usize {
