@@ -21,24 +21,46 @@
 
 use core::cell::RefCell;
 
+use crate::chunk::CHUNK_PREFIX;
 use crate::context::ContextHeader;
 
 /// A chunk a reset released, remembered for reports.
+///
+/// 24 bytes: the reset walk writes one for every chunk of the keeper block, on every reset of a
+/// per-row context, so its size is part of the reset's cost. The data address and the end follow
+/// from the start and the capacity.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ghost {
     /// Chunk start (header word).
     pub(crate) start: usize,
-    /// Data address.
-    pub(crate) data: usize,
-    /// One past the chunk's capacity.
-    pub(crate) end: usize,
-    /// Requested size while it lived.
-    pub(crate) requested: usize,
+    /// Capacity (a size class: at most a block's size, far below 4 GiB).
+    pub(crate) cap: u32,
+    /// Requested size while it lived (at most the capacity).
+    pub(crate) requested: u32,
     /// Allocation stack id.
     pub(crate) alloc_stack: u32,
     /// Stack id of the reset that released it (or of its pfree).
     pub(crate) free_stack: u32,
 }
+
+impl Ghost {
+    /// The chunk's data address.
+    pub(crate) fn data(&self) -> usize {
+        self.start + CHUNK_PREFIX
+    }
+
+    /// One past the chunk's capacity.
+    pub(crate) fn end(&self) -> usize {
+        self.data() + self.cap as usize
+    }
+
+    /// Whether `addr` lies in the chunk, header to capacity.
+    pub(crate) fn covers(&self, addr: usize) -> bool {
+        self.start <= addr && addr < self.end()
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Ghost>() == 24);
 
 /// What the registry knows of a block.
 #[derive(Clone, Debug)]
@@ -171,10 +193,7 @@ pub(crate) fn ghost_at(start: usize, addr: usize) -> Option<Ghost> {
         .try_with(|b| {
             let b = b.borrow();
             let i = position(&b, start).ok()?;
-            b[i].ghosts
-                .iter()
-                .find(|g| g.start <= addr && addr < g.end)
-                .copied()
+            b[i].ghosts.iter().find(|g| g.covers(addr)).copied()
         })
         .ok()
         .flatten()

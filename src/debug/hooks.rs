@@ -820,9 +820,10 @@ unsafe fn not_a_live_chunk(
                 let detail = format!(
                     "{op} of {addr:#x}: the chunk at {:#x} was already freed by a reset of its \
                      context",
-                    g.data
+                    g.data()
                 );
-                (g.data, g.requested, g.alloc_stack, g.free_stack, detail)
+                let requested = g.requested as usize;
+                (g.data(), requested, g.alloc_stack, g.free_stack, detail)
             }),
         };
         Err(match freed {

@@ -103,7 +103,7 @@ const fn splat(byte: u8) -> u64 {
 ///
 /// # Safety
 /// The range must be readable.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn intact(ptr: *const u8, len: usize, byte: u8) -> bool {
     const STRIDE: usize = 32;
     let word = splat(byte);
@@ -217,67 +217,77 @@ pub(crate) unsafe fn check_and_fill(
     Ok(())
 }
 
-/// Fills `[ptr, ptr + len)` with `byte`: word stores, where a call to `memset` for the small,
-/// odd-sized ranges of a chunk's patterns cost more than the stores themselves.
+/// Largest range [`fill`] and [`fill_live`] write with their own stores; above it `memset`'s wide
+/// stores are worth its call.
+const BY_STRIPES_MAX: usize = 256;
+
+/// `byte` in every byte of a 16-byte stripe, hidden from the optimiser: a loop storing a known
+/// byte pattern is recognised and replaced by a call to `memset`, which is what these loops are
+/// there to avoid.
+#[inline(always)]
+fn stripe(byte: u8) -> u128 {
+    core::hint::black_box(u128::from_ne_bytes([byte; 16]))
+}
+
+/// Fills `[ptr, ptr + len)` with `byte`: 16-byte stores, where a call to `memset` for the small,
+/// odd-sized ranges of a chunk's patterns (its size-dependent branches mispredicted on random
+/// sizes) cost more than the stores themselves.
 ///
 /// # Safety
 /// The range must be writable.
 #[inline(always)]
 pub(crate) unsafe fn fill(ptr: *mut u8, len: usize, byte: u8) {
-    /// Above this, `memset`'s wide stores win over its call.
-    const BY_WORDS_MAX: usize = 256;
     // SAFETY: every store is inside `[ptr, ptr + len)` (caller).
     unsafe {
-        if !(8..=BY_WORDS_MAX).contains(&len) {
+        if !(16..=BY_STRIPES_MAX).contains(&len) {
             core::ptr::write_bytes(ptr, byte, len);
             return;
         }
-        let put = splat(byte);
-        let word = |i: usize| ptr.add(i) as *mut u64;
+        let put = stripe(byte);
+        let at = |i: usize| ptr.add(i) as *mut u128;
         let mut i = 0;
-        while i + 8 <= len {
-            word(i).write_unaligned(put);
-            i += 8;
+        while i + 16 <= len {
+            at(i).write_unaligned(put);
+            i += 16;
         }
-        word(len - 8).write_unaligned(put);
+        at(len - 16).write_unaligned(put);
     }
 }
 
 /// Writes a live chunk's data patterns: `fresh` over its first `size` bytes, `redzone` from there
-/// to `cap` — one run of word stores with a mixed word at the boundary, not two `memset`s.
+/// to `cap` — one run of 16-byte stores with a mixed stripe at the boundary, not two `memset`s.
 ///
 /// # Safety
 /// `[data, data + cap)` must be writable and `size <= cap`; when `cap` is at most 256 (a size
-/// class, not a chunk with a block of its own), `data` is 8-aligned and `cap` a multiple of 8.
+/// class, not a chunk with a block of its own), `cap` is a multiple of 16.
 #[inline(always)]
 pub(crate) unsafe fn fill_live(data: *mut u8, size: usize, cap: usize, fresh: u8, redzone: u8) {
     debug_assert!(size <= cap);
     // SAFETY: per the contract.
     unsafe {
-        if cap > 256 {
+        if cap > BY_STRIPES_MAX {
             core::ptr::write_bytes(data, fresh, size);
             core::ptr::write_bytes(data.add(size), redzone, cap - size);
             return;
         }
-        debug_assert!(cap % 8 == 0 && data as usize % 8 == 0);
-        let word = |i: usize| data.add(i) as *mut u64;
-        let whole = size & !7;
+        debug_assert!(cap % 16 == 0);
+        let (f, r) = (stripe(fresh), stripe(redzone));
+        let at = |i: usize| data.add(i) as *mut u128;
+        let whole = size & !15;
         let mut i = 0;
         while i < whole {
-            word(i).write(splat(fresh));
-            i += 8;
+            at(i).write_unaligned(f);
+            i += 16;
         }
-        let rem = size - whole;
-        if rem != 0 {
-            // The first `rem` bytes in memory fresh, the rest redzone.
-            let low = u64::MAX >> (64 - 8 * rem);
-            let mixed = (splat(fresh) & low) | (splat(redzone) & !low);
-            word(i).write(mixed.to_le());
-            i += 8;
+        if i < size {
+            // The first `size - i` bytes in memory fresh, the rest redzone.
+            let low = u128::MAX >> (128 - 8 * (size - i));
+            at(i).write_unaligned(((f & low) | (r & !low)).to_le());
+            i += 16;
         }
         while i < cap {
-            word(i).write(splat(redzone));
-            i += 8;
+            at(i).write_unaligned(r);
+            i += 16;
         }
     }
 }
@@ -568,14 +578,11 @@ pub(crate) unsafe fn check_unused(
         let first = from as usize + a;
         let last = from as usize + b;
         let ghost = match ghosts {
-            Some(gs) => gs
-                .iter()
-                .find(|g| g.start <= first && first < g.end)
-                .copied(),
+            Some(gs) => gs.iter().find(|g| g.covers(first)).copied(),
             None => blocks::ghost_at(block as usize, first),
         };
         out.push(match ghost {
-            Some(g) => ghost_report(ctx, &g, first, last.min(g.end - 1), found_at),
+            Some(g) => ghost_report(ctx, &g, first, last.min(g.end() - 1), found_at),
             None => {
                 let d = Damage {
                     class: BugClass::WildWrite,
@@ -614,12 +621,12 @@ unsafe fn ghost_report(
 ) -> Report {
     let d = Damage {
         class: BugClass::WriteAfterFree,
-        chunk: Some(g.data),
-        requested: Some(g.requested),
+        chunk: Some(g.data()),
+        requested: Some(g.requested as usize),
         at: first as *const u8,
         range: (
-            first as isize - g.data as isize,
-            last as isize + 1 - g.data as isize,
+            first as isize - g.data() as isize,
+            last as isize + 1 - g.data() as isize,
         ),
         expected: FREED_BYTE,
         alloc_stack: g.alloc_stack,
@@ -784,9 +791,8 @@ unsafe fn verify_block(
                 if rec.is_valid() && !hdr.is_external() {
                     s.ghosts.push(Ghost {
                         start: c as usize,
-                        data: data as usize,
-                        end: data as usize + cap,
-                        requested: rec.requested as usize,
+                        cap: cap as u32,
+                        requested: rec.requested.min(cap as u64) as u32,
                         alloc_stack: rec.alloc_stack,
                         free_stack: if rec.state == STATE_FREE {
                             rec.free_stack
@@ -965,11 +971,11 @@ mod tests {
             assert!(b[OFF..OFF + len].iter().all(|&x| x == PUT), "{len}");
             assert!(b[..OFF].iter().chain(&b[OFF + len..]).all(|&x| x == 0x11));
         }
-        for cap in (8..=512).step_by(8) {
+        for cap in (16..=512).step_by(16) {
             for size in 0..=cap {
                 let mut b = vec![u64::from_ne_bytes([0x11; 8]); (OFF + cap + OFF) / 8];
                 let p = b.as_mut_ptr() as *mut u8;
-                // SAFETY: `p + OFF` is 8-aligned with `cap` bytes and a guard after them.
+                // SAFETY: `p + OFF` has `cap` bytes and a guard after them.
                 let bytes = unsafe {
                     fill_live(p.add(OFF), size, cap, PUT, PAT);
                     core::slice::from_raw_parts(p, OFF + cap + OFF)
