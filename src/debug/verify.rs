@@ -221,13 +221,59 @@ pub(crate) unsafe fn check_and_fill(
 /// stores are worth its call.
 const BY_STRIPES_MAX: usize = 256;
 
-/// `byte` in every byte of a 16-byte stripe, hidden from the optimiser: a loop storing a known
-/// byte pattern is recognised and replaced by a call to `memset`, which is what these loops are
-/// there to avoid.
-#[inline(always)]
-fn stripe(byte: u8) -> u128 {
-    core::hint::black_box(u128::from_ne_bytes([byte; 16]))
+/// 16-byte stores of a byte pattern for [`fill`] and [`fill_live`].
+///
+/// The pattern is hidden from the optimiser (`black_box`): a loop storing a known byte pattern is
+/// recognised and replaced by a call to `memset`, which is what these loops are there to avoid.
+/// On x86-64 it lives in a vector register (SSE2 is part of the base architecture); as a `u128`
+/// it would be two general registers and two 8-byte stores per stripe.
+mod stripes {
+    #[cfg(target_arch = "x86_64")]
+    use core::arch::x86_64::{__m128i, _mm_set1_epi8, _mm_storeu_si128};
+
+    /// A byte repeated 16 times.
+    #[cfg(target_arch = "x86_64")]
+    #[derive(Clone, Copy)]
+    pub(super) struct Stripe(__m128i);
+
+    /// A byte repeated 16 times.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[derive(Clone, Copy)]
+    pub(super) struct Stripe(u128);
+
+    impl Stripe {
+        /// `byte` in every byte.
+        #[inline(always)]
+        pub(super) fn of(byte: u8) -> Stripe {
+            // SAFETY: SSE2 is part of x86-64's base architecture, always available.
+            #[cfg(target_arch = "x86_64")]
+            let s = Stripe(unsafe { _mm_set1_epi8(byte as i8) });
+            #[cfg(not(target_arch = "x86_64"))]
+            let s = Stripe(u128::from_ne_bytes([byte; 16]));
+            core::hint::black_box(s)
+        }
+
+        /// Stores the stripe at `p`.
+        ///
+        /// # Safety
+        /// `[p, p + 16)` must be writable.
+        #[inline(always)]
+        pub(super) unsafe fn store(self, p: *mut u8) {
+            // SAFETY: per the contract; both stores are unaligned.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                _mm_storeu_si128(p as *mut __m128i, self.0)
+            };
+            // SAFETY: as above.
+            #[cfg(not(target_arch = "x86_64"))]
+            unsafe {
+                (p as *mut u128).write_unaligned(self.0)
+            };
+        }
+    }
 }
+
+use stripes::Stripe;
 
 /// Fills `[ptr, ptr + len)` with `byte`: 16-byte stores, where a call to `memset` for the small,
 /// odd-sized ranges of a chunk's patterns (its size-dependent branches mispredicted on random
@@ -243,14 +289,13 @@ pub(crate) unsafe fn fill(ptr: *mut u8, len: usize, byte: u8) {
             core::ptr::write_bytes(ptr, byte, len);
             return;
         }
-        let put = stripe(byte);
-        let at = |i: usize| ptr.add(i) as *mut u128;
+        let put = Stripe::of(byte);
         let mut i = 0;
         while i + 16 <= len {
-            at(i).write_unaligned(put);
+            put.store(ptr.add(i));
             i += 16;
         }
-        at(len - 16).write_unaligned(put);
+        put.store(ptr.add(len - 16));
     }
 }
 
@@ -271,22 +316,25 @@ pub(crate) unsafe fn fill_live(data: *mut u8, size: usize, cap: usize, fresh: u8
             return;
         }
         debug_assert!(cap % 16 == 0);
-        let (f, r) = (stripe(fresh), stripe(redzone));
-        let at = |i: usize| data.add(i) as *mut u128;
+        let (f, r) = (Stripe::of(fresh), Stripe::of(redzone));
         let whole = size & !15;
         let mut i = 0;
         while i < whole {
-            at(i).write_unaligned(f);
+            f.store(data.add(i));
             i += 16;
         }
         if i < size {
             // The first `size - i` bytes in memory fresh, the rest redzone.
             let low = u128::MAX >> (128 - 8 * (size - i));
-            at(i).write_unaligned(((f & low) | (r & !low)).to_le());
+            let (fw, rw) = (
+                u128::from_ne_bytes([fresh; 16]),
+                u128::from_ne_bytes([redzone; 16]),
+            );
+            (data.add(i) as *mut u128).write_unaligned(((fw & low) | (rw & !low)).to_le());
             i += 16;
         }
         while i < cap {
-            at(i).write_unaligned(r);
+            r.store(data.add(i));
             i += 16;
         }
     }
