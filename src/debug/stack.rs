@@ -23,12 +23,12 @@
 //! ----------------------
 //!
 //! With `-C force-frame-pointers=yes` every function keeps `rbp` pointing at a two-word record
-//! `[saved rbp of the caller, return address into the caller]`. Starting from `capture_frames`'s own
-//! `rbp`, following the saved `rbp` words yields the return addresses of all the callers, two loads
-//! a frame. The chain is only as good as the least careful function on the stack, though: code
-//! built without frame pointers (a host app's build without the flag, most of the C library) uses
-//! `rbp` as an ordinary register, and a walk that trusts it reads garbage. So every step is checked
-//! before anything is read through it:
+//! `[saved rbp of the caller, return address into the caller]`. Starting from the own `rbp` of
+//! `capture_frames`, following the saved `rbp` words yields the return addresses of all the
+//! callers, two loads a frame. The chain is only as good as the least careful function on the
+//! stack, though: code built without frame pointers (a host app's build without the flag, most of
+//! the C library) uses `rbp` as an ordinary register, and a walk that trusts it reads garbage. So
+//! every step is checked before anything is read through it:
 //!
 //! * the record must lie between the current stack pointer and the top of this thread's stack
 //!   (the bounds come from `pthread_getattr_np` once a thread and are cached in a thread-local);
@@ -340,9 +340,9 @@ struct FrameRegs {
         allow(dead_code)
     )]
     fp: usize,
-    /// `capture_frames`'s stack pointer or, where registers are not read, the address of a local in
-    /// `capture_frames`'s frame: the frames of `capture_frames`'s callers all lie above it, those of the
-    /// functions it calls (the unwinder's) at or below it.
+    /// `capture_frames`'s stack pointer or, where registers are not read, the address of a local
+    /// in its frame: the frames of its callers all lie above it, those of the functions it calls
+    /// (the unwinder's) at or below it.
     sp: usize,
 }
 
@@ -460,7 +460,8 @@ unsafe fn assume_init_prefix(buf: &[MaybeUninit<usize>], n: usize) -> &[usize] {
     unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) }
 }
 
-/// Captures with the fallback unwinder and interns the result. `sp` is `capture_frames`'s stack pointer.
+/// Captures with the fallback unwinder and interns the result. `sp` is `capture_frames`'s stack
+/// pointer.
 #[cold]
 #[inline(never)]
 fn capture_fallback(t: &ThreadState, sp: usize, skip: usize, depth: usize) -> StackId {
@@ -677,9 +678,10 @@ fn thread_stack_bounds() -> Option<(usize, usize)> {
 /// Captures with `backtrace::trace` (DWARF unwinding), writing return addresses into `out` after
 /// skipping `skip`; returns how many were written.
 ///
-/// `sp` is `capture_frames`'s stack pointer. The unwinder reports each frame's stack pointer at its call
-/// (`Frame::sp`): the unwinder's own frames, this module's and `capture_frames`'s are at or below `sp`,
-/// and the first frame above it is `capture`'s caller, which is where the stack starts.
+/// `sp` is `capture_frames`'s stack pointer. The unwinder reports each frame's stack pointer at
+/// its call (`Frame::sp`): the unwinder's own frames, this module's and `capture_frames`'s are at
+/// or below `sp`, and the first frame above it is `capture`'s caller, which is where the stack
+/// starts.
 #[inline(never)]
 fn fallback_walk(sp: usize, mut skip: usize, out: &mut [MaybeUninit<usize>]) -> usize {
     let mut n = 0;

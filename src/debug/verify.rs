@@ -951,10 +951,18 @@ mod tests {
     /// A buffer with guard bytes around `[OFF + align, OFF + align + len)`.
     const OFF: usize = 16;
 
+    /// Guard byte around the range under test.
+    const GUARD: u8 = 0x11;
+
     fn buffer(align: usize, len: usize) -> Vec<u8> {
-        let mut b = vec![0x11; OFF + align + len + OFF];
+        let mut b = vec![GUARD; OFF + align + len + OFF];
         b[OFF + align..OFF + align + len].fill(PAT);
         b
+    }
+
+    /// Whether every byte of `b` outside `[at, at + len)` is still a guard byte.
+    fn guards_intact(b: &[u8], at: usize, len: usize) -> bool {
+        b[..at].iter().chain(&b[at + len..]).all(|&x| x == GUARD)
     }
 
     #[test]
@@ -990,7 +998,7 @@ mod tests {
                 let r = unsafe { check_and_fill(b.as_mut_ptr().add(at), len, PAT, PUT) };
                 assert_eq!(r, Ok(()));
                 assert!(b[at..at + len].iter().all(|&x| x == PUT));
-                assert!(b[..at].iter().chain(&b[at + len..]).all(|&x| x == 0x11));
+                assert!(guards_intact(&b, at, len));
                 for bad in 0..len {
                     let mut b = buffer(align, len);
                     b[at + bad] = 0;
@@ -1017,11 +1025,11 @@ mod tests {
             // SAFETY: the range lies in `b`.
             unsafe { fill(b.as_mut_ptr().add(OFF), len, PUT) };
             assert!(b[OFF..OFF + len].iter().all(|&x| x == PUT), "{len}");
-            assert!(b[..OFF].iter().chain(&b[OFF + len..]).all(|&x| x == 0x11));
+            assert!(guards_intact(&b, OFF, len));
         }
         for cap in (16..=512).step_by(16) {
             for size in 0..=cap {
-                let mut b = vec![u64::from_ne_bytes([0x11; 8]); (OFF + cap + OFF) / 8];
+                let mut b = vec![u64::from_ne_bytes([GUARD; 8]); (OFF + cap + OFF) / 8];
                 let p = b.as_mut_ptr() as *mut u8;
                 // SAFETY: `p + OFF` has `cap` bytes and a guard after them.
                 let bytes = unsafe {
@@ -1031,10 +1039,7 @@ mod tests {
                 let data = &bytes[OFF..OFF + cap];
                 assert!(data[..size].iter().all(|&x| x == PUT), "{cap} {size}");
                 assert!(data[size..].iter().all(|&x| x == PAT), "{cap} {size}");
-                assert!(bytes[..OFF]
-                    .iter()
-                    .chain(&bytes[OFF + cap..])
-                    .all(|&x| x == 0x11));
+                assert!(guards_intact(bytes, OFF, cap));
             }
         }
     }
