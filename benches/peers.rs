@@ -38,14 +38,17 @@
 //!   allocates its key strings *and* its table in its own allocator. Time per insert (the drop, and
 //!   for the arenas the reset, amortised over the inserts).
 //! - `reset`: a table of reset times for contexts of different numbers of chunks and blocks.
-//! - `backtrace-capture`: not yet (see `bench_backtrace_capture`).
+//! - `backtrace-capture`: the cost of one backtrace capture (debug build only).
+//! - bounds (churn and per-row, release build): stand-in allocators doing only the memory work the
+//!   debug build must do, run beside memctx (see section (g)).
 //!
 //! # Output
 //!
 //! Human tables, then machine-readable lines, each alone on its line (see DESIGN.md §5):
 //! `mode <name>`, `median <workload> <allocator> <ns>`, `ratio <workload> <peer> <X>` (peer median
 //! / memctx median: above 1 memctx is faster), `memory <workload> <allocator> <X>`,
-//! `chunk-header <bytes>`, `chunk-prefix <bytes>`, `reset chunks=N blocks=B ns=X`.
+//! `chunk-header <bytes>`, `chunk-prefix <bytes>`, `reset chunks=N blocks=B ns=X`, and
+//! `bound <workload> <duty> <X>` (stand-in median / memctx median, see section (g)).
 //!
 //! # The debug build
 //!
@@ -495,6 +498,14 @@ fn bench_churn(cfg: &Config) -> Results {
     if !DEBUG_BUILD {
         cs.push(Box::new(Churn::new("glibc", Glibc, &seq, None)));
         cs.push(Box::new(Churn::new("mimalloc", Mi, &seq, None)));
+        for (duty, name) in Duty::ALL {
+            cs.push(Box::new(Churn::new(
+                name,
+                BoundAlloc::new(duty),
+                &seq,
+                None,
+            )));
+        }
     }
     run_workload(cfg, "churn", "ns per free+alloc step", cs)
 }
@@ -663,6 +674,14 @@ fn bench_per_row(cfg: &Config) -> Results {
             bump: Bump::new(),
             sizes: &sizes,
         }));
+        for (duty, name) in Duty::ALL {
+            cs.push(Box::new(RowBound {
+                duty,
+                name,
+                block: bound_block(BOUND_ROW_BLOCK),
+                sizes: &sizes,
+            }));
+        }
     }
     let out = run_workload(cfg, "per-row", "ns per allocation, row end amortised", cs);
     row_ctx.delete();
@@ -1076,6 +1095,305 @@ fn bench_backtrace_capture(cfg: &Config) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// (g) bounds: the least a debug build's required memory work can cost here
+// ------------------------------------------------------------------------------------------------
+
+// The debug build's target is mode `patterns` within 3x the release build on every workload, and
+// its contract asks for work the release build does not do at all: every fresh chunk filled with
+// a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and
+// the redzones (and freed patterns) verified. How much of the overhead is that work itself, and
+// how much the debug build's code? The stand-ins below answer it for churn and per-row: each is a
+// minimal allocator (a bump pointer and, for churn, one LIFO stack per size class kept *outside*
+// the chunks) that does only part of the work any debug build must do, with plain stores and
+// branch-light compares and nothing else — no backtraces, no registry of blocks, no
+// sanitizer calls, no queued reports, an 8-byte size word instead of a 24-byte record. Each runs
+// in the release build beside memctx, in the same interleaved rounds, at three duties:
+// - `none`: addresses only (a header word, as the release build writes) — shows the stand-in's
+//   own logic is no slower than memctx's release build, so the other two are lower bounds;
+// - `fills`: plus the fills: size word, front redzone, fresh pattern, rear redzone to the size
+//   class (picked for the request rounded to 8 plus 16 bytes), 0x7F over a freed chunk or over the
+//   used space at a reset — no verification at all;
+// - `checks`: plus the least verification the contract names: the chunk's redzones at pfree and
+//   at reset, a reused chunk's freed pattern (with 16-byte compares).
+// `bound <workload> <duty> <X>` is the stand-in's median over memctx's release median. With
+// `fills` above 3, no depth of verification can bring `overhead <workload> patterns` to 3: the
+// target conflicts with the fills on this machine, whatever the code.
+
+/// What a stand-in does besides handing out addresses (see the section's comment).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Duty {
+    None,
+    Fills,
+    Checks,
+}
+
+impl Duty {
+    const ALL: [(Duty, &'static str); 3] = [
+        (Duty::None, "bound:none"),
+        (Duty::Fills, "bound:fills"),
+        (Duty::Checks, "bound:checks"),
+    ];
+
+    /// Bytes before a chunk's data: the header word; with the fills also the size word and the
+    /// 16-byte front redzone.
+    fn prefix(self) -> usize {
+        if self == Duty::None {
+            8
+        } else {
+            32
+        }
+    }
+
+    /// Data capacity for a request of `size`: its power-of-two class, as AllocSet's; with the
+    /// fills for the request rounded to 8 plus a 16-byte rear redzone, as memctx's debug build.
+    fn class(self, size: usize) -> usize {
+        let need = if self == Duty::None {
+            size
+        } else {
+            ((size + 7) & !7) + 16
+        };
+        need.next_power_of_two().max(8)
+    }
+}
+
+const FRESH: u8 = 0xA5;
+const REDZONE: u8 = 0x7E;
+const FREED: u8 = 0x7F;
+
+/// Whether the `len` >= 8 bytes at `p` all equal `byte`: 16-byte compares (SSE2 on x86-64)
+/// or'ed together and one branch at the end, the last one overlapping when `len` is not a
+/// multiple of 16; 8 <= `len` < 16 as two overlapping words.
+///
+/// # Safety
+/// `p` readable for `len` bytes.
+#[inline(always)]
+unsafe fn all_equal(p: *const u8, len: usize, byte: u8) -> bool {
+    debug_assert!(len >= 8);
+    // SAFETY: every load lies in [p, p + len) (caller).
+    unsafe {
+        if len < 16 {
+            let w = u64::from_ne_bytes([byte; 8]);
+            let a = (p as *const u64).read_unaligned();
+            let b = (p.add(len - 8) as *const u64).read_unaligned();
+            return (a ^ w) | (b ^ w) == 0;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::*;
+            let w = _mm_set1_epi8(byte as i8);
+            let mut diff = _mm_xor_si128(_mm_loadu_si128(p.add(len - 16) as *const __m128i), w);
+            let mut i = 0;
+            while i + 16 <= len {
+                let v = _mm_loadu_si128(p.add(i) as *const __m128i);
+                diff = _mm_or_si128(diff, _mm_xor_si128(v, w));
+                i += 16;
+            }
+            _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xFFFF
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let w = u64::from_ne_bytes([byte; 8]);
+            let mut diff = (p.add(len - 8) as *const u64).read_unaligned() ^ w;
+            let mut i = 0;
+            while i + 8 <= len {
+                diff |= (p.add(i) as *const u64).read_unaligned() ^ w;
+                i += 8;
+            }
+            diff == 0
+        }
+    }
+}
+
+/// Sets up a chunk just carved or reused at `data` for a request of `size` in `cap` bytes, as the
+/// duty asks.
+///
+/// # Safety
+/// `data - duty.prefix() .. data + cap` writable.
+#[inline(always)]
+unsafe fn bound_setup(duty: Duty, data: *mut u8, size: usize, cap: usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        (data.sub(duty.prefix()) as *mut u64).write(cap as u64);
+        if duty != Duty::None {
+            (data.sub(24) as *mut u64).write(size as u64);
+            std::ptr::write_bytes(data.sub(16), REDZONE, 16);
+            std::ptr::write_bytes(data, FRESH, size);
+            std::ptr::write_bytes(data.add(size), REDZONE, cap - size);
+        }
+    }
+}
+
+/// Whether a live chunk's redzones are intact (always true below duty `checks`).
+///
+/// # Safety
+/// As [`bound_setup`], on a live chunk.
+#[inline(always)]
+unsafe fn bound_redzones_ok(duty: Duty, data: *mut u8, size: usize, cap: usize) -> bool {
+    // SAFETY: both redzones lie in the chunk (caller).
+    duty != Duty::Checks
+        || unsafe {
+            all_equal(data.sub(16), 16, REDZONE) && all_equal(data.add(size), cap - size, REDZONE)
+        }
+}
+
+/// Bytes of a stand-in block: 1 MiB for churn (chunks of at most 1 KiB plus prefix), one block
+/// for a whole row (16 chunks of at most 256 + 32 bytes).
+const BOUND_BLOCK: usize = 1 << 20;
+const BOUND_ROW_BLOCK: usize = 8 << 10;
+
+/// A zeroed, 16-aligned block of `bytes` bytes.
+fn bound_block(bytes: usize) -> Box<[u128]> {
+    vec![0u128; bytes / 16].into_boxed_slice()
+}
+
+/// The churn stand-in: bump allocation from 1 MiB blocks and one LIFO stack of free chunks per
+/// size class, kept outside the chunks so that a free chunk's data is all pattern.
+struct BoundAlloc {
+    duty: Duty,
+    state: std::cell::UnsafeCell<BoundState>,
+}
+
+struct BoundState {
+    blocks: Vec<Box<[u128]>>,
+    bump: usize,
+    end: usize,
+    free: [Vec<*mut u8>; 12],
+    /// Failed checks (none in these workloads); read so that the checks are not optimised away.
+    bad: usize,
+}
+
+impl BoundAlloc {
+    fn new(duty: Duty) -> BoundAlloc {
+        BoundAlloc {
+            duty,
+            state: std::cell::UnsafeCell::new(BoundState {
+                blocks: Vec::new(),
+                bump: 0,
+                end: 0,
+                free: Default::default(),
+                bad: 0,
+            }),
+        }
+    }
+}
+
+impl RawAlloc for BoundAlloc {
+    #[inline(always)]
+    unsafe fn alloc(&self, size: usize) -> *mut u8 {
+        // SAFETY: one thread, and no reference into the state outlives this call.
+        let st = unsafe { &mut *self.state.get() };
+        let cap = self.duty.class(size);
+        let data = match st.free[cap.trailing_zeros() as usize].pop() {
+            Some(p) => {
+                // SAFETY: a free chunk of this class.
+                if self.duty == Duty::Checks && !unsafe { all_equal(p, cap, FREED) } {
+                    st.bad += 1;
+                }
+                p
+            }
+            None => {
+                let need = self.duty.prefix() + cap;
+                if st.bump + need > st.end {
+                    let mut b = bound_block(BOUND_BLOCK);
+                    st.bump = b.as_mut_ptr() as usize;
+                    st.end = st.bump + BOUND_BLOCK;
+                    st.blocks.push(b);
+                }
+                st.bump += need;
+                (st.bump - cap) as *mut u8
+            }
+        };
+        // SAFETY: the chunk's prefix and `cap` bytes lie in one of our blocks.
+        unsafe { bound_setup(self.duty, data, size, cap) };
+        data
+    }
+
+    #[inline(always)]
+    unsafe fn free(&self, p: *mut u8, size: usize) {
+        // SAFETY: as in `alloc`.
+        let st = unsafe { &mut *self.state.get() };
+        let cap = self.duty.class(size);
+        // SAFETY: `p` is a live chunk of `size` bytes in class `cap` (caller).
+        unsafe {
+            if !bound_redzones_ok(self.duty, p, size, cap) {
+                st.bad += 1;
+            }
+            if self.duty != Duty::None {
+                std::ptr::write_bytes(p, FREED, cap);
+            }
+        }
+        st.free[cap.trailing_zeros() as usize].push(p);
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, old: usize, new: usize) -> *mut u8 {
+        // SAFETY: per the contract; the workloads that use the stand-in never call this.
+        unsafe {
+            let q = self.alloc(new);
+            std::ptr::copy_nonoverlapping(p, q, old.min(new));
+            self.free(p, old);
+            q
+        }
+    }
+}
+
+impl Drop for BoundAlloc {
+    fn drop(&mut self) {
+        black_box(self.state.get_mut().bad);
+    }
+}
+
+/// The per-row stand-in: a bump pointer through one block, rewound at the end of each row; at
+/// duty `checks` every chunk's redzones are verified first, above `none` the used space is
+/// clobbered.
+struct RowBound<'s> {
+    duty: Duty,
+    name: &'static str,
+    block: Box<[u128]>,
+    sizes: &'s [u8],
+}
+
+impl Contender for RowBound<'_> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    #[inline(never)]
+    fn round(&mut self) -> u64 {
+        let duty = self.duty;
+        let base = self.block.as_mut_ptr() as *mut u8;
+        let mut bad = 0usize;
+        for row in self.sizes.chunks_exact(ROW_LEN) {
+            let mut live = [(std::ptr::null_mut::<u8>(), 0usize, 0usize); ROW_LEN];
+            let mut next = base;
+            let mut seen = 0;
+            for (slot, &s) in live.iter_mut().zip(row) {
+                let s = s as usize;
+                let cap = duty.class(s);
+                // SAFETY: a row needs at most 16 * (32 + 256) bytes, less than the block.
+                unsafe {
+                    let data = next.add(duty.prefix());
+                    next = data.add(cap);
+                    bound_setup(duty, data, s, cap);
+                    data.write(s as u8);
+                    seen ^= data as usize;
+                    *slot = (data, s, cap);
+                }
+            }
+            black_box(seen);
+            for &(data, s, cap) in &live {
+                // SAFETY: live chunks of this row.
+                bad += !unsafe { bound_redzones_ok(duty, data, s, cap) } as usize;
+            }
+            if duty != Duty::None {
+                // SAFETY: the row's chunks lie in [base, next).
+                unsafe { std::ptr::write_bytes(base, FREED, next as usize - base as usize) };
+            }
+        }
+        black_box(bad);
+        self.sizes.len() as u64
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Memory: bytes held per live requested byte
 // ------------------------------------------------------------------------------------------------
 
@@ -1386,7 +1704,10 @@ fn main() {
                 .find(|(n, _)| *n == "memctx")
                 .map(|(_, t)| t.median);
             for (name, t) in timings {
-                if let (Some(base), false) = (base, name.starts_with("memctx")) {
+                let Some(base) = base else { continue };
+                if let Some(duty) = name.strip_prefix("bound:") {
+                    println!("bound {workload} {duty} {:.2}", t.median / base);
+                } else if !name.starts_with("memctx") {
                     println!("ratio {workload} {name} {:.2}", t.median / base);
                 }
             }
