@@ -146,6 +146,118 @@ fn overrun_found_at_reset_and_repalloc() {
 }
 
 #[test]
+fn overrun_far_into_the_slack_found_at_pfree() {
+    // 520 bytes land in the 1024-byte class: a 504-byte rear redzone, checked while the free
+    // clobbers it. The damage sits near its end, after bytes the clobber has already passed.
+    let ctx = new_ctx("FarSlackCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(520).as_ptr();
+        unsafe {
+            p.add(1000).write(1);
+            pfree(p);
+        }
+        // The same chunk again: every byte of it, the damaged one included, was clobbered.
+        let q = ctx.alloc(520).as_ptr();
+        assert_eq!(q, p);
+        unsafe { pfree(q) };
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "FarSlackCtx");
+    assert_eq!(r.found_at, "pfree");
+    assert_eq!(r.requested, Some(520));
+    assert_eq!(r.range, Some((1000, 1001)));
+    assert_eq!(r.expected, [0x7e]);
+    assert_eq!(r.found, [1]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_far_into_the_slack_found_at_pfree",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn overrun_found_at_repalloc_in_place() {
+    // 40 -> 44 bytes stays in the 64-byte class: the chunk is resized where it is.
+    let ctx = new_ctx("InPlaceCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(40).as_ptr();
+        unsafe {
+            p.add(50).write(2);
+            let q = memctx::repalloc(p, 44);
+            assert_eq!(q, p);
+            pfree(q); // the resize rewrote the redzone: nothing more to report
+        }
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "InPlaceCtx");
+    assert_eq!(r.found_at, "repalloc");
+    assert_eq!(r.requested, Some(40));
+    assert_eq!(r.range, Some((50, 51)));
+    assert_eq!(r.found, [2]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_found_at_repalloc_in_place",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn overrun_of_large_chunk_found_at_repalloc() {
+    // A chunk with a block of its own, grown by the system's realloc.
+    let ctx = new_ctx("LargeCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(20_000).as_ptr();
+        unsafe {
+            p.add(20_005).write(3);
+            let q = memctx::repalloc(p, 40_000);
+            pfree(q);
+        }
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "LargeCtx");
+    assert_eq!(r.found_at, "repalloc");
+    assert_eq!(r.requested, Some(20_000));
+    assert_eq!(r.range, Some((20_005, 20_006)));
+    assert_eq!(r.found, [3]);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_of_large_chunk_found_at_repalloc",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+#[test]
+fn overrun_found_when_repalloc_fails() {
+    // The system refuses the new size; the old chunk stays, and its redzone is still checked.
+    let ctx = new_ctx("FailedCtx");
+    let reports = collect(|| {
+        let p = ctx.alloc(100).as_ptr();
+        unsafe {
+            p.add(101).write(4);
+            let flags = memctx::AllocFlags::HUGE | memctx::AllocFlags::NO_OOM;
+            assert!(memctx::repalloc_extended(p, usize::MAX / 4, flags).is_null());
+            pfree(p); // still damaged: found again
+        }
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    for (r, at) in reports.iter().zip(["repalloc", "pfree"]) {
+        assert_eq!(r.class, BugClass::Overrun);
+        assert_eq!(r.context, "FailedCtx");
+        assert_eq!(r.found_at, at);
+        assert_eq!(r.range, Some((101, 102)));
+        assert_first_frame(
+            &r.alloc_backtrace(),
+            "overrun_found_when_repalloc_fails",
+            "allocation",
+        );
+    }
+    ctx.delete();
+}
+
+#[test]
 fn underrun_damages_front_redzone() {
     let ctx = new_ctx("UnderrunCtx");
     let r = one(collect(|| {
