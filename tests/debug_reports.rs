@@ -147,8 +147,8 @@ fn overrun_found_at_reset_and_repalloc() {
 
 #[test]
 fn overrun_far_into_the_slack_found_at_pfree() {
-    // 520 bytes land in the 1024-byte class: a 504-byte rear redzone, checked while the free
-    // clobbers it. The damage sits near its end, after bytes the clobber has already passed.
+    // 520 bytes land in the 1024-byte class: a 504-byte rear redzone, damaged near its end, far
+    // from the request; the free reports it and still clobbers the whole chunk.
     let ctx = new_ctx("FarSlackCtx");
     let r = one(collect(|| {
         let p = ctx.alloc(520).as_ptr();
