@@ -48,7 +48,7 @@
 //! `mode <name>`, `median <workload> <allocator> <ns>`, `ratio <workload> <peer> <X>` (peer median
 //! / memctx median: above 1 memctx is faster), `memory <workload> <allocator> <X>`,
 //! `chunk-header <bytes>`, `chunk-prefix <bytes>`, `reset chunks=N blocks=B ns=X`, and
-//! `bound <workload> <duty> <X>` (stand-in median / memctx median, see section (g)).
+//! `bound <workload> <duty> <X>` (the least `overhead` the required work allows, see section (g)).
 //!
 //! # The debug build
 //!
@@ -498,14 +498,6 @@ fn bench_churn(cfg: &Config) -> Results {
     if !DEBUG_BUILD {
         cs.push(Box::new(Churn::new("glibc", Glibc, &seq, None)));
         cs.push(Box::new(Churn::new("mimalloc", Mi, &seq, None)));
-        for (duty, name) in Duty::ALL {
-            cs.push(Box::new(Churn::new(
-                name,
-                BoundAlloc::new(duty),
-                &seq,
-                None,
-            )));
-        }
     }
     run_workload(cfg, "churn", "ns per free+alloc step", cs)
 }
@@ -674,14 +666,6 @@ fn bench_per_row(cfg: &Config) -> Results {
             bump: Bump::new(),
             sizes: &sizes,
         }));
-        for (duty, name) in Duty::ALL {
-            cs.push(Box::new(RowBound {
-                duty,
-                name,
-                block: bound_block(BOUND_ROW_BLOCK),
-                sizes: &sizes,
-            }));
-        }
     }
     let out = run_workload(cfg, "per-row", "ns per allocation, row end amortised", cs);
     row_ctx.delete();
@@ -1100,24 +1084,28 @@ fn bench_backtrace_capture(cfg: &Config) {
 
 // The debug build's target is mode `patterns` within 3x the release build on every workload, and
 // its contract asks for work the release build does not do at all: every fresh chunk filled with
-// a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and
-// the redzones (and freed patterns) verified. How much of the overhead is that work itself, and
-// how much the debug build's code? The stand-ins below answer it for churn and per-row: each is a
-// minimal allocator (a bump pointer and, for churn, one LIFO stack per size class kept *outside*
-// the chunks) that does only part of the work any debug build must do, with plain stores and
-// branch-light compares and nothing else — no backtraces, no registry of blocks, no
-// sanitizer calls, no queued reports, an 8-byte size word instead of a 24-byte record. Each runs
-// in the release build beside memctx, in the same interleaved rounds, at three duties:
+// a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and the redzones
+// and freed patterns verified. How much of the overhead is that work itself, and how much the
+// debug build's code? The stand-ins below answer it for churn and per-row. Each is a minimal
+// allocator — a bump pointer and, for churn, one LIFO stack per size class kept *outside* the
+// chunks — doing the least of that work any debug build could do, with plain stores and
+// branch-light 16-byte compares and nothing else: no backtraces, no registry of blocks, no
+// sanitizer calls, no queued reports, an 8-byte size word instead of a 24-byte record, a rear
+// redzone of exactly 16 bytes (the class slack past it keeps the freed pattern it already holds,
+// so a free rewrites only the request and the redzone). The size classes stay AllocSet's powers
+// of two, picked for the request rounded to 8 plus the redzone. Duties:
 // - `none`: addresses only (a header word, as the release build writes) — shows the stand-in's
 //   own logic is no slower than memctx's release build, so the other two are lower bounds;
-// - `fills`: plus the fills: size word, front redzone, fresh pattern, rear redzone to the size
-//   class (picked for the request rounded to 8 plus 16 bytes), 0x7F over a freed chunk or over the
-//   used space at a reset — no verification at all;
+// - `fills`: plus the fills: size word, front redzone, fresh pattern, rear redzone, 0x7F over a
+//   freed chunk's request and redzone or over the used space at a reset — no verification;
 // - `checks`: plus the least verification the contract names: the chunk's redzones at pfree and
-//   at reset, a reused chunk's freed pattern (with 16-byte compares).
-// `bound <workload> <duty> <X>` is the stand-in's median over memctx's release median. With
-// `fills` above 3, no depth of verification can bring `overhead <workload> patterns` to 3: the
-// target conflicts with the fills on this machine, whatever the code.
+//   at reset, a reused chunk's freed pattern.
+// Each stand-in runs alone in the release build, as the debug build runs memctx. The extra work
+// of a duty is its median minus the median at `none` (the stand-in's own logic, cheaper than
+// memctx's: a bump pointer reads no header); `bound <workload> <duty> <X>` is memctx's release
+// median plus that extra work, over memctx's release median — the least `overhead <workload>
+// patterns` a debug build of memctx doing that much could show. With `fills` above 3, no depth of
+// verification, no code, brings `overhead` to 3 on this machine.
 
 /// What a stand-in does besides handing out addresses (see the section's comment).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1156,6 +1144,8 @@ impl Duty {
     }
 }
 
+/// The rear redzone: the least the contract allows, 16 bytes right after the request.
+const REAR: usize = 16;
 const FRESH: u8 = 0xA5;
 const REDZONE: u8 = 0x7E;
 const FREED: u8 = 0x7F;
@@ -1205,10 +1195,11 @@ unsafe fn all_equal(p: *const u8, len: usize, byte: u8) -> bool {
 }
 
 /// Sets up a chunk just carved or reused at `data` for a request of `size` in `cap` bytes, as the
-/// duty asks.
+/// duty asks. The class slack past the rear redzone is left as it is: it holds the freed pattern
+/// already (a fresh block is filled with it, a reset or a free writes it).
 ///
 /// # Safety
-/// `data - duty.prefix() .. data + cap` writable.
+/// `data - duty.prefix() .. data + cap` writable, `cap >= size + REAR` above duty `none`.
 #[inline(always)]
 unsafe fn bound_setup(duty: Duty, data: *mut u8, size: usize, cap: usize) {
     // SAFETY: per the contract.
@@ -1218,7 +1209,7 @@ unsafe fn bound_setup(duty: Duty, data: *mut u8, size: usize, cap: usize) {
             (data.sub(24) as *mut u64).write(size as u64);
             std::ptr::write_bytes(data.sub(16), REDZONE, 16);
             std::ptr::write_bytes(data, FRESH, size);
-            std::ptr::write_bytes(data.add(size), REDZONE, cap - size);
+            std::ptr::write_bytes(data.add(size), REDZONE, REAR);
         }
     }
 }
@@ -1230,9 +1221,10 @@ unsafe fn bound_setup(duty: Duty, data: *mut u8, size: usize, cap: usize) {
 #[inline(always)]
 unsafe fn bound_redzones_ok(duty: Duty, data: *mut u8, size: usize, cap: usize) -> bool {
     // SAFETY: both redzones lie in the chunk (caller).
+    let _ = cap;
     duty != Duty::Checks
         || unsafe {
-            all_equal(data.sub(16), 16, REDZONE) && all_equal(data.add(size), cap - size, REDZONE)
+            all_equal(data.sub(16), 16, REDZONE) && all_equal(data.add(size), REAR, REDZONE)
         }
 }
 
@@ -1241,13 +1233,14 @@ unsafe fn bound_redzones_ok(duty: Duty, data: *mut u8, size: usize, cap: usize) 
 const BOUND_BLOCK: usize = 1 << 20;
 const BOUND_ROW_BLOCK: usize = 8 << 10;
 
-/// A zeroed, 16-aligned block of `bytes` bytes.
+/// A 16-aligned block of `bytes` bytes, filled with the freed pattern (unused block space).
 fn bound_block(bytes: usize) -> Box<[u128]> {
-    vec![0u128; bytes / 16].into_boxed_slice()
+    vec![u128::from_ne_bytes([FREED; 16]); bytes / 16].into_boxed_slice()
 }
 
-/// The churn stand-in: bump allocation from 1 MiB blocks and one LIFO stack of free chunks per
-/// size class, kept outside the chunks so that a free chunk's data is all pattern.
+/// The churn stand-in: bump allocation from 1 MiB blocks and, as AllocSet, one LIFO freelist per
+/// size class linked through the free chunks' first words — so that at every duty it touches the
+/// chunks memctx's release build touches, and the duties' differences are only their extra work.
 struct BoundAlloc {
     duty: Duty,
     state: std::cell::UnsafeCell<BoundState>,
@@ -1257,7 +1250,7 @@ struct BoundState {
     blocks: Vec<Box<[u128]>>,
     bump: usize,
     end: usize,
-    free: [Vec<*mut u8>; 12],
+    free: [*mut u8; 12],
     /// Failed checks (none in these workloads); read so that the checks are not optimised away.
     bad: usize,
 }
@@ -1270,7 +1263,7 @@ impl BoundAlloc {
                 blocks: Vec::new(),
                 bump: 0,
                 end: 0,
-                free: Default::default(),
+                free: [std::ptr::null_mut(); 12],
                 bad: 0,
             }),
         }
@@ -1283,15 +1276,19 @@ impl RawAlloc for BoundAlloc {
         // SAFETY: one thread, and no reference into the state outlives this call.
         let st = unsafe { &mut *self.state.get() };
         let cap = self.duty.class(size);
-        let data = match st.free[cap.trailing_zeros() as usize].pop() {
-            Some(p) => {
-                // SAFETY: a free chunk of this class.
-                if self.duty == Duty::Checks && !unsafe { all_equal(p, cap, FREED) } {
-                    st.bad += 1;
+        let head = &mut st.free[cap.trailing_zeros() as usize];
+        let data = match *head {
+            p if !p.is_null() => {
+                // SAFETY: a free chunk of this class: its link, then the freed pattern.
+                unsafe {
+                    *head = (p as *mut *mut u8).read();
+                    if self.duty == Duty::Checks && !all_equal(p.add(8), cap - 8, FREED) {
+                        st.bad += 1;
+                    }
                 }
                 p
             }
-            None => {
+            _ => {
                 let need = self.duty.prefix() + cap;
                 if st.bump + need > st.end {
                     let mut b = bound_block(BOUND_BLOCK);
@@ -1319,10 +1316,13 @@ impl RawAlloc for BoundAlloc {
                 st.bad += 1;
             }
             if self.duty != Duty::None {
-                std::ptr::write_bytes(p, FREED, cap);
+                // The slack past the rear redzone holds the freed pattern already.
+                std::ptr::write_bytes(p, FREED, size + REAR);
             }
+            let head = &mut st.free[cap.trailing_zeros() as usize];
+            (p as *mut *mut u8).write(*head);
+            *head = p;
         }
-        st.free[cap.trailing_zeros() as usize].push(p);
     }
 
     unsafe fn realloc(&self, p: *mut u8, old: usize, new: usize) -> *mut u8 {
@@ -1391,6 +1391,42 @@ impl Contender for RowBound<'_> {
         black_box(bad);
         self.sizes.len() as u64
     }
+}
+
+/// Runs every stand-in alone, as the debug build runs memctx (no peers beside it: interleaved
+/// with the peers, three more working sets of megabytes would also slow memctx's release rounds
+/// and so change the `ratio` lines), on the churn and per-row workloads' own sequences. Returns
+/// `(workload, duty, timing)`.
+fn bench_bounds(cfg: &Config) -> Vec<(&'static str, &'static str, Timing)> {
+    let seq = ChurnSeq::new(cfg.batch(1 << 15));
+    let sizes = row_sizes(cfg.batch(1 << 11));
+    let mut out = Vec::new();
+    println!();
+    println!("bounds (stand-ins for the debug build's required work, each run alone; ns per op)");
+    println!("  {:<24} {:>12} {:>12}", "stand-in", "median ns", "min ns");
+    for workload in ["churn", "per-row"] {
+        if !cfg.wants(workload) {
+            continue;
+        }
+        for (duty, name) in Duty::ALL {
+            let c: Box<dyn Contender + '_> = if workload == "churn" {
+                Box::new(Churn::new(name, BoundAlloc::new(duty), &seq, None))
+            } else {
+                Box::new(RowBound {
+                    duty,
+                    name,
+                    block: bound_block(BOUND_ROW_BLOCK),
+                    sizes: &sizes,
+                })
+            };
+            let mut samples = measure(cfg, &mut [c]);
+            let t = summarize(&mut samples[0]);
+            let label = format!("{workload} {name}");
+            println!("  {label:<24} {:>12.2} {:>12.2}", t.median, t.min);
+            out.push((workload, name.trim_start_matches("bound:"), t));
+        }
+    }
+    out
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1677,6 +1713,11 @@ fn main() {
         .filter(|(w, _)| cfg.wants(w))
         .map(|&(w, f)| (w, f(&cfg)))
         .collect();
+    let bounds = if DEBUG_BUILD {
+        Vec::new()
+    } else {
+        bench_bounds(&cfg)
+    };
     if !DEBUG_BUILD && cfg.only.is_none() {
         bench_reset(&cfg);
         bench_memory();
@@ -1704,13 +1745,26 @@ fn main() {
                 .find(|(n, _)| *n == "memctx")
                 .map(|(_, t)| t.median);
             for (name, t) in timings {
-                let Some(base) = base else { continue };
-                if let Some(duty) = name.strip_prefix("bound:") {
-                    println!("bound {workload} {duty} {:.2}", t.median / base);
-                } else if !name.starts_with("memctx") {
+                if let (Some(base), false) = (base, name.starts_with("memctx")) {
                     println!("ratio {workload} {name} {:.2}", t.median / base);
                 }
             }
+        }
+    }
+    for (workload, duty, t) in &bounds {
+        let release = results
+            .iter()
+            .find(|(w, _)| w == workload)
+            .and_then(|(_, ts)| ts.iter().find(|(n, _)| *n == "memctx"))
+            .map(|(_, t)| t.median);
+        let none = bounds
+            .iter()
+            .find(|(w, d, _)| w == workload && *d == "none")
+            .map(|(_, _, t)| t.median);
+        if let (Some(release), Some(none), false) = (release, none, *duty == "none") {
+            // memctx's release time plus the duty's extra work, over memctx's release time.
+            let x = (release + t.median - none) / release;
+            println!("bound {workload} {duty} {x:.2}");
         }
     }
     println!("chunk-header {}", memctx::CHUNK_HEADER_SIZE);
