@@ -14,7 +14,7 @@
 
 use core::cell::{Cell, RefCell};
 use core::fmt;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use super::stack::{self, StackId};
 
@@ -216,6 +216,13 @@ thread_local! {
     static PENDING: RefCell<Vec<Report>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Findings queued by [`defer`] and not yet raised, in every thread together. Every allocation
+/// and free ends in [`raise_pending`]; with this at zero — nearly always — that is one load of a
+/// shared, read-mostly word instead of a look at this thread's queue (a thread-local with a
+/// destructor, so each access also checks the thread's state). A thread that exits with findings
+/// queued leaves it above zero, which only sends the others down the slower, still exact path.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
 /// Most reports kept per thread for [`take_reports`]; older ones are dropped first.
 const MAX_KEPT_REPORTS: usize = 1024;
 
@@ -244,8 +251,12 @@ pub fn take_reports() -> Vec<Report> {
 pub(crate) fn defer(report: Report) {
     let mut slot = Some(report);
     let _ = PENDING.try_with(|p| p.borrow_mut().push(slot.take().expect("once")));
-    if let Some(report) = slot {
-        raise(report);
+    match slot {
+        // The thread's queue is gone (thread exit): raise it now.
+        Some(report) => raise(report),
+        None => {
+            QUEUED.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -267,9 +278,13 @@ fn defer_found(reports: Vec<Report>) {
 }
 
 /// Raises every queued finding. Runs at the end of every allocator operation, so the common case
-/// — nothing queued — only reads the queue's length.
+/// — nothing queued — only reads [`QUEUED`].
 #[inline]
 pub(crate) fn raise_pending() {
+    // This thread's own increments are always visible to it, so zero means its queue is empty.
+    if QUEUED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     let queued = PENDING
         .try_with(|p| p.try_borrow().is_ok_and(|p| !p.is_empty()))
         .unwrap_or(false);
@@ -285,6 +300,7 @@ fn raise_queued() {
     let pending = PENDING
         .try_with(|p| core::mem::take(&mut *p.borrow_mut()))
         .unwrap_or_default();
+    QUEUED.fetch_sub(pending.len(), Ordering::Relaxed);
     raise_all(pending);
 }
 
