@@ -1219,9 +1219,8 @@ unsafe fn bound_setup(duty: Duty, data: *mut u8, size: usize, cap: usize) {
 /// # Safety
 /// As [`bound_setup`], on a live chunk.
 #[inline(always)]
-unsafe fn bound_redzones_ok(duty: Duty, data: *mut u8, size: usize, cap: usize) -> bool {
+unsafe fn bound_redzones_ok(duty: Duty, data: *mut u8, size: usize) -> bool {
     // SAFETY: both redzones lie in the chunk (caller).
-    let _ = cap;
     duty != Duty::Checks
         || unsafe {
             all_equal(data.sub(16), 16, REDZONE) && all_equal(data.add(size), REAR, REDZONE)
@@ -1251,7 +1250,7 @@ struct BoundState {
     bump: usize,
     end: usize,
     free: [*mut u8; 12],
-    /// Failed checks (none in these workloads); read so that the checks are not optimised away.
+    /// Failed checks (see [`report_failed_checks`]).
     bad: usize,
 }
 
@@ -1312,7 +1311,7 @@ impl RawAlloc for BoundAlloc {
         let cap = self.duty.class(size);
         // SAFETY: `p` is a live chunk of `size` bytes in class `cap` (caller).
         unsafe {
-            if !bound_redzones_ok(self.duty, p, size, cap) {
+            if !bound_redzones_ok(self.duty, p, size) {
                 st.bad += 1;
             }
             if self.duty != Duty::None {
@@ -1338,7 +1337,16 @@ impl RawAlloc for BoundAlloc {
 
 impl Drop for BoundAlloc {
     fn drop(&mut self) {
-        black_box(self.state.get_mut().bad);
+        report_failed_checks("churn stand-in", self.state.get_mut().bad);
+    }
+}
+
+/// A stand-in's checks never fail on these workloads (they commit no bugs); one that did would be
+/// a bug of the stand-in, so it is said. Reading the count also keeps the checks from being
+/// optimised away.
+fn report_failed_checks(who: &str, bad: usize) {
+    if black_box(bad) != 0 {
+        eprintln!("warning: {who}: {bad} checks failed (a bug in the stand-in)");
     }
 }
 
@@ -1362,7 +1370,7 @@ impl Contender for RowBound<'_> {
         let base = self.block.as_mut_ptr() as *mut u8;
         let mut bad = 0usize;
         for row in self.sizes.chunks_exact(ROW_LEN) {
-            let mut live = [(std::ptr::null_mut::<u8>(), 0usize, 0usize); ROW_LEN];
+            let mut live = [(std::ptr::null_mut::<u8>(), 0usize); ROW_LEN];
             let mut next = base;
             let mut seen = 0;
             for (slot, &s) in live.iter_mut().zip(row) {
@@ -1375,20 +1383,20 @@ impl Contender for RowBound<'_> {
                     bound_setup(duty, data, s, cap);
                     data.write(s as u8);
                     seen ^= data as usize;
-                    *slot = (data, s, cap);
+                    *slot = (data, s);
                 }
             }
             black_box(seen);
-            for &(data, s, cap) in &live {
+            for &(data, s) in &live {
                 // SAFETY: live chunks of this row.
-                bad += !unsafe { bound_redzones_ok(duty, data, s, cap) } as usize;
+                bad += !unsafe { bound_redzones_ok(duty, data, s) } as usize;
             }
             if duty != Duty::None {
                 // SAFETY: the row's chunks lie in [base, next).
                 unsafe { std::ptr::write_bytes(base, FREED, next as usize - base as usize) };
             }
         }
-        black_box(bad);
+        report_failed_checks(self.name, bad);
         self.sizes.len() as u64
     }
 }
