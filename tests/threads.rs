@@ -119,6 +119,13 @@ struct WorkerResult {
     stats: StatsNode,
     /// Debug build: reports this thread raised on purpose and saw come back.
     own_reports: usize,
+    /// How many times this worker called `raise_own_reports` (debug build): each call must
+    /// raise exactly two reports. Counted where the calls happen, not derived from `steps`,
+    /// because the stop test at a multiple of 64 ends the loop before that step's body runs.
+    report_rounds: usize,
+    /// How many times the worker reset its cache context: one `raise_own_reports` follows each
+    /// reset, and one more follows the loop.
+    cache_resets: usize,
 }
 
 /// One worker: churn in a long-lived cache context, per-row work in a context reset every row,
@@ -133,6 +140,7 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1));
     let mut live: Vec<(*mut u8, usize, u64)> = Vec::new();
     let (mut steps, mut resets, mut checksum, mut own_reports) = (0u64, 0u64, 0u64, 0usize);
+    let (mut report_rounds, mut cache_resets) = (0usize, 0usize);
     let mut seed = index as u64 * 1_000_003;
     let hard_stop = until + allow(Duration::from_secs(120));
     loop {
@@ -206,9 +214,11 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
             cache.reset();
             live.clear();
             resets += 1;
+            cache_resets += 1;
             #[cfg(feature = "debug-contexts")]
             {
                 own_reports += raise_own_reports(cache);
+                report_rounds += 1;
             }
         }
     }
@@ -218,11 +228,12 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
     #[cfg(feature = "debug-contexts")]
     {
         own_reports += raise_own_reports(cache);
+        report_rounds += 1;
     }
     let stats = top.stats();
     cache.delete();
     per_row.delete();
-    let _ = &mut own_reports;
+    let _ = (&mut own_reports, &mut report_rounds);
     WorkerResult {
         name,
         steps,
@@ -230,6 +241,8 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
         checksum,
         stats,
         own_reports,
+        report_rounds,
+        cache_resets,
     }
 }
 
@@ -345,12 +358,13 @@ fn many_threads_churn_while_the_dumper_asks_for_snapshots() {
         check_stats(r);
         assert!(r.steps > 0 && r.resets > 0, "{} did nothing", r.name);
         let _ = r.checksum;
-        let raised = if cfg!(feature = "debug-contexts") {
-            2 * (r.steps / 500 + 1)
+        if cfg!(feature = "debug-contexts") {
+            // One round after each cache reset and one after the loop, two reports each.
+            assert_eq!(r.report_rounds, r.cache_resets + 1, "{}", r.name);
+            assert_eq!(r.own_reports, 2 * r.report_rounds, "{}", r.name);
         } else {
-            0
-        };
-        assert_eq!(r.own_reports as u64, raised, "{}", r.name);
+            assert_eq!((r.own_reports, r.report_rounds), (0, 0), "{}", r.name);
+        }
         steps += r.steps;
     }
     eprintln!(
