@@ -237,7 +237,7 @@ fn leaked_chunk_is_definitely_lost_and_referenced_memory_is_not() {
     // record of any kind. (Other allocations of the debug build on the way, such as its stack
     // depot's hash table, are not what this test is about.)
     for e in errors.iter().filter(|e| e.kind.starts_with("Leak_")) {
-        let chunk_or_block = e.mentions("memctx::debug::hooks::sanitizer::valgrind::pool_alloc")
+        let chunk_or_block = e.mentions("memctx::debug::sanitizer::valgrind::pool_alloc")
             || e.mentions("memctx::aset::new_block");
         if !chunk_or_block {
             continue;

@@ -28,13 +28,10 @@ use super::layout::{
     REDZONE_BYTE, STATE_FREE, STATE_LIVE,
 };
 use super::report::{self, BugClass, Report};
+use super::sanitizer;
 use super::settings;
 use super::stack;
 use super::verify::{self, ResetCheck};
-
-/// The Valgrind and ASan backends behind one interface.
-#[path = "sanitizer.rs"]
-pub(crate) mod sanitizer;
 
 /// Bytes of the prefix after the header word: the debug record and the front redzone.
 const RECORD_AND_FRONT: usize = CHUNK_PREFIX - CHUNK_HEADER_SIZE;
@@ -637,16 +634,10 @@ fn classify(
     let invalid = |ctx: *mut ContextHeader, detail: String| {
         // SAFETY: `ctx` is null or a registered (live) context.
         Err(unsafe {
-            verify::plain_report(
-                BugClass::InvalidPointer,
-                ctx,
-                Some(addr),
-                None,
-                0,
-                0,
-                op,
-                detail,
-            )
+            Report::at(BugClass::InvalidPointer, op)
+                .context(ctx)
+                .chunk(addr, None)
+                .detail(detail)
         })
     };
     if ptr.is_null() {
@@ -718,34 +709,23 @@ fn classify(
             return Err(r);
         }
         if rec.state == STATE_FREE {
-            return Err(verify::plain_report(
-                BugClass::DoubleFree,
-                owner,
-                Some(addr),
-                Some(rec.requested as usize),
-                rec.alloc_stack,
-                rec.free_stack,
-                op,
-                format!("{op} of a chunk that was already freed"),
-            ));
+            return Err(Report::at(BugClass::DoubleFree, op)
+                .context(owner)
+                .chunk(addr, Some(rec.requested as usize))
+                .stacks(rec.alloc_stack, rec.free_stack)
+                .detail(format!("{op} of a chunk that was already freed")));
         }
         if let Some(exp) = expected {
             if exp != owner {
-                let (exp_name, _) = verify::context_names(exp);
-                let mut r = verify::plain_report(
-                    BugClass::WrongContext,
-                    owner,
-                    Some(addr),
-                    Some(rec.requested as usize),
-                    rec.alloc_stack,
-                    0,
-                    op,
-                    format!(
+                let (exp_name, _) = report::context_names(exp);
+                let r = Report::at(BugClass::WrongContext, op)
+                    .context(owner)
+                    .chunk(addr, Some(rec.requested as usize))
+                    .stacks(rec.alloc_stack, 0)
+                    .detail(format!(
                         "{op} through context \"{exp_name}\", but the chunk belongs to \"{}\"",
                         (*owner).name()
-                    ),
-                );
-                r.found_at = op.to_owned();
+                    ));
                 report::raise(r);
             }
         }
@@ -835,26 +815,15 @@ unsafe fn not_a_live_chunk(
             }),
         };
         Err(match freed {
-            Some((data, requested, alloc, free, detail)) => verify::plain_report(
-                BugClass::DoubleFree,
-                owner,
-                Some(data),
-                Some(requested),
-                alloc,
-                free,
-                op,
-                detail,
-            ),
-            None => verify::plain_report(
-                BugClass::InvalidPointer,
-                owner,
-                Some(addr),
-                None,
-                0,
-                0,
-                op,
-                interior_detail(block, addr, op),
-            ),
+            Some((data, requested, alloc, free, detail)) => Report::at(BugClass::DoubleFree, op)
+                .context(owner)
+                .chunk(data, Some(requested))
+                .stacks(alloc, free)
+                .detail(detail),
+            None => Report::at(BugClass::InvalidPointer, op)
+                .context(owner)
+                .chunk(addr, None)
+                .detail(interior_detail(block, addr, op)),
         })
     }
 }

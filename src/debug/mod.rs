@@ -14,8 +14,9 @@
 //! chunk that was hit, which turn "detected write past chunk end" into a file and a line.
 //!
 //! Modules: `layout` (the prefix and patterns), `blocks` (the registry of block ranges), `verify`
-//! (comparisons and the context walk), `report` (reports and policy), `stack` (backtrace capture
-//! and the stack depot), `settings`, and `hooks` (the glue the allocator calls).
+//! (comparisons and the context walk), `report` (reports, their builder and policy), `stack`
+//! (backtrace capture and the stack depot), `settings`, `sanitizer` (the Valgrind and ASan
+//! backends behind one interface), and `hooks` (the glue the allocator calls).
 //!
 //! # Examples
 //! ```
@@ -40,6 +41,7 @@ pub(crate) mod blocks;
 pub(crate) mod hooks;
 pub(crate) mod layout;
 mod report;
+pub(crate) mod sanitizer;
 mod settings;
 pub(crate) mod sites;
 pub(crate) mod stack;

@@ -17,6 +17,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use super::stack::{self, StackId};
+use crate::context::ContextHeader;
 
 /// The bug classes the debug build reports (DESIGN.md §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +94,104 @@ pub struct Report {
 
 /// One resolved frame of a backtrace.
 pub use super::stack::ResolvedFrame as Frame;
+
+/// Most damaged bytes a report shows (expected and found).
+const SHOWN_BYTES: usize = 64;
+
+/// Building a report: `Report::at(class, found_at)`, then the setters for what the finding knows
+/// (`context`, `chunk`, `stacks`, `damage`, `detail`); what is not set stays empty.
+impl Report {
+    /// A report of `class`, found at `found_at` (`pfree`, `reset of "X"`, ...), with nothing else
+    /// known yet.
+    pub(crate) fn at(class: BugClass, found_at: &str) -> Report {
+        Report {
+            class,
+            context: String::new(),
+            context_path: Vec::new(),
+            chunk: None,
+            requested: None,
+            range: None,
+            expected: Vec::new(),
+            found: Vec::new(),
+            found_at: found_at.to_owned(),
+            detail: String::new(),
+            alloc_stack: StackId::NONE,
+            free_stack: StackId::NONE,
+        }
+    }
+
+    /// The context the memory belongs to, and its path from Top; a null `ctx` names none (a
+    /// foreign pointer).
+    ///
+    /// # Safety
+    /// `ctx` must be null or a live context header (its ancestors are then live too).
+    pub(crate) unsafe fn context(mut self, ctx: *mut ContextHeader) -> Report {
+        if !ctx.is_null() {
+            // SAFETY: a live context (caller).
+            let (name, path) = unsafe { context_names(ctx) };
+            self.context = name;
+            self.context_path = path;
+        }
+        self
+    }
+
+    /// The chunk (its data address) and its requested size, where known.
+    pub(crate) fn chunk(mut self, data: usize, requested: Option<usize>) -> Report {
+        self.chunk = Some(data);
+        self.requested = requested;
+        self
+    }
+
+    /// The chunk's allocation and free stack ids (0: none).
+    pub(crate) fn stacks(mut self, alloc: u32, free: u32) -> Report {
+        self.alloc_stack = StackId::from_raw(alloc);
+        self.free_stack = StackId::from_raw(free);
+        self
+    }
+
+    /// The damaged bytes: `range` relative to the chunk's data (or the block start), starting at
+    /// `at`, which should all hold `expected`. Copies up to [`SHOWN_BYTES`] of them.
+    ///
+    /// # Safety
+    /// The `range.1 - range.0` bytes from `at` (or the first [`SHOWN_BYTES`]) must be readable.
+    pub(crate) unsafe fn damage(
+        mut self,
+        at: *const u8,
+        range: (isize, isize),
+        expected: u8,
+    ) -> Report {
+        let shown = ((range.1 - range.0).max(0) as usize).min(SHOWN_BYTES);
+        // SAFETY: readable (caller).
+        self.found = unsafe { core::slice::from_raw_parts(at, shown).to_vec() };
+        self.expected = vec![expected; shown];
+        self.range = Some(range);
+        self
+    }
+
+    /// The sentence of detail.
+    pub(crate) fn detail(mut self, detail: impl Into<String>) -> Report {
+        self.detail = detail.into();
+        self
+    }
+}
+
+/// Name and path from Top of a context.
+///
+/// # Safety
+/// `ctx` must be a live header.
+pub(crate) unsafe fn context_names(ctx: *mut ContextHeader) -> (String, Vec<String>) {
+    let mut path = Vec::new();
+    let mut c = ctx;
+    // SAFETY: the ancestors of a live context are live, and Top's parent is null.
+    unsafe {
+        while !c.is_null() {
+            path.push((*c).name().to_owned());
+            c = (*c).parent;
+        }
+    }
+    path.reverse();
+    (path.last().cloned().unwrap_or_default(), path)
+}
 
 impl Report {
     /// The chunk's allocation backtrace, allocator frames trimmed (empty if none was captured).

@@ -25,8 +25,8 @@ use crate::context::ContextHeader;
 use crate::dump::{Site, SiteFrame};
 use crate::MemoryContext;
 
-use super::hooks::sanitizer;
 use super::layout::{record_ptr, RECORD_SIZE, STATE_LIVE};
+use super::sanitizer;
 use super::stack::{self, StackId};
 
 /// Per-stack totals of live chunks: stack id → (count, bytes).

@@ -33,7 +33,7 @@
 //! or per thread [`super::set_thread_reset_check`]) for a run that hunts such a bug.
 //!
 //! Under Valgrind or ASan the bytes checked here are closed to the program (see
-//! `hooks::sanitizer`). The comparisons (`check_live`, `check_free`, `check_unused`) read what their
+//! `debug::sanitizer`). The comparisons (`check_live`, `check_free`, `check_unused`) read what their
 //! caller opened; the walks below open each region around its check and close it again, and never
 //! touch a live chunk's requested bytes, whose state (defined or not) belongs to the program.
 
@@ -42,13 +42,12 @@ use crate::chunk::{self, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
 use crate::context::ContextHeader;
 
 use super::blocks::{self, Ghost};
-use super::hooks::sanitizer;
 use super::layout::{
     front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRONT_REDZONE, RECORD_SIZE, REDZONE_BYTE,
     STATE_FREE, STATE_LIVE,
 };
 use super::report::{BugClass, Report};
-use super::stack::StackId;
+use super::sanitizer;
 
 /// How much resets and carving verify (delete and check always verify in full).
 ///
@@ -79,9 +78,6 @@ pub enum ResetCheck {
 
 /// Bytes of a free chunk's freelist link, which holds no pattern.
 const LINK: usize = core::mem::size_of::<usize>();
-
-/// Bytes of a damaged region shown in a report.
-const SHOWN_BYTES: usize = 64;
 
 /// `byte` in every byte of a word.
 #[inline(always)]
@@ -377,117 +373,6 @@ unsafe fn damaged_range(ptr: *const u8, len: usize, byte: u8) -> (usize, usize) 
     }
 }
 
-/// Name and path from Top of a context.
-///
-/// # Safety
-/// `ctx` must be a live header.
-pub(crate) unsafe fn context_names(ctx: *mut ContextHeader) -> (String, Vec<String>) {
-    let mut path = Vec::new();
-    let mut c = ctx;
-    // SAFETY: ancestors of a live context are live.
-    unsafe {
-        while !c.is_null() {
-            path.push((*c).name().to_owned());
-            c = (*c).parent;
-        }
-    }
-    path.reverse();
-    (path.last().cloned().unwrap_or_default(), path)
-}
-
-/// What a report says about the memory it concerns.
-pub(crate) struct Damage {
-    /// The class.
-    pub(crate) class: BugClass,
-    /// Chunk data address, if a chunk is involved.
-    pub(crate) chunk: Option<usize>,
-    /// Its requested size.
-    pub(crate) requested: Option<usize>,
-    /// Where the damaged bytes start.
-    pub(crate) at: *const u8,
-    /// Damaged range relative to the chunk data (or block start).
-    pub(crate) range: (isize, isize),
-    /// The byte that should be there.
-    pub(crate) expected: u8,
-    /// Allocation stack.
-    pub(crate) alloc_stack: u32,
-    /// Free stack.
-    pub(crate) free_stack: u32,
-}
-
-/// Builds a report from a damage description.
-///
-/// # Safety
-/// `ctx` must be live (or null for a pointer no context owns); the damaged bytes readable.
-pub(crate) unsafe fn make_report(
-    ctx: *mut ContextHeader,
-    d: Damage,
-    found_at: &str,
-    detail: String,
-) -> Report {
-    let len = (d.range.1 - d.range.0).max(0) as usize;
-    let shown = len.min(SHOWN_BYTES);
-    // SAFETY: the damaged bytes are readable (caller).
-    let found = unsafe { core::slice::from_raw_parts(d.at, shown).to_vec() };
-    let (context, context_path) = if ctx.is_null() {
-        (String::new(), Vec::new())
-    } else {
-        // SAFETY: live context (caller).
-        unsafe { context_names(ctx) }
-    };
-    Report {
-        class: d.class,
-        context,
-        context_path,
-        chunk: d.chunk,
-        requested: d.requested,
-        range: Some(d.range),
-        expected: vec![d.expected; shown],
-        found,
-        found_at: found_at.to_owned(),
-        detail,
-        alloc_stack: StackId::from_raw(d.alloc_stack),
-        free_stack: StackId::from_raw(d.free_stack),
-    }
-}
-
-/// A report without a damaged range (double free, invalid pointer, wrong context).
-///
-/// # Safety
-/// `ctx` must be live or null.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn plain_report(
-    class: BugClass,
-    ctx: *mut ContextHeader,
-    chunk: Option<usize>,
-    requested: Option<usize>,
-    alloc_stack: u32,
-    free_stack: u32,
-    found_at: &str,
-    detail: String,
-) -> Report {
-    let (context, context_path) = if ctx.is_null() {
-        (String::new(), Vec::new())
-    } else {
-        // SAFETY: live context (caller).
-        unsafe { context_names(ctx) }
-    };
-    Report {
-        class,
-        context,
-        context_path,
-        chunk,
-        requested,
-        range: None,
-        expected: Vec::new(),
-        found: Vec::new(),
-        found_at: found_at.to_owned(),
-        detail,
-        alloc_stack: StackId::from_raw(alloc_stack),
-        free_stack: StackId::from_raw(free_stack),
-    }
-}
-
 /// Checks a live chunk's redzones.
 ///
 /// # Safety
@@ -506,43 +391,31 @@ pub(crate) unsafe fn check_live(
     unsafe {
         let front = front_redzone(data);
         if let Some((a, b)) = damaged(front, FRONT_REDZONE, REDZONE_BYTE) {
-            let d = Damage {
-                class: BugClass::Underrun,
-                chunk: Some(data as usize),
-                requested: Some(req),
-                at: front.add(a),
-                range: (
-                    a as isize - FRONT_REDZONE as isize,
-                    b as isize + 1 - FRONT_REDZONE as isize,
-                ),
-                expected: REDZONE_BYTE,
-                alloc_stack: rec.alloc_stack,
-                free_stack: 0,
-            };
-            out.push(make_report(
-                ctx,
-                d,
-                found_at,
-                "bytes before the chunk's data were written (front redzone)".into(),
-            ));
+            let range = (
+                a as isize - FRONT_REDZONE as isize,
+                b as isize + 1 - FRONT_REDZONE as isize,
+            );
+            out.push(
+                Report::at(BugClass::Underrun, found_at)
+                    .context(ctx)
+                    .chunk(data as usize, Some(req))
+                    .stacks(rec.alloc_stack, 0)
+                    .damage(front.add(a), range, REDZONE_BYTE)
+                    .detail("bytes before the chunk's data were written (front redzone)"),
+            );
         }
         if let Some((a, b)) = damaged(data.add(req), cap - req, REDZONE_BYTE) {
-            let d = Damage {
-                class: BugClass::Overrun,
-                chunk: Some(data as usize),
-                requested: Some(req),
-                at: data.add(req + a),
-                range: ((req + a) as isize, (req + b + 1) as isize),
-                expected: REDZONE_BYTE,
-                alloc_stack: rec.alloc_stack,
-                free_stack: 0,
-            };
-            out.push(make_report(
-                ctx,
-                d,
-                found_at,
-                format!("bytes past the requested {req} were written (rear redzone)"),
-            ));
+            let range = ((req + a) as isize, (req + b + 1) as isize);
+            out.push(
+                Report::at(BugClass::Overrun, found_at)
+                    .context(ctx)
+                    .chunk(data as usize, Some(req))
+                    .stacks(rec.alloc_stack, 0)
+                    .damage(data.add(req + a), range, REDZONE_BYTE)
+                    .detail(format!(
+                        "bytes past the requested {req} were written (rear redzone)"
+                    )),
+            );
         }
     }
 }
@@ -578,22 +451,15 @@ pub(crate) unsafe fn check_free(
         ];
         for (start, len, rel, byte) in regions {
             if let Some((a, b)) = damaged(start, len, byte) {
-                let d = Damage {
-                    class: BugClass::WriteAfterFree,
-                    chunk: Some(data as usize),
-                    requested: Some(rec.requested as usize),
-                    at: start.add(a),
-                    range: (rel + a as isize, rel + b as isize + 1),
-                    expected: byte,
-                    alloc_stack: rec.alloc_stack,
-                    free_stack: rec.free_stack,
-                };
-                out.push(make_report(
-                    ctx,
-                    d,
-                    found_at,
-                    "a freed chunk was written through a stale pointer".into(),
-                ));
+                let range = (rel + a as isize, rel + b as isize + 1);
+                out.push(
+                    Report::at(BugClass::WriteAfterFree, found_at)
+                        .context(ctx)
+                        .chunk(data as usize, Some(rec.requested as usize))
+                        .stacks(rec.alloc_stack, rec.free_stack)
+                        .damage(start.add(a), range, byte)
+                        .detail("a freed chunk was written through a stale pointer"),
+                );
                 return;
             }
         }
@@ -632,25 +498,14 @@ pub(crate) unsafe fn check_unused(
         out.push(match ghost {
             Some(g) => ghost_report(ctx, &g, first, last.min(g.end() - 1), found_at),
             None => {
-                let d = Damage {
-                    class: BugClass::WildWrite,
-                    chunk: None,
-                    requested: None,
-                    at: first as *const u8,
-                    range: (
-                        (first - block as usize) as isize,
-                        (last + 1 - block as usize) as isize,
-                    ),
-                    expected: FREED_BYTE,
-                    alloc_stack: 0,
-                    free_stack: 0,
-                };
-                make_report(
-                    ctx,
-                    d,
-                    found_at,
-                    "unused block space, owned by no chunk, was written".into(),
-                )
+                let range = (
+                    (first - block as usize) as isize,
+                    (last + 1 - block as usize) as isize,
+                );
+                Report::at(BugClass::WildWrite, found_at)
+                    .context(ctx)
+                    .damage(first as *const u8, range, FREED_BYTE)
+                    .detail("unused block space, owned by no chunk, was written")
             }
         });
     }
@@ -667,27 +522,18 @@ unsafe fn ghost_report(
     last: usize,
     found_at: &str,
 ) -> Report {
-    let d = Damage {
-        class: BugClass::WriteAfterFree,
-        chunk: Some(g.data()),
-        requested: Some(g.requested as usize),
-        at: first as *const u8,
-        range: (
-            first as isize - g.data() as isize,
-            last as isize + 1 - g.data() as isize,
-        ),
-        expected: FREED_BYTE,
-        alloc_stack: g.alloc_stack,
-        free_stack: g.free_stack,
-    };
-    // SAFETY: per the contract.
+    let range = (
+        first as isize - g.data() as isize,
+        last as isize + 1 - g.data() as isize,
+    );
+    // SAFETY: `ctx` is live and the damaged bytes readable (caller).
     unsafe {
-        make_report(
-            ctx,
-            d,
-            found_at,
-            "memory released by a reset was written through a pointer kept past it".into(),
-        )
+        Report::at(BugClass::WriteAfterFree, found_at)
+            .context(ctx)
+            .chunk(g.data(), Some(g.requested as usize))
+            .stacks(g.alloc_stack, g.free_stack)
+            .damage(first as *const u8, range, FREED_BYTE)
+            .detail("memory released by a reset was written through a pointer kept past it")
     }
 }
 
@@ -762,16 +608,11 @@ unsafe fn block_header_sane(
             blocks::Lookup::NotFound => false,
         };
         if !ok {
-            out.push(plain_report(
-                BugClass::WildWrite,
-                ctx,
-                None,
-                None,
-                0,
-                0,
-                found_at,
-                format!("the header of block {block:p} was overwritten"),
-            ));
+            out.push(
+                Report::at(BugClass::WildWrite, found_at)
+                    .context(ctx)
+                    .detail(format!("the header of block {block:p} was overwritten")),
+            );
         }
         ok
     }
@@ -869,27 +710,19 @@ unsafe fn verify_block(
 #[cold]
 #[inline(never)]
 unsafe fn record_damage(ctx: *mut ContextHeader, data: *mut u8, found_at: &str) -> Report {
-    let d = Damage {
-        class: BugClass::CorruptHeader,
-        chunk: Some(data as usize),
-        requested: None,
-        at: record_ptr(data) as *const u8,
-        range: (
-            -((FRONT_REDZONE + RECORD_SIZE) as isize),
-            -(FRONT_REDZONE as isize),
-        ),
-        expected: 0,
-        alloc_stack: 0,
-        free_stack: 0,
-    };
-    // SAFETY: per the contract.
+    let range = (
+        -((FRONT_REDZONE + RECORD_SIZE) as isize),
+        -(FRONT_REDZONE as isize),
+    );
+    // SAFETY: `ctx` is live and the record, in the open prefix, readable (caller).
     unsafe {
-        make_report(
-            ctx,
-            d,
-            found_at,
-            "the chunk's debug record was overwritten (an underrun past its front redzone?)".into(),
-        )
+        Report::at(BugClass::CorruptHeader, found_at)
+            .context(ctx)
+            .chunk(data as usize, None)
+            .damage(record_ptr(data) as *const u8, range, 0)
+            .detail(
+                "the chunk's debug record was overwritten (an underrun past its front redzone?)",
+            )
     }
 }
 
@@ -917,20 +750,17 @@ pub(crate) unsafe fn header_damage(
             "the chunk's header word was overwritten".to_owned(),
         ),
     };
-    let d = Damage {
-        class,
-        chunk: Some(data as usize),
-        requested: None,
-        at: chunk::chunk_of(data),
-        range: (-(CHUNK_PREFIX as isize), -(CHUNK_PREFIX as isize) + 8),
-        expected: 0,
-        alloc_stack: 0,
-        free_stack: 0,
-    };
     let header = chunk::chunk_of(data);
+    let range = (-(CHUNK_PREFIX as isize), -(CHUNK_PREFIX as isize) + 8);
     sanitizer::open(header, CHUNK_HEADER_SIZE);
-    // SAFETY: the header word is readable (caller), and open.
-    let mut r = unsafe { make_report(ctx, d, found_at, detail) };
+    // SAFETY: `ctx` is live and the header word readable (caller), and open.
+    let mut r = unsafe {
+        Report::at(class, found_at)
+            .context(ctx)
+            .chunk(data as usize, None)
+            .damage(header, range, 0)
+            .detail(detail)
+    };
     sanitizer::close(header, CHUNK_HEADER_SIZE);
     r.expected.clear();
     r
