@@ -253,19 +253,24 @@ const FOOTPRINTS: [usize; NUM_FREELISTS] = {
     f
 };
 
-/// Allocates a block of `size` bytes from the system and links it after `prev` (or as the head
-/// when `prev` is null). Returns null when the system allocator fails.
+/// Allocates a block of `size` bytes from the system (unless `mem` is memory the hooks provided
+/// for it) and links it as the head or after the head. Returns null when the system allocator
+/// fails.
 ///
 /// # Safety
-/// `ctx` must be a live AllocSet context; `prev`, if not null, one of its blocks.
-unsafe fn new_block(ctx: *mut ContextHeader, size: usize, as_head: bool) -> *mut Block {
+/// `ctx` must be a live AllocSet context; `mem` null or `size` writable bytes, 16-aligned.
+unsafe fn new_block(ctx: *mut ContextHeader, size: usize, as_head: bool, mem: *mut u8) -> *mut Block {
     let external = !as_head;
     debug_assert!(size >= BLOCK_HEADER_SIZE && size % CHUNK_ALIGN == 0);
     let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
         return ptr::null_mut();
     };
-    // SAFETY: `layout` has a non-zero size (at least the block header).
-    let block = unsafe { alloc::alloc(layout) } as *mut Block;
+    let block = if mem.is_null() {
+        // SAFETY: `layout` has a non-zero size (at least the block header).
+        unsafe { alloc::alloc(layout) as *mut Block }
+    } else {
+        mem as *mut Block
+    };
     if block.is_null() {
         return block;
     }
@@ -316,10 +321,12 @@ unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
         }
         (*ctx).mem_allocated -= size;
         hooks::block_freed(ctx, block);
-        alloc::dealloc(
-            block as *mut u8,
-            Layout::from_size_align_unchecked(size, CHUNK_ALIGN),
-        );
+        if !hooks::block_release(block, size) {
+            alloc::dealloc(
+                block as *mut u8,
+                Layout::from_size_align_unchecked(size, CHUNK_ALIGN),
+            );
+        }
     }
 }
 
@@ -337,7 +344,7 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
         set.chunk_limit = sizes.chunk_limit();
         set.next_block_size = sizes.init_block_size;
         set.freelist = [ptr::null_mut(); NUM_FREELISTS];
-        let keeper = new_block(ctx, sizes.keeper_size(), true);
+        let keeper = new_block(ctx, sizes.keeper_size(), true, ptr::null_mut());
         if keeper.is_null() {
             return false;
         }
@@ -495,7 +502,7 @@ unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
         while size < required {
             size *= 2;
         }
-        let block = new_block(ctx, size, true);
+        let block = new_block(ctx, size, true, ptr::null_mut());
         if !block.is_null() {
             crate::dump::safe_point(); // a new block, linked and consistent (see crate::dump)
         }
@@ -513,9 +520,11 @@ unsafe fn alloc_large(ctx: *mut ContextHeader, size: usize, need: usize) -> *mut
     let Some(block_size) = large_block_size(need) else {
         return ptr::null_mut();
     };
-    // SAFETY: `ctx` is live; the new block is large enough for header, pad, prefix and `need`.
+    let (mem, block_size) = hooks::large_block_memory(size, block_size);
+    // SAFETY: `ctx` is live; the new block is large enough for header, pad, prefix and `size`
+    // (and `need`, unless the hooks placed it at a guard page).
     unsafe {
-        let block = new_block(ctx, block_size, false);
+        let block = new_block(ctx, block_size, false, mem);
         if block.is_null() {
             return ptr::null_mut();
         }
@@ -610,7 +619,7 @@ pub(crate) unsafe fn realloc(
     // SAFETY: `data` is a live chunk of `ctx` (caller).
     unsafe {
         (*ctx).is_reset = false;
-        if hdr.is_external() && need > (*ctx).set.chunk_limit {
+        if hdr.is_external() && need > (*ctx).set.chunk_limit && !hooks::large_chunk_pinned(data) {
             return realloc_large(ctx, data, hdr, size, need);
         }
         if !hdr.is_external() && need <= class_size(hdr.value() as usize) {

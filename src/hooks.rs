@@ -80,6 +80,25 @@ mod off {
         failed: bool,
     ) {
     }
+    /// Memory for the block of a chunk of `size` requested bytes that needs `block_size` bytes
+    /// of its own: none (null), the system allocator provides it. The debug build may give a
+    /// guarded mapping, and the block size that puts the chunk's end at its guard page.
+    #[inline(always)]
+    pub(crate) fn large_block_memory(size: usize, block_size: usize) -> (*mut u8, usize) {
+        (core::ptr::null_mut(), block_size)
+    }
+    /// A block of `size` bytes, unlinked, is going back: true when the hook took it (the debug
+    /// build's guarded mappings), false when the allocator gives it to the system.
+    #[inline(always)]
+    pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
+        false
+    }
+    /// Whether the chunk at `data`, which has a block of its own, must not be moved by the
+    /// system's `realloc` (in the debug build: its block is a guarded mapping).
+    #[inline(always)]
+    pub(crate) fn large_chunk_pinned(data: *mut u8) -> bool {
+        false
+    }
     /// A block was taken from the system and linked into `ctx`.
     #[inline(always)]
     pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {}

@@ -23,6 +23,7 @@ use crate::chunk::{self, align_up, ChunkHeader, ChunkKind, CHUNK_HEADER_SIZE, CH
 use crate::context::ContextHeader;
 
 use super::blocks::{self, Lookup};
+use super::guard;
 use super::layout::{
     front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRESH_BYTE, FRONT_REDZONE, RECORD_SIZE,
     REDZONE_BYTE, STATE_FREE, STATE_LIVE,
@@ -380,6 +381,54 @@ unsafe fn resize_tail(data: *mut u8, was: usize, new: usize, cap: usize) {
         sanitizer::undefined(data.wrapping_add(was), new - was);
     }
     sanitizer::close(data.wrapping_add(new), cap - new);
+}
+
+/// Memory for a chunk with a block of its own: natively, with guard pages on, a guarded mapping
+/// and the block size that ends the chunk's capacity (the request rounded up to 16) at its guard
+/// page (see `guard`). Under memcheck and ASan none: those tools watch the chunk's tail, which
+/// [`finish_live`] closes, themselves.
+pub(crate) fn large_block_memory(size: usize, block_size: usize) -> (*mut u8, usize) {
+    if !settings::guard_pages() || sanitizer::active() {
+        return (ptr::null_mut(), block_size);
+    }
+    let tight = BLOCK_HEADER_SIZE + crate::chunk::FIRST_CHUNK_PAD + CHUNK_PREFIX + align_up(size, 16);
+    match guard::take(tight) {
+        Some(mem) => (mem, tight),
+        None => (ptr::null_mut(), block_size),
+    }
+}
+
+/// A block goes back: a guarded one to the guard quarantine, with what its chunk was (the free
+/// stack is its `pfree`'s, or this reset's or delete's).
+pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
+    let end = block as usize + size;
+    if !guard::is_guarded(end) {
+        return false;
+    }
+    let data = Block::first_chunk(block).wrapping_add(CHUNK_PREFIX);
+    // SAFETY: a guarded block holds exactly one chunk, at its first chunk position.
+    let rec = unsafe { read_record(data) };
+    let (requested, alloc, free) = if !rec.is_valid() {
+        (0, 0, 0)
+    } else if rec.state == STATE_FREE {
+        (rec.requested as usize, rec.alloc_stack, rec.free_stack)
+    } else {
+        let free = stack::capture(CAPTURE_SKIP).as_raw();
+        (rec.requested as usize, rec.alloc_stack, free)
+    };
+    guard::release(end, data as usize, requested, alloc, free)
+}
+
+/// A chunk in a guarded mapping is moved by allocating, copying and freeing, never by `realloc`.
+pub(crate) fn large_chunk_pinned(data: *mut u8) -> bool {
+    if !guard::in_use() {
+        return false;
+    }
+    // SAFETY: `data` is a live external chunk (the caller read its header); its offset leads to
+    // its block.
+    let block = unsafe { chunk::chunk_of(data).sub(chunk::read_header(data).offset()) as *mut Block };
+    // SAFETY: the block header of a live chunk's block is readable.
+    guard::is_guarded(unsafe { (*block).end_ptr } as usize)
 }
 
 thread_local! {

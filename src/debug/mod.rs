@@ -38,6 +38,8 @@
 //! ```
 
 pub(crate) mod blocks;
+mod fault;
+mod guard;
 pub(crate) mod hooks;
 pub(crate) mod layout;
 mod report;
@@ -52,9 +54,10 @@ pub use report::{
     Frame, Policy, Report,
 };
 pub use settings::{
-    reset_check, set_backtrace_depth, set_backtraces, set_redzone, set_reset_check,
-    set_thread_reset_check,
+    reset_check, set_backtrace_depth, set_backtraces, set_guard_max, set_guard_pages,
+    set_guard_quarantine, set_redzone, set_reset_check, set_thread_reset_check,
 };
+pub use guard::{guard_stats, GuardStats};
 pub use sites::{format_sites, print_sites};
 pub use verify::ResetCheck;
 

@@ -10,6 +10,9 @@
 //! | backtraces on/off ([`set_backtraces`]) | on | `MEMCTX_BACKTRACES=0\|1` |
 //! | backtrace depth ([`set_backtrace_depth`]) | 16 | `MEMCTX_BACKTRACE_DEPTH` |
 //! | report policy ([`super::set_default_policy`]) | panic | `MEMCTX_ON_ERROR=panic\|abort\|log` |
+//! | guard pages after chunks with a block of their own ([`set_guard_pages`]) | on | `MEMCTX_GUARD_PAGES=0\|1` |
+//! | guarded mappings at most ([`set_guard_max`]) | 16384 | `MEMCTX_GUARD_MAX` |
+//! | bytes of freed guarded mappings kept inaccessible ([`set_guard_quarantine`]) | 16 MiB | `MEMCTX_GUARD_QUARANTINE` |
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -140,4 +143,97 @@ pub fn set_backtraces(on: bool) {
 /// Sets how many frames a backtrace keeps (1 to 64).
 pub fn set_backtrace_depth(frames: usize) {
     super::stack::set_depth(frames);
+}
+
+/// A process-wide `usize` setting read from the environment at first use: `usize::MAX` means
+/// "not read yet".
+struct EnvSetting {
+    value: AtomicUsize,
+    var: &'static str,
+    default: usize,
+}
+
+impl EnvSetting {
+    const fn new(var: &'static str, default: usize) -> EnvSetting {
+        EnvSetting {
+            value: AtomicUsize::new(usize::MAX),
+            var,
+            default,
+        }
+    }
+
+    #[inline]
+    fn get(&self) -> usize {
+        match self.value.load(Ordering::Relaxed) {
+            usize::MAX => self.from_env(),
+            v => v,
+        }
+    }
+
+    #[cold]
+    fn from_env(&self) -> usize {
+        let v = std::env::var(self.var)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(self.default)
+            .min(usize::MAX - 1);
+        self.value.store(v, Ordering::Relaxed);
+        v
+    }
+
+    fn set(&self, v: usize) {
+        self.value.store(v.min(usize::MAX - 1), Ordering::Relaxed);
+    }
+}
+
+static GUARD_PAGES: EnvSetting = EnvSetting::new("MEMCTX_GUARD_PAGES", 1);
+static GUARD_MAX: EnvSetting = EnvSetting::new("MEMCTX_GUARD_MAX", super::guard::TABLE_SIZE);
+static GUARD_QUARANTINE: EnvSetting = EnvSetting::new("MEMCTX_GUARD_QUARANTINE", 16 << 20);
+
+/// Whether chunks with a block of their own get a guard page (natively; see [`set_guard_pages`]).
+#[inline]
+pub(crate) fn guard_pages() -> bool {
+    GUARD_PAGES.get() != 0
+}
+
+/// Turns guard pages on or off for chunks allocated from now on (`MEMCTX_GUARD_PAGES=0|1`, on by
+/// default). With them, a chunk above the chunk limit ends at an inaccessible page, so an
+/// overrun past its redzone or a use after its free faults at the instruction; under memcheck
+/// and ASan they are never used (those tools see such accesses themselves).
+///
+/// # Examples
+/// ```
+/// memctx::debug::set_guard_pages(false);
+/// memctx::debug::set_guard_pages(true); // the default
+/// ```
+pub fn set_guard_pages(on: bool) {
+    GUARD_PAGES.set(usize::from(on));
+}
+
+/// Most guarded mappings in use at once.
+#[inline]
+pub(crate) fn guard_max() -> usize {
+    GUARD_MAX.get()
+}
+
+/// Caps the guarded mappings in use — live, quarantined and cached — at `n` (`MEMCTX_GUARD_MAX`;
+/// default and most 16384, which with two kernel mappings each stays well inside the default
+/// `vm.max_map_count` of 65,530). Past the cap a chunk gets an ordinary block
+/// ([`super::GuardStats::fallbacks`] counts them).
+pub fn set_guard_max(n: usize) {
+    GUARD_MAX.set(n);
+}
+
+/// Bytes of freed guarded mappings kept inaccessible.
+#[inline]
+pub(crate) fn guard_quarantine() -> usize {
+    GUARD_QUARANTINE.get()
+}
+
+/// Sets how many bytes of freed guarded mappings stay inaccessible, so a use after free faults
+/// (`MEMCTX_GUARD_QUARANTINE`, default 16 MiB). 0 turns the quarantine off: a freed mapping is
+/// reused as it is, and steady large alloc/free makes no system call; with it, each free and
+/// each reuse costs one `mprotect`.
+pub fn set_guard_quarantine(bytes: usize) {
+    GUARD_QUARANTINE.set(bytes);
 }

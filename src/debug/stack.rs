@@ -651,6 +651,45 @@ unsafe fn read_frame(fp: usize) -> (usize, usize) {
     (next, ret)
 }
 
+/// Looks this thread's stack bounds up now, if not yet known, so that [`walk_interrupted`] can
+/// walk it later from a signal handler (where `pthread_getattr_np` may not be called).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) fn cache_stack_bounds() {
+    let _ = THREAD.try_with(|t| {
+        if t.bounds.get() == (0, 0) {
+            t.bounds.set(thread_stack_bounds().unwrap_or((1, 0)));
+        }
+    });
+}
+
+/// Not on x86_64 Linux: nothing to cache.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) fn cache_stack_bounds() {}
+
+/// Walks the frame-pointer chain of code a signal interrupted, from its frame and stack pointers
+/// (`fp`, `sp`, read from the signal context), into `out`; returns how many return addresses it
+/// wrote. Async-signal-safe: reads a `const`-initialised thread-local and stack words, no lock,
+/// no allocation. Writes nothing when this thread's stack bounds were never looked up
+/// ([`cache_stack_bounds`]) or `sp` is not on this thread's stack.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) fn walk_interrupted(fp: usize, sp: usize, out: &mut [MaybeUninit<usize>]) -> usize {
+    let Ok((lo, hi)) = THREAD.try_with(|t| t.bounds.get()) else {
+        return 0;
+    };
+    if sp < lo || sp >= hi {
+        return 0;
+    }
+    // SAFETY: [sp, hi) is the live part of this thread's stack (sp lies within the thread's
+    // bounds, checked above), hence mapped and readable; the walk checks every record against it.
+    unsafe { walk_chain(fp, sp, hi, 0, out).0 }
+}
+
+/// Not on x86_64 Linux: no frame-pointer walk.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) fn walk_interrupted(_fp: usize, _sp: usize, _out: &mut [MaybeUninit<usize>]) -> usize {
+    0
+}
+
 /// This thread's stack as `(low, high)`, from `pthread_getattr_np`.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn thread_stack_bounds() -> Option<(usize, usize)> {
@@ -1051,8 +1090,13 @@ pub struct ResolvedFrame {
 /// cannot be symbolised gives one frame with only `ip`. Slow (the first call loads the debug
 /// info): for reports only.
 pub(crate) fn resolve(id: StackId) -> Vec<ResolvedFrame> {
+    resolve_ips(frames(id))
+}
+
+/// Symbolises return addresses as [`resolve`] does (each looked up at `ip - 1`, the call).
+pub(crate) fn resolve_ips(ips: &[usize]) -> Vec<ResolvedFrame> {
     let mut out = Vec::new();
-    for &ip in frames(id) {
+    for &ip in ips {
         let before = out.len();
         // The synchronized resolve; it looks up ip - 1 itself, so the call's line is found.
         backtrace::resolve(ip as *mut c_void, |sym| {

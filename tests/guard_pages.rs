@@ -1,0 +1,277 @@
+//! Guard pages after chunks with a block of their own (issue 12, item 3).
+//!
+//! Every case runs in a child process: the test re-executes its own binary with
+//! `MEMCTX_GUARD_CASE` naming the case, and the `child` test runs it. A fault ends the child
+//! whatever the report policy, and the settings changed here are process-wide. The children are
+//! not traced by Valgrind (the memcheck leg runs this binary without `--trace-children`), so
+//! natively and under memcheck a guard fault is a `SIGSEGV` with memctx's report. In the ASan
+//! build no guard page is used: the chunk's tail is poisoned and ASan reports the access.
+#![cfg(feature = "debug-contexts")]
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output};
+
+use memctx::debug::{self, BugClass, Policy};
+use memctx::{BlockSizes, MemoryContext};
+
+const CASE: &str = "MEMCTX_GUARD_CASE";
+
+/// Runs `case` in a child process with `env` set; returns its output.
+fn run(case: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE, case)
+        .env("ASAN_OPTIONS", "detect_leaks=0:symbolize=1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the child")
+}
+
+/// The entry point of the children; does nothing in the parent's run.
+#[test]
+fn child() {
+    let Ok(case) = std::env::var(CASE) else {
+        return;
+    };
+    match case.as_str() {
+        "overrun" => overrun(),
+        "use-after-free" => use_after_free(),
+        "not-ours" => not_ours(),
+        "stack-overflow" => stack_overflow(),
+        "redzone" => redzone_checked_at_free(),
+        "fallback" => fallback_when_capped(),
+        "steady" => steady_state_maps_nothing(),
+        "off" => guard_pages_off(),
+        other => panic!("unknown case {other}"),
+    }
+}
+
+fn guarded_context() -> MemoryContext {
+    MemoryContext::top().new_child("guarded", BlockSizes::DEFAULT)
+}
+
+#[inline(never)]
+fn write_past(p: *mut u8, at: usize) {
+    // SAFETY: none — the bug under test: a write `at` bytes into a 10,000-byte chunk.
+    unsafe { std::ptr::write_volatile(p.add(at), 1) };
+}
+
+#[inline(never)]
+fn allocate_big_chunk(ctx: &MemoryContext) -> *mut u8 {
+    ctx.alloc(10_000).as_ptr()
+}
+
+fn overrun() {
+    let ctx = guarded_context();
+    let p = allocate_big_chunk(&ctx);
+    write_past(p, 10_100);
+    unreachable!("the write past the guard page returned");
+}
+
+#[inline(never)]
+fn write_freed(p: *mut u8) {
+    // SAFETY: none — the bug under test: a write through a pointer kept past pfree.
+    unsafe { std::ptr::write_volatile(p.add(40), 1) };
+}
+
+fn use_after_free() {
+    let ctx = guarded_context();
+    let p = allocate_big_chunk(&ctx);
+    // SAFETY: p is a live chunk of ctx.
+    unsafe { memctx::pfree(p) };
+    write_freed(p);
+    unreachable!("the write into the freed chunk returned");
+}
+
+fn not_ours() {
+    let ctx = guarded_context();
+    let _p = allocate_big_chunk(&ctx); // installs the handler
+    // SAFETY: none — a fault that is not a guard page's: the previous action must take it.
+    unsafe { std::ptr::write_volatile(8 as *mut u8, 1) };
+}
+
+#[allow(unconditional_recursion)]
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 64]);
+    recurse(pad[3] + 1) + pad[7]
+}
+
+fn stack_overflow() {
+    let ctx = guarded_context();
+    let _p = allocate_big_chunk(&ctx);
+    std::hint::black_box(recurse(0));
+}
+
+fn redzone_checked_at_free() {
+    debug::set_thread_policy(Some(Policy::Log));
+    let ctx = guarded_context();
+    let p = ctx.alloc(10_001).as_ptr();
+    write_past(p, 10_001); // the tail before the guard page (request rounded up to 16)
+    // SAFETY: p is a live chunk of ctx.
+    unsafe { memctx::pfree(p) };
+    let r = debug::take_reports();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].class, BugClass::Overrun);
+    assert_eq!(r[0].range, Some((10_001, 10_002)));
+    assert!(
+        r[0].to_string().contains("guard_pages::redzone_checked_at_free"),
+        "{}",
+        r[0]
+    );
+    ctx.delete();
+}
+
+fn fallback_when_capped() {
+    debug::set_guard_max(2);
+    let before = debug::guard_stats();
+    let ctx = guarded_context();
+    let chunks: Vec<*mut u8> = (0..3).map(|_| ctx.alloc(20_000).as_ptr()).collect();
+    for &p in &chunks {
+        // SAFETY: each is a live 20,000-byte chunk.
+        unsafe { std::ptr::write_bytes(p, 0x11, 20_000) };
+    }
+    let s = debug::guard_stats();
+    assert_eq!(s.live, 2, "{s:?}");
+    assert_eq!(s.fallbacks - before.fallbacks, 1, "{s:?}");
+    assert_eq!(s.maps - before.maps, 2, "{s:?}");
+    ctx.delete();
+    let s = debug::guard_stats();
+    assert_eq!((s.live, s.quarantined), (0, 2), "{s:?}");
+}
+
+fn steady_state_maps_nothing() {
+    debug::set_guard_quarantine(1 << 20);
+    let ctx = guarded_context();
+    let round = |n: usize| {
+        for i in 0..n {
+            let p = ctx.alloc(10_000 + i % 64).as_ptr();
+            // SAFETY: p is a live chunk of ctx.
+            unsafe { memctx::pfree(p) };
+        }
+    };
+    round(1_000); // fills the 1 MiB quarantine (3-page mappings) and the cache
+    let before = debug::guard_stats();
+    round(1_000);
+    let after = debug::guard_stats();
+    assert_eq!(after.maps, before.maps, "{after:?}");
+    assert_eq!(after.unmaps, before.unmaps, "{after:?}");
+    assert_eq!(after.fallbacks, 0, "{after:?}");
+    assert!(after.quarantined >= 80, "{after:?}");
+    ctx.delete();
+}
+
+fn guard_pages_off() {
+    let ctx = guarded_context();
+    let p = ctx.alloc(10_000).as_ptr();
+    let s = debug::guard_stats();
+    assert_eq!((s.maps, s.live), (0, 0), "{s:?}");
+    // SAFETY: p is a live chunk of ctx.
+    unsafe { memctx::pfree(p) };
+    ctx.delete();
+}
+
+/// The child died of a guard fault: by SIGSEGV with memctx's report naming `class`, the
+/// 10,000-byte chunk, the faulting function and the allocating one.
+#[cfg(not(memctx_asan))]
+fn assert_guard_fault(out: &Output, class: &str, function: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{err}");
+    assert!(err.contains(&format!("memctx: {class}: write at ")), "{err}");
+    assert!(err.contains("10000-byte chunk"), "{err}");
+    let fault = err.split("  fault:\n").nth(1).expect("a symbolised fault stack");
+    // The first frame of the program's own code (`ptr::write_volatile` is inlined into it).
+    let first = fault.lines().find(|l| !l.contains(" in core::")).unwrap_or("");
+    assert!(first.contains(&format!("guard_pages::{function} at tests/guard_pages.rs:")), "{err}");
+    let alloc = err.split("  allocated at:\n").nth(1).expect("the allocation stack");
+    assert!(
+        alloc
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("guard_pages::allocate_big_chunk")),
+        "{err}"
+    );
+}
+
+/// In the ASan build the tail is poisoned instead: ASan reports the access in `function`.
+#[cfg(memctx_asan)]
+fn assert_guard_fault(out: &Output, _class: &str, function: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("ERROR: AddressSanitizer: use-after-poison"), "{err}");
+    assert!(err.contains(&format!("guard_pages::{function}")), "{err}");
+}
+
+#[test]
+fn overrun_far_past_a_large_chunk_faults_at_the_write() {
+    let out = run("overrun", &[]);
+    assert_guard_fault(&out, "overrun", "write_past");
+    #[cfg(not(memctx_asan))]
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("100 bytes past the end of the 10000-byte chunk"), "{err}");
+    }
+}
+
+#[test]
+fn write_after_free_of_a_large_chunk_faults() {
+    let out = run("use-after-free", &[]);
+    assert_guard_fault(&out, "write-after-free", "write_freed");
+    #[cfg(not(memctx_asan))]
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("40 bytes into the 10000-byte chunk"), "{err}");
+        let freed = err.split("  freed at:\n").nth(1).expect("the free stack");
+        assert!(freed.lines().next().unwrap_or("").contains("guard_pages::use_after_free"), "{err}");
+    }
+}
+
+#[test]
+fn other_faults_go_to_the_previous_action() {
+    let out = run("not-ours", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{err}");
+    assert!(!err.contains("memctx:"), "{err}");
+}
+
+#[test]
+#[cfg(not(memctx_asan))]
+fn std_stack_overflow_handler_still_runs() {
+    let out = run("stack-overflow", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has overflowed its stack"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{err}");
+}
+
+/// Cases that must end normally (their assertions run in the child).
+fn assert_clean(case: &str, env: &[(&str, &str)]) {
+    let out = run(case, env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{case}: {text}\n{err}");
+    assert!(text.contains("test child ... ok"), "{case}: {text}");
+}
+
+#[test]
+#[cfg(not(memctx_asan))]
+fn tail_before_the_guard_page_is_a_redzone_checked_at_free() {
+    assert_clean("redzone", &[]);
+}
+
+#[test]
+#[cfg(not(memctx_asan))]
+fn past_the_cap_chunks_get_ordinary_blocks() {
+    assert_clean("fallback", &[]);
+}
+
+#[test]
+#[cfg(not(memctx_asan))]
+fn steady_large_alloc_and_free_map_nothing() {
+    assert_clean("steady", &[]);
+}
+
+#[test]
+fn guard_pages_can_be_turned_off() {
+    assert_clean("off", &[("MEMCTX_GUARD_PAGES", "0")]);
+}
