@@ -259,7 +259,12 @@ const FOOTPRINTS: [usize; NUM_FREELISTS] = {
 ///
 /// # Safety
 /// `ctx` must be a live AllocSet context; `mem` null or `size` writable bytes, 16-aligned.
-unsafe fn new_block(ctx: *mut ContextHeader, size: usize, as_head: bool, mem: *mut u8) -> *mut Block {
+unsafe fn new_block(
+    ctx: *mut ContextHeader,
+    size: usize,
+    as_head: bool,
+    mem: *mut u8,
+) -> *mut Block {
     let external = !as_head;
     debug_assert!(size >= BLOCK_HEADER_SIZE && size % CHUNK_ALIGN == 0);
     let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {

@@ -87,7 +87,7 @@ fn use_after_free() {
 fn not_ours() {
     let ctx = guarded_context();
     let _p = allocate_big_chunk(&ctx); // installs the handler
-    // SAFETY: none — a fault that is not a guard page's: the previous action must take it.
+                                       // SAFETY: none — a fault that is not a guard page's: the previous action must take it.
     unsafe { std::ptr::write_volatile(8 as *mut u8, 1) };
 }
 
@@ -109,14 +109,15 @@ fn redzone_checked_at_free() {
     let ctx = guarded_context();
     let p = ctx.alloc(10_001).as_ptr();
     write_past(p, 10_001); // the tail before the guard page (request rounded up to 16)
-    // SAFETY: p is a live chunk of ctx.
+                           // SAFETY: p is a live chunk of ctx.
     unsafe { memctx::pfree(p) };
     let r = debug::take_reports();
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].class, BugClass::Overrun);
     assert_eq!(r[0].range, Some((10_001, 10_002)));
     assert!(
-        r[0].to_string().contains("guard_pages::redzone_checked_at_free"),
+        r[0].to_string()
+            .contains("guard_pages::redzone_checked_at_free"),
         "{}",
         r[0]
     );
@@ -178,13 +179,28 @@ fn guard_pages_off() {
 fn assert_guard_fault(out: &Output, class: &str, function: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{err}");
-    assert!(err.contains(&format!("memctx: {class}: write at ")), "{err}");
+    assert!(
+        err.contains(&format!("memctx: {class}: write at ")),
+        "{err}"
+    );
     assert!(err.contains("10000-byte chunk"), "{err}");
-    let fault = err.split("  fault:\n").nth(1).expect("a symbolised fault stack");
+    let fault = err
+        .split("  fault:\n")
+        .nth(1)
+        .expect("a symbolised fault stack");
     // The first frame of the program's own code (`ptr::write_volatile` is inlined into it).
-    let first = fault.lines().find(|l| !l.contains(" in core::")).unwrap_or("");
-    assert!(first.contains(&format!("guard_pages::{function} at tests/guard_pages.rs:")), "{err}");
-    let alloc = err.split("  allocated at:\n").nth(1).expect("the allocation stack");
+    let first = fault
+        .lines()
+        .find(|l| !l.contains(" in core::"))
+        .unwrap_or("");
+    assert!(
+        first.contains(&format!("guard_pages::{function} at tests/guard_pages.rs:")),
+        "{err}"
+    );
+    let alloc = err
+        .split("  allocated at:\n")
+        .nth(1)
+        .expect("the allocation stack");
     assert!(
         alloc
             .lines()
@@ -199,7 +215,10 @@ fn assert_guard_fault(out: &Output, class: &str, function: &str) {
 fn assert_guard_fault(out: &Output, _class: &str, function: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("ERROR: AddressSanitizer: use-after-poison"), "{err}");
+    assert!(
+        err.contains("ERROR: AddressSanitizer: use-after-poison"),
+        "{err}"
+    );
     assert!(err.contains(&format!("guard_pages::{function}")), "{err}");
 }
 
@@ -210,7 +229,10 @@ fn overrun_far_past_a_large_chunk_faults_at_the_write() {
     #[cfg(not(memctx_asan))]
     {
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("100 bytes past the end of the 10000-byte chunk"), "{err}");
+        assert!(
+            err.contains("100 bytes past the end of the 10000-byte chunk"),
+            "{err}"
+        );
     }
 }
 
@@ -223,7 +245,14 @@ fn write_after_free_of_a_large_chunk_faults() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("40 bytes into the 10000-byte chunk"), "{err}");
         let freed = err.split("  freed at:\n").nth(1).expect("the free stack");
-        assert!(freed.lines().next().unwrap_or("").contains("guard_pages::use_after_free"), "{err}");
+        assert!(
+            freed
+                .lines()
+                .next()
+                .unwrap_or("")
+                .contains("guard_pages::use_after_free"),
+            "{err}"
+        );
     }
 }
 

@@ -110,7 +110,8 @@ fn record_locked_code() {
                 {
                     let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
                     LOCKED_CODE[2 * *count].store(start, Ordering::Relaxed);
-                    LOCKED_CODE[2 * *count + 1].store(start + ph.p_memsz as usize, Ordering::Relaxed);
+                    LOCKED_CODE[2 * *count + 1]
+                        .store(start + ph.p_memsz as usize, Ordering::Relaxed);
                     *count += 1;
                 }
             }
@@ -458,9 +459,9 @@ fn report(e: &Entry, addr: usize, (pc, fp, sp, write): (usize, usize, usize, Opt
     let mut frames = [MaybeUninit::<usize>::uninit(); stack::MAX_DEPTH];
     frames[0].write(pc);
     let n = 1 + stack::walk_interrupted(fp, sp, &mut frames[1..]);
-    // SAFETY: the first `n` entries were written: the pc above, the rest by the walk.
     let frames: [usize; stack::MAX_DEPTH] = core::array::from_fn(|i| {
         if i < n {
+            // SAFETY: the first `n` entries were written: the pc above, the rest by the walk.
             unsafe { frames[i].assume_init() }
         } else {
             0
@@ -473,8 +474,14 @@ fn report(e: &Entry, addr: usize, (pc, fp, sp, write): (usize, usize, usize, Opt
     // `__libc_start_call_main`), which holds no lock while user code runs: only a library frame
     // with user code above it (a callback run under the library's lock) rules symbolising out.
     let callers = &frames[1..n];
-    let entry = callers.iter().rev().take_while(|&&ip| in_locked_code(ip)).count();
-    let safe = !callers[..callers.len() - entry].iter().any(|&ip| in_locked_code(ip));
+    let entry = callers
+        .iter()
+        .rev()
+        .take_while(|&&ip| in_locked_code(ip))
+        .count();
+    let safe = !callers[..callers.len() - entry]
+        .iter()
+        .any(|&ip| in_locked_code(ip));
     if !safe {
         out.str("  (not symbolised: the fault interrupted the C library or the loader)\n");
     }

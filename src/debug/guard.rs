@@ -7,13 +7,13 @@
 //! ```text
 //!  mapping start (page)                                              guard page (PROT_NONE)
 //!  | slack | block header | pad | chunk prefix | data ........ |tail|#########|
-//!                                              ^ data           ^ request end, tail < 16 bytes
+//!                                              ^ data           ^ request end
 //! ```
 //!
-//! The block is placed so that the chunk's capacity (the request rounded up to 16) ends exactly
-//! at the guard page: the bytes between the request's end and the page are the rear redzone,
-//! checked at `pfree` as every redzone is, and a write past them faults at the writing
-//! instruction. A freed mapping is made `PROT_NONE` whole and kept in a bounded quarantine (FIFO,
+//! The block is placed so that the chunk's capacity (the request plus the rear redzone, 16
+//! bytes by default, rounded up to 16) ends exactly at the guard page: the bytes between the
+//! request's end and the page are the rear redzone, checked at `pfree` as every redzone is, and
+//! a write past them faults at the writing instruction. A freed mapping is made `PROT_NONE` whole and kept in a bounded quarantine (FIFO,
 //! [`settings::guard_quarantine`] bytes), so a use after free faults too; when it leaves the
 //! quarantine it goes, still inaccessible, to a per-size cache from which the next block of the
 //! same page count is taken (one `mprotect` instead of `mmap` + `mprotect` + `munmap`).
@@ -68,6 +68,8 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    // A template for the table's initialiser, never used as a value of its own.
+    #[allow(clippy::declare_interior_mutable_const)]
     const UNUSED: Entry = Entry {
         base: AtomicUsize::new(0),
         len: AtomicUsize::new(0),
@@ -255,8 +257,10 @@ pub(crate) fn release(end: usize, data: usize, requested: usize, alloc: u32, fre
         let e = &TABLE[m.entry];
         e.data.store(data, Ordering::Relaxed);
         e.requested.store(requested, Ordering::Relaxed);
-        e.stacks
-            .store(u64::from(alloc) | (u64::from(free) << 32), Ordering::Relaxed);
+        e.stacks.store(
+            u64::from(alloc) | (u64::from(free) << 32),
+            Ordering::Relaxed,
+        );
         p.retire(m);
         true
     })
@@ -316,11 +320,7 @@ impl Pool {
         HIGH.fetch_max(entry + 1, Ordering::Release);
         IN_USE.store(true, Ordering::Relaxed);
         self.mapped += 1;
-        Some(Mapping {
-            entry,
-            base,
-            pages,
-        })
+        Some(Mapping { entry, base, pages })
     }
 
     fn fallback(&mut self) -> Option<Mapping> {
@@ -336,7 +336,7 @@ impl Pool {
         let e = &TABLE[m.entry];
         if limit == 0 || !protect(m.base, m.data_bytes(), false) {
             e.state.store(OPEN, Ordering::Release);
-            self.to_cache(m);
+            self.cache_or_unmap(m);
             return;
         }
         e.state.store(FREED, Ordering::Release);
@@ -347,11 +347,11 @@ impl Pool {
                 break;
             };
             self.quarantine_bytes -= old.data_bytes();
-            self.to_cache(old);
+            self.cache_or_unmap(old);
         }
     }
 
-    fn to_cache(&mut self, m: Mapping) {
+    fn cache_or_unmap(&mut self, m: Mapping) {
         if self.cache_bytes + m.data_bytes() > settings::guard_quarantine().max(CACHE_MIN) {
             self.unmap(m);
             return;

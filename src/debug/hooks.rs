@@ -384,14 +384,15 @@ unsafe fn resize_tail(data: *mut u8, was: usize, new: usize, cap: usize) {
 }
 
 /// Memory for a chunk with a block of its own: natively, with guard pages on, a guarded mapping
-/// and the block size that ends the chunk's capacity (the request rounded up to 16) at its guard
-/// page (see `guard`). Under memcheck and ASan none: those tools watch the chunk's tail, which
-/// [`finish_live`] closes, themselves.
+/// and the block size that ends the chunk's capacity — the request and its rear redzone
+/// ([`class_request`]), rounded up to 16 — at its guard page (see `guard`). Under memcheck and
+/// ASan none: those tools watch the chunk's tail, which [`finish_live`] closes, themselves.
 pub(crate) fn large_block_memory(size: usize, block_size: usize) -> (*mut u8, usize) {
     if !settings::guard_pages() || sanitizer::active() {
         return (ptr::null_mut(), block_size);
     }
-    let tight = BLOCK_HEADER_SIZE + crate::chunk::FIRST_CHUNK_PAD + CHUNK_PREFIX + align_up(size, 16);
+    let cap = align_up(class_request(size), crate::chunk::CHUNK_ALIGN);
+    let tight = BLOCK_HEADER_SIZE + crate::chunk::FIRST_CHUNK_PAD + CHUNK_PREFIX + cap;
     match guard::take(tight) {
         Some(mem) => (mem, tight),
         None => (ptr::null_mut(), block_size),
@@ -426,7 +427,8 @@ pub(crate) fn large_chunk_pinned(data: *mut u8) -> bool {
     }
     // SAFETY: `data` is a live external chunk (the caller read its header); its offset leads to
     // its block.
-    let block = unsafe { chunk::chunk_of(data).sub(chunk::read_header(data).offset()) as *mut Block };
+    let block =
+        unsafe { chunk::chunk_of(data).sub(chunk::read_header(data).offset()) as *mut Block };
     // SAFETY: the block header of a live chunk's block is readable.
     guard::is_guarded(unsafe { (*block).end_ptr } as usize)
 }

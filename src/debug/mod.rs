@@ -49,6 +49,7 @@ pub(crate) mod sites;
 pub(crate) mod stack;
 mod verify;
 
+pub use guard::{guard_stats, GuardStats};
 pub use report::{
     default_policy, set_default_policy, set_thread_policy, take_reports, thread_policy, BugClass,
     Frame, Policy, Report,
@@ -57,7 +58,6 @@ pub use settings::{
     reset_check, set_backtrace_depth, set_backtraces, set_guard_max, set_guard_pages,
     set_guard_quarantine, set_redzone, set_reset_check, set_thread_reset_check,
 };
-pub use guard::{guard_stats, GuardStats};
 pub use sites::{format_sites, print_sites};
 pub use verify::ResetCheck;
 

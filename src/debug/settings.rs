@@ -165,13 +165,13 @@ impl EnvSetting {
     #[inline]
     fn get(&self) -> usize {
         match self.value.load(Ordering::Relaxed) {
-            usize::MAX => self.from_env(),
+            usize::MAX => self.read_env(),
             v => v,
         }
     }
 
     #[cold]
-    fn from_env(&self) -> usize {
+    fn read_env(&self) -> usize {
         let v = std::env::var(self.var)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
