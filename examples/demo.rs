@@ -125,6 +125,9 @@ fn parse_args() -> Args {
 }
 
 fn main() {
+    // In the debug build, memctx's reports go to `log` (target `memctx`, error level), shown
+    // unless RUST_LOG filters them out (`RUST_LOG=memctx=off`).
+    env_logger::init();
     let args = parse_args();
     let top = MemoryContext::top();
 

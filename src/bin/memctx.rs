@@ -100,6 +100,8 @@ are kept as `PARENT/(more child contexts)`. Verdicts: growing, plateau, noisy, s
 }
 
 fn main() -> ExitCode {
+    // The debug build's reports go to `log` (target `memctx`); RUST_LOG filters them.
+    env_logger::init();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -682,28 +682,18 @@ fn classify(
     expected: Option<*mut ContextHeader>,
 ) -> Result<Option<Report>, Report> {
     let addr = ptr as usize;
-    let invalid = |ctx: *mut ContextHeader, detail: String| {
-        // SAFETY: `ctx` is null or a registered (live) context.
-        Err(unsafe {
-            Report::at(BugClass::InvalidPointer, op)
-                .context(ctx)
-                .chunk(addr, None)
-                .detail(detail)
-        })
-    };
+    // A pointer no context owns: the report names no context and no chunk.
+    let invalid = |detail: String| Err(Report::at(BugClass::InvalidPointer, op).detail(detail));
     if ptr.is_null() {
-        return invalid(ptr::null_mut(), format!("{op} called with a null pointer"));
+        return invalid(format!("{op} called with a null pointer"));
     }
     let (start, end, owner) = match blocks::lookup(addr) {
         Lookup::Unavailable => return Ok(None),
         Lookup::NotFound => {
-            return invalid(
-                ptr::null_mut(),
-                format!(
-                    "{op} called with {ptr:p}, which no context of this thread allocated \
+            return invalid(format!(
+                "{op} called with {ptr:p}, which no context of this thread allocated \
                      (a foreign pointer, or a chunk of another thread's tree)"
-                ),
-            )
+            ))
         }
         Lookup::Found { start, end, ctx } => (start, end, ctx),
     };
@@ -871,10 +861,7 @@ unsafe fn not_a_live_chunk(
                 .chunk(data, Some(requested))
                 .stacks(alloc, free)
                 .detail(detail),
-            None => Report::at(BugClass::InvalidPointer, op)
-                .context(owner)
-                .chunk(addr, None)
-                .detail(interior_detail(block, addr, op)),
+            None => interior_report(owner, block, addr, op),
         })
     }
 }
@@ -924,21 +911,42 @@ unsafe fn chunk_containing(block: *mut Block, addr: usize) -> Option<(usize, usi
     }
 }
 
-/// Describes where a pointer that is not a chunk start lies in its block.
+/// The `invalid-pointer` report for `addr`, inside `block` of `owner` but not at a chunk's data:
+/// an interior pointer names the chunk it points into, with that chunk's size and allocation
+/// stack; a pointer at no chunk (misaligned, or in unused space) names none.
 ///
 /// # Safety
-/// `block` must be a registered block.
-unsafe fn interior_detail(block: *mut Block, addr: usize, op: &str) -> String {
+/// `block` must be a registered block of `owner`.
+unsafe fn interior_report(
+    owner: *mut ContextHeader,
+    block: *mut Block,
+    addr: usize,
+    op: &str,
+) -> Report {
+    // SAFETY: `owner` is registered, so live; the walk reads only inside `block` (caller).
+    let r = unsafe { Report::at(BugClass::InvalidPointer, op).context(owner) };
     // SAFETY: per the contract.
     match unsafe { chunk_containing(block, addr) } {
-        Some((data, _)) => format!(
-            "{op} called with {addr:#x}, {} bytes into the chunk at {data:#x} (an interior pointer)",
-            addr as isize - data as isize
-        ),
-        None => format!(
+        Some((data, _)) => {
+            // SAFETY: `data` is a chunk the walk decoded, its prefix inside the block.
+            let rec = unsafe { peek_record(data as *mut u8) };
+            let detail = format!(
+                "{op} called with {addr:#x}, {} bytes into the chunk at {data:#x} (an interior \
+                 pointer)",
+                addr as isize - data as isize
+            );
+            let r = r.detail(detail);
+            if rec.is_valid() {
+                r.chunk(data, Some(rec.requested as usize))
+                    .stacks(rec.alloc_stack, 0)
+            } else {
+                r.chunk(data, None)
+            }
+        }
+        None => r.detail(format!(
             "{op} called with {addr:#x}, inside block {block:p} but not at a chunk \
              (misaligned, or in unused space)"
-        ),
+        )),
     }
 }
 

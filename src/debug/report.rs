@@ -5,17 +5,21 @@
 //! damaged bytes relative to the chunk with what was expected and what was found, the chunk's
 //! allocation and free backtraces, and where the damage was found.
 //!
-//! Every report goes to `log` at error level (or stderr when no logger is installed), is kept for
+//! Every report goes to `log` (target `memctx`, error level), and to stderr when no logger is
+//! installed or `MEMCTX_REPORT_STDERR` asks for it (see `settings`); it is kept for
 //! [`take_reports`], and then the thread's [`Policy`] decides: panic (the default, so `cargo test`
-//! fails at the faulty test), abort, or log and go on. A report is raised only when the allocator's
-//! state is consistent — checks that run in the middle of an operation queue their findings and the
+//! fails at the faulty test), abort, or log and go on. The panic message is the report's headline
+//! only, so the report is printed once. A report is raised only when the allocator's state is
+//! consistent — checks that run in the middle of an operation queue their findings and the
 //! operation raises them as its last step — and a panic is never raised where it cannot unwind:
-//! while the thread is already panicking the report is logged and the process aborts.
+//! while the thread is already panicking (a `Drop` during unwinding) the report is told and not
+//! panicked, so the test that is failing fails alone instead of aborting its test binary.
 
 use core::cell::{Cell, RefCell};
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
+use super::settings;
 use super::stack::{self, StackId};
 use crate::context::ContextHeader;
 
@@ -90,6 +94,8 @@ pub struct Report {
     pub detail: String,
     pub(crate) alloc_stack: StackId,
     pub(crate) free_stack: StackId,
+    /// The stack of the operation that found it (the pfree, reset, check).
+    pub(crate) found_stack: StackId,
 }
 
 /// One resolved frame of a backtrace.
@@ -101,8 +107,9 @@ const SHOWN_BYTES: usize = 64;
 /// Building a report: `Report::at(class, found_at)`, then the setters for what the finding knows
 /// (`context`, `chunk`, `stacks`, `damage`, `detail`); what is not set stays empty.
 impl Report {
-    /// A report of `class`, found at `found_at` (`pfree`, `reset of "X"`, ...), with nothing else
-    /// known yet.
+    /// A report of `class`, found at `found_at` (`pfree`, `reset of "X"`, ...), with the stack
+    /// of the call that found it and nothing else known yet.
+    #[inline(never)]
     pub(crate) fn at(class: BugClass, found_at: &str) -> Report {
         Report {
             class,
@@ -117,6 +124,7 @@ impl Report {
             detail: String::new(),
             alloc_stack: StackId::NONE,
             free_stack: StackId::NONE,
+            found_stack: stack::capture_always(),
         }
     }
 
@@ -194,14 +202,40 @@ pub(crate) unsafe fn context_names(ctx: *mut ContextHeader) -> (String, Vec<Stri
 }
 
 impl Report {
-    /// The chunk's allocation backtrace, allocator frames trimmed (empty if none was captured).
+    /// The chunk's allocation backtrace (empty if none was captured). Frames of the standard
+    /// library, the test harness and memctx itself are left out unless
+    /// [`super::set_report_frames`] says `All`.
     pub fn alloc_backtrace(&self) -> Vec<Frame> {
-        stack::user_frames(stack::resolve(self.alloc_stack))
+        stack::shown_frames(stack::resolve(self.alloc_stack))
     }
 
-    /// The chunk's free backtrace (for a reset, the reset's), where there is one.
+    /// The chunk's free backtrace (for memory a reset released, the reset's), where there is one;
+    /// for a double free, the first free.
     pub fn free_backtrace(&self) -> Vec<Frame> {
-        stack::user_frames(stack::resolve(self.free_stack))
+        stack::shown_frames(stack::resolve(self.free_stack))
+    }
+
+    /// The backtrace of the operation that found the bug: the `pfree` of a double free or an
+    /// invalid pointer, the reset, delete, `check()` or reuse that found damage.
+    pub fn found_backtrace(&self) -> Vec<Frame> {
+        stack::shown_frames(stack::resolve(self.found_stack))
+    }
+
+    /// The report's first line: class, context and where it was found.
+    pub fn headline(&self) -> String {
+        let context = if self.context_path.is_empty() {
+            "outside every memory context".to_owned()
+        } else {
+            format!(
+                "in memory context \"{}\" ({})",
+                self.context,
+                self.context_path.join(" -> ")
+            )
+        };
+        format!(
+            "memctx: {} {context}, found at {}",
+            self.class, self.found_at
+        )
     }
 }
 
@@ -218,14 +252,7 @@ fn hex(bytes: &[u8]) -> String {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "memctx: {} in memory context \"{}\" ({}), found at {}",
-            self.class,
-            self.context,
-            self.context_path.join(" -> "),
-            self.found_at
-        )?;
+        writeln!(f, "{}", self.headline())?;
         writeln!(f, "  {}", self.detail)?;
         if let Some(c) = self.chunk {
             match self.requested {
@@ -243,15 +270,20 @@ impl fmt::Display for Report {
             writeln!(f, "    expected: {}", hex(&self.expected))?;
             writeln!(f, "    found:    {}", hex(&self.found))?;
         }
-        let alloc = self.alloc_backtrace();
-        if !alloc.is_empty() {
-            writeln!(f, "  allocated at:")?;
-            f.write_str(&stack::format_frames(&alloc))?;
-        }
-        let free = self.free_backtrace();
-        if !free.is_empty() {
-            writeln!(f, "  freed at:")?;
-            f.write_str(&stack::format_frames(&free))?;
+        // ASan's order: the access, then the free, then the allocation.
+        let sections = [
+            (
+                format!("found at {}:", self.found_at),
+                self.found_backtrace(),
+            ),
+            ("freed at:".to_owned(), self.free_backtrace()),
+            ("allocated at:".to_owned(), self.alloc_backtrace()),
+        ];
+        for (title, frames) in sections {
+            if !frames.is_empty() {
+                writeln!(f, "  {title}")?;
+                f.write_str(&stack::format_frames(&frames))?;
+            }
         }
         Ok(())
     }
@@ -329,6 +361,11 @@ const MAX_KEPT_REPORTS: usize = 1024;
 /// without panicking, for their own thread only.
 pub fn set_thread_policy(policy: Option<Policy>) {
     THREAD_POLICY.with(|p| p.set(policy));
+}
+
+/// This thread's own policy, if it has one ([`set_thread_policy`]).
+pub(crate) fn thread_policy_override() -> Option<Policy> {
+    THREAD_POLICY.try_with(|p| p.get()).ok().flatten()
 }
 
 /// This thread's policy.
@@ -431,11 +468,12 @@ pub(crate) fn raise(report: Report) {
     act(&report, 1);
 }
 
+/// Tells a report: to `log` (target `memctx`, error level) always, and to stderr as
+/// [`settings::report_stderr`] says; then keeps it for [`take_reports`].
 fn record(report: &Report) {
     let text = report.to_string();
-    if log::log_enabled!(log::Level::Error) {
-        log::error!("{text}");
-    } else {
+    log::error!(target: "memctx", "{text}");
+    if settings::report_stderr().wanted() {
         eprintln!("{text}");
     }
     let _ = SEEN.try_with(|s| {
@@ -447,21 +485,23 @@ fn record(report: &Report) {
     });
 }
 
+/// What the policy says after `n` reports, `first` the first of them, were told. The panic
+/// carries only the headline: the report itself was told once already, and a panic message is
+/// printed again by the panic hook.
 fn act(first: &Report, n: usize) {
     match thread_policy() {
         Policy::Log => {}
         Policy::Abort => std::process::abort(),
+        // A panic while unwinding would abort the process (and with it every other test of a
+        // test binary); this thread's panic already fails its test, and the report is told.
+        Policy::Panic if std::thread::panicking() => {}
         Policy::Panic => {
-            if std::thread::panicking() {
-                eprintln!("memctx: a report was raised while the thread is panicking; aborting");
-                std::process::abort();
-            }
             let more = if n > 1 {
                 format!(" (and {} more reports)", n - 1)
             } else {
                 String::new()
             };
-            panic!("{first}{more}");
+            panic!("{}{more}: {}", first.headline(), first.detail);
         }
     }
 }

@@ -138,12 +138,13 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Instant;
 
 use dashmap::mapref::entry::Entry;
@@ -400,6 +401,31 @@ pub(crate) fn capture(skip: usize) -> StackId {
         return StackId::NONE;
     }
     capture_frames(state, skip)
+}
+
+/// The stack of the calling code, captured whether or not capture is on and as deep as the depot
+/// keeps ([`MAX_DEPTH`]): the "found at" stack of a report. Unwinds with `backtrace::trace` (a
+/// report is rare, and its stack should reach past memctx's frames to the program's); the
+/// unwinder's and memctx's own frames are left out when the report is shown.
+#[cold]
+#[inline(never)]
+pub(crate) fn capture_always() -> StackId {
+    THREAD.with(|t| {
+        if t.busy.replace(true) {
+            return StackId::NONE;
+        }
+        let _guard = BusyGuard(&t.busy);
+        let mut buf = [MaybeUninit::<usize>::uninit(); MAX_DEPTH];
+        // A stack pointer of 0 keeps every frame the unwinder reports.
+        let n = fallback_walk(0, 0, &mut buf);
+        // SAFETY: fallback_walk initialised buf[..n], n <= MAX_DEPTH.
+        let frames = unsafe { assume_init_prefix(&buf, n) };
+        if n == 0 {
+            StackId::NONE
+        } else {
+            intern(t, frames, hash_frames(frames))
+        }
+    })
 }
 
 /// The body of [`capture`] when capture may be on: reads its own frame and walks from there.
@@ -1087,8 +1113,8 @@ pub struct ResolvedFrame {
 }
 
 /// Symbolises a stack with the binary's debug info, inlined frames expanded. An address that
-/// cannot be symbolised gives one frame with only `ip`. Slow (the first call loads the debug
-/// info): for reports only.
+/// cannot be symbolised gives one frame with only `ip`. Each address is symbolised once per
+/// process (see [`SYMBOLS`]); the first call loads the debug info. For reports only.
 pub(crate) fn resolve(id: StackId) -> Vec<ResolvedFrame> {
     resolve_ips(frames(id))
 }
@@ -1097,26 +1123,47 @@ pub(crate) fn resolve(id: StackId) -> Vec<ResolvedFrame> {
 pub(crate) fn resolve_ips(ips: &[usize]) -> Vec<ResolvedFrame> {
     let mut out = Vec::new();
     for &ip in ips {
-        let before = out.len();
-        // The synchronized resolve; it looks up ip - 1 itself, so the call's line is found.
-        backtrace::resolve(ip as *mut c_void, |sym| {
-            out.push(ResolvedFrame {
-                ip,
-                function: sym.name().map(|n| format!("{n:#}")),
-                file: sym.filename().map(|p| p.display().to_string()),
-                line: sym.lineno(),
-            });
-        });
-        if out.len() == before {
-            out.push(ResolvedFrame {
-                ip,
-                function: None,
-                file: None,
-                line: None,
-            });
-        }
+        out.extend(symbols(ip).iter().cloned());
     }
     out
+}
+
+/// The frames of every return address symbolised so far. Addresses are the process's own and
+/// its code does not move, so an entry never goes stale; a report's stacks share most of their
+/// frames (the test harness, `main`, the caller's callers), so a later report mostly hits.
+/// Taken with `try_lock` only: a report made while this thread holds it (an allocation inside
+/// the map's insert, with memctx as the global allocator) goes without the cache, not into a
+/// deadlock.
+static SYMBOLS: Mutex<BTreeMap<usize, Arc<[ResolvedFrame]>>> = Mutex::new(BTreeMap::new());
+
+/// The frames of return address `ip`, from [`SYMBOLS`] or symbolised now.
+fn symbols(ip: usize) -> Arc<[ResolvedFrame]> {
+    if let Some(f) = SYMBOLS.try_lock().ok().and_then(|m| m.get(&ip).cloned()) {
+        return f;
+    }
+    let mut out = Vec::new();
+    // The synchronized resolve; it looks up ip - 1 itself, so the call's line is found.
+    backtrace::resolve(ip as *mut c_void, |sym| {
+        out.push(ResolvedFrame {
+            ip,
+            function: sym.name().map(|n| format!("{n:#}")),
+            file: sym.filename().map(|p| p.display().to_string()),
+            line: sym.lineno(),
+        });
+    });
+    if out.is_empty() {
+        out.push(ResolvedFrame {
+            ip,
+            function: None,
+            file: None,
+            line: None,
+        });
+    }
+    let f: Arc<[ResolvedFrame]> = out.into();
+    if let Ok(mut m) = SYMBOLS.try_lock() {
+        m.insert(ip, Arc::clone(&f));
+    }
+    f
 }
 
 /// Paths (of the frame's subject: the function, or the `Self` type of a trait method) whose
@@ -1202,6 +1249,73 @@ pub(crate) fn user_frames(frames: Vec<ResolvedFrame>) -> Vec<ResolvedFrame> {
     match first_user {
         Some(i) => frames.into_iter().skip(i).collect(),
         None => frames,
+    }
+}
+
+/// Paths whose frames a report leaves out besides [`PLUMBING`] (see [`shown_frames`]): the
+/// standard library, the test harness, the panic and unwinding machinery and the C runtime's
+/// start-up and thread-start code. Matched against the frame's subject path and, for a trait
+/// method, its trait's too (`<app::Row as core::ops::drop::Drop>::drop` is the program's).
+const RUNTIME: &[&str] = &[
+    "std::",
+    "core::",
+    "test::",
+    "panic_unwind::",
+    "dashmap::",
+    "rust_begin_unwind",
+    "rust_panic",
+    "__libc_start",
+    "_start",
+    "start_thread",
+    "clone",
+];
+
+/// Whether a report leaves out a frame of `function` (see [`shown_frames`]).
+fn is_hidden(function: &str) -> bool {
+    // `main` is the C entry point rustc emits; the program's own is `crate::main`.
+    let hidden = |path: &str| {
+        is_plumbing(path) || RUNTIME.iter().any(|p| path.starts_with(p)) || path == "main"
+    };
+    hidden(subject_path(function)) && trait_path(function).map_or(true, hidden)
+}
+
+/// The trait of a trait method's name (`<Self as Trait>::method`), cut before its generics.
+fn trait_path(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('<')?;
+    let mut depth = 0usize;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth == 0 => return None,
+            '>' => depth -= 1,
+            ' ' if depth == 0 && rest[i..].starts_with(" as ") => {
+                let t = &rest[i + 4..];
+                return Some(&t[..t.find(['<', '>', ' ']).unwrap_or(t.len())]);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The frames a report shows ([`super::settings::report_frames`]): every frame, or by default the
+/// program's own only — frames whose function is unknown or is the standard library's, the test
+/// harness's, the panic machinery's, the C runtime's or memctx's own are left out wherever they
+/// are in the stack. A stack with no frame of the program's (a report made from a thread-exit
+/// destructor) is shown whole.
+pub(crate) fn shown_frames(frames: Vec<ResolvedFrame>) -> Vec<ResolvedFrame> {
+    if super::settings::report_frames() == super::settings::ReportFrames::All {
+        return frames;
+    }
+    let user: Vec<ResolvedFrame> = frames
+        .iter()
+        .filter(|f| f.function.as_deref().is_some_and(|n| !is_hidden(n)))
+        .cloned()
+        .collect();
+    if user.is_empty() {
+        frames
+    } else {
+        user
     }
 }
 
@@ -1578,6 +1692,62 @@ mod tests {
         // An unknown frame stops the trimming; all-plumbing keeps everything.
         assert_eq!(user_frames(vec![f(None), f(Some("app::x"))]).len(), 2);
         assert_eq!(user_frames(vec![f(Some("memctx::a::b"))]).len(), 1);
+    }
+
+    #[test]
+    fn report_frames_rule() {
+        for p in [
+            "memctx::aset::AllocSet::alloc",
+            "std::panicking::try::do_call",
+            "std::rt::lang_start_internal",
+            "core::ops::function::FnOnce::call_once",
+            "<alloc::boxed::Box<F,A> as core::ops::function::FnOnce<Args>>::call_once",
+            "test::run_test_in_process",
+            "__rust_try",
+            "rust_begin_unwind",
+            "__libc_start_call_main",
+            "_start",
+            "start_thread",
+            "clone3",
+            "main",
+            "std::collections::hash::map::HashMap<K,V,S>::insert",
+        ] {
+            assert!(is_hidden(p), "{p} should be left out");
+        }
+        for p in [
+            "app::work",
+            "app::main",
+            "memctx::debug::stack::tests::site_a",
+            "<app::Row as core::ops::drop::Drop>::drop",
+            "<std::vec::Vec<T> as app::Fill>::fill",
+            "<memctx::context::MemoryContext as app::Arena>::make",
+            "debug_reports::overrun::{{closure}}",
+        ] {
+            assert!(!is_hidden(p), "{p} should be shown");
+        }
+        assert_eq!(
+            trait_path("<std::vec::Vec<T> as app::Fill<u8>>::fill"),
+            Some("app::Fill")
+        );
+        assert_eq!(trait_path("app::f<T>"), None);
+        let f = |name: Option<&str>| ResolvedFrame {
+            ip: 1,
+            function: name.map(String::from),
+            file: None,
+            line: None,
+        };
+        let shown = shown_frames(vec![
+            f(Some("memctx::aset::AllocSet::alloc")),
+            f(Some("app::inner")),
+            f(Some("core::ops::function::FnOnce::call_once")),
+            f(None),
+            f(Some("app::outer")),
+            f(Some("std::rt::lang_start")),
+        ]);
+        let names: Vec<_> = shown.iter().map(|f| f.function.as_deref()).collect();
+        assert_eq!(names, [Some("app::inner"), Some("app::outer")]);
+        // Nothing of the program's: shown whole.
+        assert_eq!(shown_frames(vec![f(Some("std::thread::local::x"))]).len(), 1);
     }
 
     #[test]
