@@ -45,6 +45,18 @@ fn assert_first_frame(frames: &[debug::Frame], name: &str, what: &str) {
     );
 }
 
+/// Asserts that the first user frame of `frames` is `name` of this test file, at `line` of it.
+fn assert_first_frame_at(frames: &[debug::Frame], name: &str, line: u32, what: &str) {
+    assert_first_frame(frames, name, what);
+    let f = &frames[0];
+    let file = f.file.as_deref().unwrap_or("");
+    assert!(
+        file.ends_with("tests/debug_reports.rs") && f.line == Some(line),
+        "{what} backtrace should start at tests/debug_reports.rs:{line}, starts at {file}:{:?}",
+        f.line
+    );
+}
+
 fn new_ctx(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
 }
@@ -52,6 +64,7 @@ fn new_ctx(name: &'static str) -> MemoryContext {
 #[test]
 fn overrun_found_at_pfree() {
     let ctx = new_ctx("OverrunCtx");
+    let mut at = 0;
     let r = one(collect(|| {
         let p = ctx.alloc(10).as_ptr();
         unsafe {
@@ -59,6 +72,7 @@ fn overrun_found_at_pfree() {
             p.add(12).write(b'C');
             pfree(p);
         }
+        at = line!() - 2;
     }));
     assert_eq!(r.class, BugClass::Overrun);
     assert_eq!(r.context, "OverrunCtx");
@@ -69,6 +83,12 @@ fn overrun_found_at_pfree() {
     assert_eq!(r.found, [b'A', 0x7e, b'C']);
     assert_eq!(r.found_at, "pfree");
     assert_first_frame(&r.alloc_backtrace(), "overrun_found_at_pfree", "allocation");
+    assert_first_frame_at(
+        &r.found_backtrace(),
+        "overrun_found_at_pfree",
+        at,
+        "found-at",
+    );
     let text = r.to_string();
     assert!(
         text.contains("overrun in memory context \"OverrunCtx\""),
@@ -120,10 +140,12 @@ fn overrun_of_request_filling_its_class() {
 #[test]
 fn overrun_found_at_reset_and_repalloc() {
     let ctx = new_ctx("ResetCtx");
+    let mut at = 0;
     let reports = collect(|| {
         let p = ctx.alloc(100).as_ptr();
         unsafe { p.add(100).write(9) };
         ctx.reset();
+        at = line!() - 1;
         let q = ctx.alloc(40).as_ptr();
         unsafe {
             q.add(41).write(9);
@@ -138,6 +160,12 @@ fn overrun_found_at_reset_and_repalloc() {
         &reports[0].alloc_backtrace(),
         "overrun_found_at_reset_and_repalloc",
         "allocation",
+    );
+    assert_first_frame_at(
+        &reports[0].found_backtrace(),
+        "overrun_found_at_reset_and_repalloc",
+        at,
+        "found-at",
     );
     assert_eq!(reports[1].class, BugClass::Overrun);
     assert_eq!(reports[1].found_at, "repalloc");
@@ -315,6 +343,7 @@ fn write_after_pfree_found_on_reuse() {
 #[test]
 fn write_after_pfree_found_by_check() {
     let ctx = new_ctx("UafCheckCtx");
+    let mut check_line = 0;
     let reports = collect(|| {
         let p = ctx.alloc(200).as_ptr();
         unsafe {
@@ -322,9 +351,16 @@ fn write_after_pfree_found_by_check() {
             p.add(150).write(0);
         }
         assert_eq!(ctx.check(), 1);
+        check_line = line!() - 1;
         ctx.delete(); // finds it again: the damage is still there
     });
     assert_eq!(reports.len(), 2, "{reports:#?}");
+    assert_first_frame_at(
+        &reports[0].found_backtrace(),
+        "write_after_pfree_found_by_check",
+        check_line,
+        "found-at",
+    );
     for (r, at) in reports.iter().zip(["check", "delete of \"UafCheckCtx\""]) {
         assert_eq!(r.class, BugClass::WriteAfterFree);
         assert_eq!(r.found_at, at);
@@ -437,11 +473,14 @@ fn wild_write_into_unused_block_space() {
 #[test]
 fn double_free_names_both_backtraces() {
     let ctx = new_ctx("DoubleCtx");
+    let (mut first, mut second) = (0, 0);
     let r = one(collect(|| {
         let p = ctx.alloc(64).as_ptr();
         unsafe {
             pfree(p);
+            first = line!() - 1;
             pfree(p);
+            second = line!() - 1;
         }
     }));
     assert_eq!(r.class, BugClass::DoubleFree);
@@ -452,11 +491,22 @@ fn double_free_names_both_backtraces() {
         "double_free_names_both_backtraces",
         "allocation",
     );
-    assert_first_frame(
+    // Both frees: the first as the chunk's free stack, the second where it was found.
+    assert_first_frame_at(
         &r.free_backtrace(),
         "double_free_names_both_backtraces",
+        first,
         "free",
     );
+    assert_first_frame_at(
+        &r.found_backtrace(),
+        "double_free_names_both_backtraces",
+        second,
+        "found-at",
+    );
+    let text = r.to_string();
+    assert!(text.contains("\n  found at pfree:\n    #0 "), "{text}");
+    assert!(text.contains("\n  freed at:\n    #0 "), "{text}");
     ctx.delete();
 }
 
@@ -464,10 +514,13 @@ fn double_free_names_both_backtraces() {
 fn invalid_pointers_are_reported_not_freed() {
     let ctx = new_ctx("InvalidCtx");
     let foreign = Box::into_raw(Box::new([0u8; 64])) as *mut u8;
+    let (mut chunk, mut alloc_line, mut foreign_line) = (0, 0, 0);
     let reports = collect(|| {
         let p = ctx.alloc(64).as_ptr();
+        (chunk, alloc_line) = (p as usize, line!() - 1);
         unsafe {
             pfree(foreign); // foreign
+            foreign_line = line!() - 1;
             pfree(p.add(16)); // interior
             pfree(p.add(1)); // misaligned
             pfree(core::ptr::null_mut()); // null
@@ -476,9 +529,37 @@ fn invalid_pointers_are_reported_not_freed() {
     });
     assert_eq!(reports.len(), 4, "{reports:#?}");
     assert!(reports.iter().all(|r| r.class == BugClass::InvalidPointer));
+    // The foreign pointer: no context, no chunk, and the pfree that passed it.
+    let name = "invalid_pointers_are_reported_not_freed";
     assert_eq!(reports[0].context, "");
+    assert_eq!(reports[0].chunk, None);
     assert!(reports[0].detail.contains("no context of this thread"));
+    assert!(reports[0]
+        .headline()
+        .starts_with("memctx: invalid-pointer outside every memory context, found at pfree"));
+    assert!(!reports[0].to_string().contains("\"\""));
+    assert_first_frame_at(
+        &reports[0].found_backtrace(),
+        name,
+        foreign_line,
+        "found-at",
+    );
+    // The interior pointer names the chunk it points into, with its allocation.
     assert_eq!(reports[1].context, "InvalidCtx");
+    assert_eq!(reports[1].chunk, Some(chunk));
+    assert_eq!(reports[1].requested, Some(64));
+    assert_first_frame_at(
+        &reports[1].alloc_backtrace(),
+        name,
+        alloc_line,
+        "allocation",
+    );
+    assert_first_frame_at(
+        &reports[1].found_backtrace(),
+        name,
+        foreign_line + 2,
+        "found-at",
+    );
     assert!(
         reports[1].detail.contains("16 bytes into the chunk"),
         "{}",

@@ -1747,7 +1747,10 @@ mod tests {
         let names: Vec<_> = shown.iter().map(|f| f.function.as_deref()).collect();
         assert_eq!(names, [Some("app::inner"), Some("app::outer")]);
         // Nothing of the program's: shown whole.
-        assert_eq!(shown_frames(vec![f(Some("std::thread::local::x"))]).len(), 1);
+        assert_eq!(
+            shown_frames(vec![f(Some("std::thread::local::x"))]).len(),
+            1
+        );
     }
 
     #[test]
