@@ -1,6 +1,6 @@
 //! How the debug build tells a report: where it goes (`log` with target `memctx` at error level;
 //! stderr only without a logger or with `MEMCTX_REPORT_STDERR=1`, never with `0`), which frames it
-//! shows (the program's own by default, every frame with `MEMCTX_REPORT_FRAMES=all`), that it is
+//! shows (the program's own by default, every frame with `MEMCTX_REPORT_ALL_FRAMES=1`), that it is
 //! printed once and fits a screen, and that a report raised while a test unwinds fails that test
 //! instead of aborting the test binary.
 //!
@@ -31,7 +31,7 @@ fn run_child(case: &str, env: &[(&str, &str)]) -> Output {
     for var in [
         "RUST_LOG",
         "MEMCTX_REPORT_STDERR",
-        "MEMCTX_REPORT_FRAMES",
+        "MEMCTX_REPORT_ALL_FRAMES",
         "MEMCTX_ON_ERROR",
     ] {
         cmd.env_remove(var);
@@ -171,8 +171,8 @@ fn a_one_byte_overrun_is_printed_once_with_the_programs_frames() {
 }
 
 #[test]
-fn report_frames_all_shows_std_the_harness_and_memctx() {
-    let (_, stderr) = passing_child("log-policy", &[("MEMCTX_REPORT_FRAMES", "all")]);
+fn report_all_frames_shows_std_the_harness_and_memctx() {
+    let (_, stderr) = passing_child("log-policy", &[("MEMCTX_REPORT_ALL_FRAMES", "1")]);
     let report = report_lines(&stderr).join("\n");
     for part in [
         " in report_output::overrun_one_byte at ",

@@ -14,7 +14,7 @@
 //! | guarded mappings at most ([`set_guard_max`]) | 16384 | `MEMCTX_GUARD_MAX` |
 //! | bytes of freed guarded mappings kept inaccessible ([`set_guard_quarantine`]) | 16 MiB | `MEMCTX_GUARD_QUARANTINE` |
 //! | reports also on stderr ([`set_report_stderr`]) | only without a logger | `MEMCTX_REPORT_STDERR=0\|1` |
-//! | frames a report shows ([`set_report_frames`]) | the user's | `MEMCTX_REPORT_FRAMES=user\|all` |
+//! | frames a report shows ([`set_report_frames`]) | the user's | `MEMCTX_REPORT_ALL_FRAMES=0\|1` |
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -238,6 +238,8 @@ pub(crate) fn guard_quarantine() -> usize {
 /// each reuse costs one `mprotect`.
 pub fn set_guard_quarantine(bytes: usize) {
     GUARD_QUARANTINE.set(bytes);
+}
+
 /// When a report is also printed to stderr (it always goes to `log`, target `memctx`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportStderr {
@@ -266,52 +268,23 @@ pub enum ReportFrames {
     /// The program's own: frames of std, core, alloc, the test harness (`test::`), the panic and
     /// start-up machinery and memctx itself are left out (the default).
     User,
-    /// Every captured frame (`MEMCTX_REPORT_FRAMES=all`).
+    /// Every captured frame (`MEMCTX_REPORT_ALL_FRAMES=1`).
     All,
 }
 
-/// 0: not read yet; else 1 + the setting's index, for both settings below.
-static REPORT_STDERR: AtomicU8 = AtomicU8::new(0);
-static REPORT_FRAMES: AtomicU8 = AtomicU8::new(0);
-
-const STDERR_CHOICES: [ReportStderr; 3] = [
-    ReportStderr::NoLogger,
-    ReportStderr::Always,
-    ReportStderr::Never,
-];
-const FRAMES_CHOICES: [ReportFrames; 2] = [ReportFrames::User, ReportFrames::All];
-
-/// A setting kept in `cell` as 1 + its index in `choices`, read from the environment with
-/// `from_env` the first time.
-fn choice<T: Copy + PartialEq>(cell: &AtomicU8, choices: &[T], from_env: fn() -> T) -> T {
-    match cell.load(Ordering::Relaxed) {
-        0 => {
-            let v = from_env();
-            set_choice(cell, choices, v);
-            v
-        }
-        c => choices[usize::from(c - 1)],
-    }
-}
-
-fn set_choice<T: PartialEq>(cell: &AtomicU8, choices: &[T], v: T) {
-    let i = choices.iter().position(|c| *c == v).unwrap_or(0);
-    cell.store(i as u8 + 1, Ordering::Relaxed);
-}
+/// `MEMCTX_REPORT_STDERR`: 0 never, 1 always, anything else (2 by default) without a logger.
+static REPORT_STDERR: EnvSetting = EnvSetting::new("MEMCTX_REPORT_STDERR", 2);
+/// `MEMCTX_REPORT_ALL_FRAMES`: 1 every frame, anything else the program's.
+static REPORT_ALL_FRAMES: EnvSetting = EnvSetting::new("MEMCTX_REPORT_ALL_FRAMES", 0);
 
 /// Whether reports also go to stderr: [`set_report_stderr`], else `MEMCTX_REPORT_STDERR` (`1`:
 /// always, `0`: never; unset: only without a logger).
 pub fn report_stderr() -> ReportStderr {
-    choice(&REPORT_STDERR, &STDERR_CHOICES, || {
-        match std::env::var("MEMCTX_REPORT_STDERR")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("1") => ReportStderr::Always,
-            Ok("0") => ReportStderr::Never,
-            _ => ReportStderr::NoLogger,
-        }
-    })
+    match REPORT_STDERR.get() {
+        0 => ReportStderr::Never,
+        1 => ReportStderr::Always,
+        _ => ReportStderr::NoLogger,
+    }
 }
 
 /// Sets whether reports also go to stderr, for the whole process. Overrides
@@ -324,24 +297,24 @@ pub fn report_stderr() -> ReportStderr {
 /// debug::set_report_stderr(ReportStderr::NoLogger); // the default
 /// ```
 pub fn set_report_stderr(when: ReportStderr) {
-    set_choice(&REPORT_STDERR, &STDERR_CHOICES, when);
+    REPORT_STDERR.set(match when {
+        ReportStderr::Never => 0,
+        ReportStderr::Always => 1,
+        ReportStderr::NoLogger => 2,
+    });
 }
 
-/// Which frames reports show: [`set_report_frames`], else `MEMCTX_REPORT_FRAMES` (`all`, or the
-/// user's by default).
+/// Which frames reports show: [`set_report_frames`], else `MEMCTX_REPORT_ALL_FRAMES` (`1`: all;
+/// the program's by default).
 pub fn report_frames() -> ReportFrames {
-    choice(&REPORT_FRAMES, &FRAMES_CHOICES, || {
-        match std::env::var("MEMCTX_REPORT_FRAMES")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("all") => ReportFrames::All,
-            _ => ReportFrames::User,
-        }
-    })
+    if REPORT_ALL_FRAMES.get() == 1 {
+        ReportFrames::All
+    } else {
+        ReportFrames::User
+    }
 }
 
-/// Sets which frames reports show, for the whole process. Overrides `MEMCTX_REPORT_FRAMES`.
+/// Sets which frames reports show, for the whole process. Overrides `MEMCTX_REPORT_ALL_FRAMES`.
 ///
 /// # Examples
 /// ```
@@ -350,5 +323,5 @@ pub fn report_frames() -> ReportFrames {
 /// debug::set_report_frames(ReportFrames::User); // the default
 /// ```
 pub fn set_report_frames(frames: ReportFrames) {
-    set_choice(&REPORT_FRAMES, &FRAMES_CHOICES, frames);
+    REPORT_ALL_FRAMES.set(usize::from(frames == ReportFrames::All));
 }
