@@ -384,7 +384,7 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
     let need = hooks::class_request(size);
     // SAFETY: `ctx` is live (caller).
     unsafe {
-        if need > (*ctx).set.chunk_limit {
+        if need > (*ctx).set.chunk_limit || hooks::sample_chunk() {
             (*ctx).is_reset = false;
             return alloc_large(ctx, size, need);
         }

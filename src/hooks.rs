@@ -80,6 +80,12 @@ mod off {
         failed: bool,
     ) {
     }
+    /// Whether this small allocation gets a block of its own anyway (the debug build's guarded
+    /// sampling).
+    #[inline(always)]
+    pub(crate) fn sample_chunk() -> bool {
+        false
+    }
     /// Memory for the block of a chunk of `size` requested bytes that needs `block_size` bytes
     /// of its own: none (null), the system allocator provides it. The debug build may give a
     /// guarded mapping, and the block size that puts the chunk's end at its guard page.

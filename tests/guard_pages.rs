@@ -5,7 +5,8 @@
 //! whatever the report policy, and the settings changed here are process-wide. The children are
 //! not traced by Valgrind (the memcheck leg runs this binary without `--trace-children`), so
 //! natively and under memcheck a guard fault is a `SIGSEGV` with memctx's report. In the ASan
-//! build no guard page is used: the chunk's tail is poisoned and ASan reports the access.
+//! build no guard page is used: the chunk's tail is poisoned and ASan reports the access (the
+//! ASan variant of the assertions below). Item 4's sampling is covered by the `sample-*` cases.
 #![cfg(feature = "debug-contexts")]
 
 use std::os::unix::process::ExitStatusExt;
@@ -43,6 +44,8 @@ fn child() {
         "fallback" => fallback_when_capped(),
         "steady" => steady_state_maps_nothing(),
         "off" => guard_pages_off(),
+        "sample-overrun" => sampled_chunk_overrun(),
+        "sample-which" => sampled_chunks_are_external(),
         other => panic!("unknown case {other}"),
     }
 }
@@ -173,6 +176,51 @@ fn guard_pages_off() {
     ctx.delete();
 }
 
+/// Allocates eight 24-byte chunks in a fresh thread (whose allocation count starts at zero) in
+/// `ctx`, and returns them with the indices of those sampled into guarded mappings: their
+/// capacity (24 + 16-byte redzone, rounded to 48) ends at a page.
+fn eight_chunks(ctx: MemoryContext) -> (Vec<usize>, Vec<usize>) {
+    let chunks: Vec<usize> = (0..8).map(|_| ctx.alloc(24).as_ptr() as usize).collect();
+    let page = 4096;
+    let sampled = (0..8).filter(|&i| (chunks[i] + 48) % page == 0).collect();
+    (chunks, sampled)
+}
+
+fn sampled_chunk_overrun() {
+    std::thread::spawn(|| {
+        let ctx = guarded_context();
+        let (chunks, sampled) = eight_chunks(ctx);
+        assert_eq!(sampled, [3, 7]);
+        write_past(chunks[3] as *mut u8, 100);
+        unreachable!("the write past the guard page returned");
+    })
+    .join()
+    .unwrap();
+}
+
+fn sampled_chunks_are_external() {
+    std::thread::spawn(|| {
+        let before = debug::guard_stats();
+        let ctx = guarded_context();
+        let blocks = ctx.counters().total_nblocks;
+        let (_chunks, sampled) = eight_chunks(ctx);
+        println!("sampled {sampled:?}");
+        let s = debug::guard_stats();
+        assert_eq!(s.sampled, sampled.len(), "{s:?}");
+        // Each sampled chunk is a block of the context of its own, counted in its stats.
+        assert_eq!(ctx.counters().total_nblocks, blocks + sampled.len() as u64);
+        assert_eq!(ctx.check(), 0);
+        ctx.reset(); // frees them: their mappings go to the quarantine
+        let s = debug::guard_stats();
+        assert_eq!(s.sampled, 0, "{s:?}");
+        assert_eq!(s.quarantined - before.quarantined, sampled.len(), "{s:?}");
+        assert_eq!(ctx.counters().total_nblocks, blocks);
+        ctx.delete();
+    })
+    .join()
+    .unwrap();
+}
+
 /// The child died of a guard fault: by SIGSEGV with memctx's report naming `class`, the
 /// 10,000-byte chunk, the faulting function and the allocating one.
 #[cfg(not(memctx_asan))]
@@ -210,13 +258,19 @@ fn assert_guard_fault(out: &Output, class: &str, function: &str) {
     );
 }
 
-/// In the ASan build the tail is poisoned instead: ASan reports the access in `function`.
+/// In the ASan build no guard page is used: the block is ASan's `malloc`'s, its tail poisoned,
+/// and ASan reports the access in `function` — past the block, a `heap-buffer-overflow`; into
+/// the freed block, a `heap-use-after-free`.
 #[cfg(memctx_asan)]
-fn assert_guard_fault(out: &Output, _class: &str, function: &str) {
+fn assert_guard_fault(out: &Output, class: &str, function: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
+    let kind = match class {
+        "overrun" => "heap-buffer-overflow",
+        _ => "heap-use-after-free",
+    };
     assert!(
-        err.contains("ERROR: AddressSanitizer: use-after-poison"),
+        err.contains(&format!("ERROR: AddressSanitizer: {kind}")),
         "{err}"
     );
     assert!(err.contains(&format!("guard_pages::{function}")), "{err}");
@@ -257,6 +311,7 @@ fn write_after_free_of_a_large_chunk_faults() {
 }
 
 #[test]
+#[cfg(not(memctx_asan))] // ASan handles SIGSEGV itself; memctx installs no handler there
 fn other_faults_go_to_the_previous_action() {
     let out = run("not-ours", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -303,4 +358,70 @@ fn steady_large_alloc_and_free_map_nothing() {
 #[test]
 fn guard_pages_can_be_turned_off() {
     assert_clean("off", &[("MEMCTX_GUARD_PAGES", "0")]);
+}
+
+#[test]
+#[cfg(not(memctx_asan))]
+fn sampled_small_chunk_overrun_faults_at_the_write() {
+    let out = run("sample-overrun", &[("MEMCTX_GUARD_SAMPLE", "4")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{err}");
+    assert!(err.contains("memctx: overrun: write at "), "{err}");
+    assert!(
+        err.contains("76 bytes past the end of the 24-byte chunk"),
+        "{err}"
+    );
+    let fault = err
+        .split("  fault:\n")
+        .nth(1)
+        .expect("a symbolised fault stack");
+    let first = fault
+        .lines()
+        .find(|l| !l.contains(" in core::"))
+        .unwrap_or("");
+    assert!(
+        first.contains("guard_pages::write_past at tests/guard_pages.rs:"),
+        "{err}"
+    );
+}
+
+/// The sampled chunks printed by the `sample-which` child.
+fn sampled_in(env: &[(&str, &str)]) -> String {
+    let out = run("sample-which", env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // libtest may have printed `test child ... ` on the same line.
+    let at = text.find("sampled [").expect("the sampled line");
+    text[at..].lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+#[cfg(not(memctx_asan))]
+fn sampling_is_every_nth_or_seeded_and_deterministic() {
+    assert_eq!(
+        sampled_in(&[("MEMCTX_GUARD_SAMPLE", "4")]),
+        "sampled [3, 7]"
+    );
+    assert_eq!(
+        sampled_in(&[("MEMCTX_GUARD_SAMPLE", "1")]),
+        "sampled [0, 1, 2, 3, 4, 5, 6, 7]"
+    );
+    // One slot: only the first sampled chunk is guarded while it lives.
+    let one_slot = [("MEMCTX_GUARD_SAMPLE", "1"), ("MEMCTX_GUARD_SLOTS", "1")];
+    assert_eq!(sampled_in(&one_slot), "sampled [0]");
+    assert_eq!(sampled_in(&[]), "sampled []");
+    let seeded = [("MEMCTX_GUARD_SAMPLE", "3"), ("MEMCTX_GUARD_SEED", "12345")];
+    let first = sampled_in(&seeded);
+    assert_eq!(sampled_in(&seeded), first);
+    assert_ne!(first, "sampled []");
+    let other = [("MEMCTX_GUARD_SAMPLE", "3"), ("MEMCTX_GUARD_SEED", "99")];
+    assert_ne!(
+        sampled_in(&other),
+        first,
+        "different seeds, different chunks"
+    );
 }

@@ -106,6 +106,8 @@ struct Mapping {
     base: usize,
     /// Pages before the guard page.
     pages: usize,
+    /// Whether it holds a sampled small chunk (which holds a slot, see `sample`).
+    sampled: bool,
 }
 
 impl Mapping {
@@ -191,6 +193,8 @@ pub struct GuardStats {
     pub unmaps: u64,
     /// Chunks that got an ordinary block because the cap was reached or `mmap` failed.
     pub fallbacks: u64,
+    /// Live small chunks that sampling placed in guarded mappings (`MEMCTX_GUARD_SAMPLE`).
+    pub sampled: usize,
 }
 
 /// The counters of the process's guarded mappings.
@@ -205,6 +209,7 @@ pub fn guard_stats() -> GuardStats {
         maps: MAPS.load(Ordering::Relaxed),
         unmaps: UNMAPS.load(Ordering::Relaxed),
         fallbacks: FALLBACKS.load(Ordering::Relaxed),
+        sampled: super::sample::LIVE.load(Ordering::Relaxed),
         ..GuardStats::default()
     };
     let _ = with_pool(|p| {
@@ -215,12 +220,13 @@ pub fn guard_stats() -> GuardStats {
     s
 }
 
-/// Memory for a block of `size` bytes (a multiple of 16) ending at a guard page, or `None`: the
+/// Memory for a block of `size` bytes (a multiple of 16; `sampled`: for a small chunk that
+/// sampling chose) ending at a guard page, or `None`: the
 /// caller takes an ordinary block. `None` is counted as a fallback when the cap or the system
 /// refused a mapping.
-pub(crate) fn take(size: usize) -> Option<*mut u8> {
+pub(crate) fn take(size: usize, sampled: bool) -> Option<*mut u8> {
     let pages = size.div_ceil(page());
-    let m = with_pool(|p| p.take(pages)).flatten()?;
+    let m = with_pool(|p| p.take(pages, sampled)).flatten()?;
     let block = m.guard() - size;
     let e = &TABLE[m.entry];
     let data = Block::first_chunk(block as *mut Block) as usize + CHUNK_PREFIX;
@@ -254,6 +260,9 @@ pub(crate) fn release(end: usize, data: usize, requested: usize, alloc: u32, fre
         let Some(m) = p.live.remove(&end) else {
             return false;
         };
+        if m.sampled {
+            super::sample::slot_returned();
+        }
         let e = &TABLE[m.entry];
         e.data.store(data, Ordering::Relaxed);
         e.requested.store(requested, Ordering::Relaxed);
@@ -269,8 +278,8 @@ pub(crate) fn release(end: usize, data: usize, requested: usize, alloc: u32, fre
 
 impl Pool {
     /// A mapping of `pages` accessible pages and a guard, for a new live chunk.
-    fn take(&mut self, pages: usize) -> Option<Mapping> {
-        let m = match self.cache.get_mut(&pages).and_then(Vec::pop) {
+    fn take(&mut self, pages: usize, sampled: bool) -> Option<Mapping> {
+        let mut m = match self.cache.get_mut(&pages).and_then(Vec::pop) {
             Some(m) => {
                 self.cache_bytes -= m.data_bytes();
                 if TABLE[m.entry].state.load(Ordering::Relaxed) == FREED
@@ -283,6 +292,7 @@ impl Pool {
             }
             None => self.map(pages)?,
         };
+        m.sampled = sampled;
         self.live.insert(m.guard(), m);
         Some(m)
     }
@@ -320,7 +330,12 @@ impl Pool {
         HIGH.fetch_max(entry + 1, Ordering::Release);
         IN_USE.store(true, Ordering::Relaxed);
         self.mapped += 1;
-        Some(Mapping { entry, base, pages })
+        Some(Mapping {
+            entry,
+            base,
+            pages,
+            sampled: false,
+        })
     }
 
     fn fallback(&mut self) -> Option<Mapping> {

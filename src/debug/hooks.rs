@@ -29,6 +29,7 @@ use super::layout::{
     REDZONE_BYTE, STATE_FREE, STATE_LIVE,
 };
 use super::report::{self, BugClass, Report};
+use super::sample;
 use super::sanitizer;
 use super::settings;
 use super::stack;
@@ -388,15 +389,29 @@ unsafe fn resize_tail(data: *mut u8, was: usize, new: usize, cap: usize) {
 /// ([`class_request`]), rounded up to 16 — at its guard page (see `guard`). Under memcheck and
 /// ASan none: those tools watch the chunk's tail, which [`finish_live`] closes, themselves.
 pub(crate) fn large_block_memory(size: usize, block_size: usize) -> (*mut u8, usize) {
-    if !settings::guard_pages() || sanitizer::active() {
-        return (ptr::null_mut(), block_size);
-    }
+    let sampled = sample::take_pending();
     let cap = align_up(class_request(size), crate::chunk::CHUNK_ALIGN);
     let tight = BLOCK_HEADER_SIZE + crate::chunk::FIRST_CHUNK_PAD + CHUNK_PREFIX + cap;
-    match guard::take(tight) {
+    let mem = if settings::guard_pages() && !sanitizer::active() {
+        guard::take(tight, sampled)
+    } else {
+        None
+    };
+    match mem {
         Some(mem) => (mem, tight),
-        None => (ptr::null_mut(), block_size),
+        None => {
+            if sampled {
+                sample::slot_returned();
+            }
+            (ptr::null_mut(), block_size)
+        }
     }
+}
+
+/// Whether this small allocation is sampled into a guarded mapping (see `sample`).
+#[inline(always)]
+pub(crate) fn sample_chunk() -> bool {
+    sample::sample_chunk()
 }
 
 /// A block goes back: a guarded one to the guard quarantine, with what its chunk was (the free

@@ -44,6 +44,7 @@ mod guard;
 pub(crate) mod hooks;
 pub(crate) mod layout;
 mod report;
+mod sample;
 pub(crate) mod sanitizer;
 mod settings;
 pub(crate) mod sites;
@@ -57,8 +58,9 @@ pub use report::{
 };
 pub use settings::{
     report_frames, report_stderr, reset_check, set_backtrace_depth, set_backtraces, set_guard_max,
-    set_guard_pages, set_guard_quarantine, set_redzone, set_report_frames, set_report_stderr,
-    set_reset_check, set_thread_reset_check, ReportFrames, ReportStderr,
+    set_guard_pages, set_guard_quarantine, set_guard_sample, set_guard_seed, set_guard_slots,
+    set_redzone, set_report_frames, set_report_stderr, set_reset_check, set_thread_reset_check,
+    ReportFrames, ReportStderr,
 };
 pub use sites::{format_sites, print_sites};
 pub use verify::ResetCheck;

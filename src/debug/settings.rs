@@ -15,6 +15,9 @@
 //! | bytes of freed guarded mappings kept inaccessible ([`set_guard_quarantine`]) | 16 MiB | `MEMCTX_GUARD_QUARANTINE` |
 //! | reports also on stderr ([`set_report_stderr`]) | only without a logger | `MEMCTX_REPORT_STDERR=0\|1` |
 //! | frames a report shows ([`set_report_frames`]) | the user's | `MEMCTX_REPORT_ALL_FRAMES=0\|1` |
+//! | one small chunk in N guarded ([`set_guard_sample`]) | 0 (off) | `MEMCTX_GUARD_SAMPLE` |
+//! | live sampled chunks at most ([`set_guard_slots`]) | 256 | `MEMCTX_GUARD_SLOTS` |
+//! | seed of the sampling gaps ([`set_guard_seed`]; 0: exactly every N-th) | 0 | `MEMCTX_GUARD_SEED` |
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -324,4 +327,52 @@ pub fn report_frames() -> ReportFrames {
 /// ```
 pub fn set_report_frames(frames: ReportFrames) {
     REPORT_ALL_FRAMES.set(usize::from(frames == ReportFrames::All));
+static GUARD_SAMPLE: EnvSetting = EnvSetting::new("MEMCTX_GUARD_SAMPLE", 0);
+static GUARD_SLOTS: EnvSetting = EnvSetting::new("MEMCTX_GUARD_SLOTS", 256);
+static GUARD_SEED: EnvSetting = EnvSetting::new("MEMCTX_GUARD_SEED", 0);
+
+/// One small chunk in how many is sampled (0: none).
+#[inline]
+pub(crate) fn guard_sample() -> usize {
+    GUARD_SAMPLE.get()
+}
+
+/// Samples one small chunk in `n` into a guarded mapping of its own (`MEMCTX_GUARD_SAMPLE`; 0,
+/// the default, turns sampling off). Takes effect at once on the calling thread, on others within
+/// 4096 allocations. See `src/debug/sample.rs` for the memory it costs.
+///
+/// # Examples
+/// ```
+/// memctx::debug::set_guard_sample(1000);
+/// memctx::debug::set_guard_sample(0); // the default
+/// ```
+pub fn set_guard_sample(n: usize) {
+    GUARD_SAMPLE.set(n);
+    super::sample::restart();
+}
+
+/// Most live sampled chunks.
+#[inline]
+pub(crate) fn guard_slots() -> usize {
+    GUARD_SLOTS.get()
+}
+
+/// Sets how many sampled chunks may live at once (`MEMCTX_GUARD_SLOTS`, default 256): each
+/// takes a page, so the slots bound sampling's memory. While all are taken nothing is sampled.
+pub fn set_guard_slots(n: usize) {
+    GUARD_SLOTS.set(n);
+}
+
+/// The seed of the sampling gaps.
+#[inline]
+pub(crate) fn guard_seed() -> usize {
+    GUARD_SEED.get()
+}
+
+/// Sets the seed of the sampling gaps (`MEMCTX_GUARD_SEED`): 0, the default, samples exactly
+/// every N-th allocation of each thread; another seed draws the gaps from 1 ..= 2N−1, the same
+/// on every run. Restarts the calling thread's countdown.
+pub fn set_guard_seed(seed: usize) {
+    GUARD_SEED.set(seed);
+    super::sample::restart();
 }
