@@ -327,6 +327,8 @@ pub fn report_frames() -> ReportFrames {
 /// ```
 pub fn set_report_frames(frames: ReportFrames) {
     REPORT_ALL_FRAMES.set(usize::from(frames == ReportFrames::All));
+}
+
 static GUARD_SAMPLE: EnvSetting = EnvSetting::new("MEMCTX_GUARD_SAMPLE", 0);
 static GUARD_SLOTS: EnvSetting = EnvSetting::new("MEMCTX_GUARD_SLOTS", 256);
 static GUARD_SEED: EnvSetting = EnvSetting::new("MEMCTX_GUARD_SEED", 0);
