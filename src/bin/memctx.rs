@@ -145,27 +145,11 @@ fn run(cmd: Command) -> Result<(), String> {
             max_children,
             max_level,
         } => {
-            let dumps = leak::parse_file(&file).map_err(|e| e.to_string())?;
-            warn(&dumps);
             let opts = PrintOptions {
                 max_level,
                 max_children,
             };
-            let mut out = String::new();
-            if all {
-                for d in &dumps {
-                    out.push_str(&format!("== {} ({}", d.source, d.format.description()));
-                    if let Some(p) = d.pid {
-                        out.push_str(&format!(", PID {p}"));
-                    }
-                    out.push_str(") ==\n");
-                    out.push_str(&render::stats_text(d, &opts));
-                }
-            } else {
-                let d = pick(dumps, index, &file)?;
-                out.push_str(&render::stats_text(&d, &opts));
-            }
-            print_out(&out)
+            stats(&file, index, all, &opts)
         }
         Command::Diff {
             paths,
@@ -174,28 +158,12 @@ fn run(cmd: Command) -> Result<(), String> {
             sites,
             bytes,
         } => {
-            let dumps = leak::load_series(&paths).map_err(|e| e.to_string())?;
-            let dumps = leak::diff::select_pid(dumps, pid).map_err(|e| e.to_string())?;
-            if dumps.len() < 2 {
-                let what = paths
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(format!(
-                    "{what}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
-                     directory of snapshots, or a log holding several dumps",
-                    dumps.len()
-                ));
-            }
-            warn(&dumps);
-            let report = leak::diff(&dumps).map_err(|e| e.to_string())?;
             let opts = ReportOptions {
                 top,
                 sites,
                 exact: bytes,
             };
-            print_out(&report.format(&opts))
+            diff(&paths, pid, &opts)
         }
         Command::Flame {
             file,
@@ -204,47 +172,109 @@ fn run(cmd: Command) -> Result<(), String> {
             used,
             idents,
             title,
-        } => {
-            let dumps = leak::parse_file(&file).map_err(|e| e.to_string())?;
-            warn(&dumps);
-            let dump = pick(dumps, index, &file)?;
-            let lines = render::folded_stacks(&dump, &render::FlameOptions { used, idents });
-            if lines.is_empty() {
-                return Err(format!(
-                    "{}: nothing to draw: every context holds 0 bytes",
-                    dump.source
-                ));
-            }
-            let mut opts = inferno::flamegraph::Options::default();
-            opts.title = title.unwrap_or_else(|| format!("memctx: {}", dump.source));
-            opts.subtitle = Some(format!(
-                "{}: {} in {} contexts, width = {} bytes",
-                dump.format.description(),
-                leak::diff::human_bytes(dump.total().total_bytes),
-                dump.trees.iter().map(|t| t.contexts.len()).sum::<usize>(),
-                if used { "used" } else { "total" }
-            ));
-            opts.count_name = "bytes".to_string();
-            opts.name_type = "Context:".to_string();
-            let mut draw = |w: &mut dyn std::io::Write| {
-                inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
-            };
-            if output.as_os_str() == "-" {
-                let stdout = std::io::stdout();
-                let mut w = BufWriter::new(stdout.lock());
-                draw(&mut w)
-                    .and_then(|()| w.flush())
-                    .map_err(|e| format!("writing the flame graph: {e}"))
-            } else {
-                let f = std::fs::File::create(&output)
-                    .map_err(|e| format!("{}: cannot create: {e}", output.display()))?;
-                let mut w = BufWriter::new(f);
-                draw(&mut w)
-                    .and_then(|()| w.flush())
-                    .map_err(|e| format!("{}: writing the flame graph: {e}", output.display()))
-            }
-        }
+        } => flame(
+            &file,
+            &output,
+            index,
+            &render::FlameOptions { used, idents },
+            title,
+        ),
     }
+}
+
+fn stats(file: &Path, index: Option<usize>, all: bool, opts: &PrintOptions) -> Result<(), String> {
+    let dumps = leak::parse_file(file).map_err(|e| e.to_string())?;
+    warn(&dumps);
+    let mut out = String::new();
+    if all {
+        for d in &dumps {
+            out.push_str(&format!("== {} ({}", d.source, d.format.description()));
+            if let Some(p) = d.pid {
+                out.push_str(&format!(", PID {p}"));
+            }
+            out.push_str(") ==\n");
+            out.push_str(&render::stats_text(d, opts));
+        }
+    } else {
+        let d = pick(dumps, index, file)?;
+        out.push_str(&render::stats_text(&d, opts));
+    }
+    print_out(&out)
+}
+
+fn diff(paths: &[PathBuf], pid: Option<u32>, opts: &ReportOptions) -> Result<(), String> {
+    let dumps = leak::load_series(paths).map_err(|e| e.to_string())?;
+    let dumps = leak::diff::select_pid(dumps, pid).map_err(|e| e.to_string())?;
+    if dumps.len() < 2 {
+        let what = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "{what}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
+             directory of snapshots, or a log holding several dumps",
+            dumps.len()
+        ));
+    }
+    warn(&dumps);
+    let report = leak::diff(&dumps).map_err(|e| e.to_string())?;
+    print_out(&report.format(opts))
+}
+
+fn flame(
+    file: &Path,
+    output: &Path,
+    index: Option<usize>,
+    flame: &render::FlameOptions,
+    title: Option<String>,
+) -> Result<(), String> {
+    let dumps = leak::parse_file(file).map_err(|e| e.to_string())?;
+    warn(&dumps);
+    let dump = pick(dumps, index, file)?;
+    let lines = render::folded_stacks(&dump, flame);
+    if lines.is_empty() {
+        return Err(format!(
+            "{}: nothing to draw: every context holds 0 bytes",
+            dump.source
+        ));
+    }
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.unwrap_or_else(|| format!("memctx: {}", dump.source));
+    opts.subtitle = Some(format!(
+        "{}: {} in {} contexts, width = {} bytes",
+        dump.format.description(),
+        leak::diff::human_bytes(dump.total().total_bytes),
+        dump.trees.iter().map(|t| t.contexts.len()).sum::<usize>(),
+        if flame.used { "used" } else { "total" }
+    ));
+    opts.count_name = "bytes".to_string();
+    opts.name_type = "Context:".to_string();
+    let draw = |w: &mut dyn std::io::Write| {
+        inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
+    };
+    write_output(output, "the flame graph", draw)
+}
+
+/// Writes through `draw` to the file `output`, or to standard output for `-`.
+fn write_output(
+    output: &Path,
+    what: &str,
+    mut draw: impl FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), String> {
+    if output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut w = BufWriter::new(stdout.lock());
+        return draw(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("writing {what}: {e}"));
+    }
+    let f = std::fs::File::create(output)
+        .map_err(|e| format!("{}: cannot create: {e}", output.display()))?;
+    let mut w = BufWriter::new(f);
+    draw(&mut w)
+        .and_then(|()| w.flush())
+        .map_err(|e| format!("{}: writing {what}: {e}", output.display()))
 }
 
 fn print_out(s: &str) -> Result<(), String> {

@@ -1,0 +1,286 @@
+//! Comparing dumps over time: which context keeps growing.
+//!
+//! [`diff`] takes two dumps or a series and matches contexts by their path of names (and
+//! identifiers) from the root, never by ids, which mean nothing from one dump to the next. It
+//! reports three kinds of entries ([`EntryKind`]):
+//!
+//! - **groups**: all contexts with the same path of *names*, summed, with their count. Hundreds of
+//!   `CachedPlanSource` siblings (each with its own query as identifier) are one group, so growth
+//!   that is spread over many small contexts shows up as one large number. A context with no
+//!   same-named siblings is a group of one.
+//! - **folded** lines: PostgreSQL prints at most 100 children per context and sums the rest in an
+//!   `N more child contexts containing ...` line. Each such line is an entry of its own,
+//!   `PARENT/(more child contexts)`, so growth hiding there is still attributed to the parent it
+//!   hides under; its note names what the printed siblings are, the likely content of the fold.
+//! - **contexts**: single contexts with an identifier that are members of a larger group and are
+//!   present in the first and the last dump: a relcache entry or a plan that itself grows.
+//!
+//! Each entry's own bytes (not its children's) are followed over the series; entries are ranked by
+//! the growth of `total_bytes` (then of `used_bytes`), and [`verdict`] classifies the series of
+//! `used_bytes` (`total_bytes` where the dump does not record used bytes: the gdb script's). Used
+//! bytes follow live data; total bytes move in blocks that double in size, so a steady leak shows
+//! as steps in the total but as a ramp in the used bytes.
+//!
+//! Per-site growth: when snapshots carry allocation sites (memctx's debug build), sites are
+//! matched by their context's group path and their frames, and ranked the same way.
+
+mod format;
+mod processes;
+mod series;
+mod verdict;
+
+use std::fmt::{self, Write as _};
+
+use super::parse::Dump;
+use series::{Accumulated, Judge};
+
+pub use format::{human_bytes, ReportOptions};
+pub use processes::select_pid;
+pub use verdict::{verdict, Verdict};
+
+/// Which series a verdict was made on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// `total_bytes`: the dumps do not record used bytes.
+    Total,
+    /// `used_bytes`.
+    Used,
+}
+
+/// What an entry of a [`Report`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// All contexts with this path of names, summed (one context when it has no same-named
+    /// siblings).
+    Group,
+    /// The `N more child contexts` lines under one parent.
+    Folded,
+    /// One context, matched by its path of names and identifiers.
+    Context,
+}
+
+/// One path segment: a context's name and, for [`EntryKind::Context`] entries, its identifier.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Segment {
+    /// The context name (as PostgreSQL shows it: a dynahash under its table name).
+    pub name: String,
+    /// The identifier, when the entry is matched by it.
+    pub ident: Option<String>,
+}
+
+/// One context (or group of contexts) followed over the series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryReport {
+    /// The thread (memctx snapshots with several threads), else `None`.
+    pub thread: Option<String>,
+    /// The path from the root.
+    pub path: Vec<Segment>,
+    /// What the entry stands for.
+    pub kind: EntryKind,
+    /// Own `total_bytes` per dump (`None` where the thread did not answer the dump).
+    pub total: Vec<Option<u64>>,
+    /// Own `used_bytes` per dump (`None` also where the dump does not record it).
+    pub used: Vec<Option<u64>>,
+    /// Number of contexts per dump (for folded lines: the `N` they print).
+    pub count: Vec<Option<u64>>,
+    /// Bytes of the contexts with all their descendants, per dump.
+    pub subtree: Vec<Option<u64>>,
+    /// The verdict over the series.
+    pub verdict: Verdict,
+    /// The series the verdict is made on.
+    pub metric: Metric,
+    /// A remark for the reader (for folded lines: what the printed siblings are).
+    pub note: Option<String>,
+}
+
+fn first_last(v: &[Option<u64>]) -> Option<(u64, u64)> {
+    let first = v.iter().flatten().next()?;
+    let last = v.iter().rev().flatten().next()?;
+    Some((*first, *last))
+}
+
+fn delta(v: &[Option<u64>]) -> i128 {
+    first_last(v).map_or(0, |(a, b)| i128::from(b) - i128::from(a))
+}
+
+impl EntryReport {
+    /// The path as text: names joined by `/`, identifiers (of [`EntryKind::Context`] entries) in
+    /// brackets and cut at 40 characters, the thread in front when there is one.
+    #[must_use]
+    pub fn display_path(&self) -> String {
+        let mut s = String::new();
+        if let Some(t) = &self.thread {
+            let _ = write!(s, "[{t}] ");
+        }
+        for (i, seg) in self.path.iter().enumerate() {
+            if i > 0 {
+                s.push('/');
+            }
+            s.push_str(&seg.name);
+            if let Some(id) = &seg.ident {
+                s.push('[');
+                let mut cut: String = id.chars().take(40).collect();
+                if cut.len() < id.len() {
+                    cut.push_str("...");
+                }
+                s.push_str(&cut);
+                s.push(']');
+            }
+        }
+        s
+    }
+
+    /// Growth of own `total_bytes`: last known value minus first known value.
+    #[must_use]
+    pub fn growth(&self) -> i128 {
+        delta(&self.total)
+    }
+
+    /// Growth of own `used_bytes`, when recorded.
+    #[must_use]
+    pub fn used_growth(&self) -> Option<i128> {
+        if self.used.iter().all(Option::is_none) {
+            return None;
+        }
+        Some(delta(&self.used))
+    }
+}
+
+/// Allocation-site growth (memctx debug-build snapshots).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteReport {
+    /// The thread, when the series has several.
+    pub thread: Option<String>,
+    /// The path of names of the context the chunks live in.
+    pub context: Vec<String>,
+    /// The allocation backtrace, user frames first.
+    pub frames: Vec<String>,
+    /// Live bytes per dump.
+    pub bytes: Vec<Option<u64>>,
+    /// Live chunks per dump.
+    pub count: Vec<Option<u64>>,
+    /// The verdict on `bytes`.
+    pub verdict: Verdict,
+}
+
+impl SiteReport {
+    /// Growth of live bytes, last minus first.
+    #[must_use]
+    pub fn growth(&self) -> i128 {
+        delta(&self.bytes)
+    }
+}
+
+/// The result of [`diff`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The dumps compared, by [`Dump::source`], in order.
+    pub snapshots: Vec<String>,
+    /// Their formats' descriptions, deduplicated, in order of first appearance.
+    pub formats: Vec<&'static str>,
+    /// The process ids of the dumps, deduplicated.
+    pub pids: Vec<u32>,
+    /// Milliseconds between the first and the last dump, when both have timestamps.
+    pub span_ms: Option<u64>,
+    /// Sum of all contexts' `total_bytes` per dump.
+    pub grand_total: Vec<u64>,
+    /// Every entry, ranked: largest growth of own `total_bytes` first, then of `used_bytes`.
+    pub entries: Vec<EntryReport>,
+    /// Allocation sites ranked by growth of live bytes (empty without sites).
+    pub sites: Vec<SiteReport>,
+    /// Warnings from parsing the dumps.
+    pub warnings: Vec<String>,
+}
+
+/// Why two dumps could not be compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffError(pub String);
+
+impl fmt::Display for DiffError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DiffError {}
+
+/// Compares two dumps or a series, oldest first.
+///
+/// # Errors
+///
+/// Fewer than two dumps.
+///
+/// # Examples
+///
+/// See the [module documentation](crate::leak).
+pub fn diff(dumps: &[Dump]) -> Result<Report, DiffError> {
+    if dumps.len() < 2 {
+        return Err(DiffError(format!(
+            "need at least two snapshots to compare, got {}{}",
+            dumps.len(),
+            dumps
+                .first()
+                .map(|d| format!(" ({})", d.source))
+                .unwrap_or_default()
+        )));
+    }
+    let acc = Accumulated::from_dumps(dumps);
+    let judge = Judge { acc: &acc, dumps };
+    let mut entries = judge.entries();
+    rank_entries(&mut entries);
+    let mut sites = judge.sites();
+    rank_sites(&mut sites);
+    Ok(report_of(dumps, entries, sites))
+}
+
+/// Largest growth of own total bytes first, then of used bytes, then by path.
+fn rank_entries(entries: &mut [EntryReport]) {
+    entries.sort_by(|a, b| {
+        b.growth()
+            .cmp(&a.growth())
+            .then_with(|| b.used_growth().cmp(&a.used_growth()))
+            .then_with(|| a.display_path().cmp(&b.display_path()))
+    });
+}
+
+/// Largest growth of live bytes first.
+fn rank_sites(sites: &mut [SiteReport]) {
+    sites.sort_by(|a, b| {
+        b.growth()
+            .cmp(&a.growth())
+            .then_with(|| a.context.cmp(&b.context))
+            .then_with(|| a.frames.cmp(&b.frames))
+    });
+}
+
+/// The report: what was compared (sources, formats, processes, span) and the ranked results.
+fn report_of(dumps: &[Dump], entries: Vec<EntryReport>, sites: Vec<SiteReport>) -> Report {
+    let mut formats = Vec::new();
+    let mut pids = Vec::new();
+    let mut warnings = Vec::new();
+    for d in dumps {
+        let f = d.format.description();
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+        if let Some(p) = d.pid.filter(|p| !pids.contains(p)) {
+            pids.push(p);
+        }
+        warnings.extend(d.warnings.iter().map(|w| format!("{}: {w}", d.source)));
+    }
+    let (first, last) = (&dumps[0], &dumps[dumps.len() - 1]);
+    let span_ms = match (first.timestamp_ms, last.timestamp_ms) {
+        (Some(a), Some(b)) if b >= a => Some(b - a),
+        _ => None,
+    };
+    Report {
+        snapshots: dumps.iter().map(|d| d.source.clone()).collect(),
+        formats,
+        pids,
+        span_ms,
+        grand_total: dumps.iter().map(|d| d.total().total_bytes).collect(),
+        entries,
+        sites,
+        warnings,
+    }
+}

@@ -1,0 +1,178 @@
+//! Which format a text is in, and reading files and directories of dumps.
+
+use std::path::{Path, PathBuf};
+
+use super::model::{Dump, ParseError};
+use super::{csv, json, text};
+
+pub(super) const FORMATS_EXPECTED: &str = "expected a memctx JSON snapshot, pg_log_backend_memory_contexts() \
+     log lines (`level: N; NAME: T total in B blocks; F free (C chunks); U used`), \
+     MemoryContextStats() output (`NAME: T total in B blocks; ...` indented, `Grand total: ...`), \
+     the gdb script's `NAME: BYTES` lines, or pg_backend_memory_contexts exported as CSV with a header";
+
+/// Reads one file: every dump in it, in order.
+///
+/// # Errors
+///
+/// The file cannot be read, is binary, or is not a dump in any known format; or a line that looks
+/// like part of a dump is malformed. The error names the file and, where it can, the line.
+pub fn parse_file(path: &Path) -> Result<Vec<Dump>, ParseError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ if path.is_dir() => "is a directory, not a dump file".to_string(),
+            _ => format!("cannot read: {e}"),
+        };
+        ParseError::new(&name, None, what)
+    })?;
+    if bytes.contains(&0) {
+        return Err(ParseError::new(
+            &name,
+            None,
+            format!("binary file, not a dump: {FORMATS_EXPECTED}"),
+        ));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    parse_str(&text, &name)
+}
+
+/// Reads a series: each path in order; a directory stands for the files in it (not hidden ones,
+/// not subdirectories, not `.svg`/`.png`/`.html` files) in natural name order (`snap-2` before
+/// `snap-10`). Every dump of every file is returned, in order.
+///
+/// # Errors
+///
+/// A path that does not exist, an empty directory, or any file that [`parse_file`] refuses.
+pub fn load_series<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Dump>, ParseError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        if path.is_dir() {
+            for f in dump_files_in(path)? {
+                out.extend(parse_file(&f)?);
+            }
+        } else {
+            out.extend(parse_file(path)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The files of a directory that may be dumps, in natural name order.
+fn dump_files_in(dir: &Path) -> Result<Vec<PathBuf>, ParseError> {
+    let name = dir.display().to_string();
+    let cannot_list =
+        |e: std::io::Error| ParseError::new(&name, None, format!("cannot list directory: {e}"));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(cannot_list)? {
+        let entry = entry.map_err(cannot_list)?;
+        let p = entry.path();
+        let file = entry.file_name().to_string_lossy().to_ascii_lowercase();
+        let hidden = file.starts_with('.');
+        // What the tools write next to their snapshots (flame graphs, reports) is not a dump.
+        let output = [".svg", ".png", ".html"].iter().any(|e| file.ends_with(e));
+        if !hidden && !output && p.is_file() {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(ParseError::new(
+            &name,
+            None,
+            "directory holds no dump files",
+        ));
+    }
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+    Ok(files)
+}
+
+/// Compares names so that runs of digits compare by value (`a2` < `a10`).
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let si = i;
+            while i < a.len() && a[i].is_ascii_digit() {
+                i += 1;
+            }
+            let sj = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let na = trim_zeros(&a[si..i]);
+            let nb = trim_zeros(&b[sj..j]);
+            let ord = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        } else {
+            let ord = a[i].cmp(&b[j]);
+            if ord != Ordering::Equal {
+                return ord;
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j)).then_with(|| a.cmp(b))
+}
+
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let n = d.iter().take_while(|&&c| c == b'0').count();
+    &d[n.min(d.len().saturating_sub(1))..]
+}
+
+/// Reads dumps from text; `source` names it in dumps and errors (a file name).
+///
+/// # Errors
+///
+/// As [`parse_file`]: not a dump in any known format, or a malformed line in one.
+pub fn parse_str(text: &str, source: &str) -> Result<Vec<Dump>, ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(ParseError::new(
+            source,
+            None,
+            format!("empty file: {FORMATS_EXPECTED}"),
+        ));
+    }
+    let mut dumps = if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && !is_jsonlog(trimmed.lines().next().unwrap_or(""))
+    {
+        json::parse_json(text, source)?
+    } else if csv::looks_like_csv_header(trimmed.lines().next().unwrap_or("")) {
+        csv::parse_csv(text, source)?
+    } else {
+        text::parse_text(text, source)?
+    };
+    if dumps.len() > 1 {
+        for (i, d) in dumps.iter_mut().enumerate() {
+            d.source = format!("{source}#{}", i + 1);
+        }
+    }
+    Ok(dumps)
+}
+
+/// A line of PostgreSQL's jsonlog: one JSON object with a `message` and no `format`.
+fn is_jsonlog(first_line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(first_line).is_ok_and(|v| {
+        v.get("format").is_none() && v.get("message").is_some_and(serde_json::Value::is_string)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["s10.json", "s2.json", "s1.json", "s02.json"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, ["s1.json", "s02.json", "s2.json", "s10.json"]);
+    }
+}

@@ -1,0 +1,398 @@
+//! What one line of a text dump is: a line of a server log's dump, of `MemoryContextStats`
+//! output, or of the gdb script's output.
+
+use std::borrow::Cow;
+
+use super::csv::csv_records;
+use super::model::ParseError;
+use crate::stats::Counters;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Stats {
+    pub(super) total: u64,
+    pub(super) nblocks: u64,
+    pub(super) free: u64,
+    pub(super) chunks: u64,
+    pub(super) used: u64,
+}
+
+impl Stats {
+    pub(super) fn counters(self) -> Counters {
+        Counters {
+            total_bytes: self.total,
+            total_nblocks: self.nblocks,
+            free_bytes: self.free,
+            free_chunks: self.chunks,
+        }
+    }
+}
+
+/// Reads leading ASCII digits as a number; returns it and the rest.
+pub(super) fn number(s: &str) -> Option<(u64, &str)> {
+    let n = s.bytes().take_while(u8::is_ascii_digit).count();
+    if n == 0 {
+        return None;
+    }
+    Some((s[..n].parse().ok()?, &s[n..]))
+}
+
+/// Parses `T <word> in B blocks; F free (C chunks); U used` at the start of `s`.
+pub(super) fn block_stats<'a>(s: &'a str, word: &str) -> Option<(Stats, &'a str)> {
+    let (total, s) = number(s)?;
+    let s = s
+        .strip_prefix(' ')?
+        .strip_prefix(word)?
+        .strip_prefix(" in ")?;
+    let (nblocks, s) = number(s)?;
+    let s = s.strip_prefix(" blocks; ")?;
+    let (free, s) = number(s)?;
+    let s = s.strip_prefix(" free (")?;
+    let (chunks, s) = number(s)?;
+    let s = s.strip_prefix(" chunks); ")?;
+    let (used, s) = number(s)?;
+    let s = s.strip_prefix(" used")?;
+    Some((
+        Stats {
+            total,
+            nblocks,
+            free,
+            chunks,
+            used,
+        },
+        s,
+    ))
+}
+
+/// Finds the first `: T total in ...; U used` in `s`: returns the name before it, the stats and
+/// the rest after `used`.
+pub(super) fn context_stats(s: &str) -> Option<(&str, Stats, &str)> {
+    let mut from = 0;
+    while let Some(off) = s[from..].find(": ") {
+        let at = from + off;
+        if let Some((st, rest)) = block_stats(&s[at + 2..], "total") {
+            return Some((&s[..at], st, rest));
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// The identifier part after the stats: `""` → none, `": IDENT"` → IDENT.
+pub(super) fn ident_part(rest: &str) -> Result<Option<String>, ()> {
+    if rest.is_empty() {
+        Ok(None)
+    } else if let Some(id) = rest.strip_prefix(": ") {
+        Ok(Some(id.to_string()))
+    } else {
+        Err(())
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum Line {
+    /// `logging memory contexts of PID N`.
+    LogHeader {
+        prefix: String,
+        pid: u32,
+    },
+    LogContext {
+        prefix: String,
+        level: u32,
+        name: String,
+        ident: Option<String>,
+        stats: Stats,
+    },
+    LogFolded {
+        prefix: String,
+        level: u32,
+        count: u64,
+        stats: Stats,
+    },
+    LogGrand {
+        prefix: String,
+        stats: Stats,
+    },
+    StderrContext {
+        indent: usize,
+        name: String,
+        ident: Option<String>,
+        stats: Stats,
+    },
+    StderrFolded {
+        indent: usize,
+        count: u64,
+        stats: Stats,
+    },
+    StderrGrand {
+        stats: Stats,
+    },
+    Gdb {
+        indent: usize,
+        name: String,
+        bytes: u64,
+    },
+}
+
+pub(super) const STATS_SHAPE: &str = "`NAME: T total in B blocks; F free (C chunks); U used`";
+
+/// Finds the message part of a log line: after `level: N; `, `Grand total: ` or the header. In a
+/// csvlog line the message is a quoted field; in a jsonlog line, the `message` member.
+pub(super) fn log_message(line: &str) -> Option<(String, String)> {
+    if line.starts_with('{') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            let msg = v.get("message")?.as_str()?.to_string();
+            let field = |k: &str| {
+                v.get(k)
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            let prefix = format!("{} [{}] ", field("timestamp"), field("pid"));
+            return Some((prefix, msg));
+        }
+    }
+    None
+}
+
+pub(super) fn csvlog_message(line: &str) -> Option<(String, String)> {
+    // A csvlog record: the message is field 14 (index 13); field 4 is the pid.
+    let recs = csv_records(line, "").ok()?;
+    let (_, fields) = recs.first()?;
+    if fields.len() < 14 {
+        return None;
+    }
+    let msg = fields[13].text.clone();
+    let prefix = format!("{} [{}] ", fields[0].text, fields[3].text);
+    Some((prefix, msg))
+}
+
+/// What one line of a text is, if anything of a dump. `Ok(None)` for lines that belong to no dump.
+pub(super) fn classify(raw: &str, lineno: usize, source: &str) -> Classified {
+    let Some(line) = strip_gdb_prompts(raw) else {
+        return Ok(None);
+    };
+    let (prefix, msg) = split_log_line(line);
+    let bare = prefix.is_empty() && msg.len() == line.len();
+    let at = LineAt { lineno, source };
+    if let Some(classified) = log_line(&prefix, &msg, bare, at) {
+        return classified;
+    }
+    indented_line(line, at)
+}
+
+/// The result of [`classify`].
+pub(super) type Classified = Result<Option<Line>, ParseError>;
+
+/// Where a line is, for errors.
+#[derive(Clone, Copy)]
+struct LineAt<'a> {
+    lineno: usize,
+    source: &'a str,
+}
+
+impl LineAt<'_> {
+    fn err(self, m: impl Into<String>) -> Classified {
+        Err(ParseError::new(self.source, Some(self.lineno), m))
+    }
+}
+
+/// The line without the trailing newline and the gdb prompts captured in front of it; `None` for
+/// a bare prompt.
+fn strip_gdb_prompts(raw: &str) -> Option<&str> {
+    let mut line = raw.trim_end_matches(['\r', '\n']);
+    while let Some(rest) = line.strip_prefix("(gdb) ") {
+        line = rest;
+    }
+    (line != "(gdb)").then_some(line)
+}
+
+/// Splits a log line into its prefix and its message (jsonlog, csvlog, or plain text with any
+/// `log_line_prefix`); a line that is no log line comes back whole as the message.
+fn split_log_line(line: &str) -> (Cow<'_, str>, Cow<'_, str>) {
+    let structured = log_message(line).or_else(|| {
+        let csvlog = line.contains(",\"level: ")
+            || line.contains(",\"Grand total: ")
+            || line.contains(",\"logging memory contexts of PID ");
+        csvlog.then(|| csvlog_message(line)).flatten()
+    });
+    if let Some((p, m)) = structured {
+        if !p.is_empty() {
+            return (Cow::Owned(p), Cow::Owned(m));
+        }
+        return match find_log_marker(&m) {
+            Some(at) => (
+                Cow::Owned(m[..at].to_string()),
+                Cow::Owned(m[at..].to_string()),
+            ),
+            None => (Cow::Borrowed(""), Cow::Owned(m)),
+        };
+    }
+    match find_log_marker(line) {
+        Some(at) => (Cow::Borrowed(&line[..at]), Cow::Borrowed(&line[at..])),
+        None => (Cow::Borrowed(""), Cow::Borrowed(line)),
+    }
+}
+
+/// A log message: the dump header, a `level: N; ...` line or a `Grand total` line. `None` when
+/// the message is none of them (the line may still be a stderr or gdb line); `bare` when the
+/// line had no log prefix (a `Grand total` then ends a stderr dump).
+fn log_line(prefix: &str, msg: &str, bare: bool, at: LineAt<'_>) -> Option<Classified> {
+    if let Some(rest) = msg.strip_prefix("logging memory contexts of PID ") {
+        if let Some((pid, _)) = number(rest) {
+            return Some(Ok(Some(Line::LogHeader {
+                prefix: prefix.to_string(),
+                pid: u32::try_from(pid).unwrap_or(u32::MAX),
+            })));
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("level: ") {
+        let (level, rest) = number(rest)?;
+        let rest = rest.strip_prefix("; ")?;
+        let level = u32::try_from(level).unwrap_or(u32::MAX);
+        return Some(level_line(prefix, level, rest, at));
+    }
+    let rest = msg.strip_prefix("Grand total: ")?;
+    Some(match block_stats(rest, "bytes") {
+        Some((stats, "")) if bare => Ok(Some(Line::StderrGrand { stats })),
+        Some((stats, "")) => Ok(Some(Line::LogGrand {
+            prefix: prefix.to_string(),
+            stats,
+        })),
+        _ if rest.contains(" bytes in ") => at.err(
+            "malformed `Grand total` line: expected `Grand total: T bytes in B blocks; F free \
+             (C chunks); U used`",
+        ),
+        _ => Ok(None),
+    })
+}
+
+/// What follows `level: N; ` in a log line: a context or a folded line.
+fn level_line(prefix: &str, level: u32, rest: &str, at: LineAt<'_>) -> Classified {
+    if let Some(tail) = folded_tail(rest) {
+        return match block_stats(tail.1, "total") {
+            Some((stats, "")) => Ok(Some(Line::LogFolded {
+                prefix: prefix.to_string(),
+                level,
+                count: tail.0,
+                stats,
+            })),
+            _ => at.err(format!(
+                "malformed `N more child contexts containing ...` line: expected \
+                 `level: {level}; N more child contexts containing T total in B blocks; \
+                 F free (C chunks); U used`"
+            )),
+        };
+    }
+    match context_stats(rest) {
+        Some((name, stats, tail)) => match ident_part(tail) {
+            Ok(ident) => Ok(Some(Line::LogContext {
+                prefix: prefix.to_string(),
+                level,
+                name: name.to_string(),
+                ident,
+                stats,
+            })),
+            Err(()) => at.err(format!(
+                "unexpected text {tail:?} after `used`: expected the end of the line or `: IDENT`"
+            )),
+        },
+        None if rest.contains(" total in ") => at.err(format!(
+            "malformed memory-context line: expected {STATS_SHAPE} after `level: {level}; `"
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `N more child contexts containing REST`: N and REST.
+fn folded_tail(s: &str) -> Option<(u64, &str)> {
+    let (count, tail) = number(s)?;
+    Some((
+        count,
+        tail.strip_prefix(" more child contexts containing ")?,
+    ))
+}
+
+/// Stderr and gdb lines: indentation, then a context, a folded line or `NAME: BYTES`.
+fn indented_line(line: &str, at: LineAt<'_>) -> Classified {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let body = &line[indent..];
+    if body.is_empty() {
+        return Ok(None);
+    }
+    if let Some((count, tail)) = folded_tail(body) {
+        return match block_stats(tail, "total") {
+            Some((stats, "")) => Ok(Some(Line::StderrFolded {
+                indent,
+                count,
+                stats,
+            })),
+            _ => at.err(
+                "malformed `N more child contexts containing ...` line: expected `N more child \
+                 contexts containing T total in B blocks; F free (C chunks); U used`",
+            ),
+        };
+    }
+    if let Some((name, stats, tail)) = context_stats(body) {
+        if let Ok(ident) = ident_part(tail) {
+            return Ok(Some(Line::StderrContext {
+                indent,
+                name: name.to_string(),
+                ident,
+                stats,
+            }));
+        }
+    }
+    Ok(gdb_script_line(indent, body))
+}
+
+/// The article's gdb script: `NAME: BYTES`.
+fn gdb_script_line(indent: usize, body: &str) -> Option<Line> {
+    let (name, bytes) = body.rsplit_once(": ")?;
+    if name.is_empty() || bytes.is_empty() || !bytes.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Line::Gdb {
+        indent,
+        name: name.to_string(),
+        bytes: bytes.parse().ok()?,
+    })
+}
+
+/// Where the message of a log line starts: at `level: N; `, `Grand total: ` or
+/// `logging memory contexts of PID `, after a prefix that ends in a space.
+fn find_log_marker(line: &str) -> Option<usize> {
+    for marker in [
+        "level: ",
+        "Grand total: ",
+        "logging memory contexts of PID ",
+    ] {
+        let mut from = 0;
+        while let Some(off) = line[from..].find(marker) {
+            let at = from + off;
+            let ok_start = at == 0 || line.as_bytes()[at - 1] == b' ';
+            let ok_tail = marker != "level: " || {
+                let r = &line[at + marker.len()..];
+                number(r).is_some_and(|(_, r)| r.starts_with("; "))
+            };
+            if ok_start && ok_tail {
+                return Some(at);
+            }
+            from = at + 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_with_colons_in_names_and_idents() {
+        let (name, st, rest) =
+            context_stats("a: b: 10 total in 1 blocks; 2 free (3 chunks); 8 used: x: 1 total in")
+                .unwrap();
+        assert_eq!(name, "a: b");
+        assert_eq!(st.used, 8);
+        assert_eq!(rest, ": x: 1 total in");
+    }
+}
