@@ -43,8 +43,9 @@ fn overrun_site_b(ctx: &MemoryContext) -> f64 {
 }
 
 fn time_overrun_free(p: *mut u8, len: usize) -> f64 {
-    // SAFETY: none needed for memory safety: byte `len` is the chunk's rear redzone, inside its
-    // size class, written on purpose so that `pfree` reports it; the chunk is live.
+    // SAFETY: byte `len` is the first byte of the chunk's rear redzone (at least 16 bytes past
+    // every request), so it lies inside the chunk's size class in a block memctx owns: writable.
+    // Written on purpose, so that `pfree` reports an overrun.
     unsafe { black_box(p).add(len).write(0) };
     let start = Instant::now();
     // SAFETY: a live chunk of a live context (the report is logged and the free carried out).

@@ -206,19 +206,19 @@ impl Report {
     /// library, the test harness and memctx itself are left out unless
     /// [`super::set_report_frames`] says `All`.
     pub fn alloc_backtrace(&self) -> Vec<Frame> {
-        stack::shown_frames(stack::resolve(self.alloc_stack))
+        stack::shown(self.alloc_stack)
     }
 
     /// The chunk's free backtrace (for memory a reset released, the reset's), where there is one;
     /// for a double free, the first free.
     pub fn free_backtrace(&self) -> Vec<Frame> {
-        stack::shown_frames(stack::resolve(self.free_stack))
+        stack::shown(self.free_stack)
     }
 
     /// The backtrace of the operation that found the bug: the `pfree` of a double free or an
     /// invalid pointer, the reset, delete, `check()` or reuse that found damage.
     pub fn found_backtrace(&self) -> Vec<Frame> {
-        stack::shown_frames(stack::resolve(self.found_stack))
+        stack::shown(self.found_stack)
     }
 
     /// The report's first line: class, context and where it was found.

@@ -1298,6 +1298,46 @@ fn trait_path(name: &str) -> Option<&str> {
     None
 }
 
+/// The frames of stack `id` a report shows, symbolised: every frame, or by default the program's
+/// only (see [`shown_frames`]). By default the C library's and the loader's frames are not even
+/// symbolised: they would be left out anyway, and symbolising them means loading and
+/// decompressing the C library's separate debug info where it is installed (as Valgrind wants
+/// it) — more than half of the process's first report.
+pub(crate) fn shown(id: StackId) -> Vec<ResolvedFrame> {
+    if super::settings::report_frames() == super::settings::ReportFrames::All {
+        return resolve(id);
+    }
+    let mut out = Vec::new();
+    for &ip in frames(id) {
+        if in_c_runtime(ip) {
+            out.push(ResolvedFrame {
+                ip,
+                function: None,
+                file: None,
+                line: None,
+            });
+        } else {
+            out.extend(symbols(ip).iter().cloned());
+        }
+    }
+    shown_frames(out)
+}
+
+/// Whether `ip` lies in the C library or the dynamic loader (by the file of the object that
+/// holds it, as `dladdr` names it).
+fn in_c_runtime(ip: usize) -> bool {
+    // SAFETY: an all-zero `Dl_info` is a valid value (null pointers).
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and writes `info`; `ip` need not be mapped.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: dladdr set `dli_fname` to the object's name, a string the loader keeps.
+    let name = unsafe { core::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
+    let base = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+    base.starts_with(b"libc.so") || base.starts_with(b"ld-linux")
+}
+
 /// The frames a report shows ([`super::settings::report_frames`]): every frame, or by default the
 /// program's own only — frames whose function is unknown or is the standard library's, the test
 /// harness's, the panic machinery's, the C runtime's or memctx's own are left out wherever they
@@ -1751,6 +1791,25 @@ mod tests {
             shown_frames(vec![f(Some("std::thread::local::x"))]).len(),
             1
         );
+    }
+
+    #[test]
+    fn c_runtime_frames_are_told_by_their_object() {
+        // A spawned thread's stack ends in the C library (`start_thread`, `clone3`).
+        // Through a closure of this module, so the stack has a frame of the program's.
+        #[allow(clippy::redundant_closure)]
+        let id = std::thread::spawn(|| capture_always()).join().unwrap();
+        let ips = frames(id);
+        assert!(ips.len() > 3, "{ips:x?}");
+        let in_libc = ips.iter().filter(|&&ip| in_c_runtime(ip)).count();
+        assert!(in_libc >= 1, "no C library frame in {ips:x?}");
+        // The unwinder's and this test's frames are not the C library's.
+        assert!(!in_c_runtime(ips[0]));
+        assert!(!in_c_runtime(
+            c_runtime_frames_are_told_by_their_object as fn() as usize + 1
+        ));
+        // By default they are not symbolised, and left out.
+        assert!(shown(id).iter().all(|f| f.function.is_some()));
     }
 
     #[test]
