@@ -8,12 +8,16 @@ use crate::{BlockSizes, MemoryContext};
 
 use super::report::{self, Policy};
 use super::settings::{self, ReportStderr};
+use super::stack;
 
 /// Milliseconds the first report of the process takes, then a later one (a different allocation
 /// site, so its stacks are new to the depot but their frames mostly known). Each report is
 /// raised by `pfree` under [`Policy::Log`] and formatted as it is logged; neither goes to stderr.
-/// "First" is only the process's first if no report was made before.
+/// Backtrace capture is on while it runs (a report then has an allocation stack to symbolise, as
+/// at the default settings). "First" is only the process's first if no report was made before.
 pub(crate) fn report_cost() -> (f64, f64) {
+    let backtraces = stack::enabled();
+    stack::set_enabled(true);
     let ctx = MemoryContext::top().new_child("report cost", BlockSizes::SMALL);
     let policy = report::thread_policy_override();
     report::set_thread_policy(Some(Policy::Log));
@@ -25,6 +29,7 @@ pub(crate) fn report_cost() -> (f64, f64) {
     report::set_thread_policy(policy);
     let _ = report::take_reports();
     ctx.delete();
+    stack::set_enabled(backtraces);
     (first, later)
 }
 
