@@ -1685,6 +1685,16 @@ mod tests {
         assert_first_is(a, "site_a");
     }
 
+    /// A frame of function `name` (unknown if `None`), without a location.
+    fn unresolved_frame(name: Option<&str>) -> ResolvedFrame {
+        ResolvedFrame {
+            ip: 1,
+            function: name.map(String::from),
+            file: None,
+            line: None,
+        }
+    }
+
     #[test]
     fn trimming_rule() {
         for p in [
@@ -1714,12 +1724,7 @@ mod tests {
         ] {
             assert!(!is_plumbing(p), "{p} should be the user's");
         }
-        let f = |name: Option<&str>| ResolvedFrame {
-            ip: 1,
-            function: name.map(String::from),
-            file: None,
-            line: None,
-        };
+        let f = unresolved_frame;
         let trimmed = user_frames(vec![
             f(Some("backtrace::trace")),
             f(Some("memctx::aset::AllocSet::alloc")),
@@ -1770,12 +1775,7 @@ mod tests {
             Some("app::Fill")
         );
         assert_eq!(trait_path("app::f<T>"), None);
-        let f = |name: Option<&str>| ResolvedFrame {
-            ip: 1,
-            function: name.map(String::from),
-            file: None,
-            line: None,
-        };
+        let f = unresolved_frame;
         let shown = shown_frames(vec![
             f(Some("memctx::aset::AllocSet::alloc")),
             f(Some("app::inner")),
