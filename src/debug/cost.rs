@@ -12,7 +12,7 @@ use super::stack;
 
 /// Milliseconds the first report of the process takes, then a later one (a different allocation
 /// site, so its stacks are new to the depot but their frames mostly known). Each report is
-/// raised by `pfree` under [`Policy::Log`] and formatted as it is logged; neither goes to stderr.
+/// raised by `pfree` under [`Policy::Log`], taken back and formatted; neither goes to stderr.
 /// Backtrace capture is on while it runs (a report then has an allocation stack to symbolise, as
 /// at the default settings). "First" is only the process's first if no report was made before.
 pub(crate) fn report_cost() -> (f64, f64) {
@@ -33,7 +33,8 @@ pub(crate) fn report_cost() -> (f64, f64) {
     (first, later)
 }
 
-/// Allocates 10 bytes, writes the 11th and times the `pfree` that reports it, in ms.
+/// Allocates 10 bytes, writes the 11th and times the `pfree` that reports it and the report's
+/// text, in ms.
 #[inline(never)]
 fn overrun_site_a(ctx: &MemoryContext) -> f64 {
     let p = ctx.alloc(10).as_ptr();
@@ -53,13 +54,13 @@ fn time_overrun_free(p: *mut u8, len: usize) -> f64 {
     // Written on purpose, so that `pfree` reports an overrun.
     unsafe { black_box(p).add(len).write(0) };
     let start = Instant::now();
-    // SAFETY: a live chunk of a live context (the report is logged and the free carried out).
+    // SAFETY: a live chunk of a live context (the report is kept and the free carried out).
     unsafe { crate::pfree(p) };
+    let reports = report::take_reports();
+    // What telling it costs: its text, every stack symbolised.
+    let text: String = black_box(reports.iter().map(|r| r.to_string()).collect());
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    assert_eq!(
-        report::take_reports().len(),
-        1,
-        "the overrun was not reported"
-    );
+    assert_eq!(reports.len(), 1, "the overrun was not reported");
+    assert!(text.contains("allocated at:"), "{text}");
     ms
 }

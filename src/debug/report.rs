@@ -9,9 +9,9 @@
 //! installed or `MEMCTX_REPORT_STDERR` asks for it (see `settings`); it is kept for
 //! [`take_reports`], and then the thread's [`Policy`] decides: panic (the default, so `cargo test`
 //! fails at the faulty test), abort, or log and go on. The panic message is the report's headline
-//! only, so the report is printed once. A report is raised only when the allocator's state is
-//! consistent — checks that run in the middle of an operation queue their findings and the
-//! operation raises them as its last step — and a panic is never raised where it cannot unwind:
+//! and detail only, so the report is printed once. A report is raised only when the allocator's
+//! state is consistent — checks that run in the middle of an operation queue their findings and
+//! the operation raises them as its last step — and a panic is never raised where it cannot unwind:
 //! while the thread is already panicking (a `Drop` during unwinding) the report is told and not
 //! panicked, so the test that is failing fails alone instead of aborting its test binary.
 
@@ -109,7 +109,6 @@ const SHOWN_BYTES: usize = 64;
 impl Report {
     /// A report of `class`, found at `found_at` (`pfree`, `reset of "X"`, ...), with the stack
     /// of the call that found it and nothing else known yet.
-    #[inline(never)]
     pub(crate) fn at(class: BugClass, found_at: &str) -> Report {
         Report {
             class,
@@ -468,13 +467,20 @@ pub(crate) fn raise(report: Report) {
     act(&report, 1);
 }
 
-/// Tells a report: to `log` (target `memctx`, error level) always, and to stderr as
-/// [`settings::report_stderr`] says; then keeps it for [`take_reports`].
+/// Tells a report: to `log` (target `memctx`, error level), and to stderr as
+/// [`settings::report_stderr`] says; then keeps it for [`take_reports`]. A report nobody will
+/// read (filtered out, no stderr) is not formatted, which spares its symbolisation.
 fn record(report: &Report) {
-    let text = report.to_string();
-    log::error!(target: "memctx", "{text}");
-    if settings::report_stderr().wanted() {
-        eprintln!("{text}");
+    let to_log = log::log_enabled!(target: "memctx", log::Level::Error);
+    let to_stderr = settings::report_stderr().wanted();
+    if to_log || to_stderr {
+        let text = report.to_string();
+        if to_log {
+            log::error!(target: "memctx", "{text}");
+        }
+        if to_stderr {
+            eprintln!("{text}");
+        }
     }
     let _ = SEEN.try_with(|s| {
         let mut s = s.borrow_mut();
@@ -486,8 +492,8 @@ fn record(report: &Report) {
 }
 
 /// What the policy says after `n` reports, `first` the first of them, were told. The panic
-/// carries only the headline: the report itself was told once already, and a panic message is
-/// printed again by the panic hook.
+/// carries only the headline and detail: the report itself was told once already, and a panic
+/// message is printed again by the panic hook.
 fn act(first: &Report, n: usize) {
     match thread_policy() {
         Policy::Log => {}
