@@ -502,11 +502,11 @@ fn symbolised(frames: &[usize], f: &Fault) {
         first.ip -= 1;
     }
     let mut s = String::from("  fault:\n");
-    s += &stack::format_frames(&stack::user_frames(fault));
+    s += &stack::format_frames(&stack::shown_frames(fault));
     for (what, id) in [("allocated at", f.alloc), ("freed at", f.free)] {
         if id != 0 {
             s += &format!("  {what}:\n");
-            s += &stack::format_frames(&stack::user_frames(stack::resolve(StackId::from_raw(id))));
+            s += &stack::format_frames(&stack::shown(StackId::from_raw(id)));
         }
     }
     let mut out = Out {
