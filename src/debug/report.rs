@@ -82,7 +82,7 @@ pub struct Report {
     /// The chunk's requested size, where known.
     pub requested: Option<usize>,
     /// Damaged byte range `[start, end)`, relative to the chunk's data (negative: before it), or
-    /// to the block start when no chunk is involved ([`Report::chunk`] is `None`).
+    /// to the block start when no chunk is involved (`chunk` is `None`).
     pub range: Option<(isize, isize)>,
     /// The bytes that should have been there (at most 64 shown).
     pub expected: Vec<u8>,
