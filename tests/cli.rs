@@ -188,7 +188,7 @@ fn verdicts_on_synthetic_series() {
 fn diff_of_a_synthetic_series_names_the_leak_first() {
     let dir = TempDir::new("series-lib");
     write_series(&dir);
-    let dumps = leak::load_series(&[&dir.0]).unwrap();
+    let dumps = leak::load_series(&[&dir.0]).unwrap().dumps;
     assert_eq!(dumps.len(), 6);
     assert!(dumps.iter().all(|d| d.format == Format::MemctxSnapshot));
     // Natural order: snapshot-5 before snapshot-10.
@@ -210,7 +210,8 @@ fn diff_of_a_synthetic_series_names_the_leak_first() {
     };
     let cache = find("[main] TopMemoryContext/CacheMemoryContext");
     assert_eq!(cache.verdict, Verdict::Growing);
-    assert_eq!(cache.metric, Metric::Used);
+    assert_eq!(cache.metric, Metric::Total);
+    assert_eq!(cache.change(), 32768 - 8192);
     assert_eq!(cache.growth(), 32768 - 8192);
     assert_eq!(cache.used_growth(), Some(10000));
     // The first growing entry is the one that grew most: the cache.
@@ -236,12 +237,34 @@ fn diff_of_a_synthetic_series_names_the_leak_first() {
     assert_eq!(one.kind, EntryKind::Context);
     assert_eq!(one.verdict, Verdict::Stable);
 
+    // Their blocks did not change: by total bytes these are stable; by used bytes, a plateau
+    // and noise.
     assert_eq!(
         find("[main] TopMemoryContext/PlateauCache").verdict,
+        Verdict::Stable
+    );
+    let by_used = leak::diff_with(
+        &dumps,
+        &leak::DiffOptions {
+            metric: Metric::Used,
+        },
+    )
+    .unwrap();
+    let used_verdict = |path: &str| {
+        let e = by_used
+            .entries
+            .iter()
+            .find(|e| e.display_path() == path)
+            .unwrap();
+        assert_eq!(e.metric, Metric::Used);
+        e.verdict
+    };
+    assert_eq!(
+        used_verdict("[main] TopMemoryContext/PlateauCache"),
         Verdict::Plateau
     );
     assert_eq!(
-        find("[main] TopMemoryContext/ExprContext").verdict,
+        used_verdict("[main] TopMemoryContext/ExprContext"),
         Verdict::Noisy
     );
     assert_eq!(
@@ -281,22 +304,39 @@ fn cli_diff_dir_prints_table_verdicts_and_sites() {
         .collect();
     assert!(
         verdicts[0].starts_with(
-            "growing   [main] TopMemoryContext/CacheMemoryContext  +24.0 kB over 6 snapshots in 5m00s (used +9.8 kB)"
+            "growing   [main] TopMemoryContext/CacheMemoryContext  +24.0 kB total over 6 snapshots in 5m00s (used +9.8 kB)"
         ),
         "{text}"
     );
-    assert!(verdicts
-        .iter()
-        .any(|l| l.starts_with("plateau   [main] TopMemoryContext/PlateauCache  +0 bytes")));
-    assert!(verdicts
-        .iter()
+    // The metric is named, and decides the table: by total bytes, the plateau and the noise of
+    // used bytes inside unchanged blocks are no change at all.
+    assert!(text.contains("\nmetric: total bytes (verdicts, ranking and +/-;"));
+    assert!(text.contains("  #  verdict      total +/-       total first -> last "));
+    assert!(!text.contains("PlateauCache"), "{text}");
+
+    // By used bytes: the plateau and the noise show, and the +/- column is used bytes.
+    let o = memctx(&[
+        Path::new("diff"),
+        Path::new("--metric"),
+        Path::new("used"),
+        dir.0.as_path(),
+    ]);
+    let text = out(&o);
+    assert!(text.contains("\nmetric: used bytes (verdicts, ranking and +/-;"));
+    assert!(text.contains("growing   [main] TopMemoryContext/CacheMemoryContext  +9.8 kB used over 6 snapshots in 5m00s (total +24.0 kB)"), "{text}");
+    assert!(text.lines().any(|l| l
+        .starts_with("plateau   [main] TopMemoryContext/PlateauCache  +")
+        && l.contains(" used over ")));
+    assert!(text
+        .lines()
         .any(|l| l.starts_with("noisy     [main] TopMemoryContext/ExprContext")));
     assert!(text.contains("per-site growth (live chunks by allocation site):\n"));
     assert!(text.contains("growing   +4.9 kB (1000 bytes -> 5.9 kB, chunks 10 -> 60) in [main] TopMemoryContext/CacheMemoryContext\n      cache::remember at src/cache.rs:42\n"));
 
     // Exact bytes.
     let o = memctx(&[Path::new("diff"), Path::new("--bytes"), dir.0.as_path()]);
-    assert!(out(&o).contains("[main] TopMemoryContext/CacheMemoryContext  +24576 over 6 snapshots"));
+    assert!(out(&o)
+        .contains("[main] TopMemoryContext/CacheMemoryContext  +24576 total over 6 snapshots"));
 
     // Two files: OLD NEW.
     let first = dir.0.join("snapshot-0.json");
@@ -597,7 +637,7 @@ fn interleaved_backends_are_separated_by_pid() {
     let o = memctx(&[Path::new("diff"), &log]);
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains(
-        "holds dumps of several processes: PID 9281 (1 dump), PID 9282 (1 dump); choose one with --pid"
+        "the inputs hold dumps of several processes: PID 9281 (1 dump), PID 9282 (1 dump); choose one with --pid"
     ));
     let o = memctx(&[
         Path::new("diff"),
@@ -630,7 +670,7 @@ fn stderr_output_round_trips_exactly() {
 #[test]
 fn gdb_script_output_series() {
     let dir = data("gdb_series");
-    let dumps = leak::load_series(&[&dir]).unwrap();
+    let dumps = leak::load_series(&[&dir]).unwrap().dumps;
     assert_eq!(dumps.len(), 4);
     let d = &dumps[1];
     assert_eq!(d.format, Format::Gdb);
@@ -669,7 +709,7 @@ fn gdb_script_output_series() {
     let text = out(&o);
     assert!(
         text.contains(
-            "\ngrowing   TopMemoryContext/CacheMemoryContext  +768.0 kB over 4 snapshots\n"
+            "\ngrowing   TopMemoryContext/CacheMemoryContext  +768.0 kB total over 4 snapshots\n"
         ),
         "{text}"
     );
@@ -782,7 +822,7 @@ fn flame_writes_an_svg() {
     let with_idents = render::folded_stacks(
         &dumps[0],
         &render::FlameOptions {
-            used: true,
+            metric: Metric::Used,
             idents: true,
         },
     );
@@ -947,4 +987,329 @@ fn report_options_limit_rows() {
             .count(),
         1
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One metric; JSON and the CI gate; one rule for several processes; stray files
+
+/// `MemoryContextStats` output of one context per dump: `(total, free)` of CacheMemoryContext.
+fn cache_dumps(sizes: &[(u64, u64)]) -> String {
+    let mut text = String::new();
+    for &(total, free) in sizes {
+        text.push_str(&format!(
+            "TopMemoryContext: 8192 total in 1 blocks; 1000 free (1 chunks); 7192 used\n\
+             \x20 CacheMemoryContext: {total} total in 4 blocks; {free} free (1 chunks); {} used\n\
+             Grand total: {} bytes in 5 blocks; {} free (2 chunks); {} used\n",
+            total - free,
+            total + 8192,
+            free + 1000,
+            total + 8192 - free - 1000
+        ));
+    }
+    text
+}
+
+#[test]
+fn one_metric_decides_verdict_ranking_and_the_column() {
+    // A cache that took 4 MB of blocks in one step and held them while its used bytes fell (a
+    // backend's CacheMemoryContext after WITH HOLD cursors and temp tables).
+    let dir = TempDir::new("metric");
+    let f = dir.file(
+        "cache.log",
+        &cache_dumps(&[
+            (524_288, 24_288),
+            (4_194_304, 3_794_304),
+            (4_194_304, 3_894_304),
+            (4_194_304, 3_994_304),
+        ]),
+    );
+    let o = memctx(&[Path::new("diff"), &f]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    // By total bytes (the default) it grew and held: the verdict and the +/- agree.
+    assert!(
+        text.contains(
+            "\nmetric: total bytes (verdicts, ranking and +/-; --metric used for used bytes)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nplateau   TopMemoryContext/CacheMemoryContext  +3.5 MB total over 4 snapshots (used -293.0 kB)\n"),
+        "{text}"
+    );
+    // By used bytes it shrank: no row of the table grew, and the verdict says shrinking with a
+    // minus.
+    let o = memctx(&[
+        Path::new("diff"),
+        Path::new("--metric"),
+        Path::new("used"),
+        &f,
+    ]);
+    let text = out(&o);
+    assert!(text.contains("\nmetric: used bytes"), "{text}");
+    assert!(text.contains("\nno context grew.\n"), "{text}");
+    let report = leak::diff_with(
+        &leak::parse_file(&f).unwrap(),
+        &leak::DiffOptions {
+            metric: Metric::Used,
+        },
+    )
+    .unwrap();
+    let cache = &report
+        .entries
+        .iter()
+        .find(|e| e.display_path() == "TopMemoryContext/CacheMemoryContext")
+        .unwrap();
+    assert_eq!(cache.verdict, Verdict::Shrinking);
+    assert_eq!(cache.change(), -300_000);
+    // Ranking follows the metric: changes never increase down the list, and a growing entry
+    // never shows +0.
+    for report in [
+        &report,
+        &leak::diff(&leak::parse_file(&f).unwrap()).unwrap(),
+    ] {
+        for w in report.entries.windows(2) {
+            assert!(w[0].change() >= w[1].change());
+        }
+        assert!(report.growing().all(|e| e.change() > 0));
+    }
+    // The gdb script records no used bytes: --metric used is refused, not silently total.
+    let o = memctx(&[
+        Path::new("diff"),
+        Path::new("--metric"),
+        Path::new("used"),
+        &data("gdb_series"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("records no used bytes: compare by total bytes (--metric total)"));
+    // flame: --metric and its alias --used; the title names the metric.
+    let svg = dir.0.join("f.svg");
+    for args in [&["--metric", "used"][..], &["--used"][..]] {
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            "flame".as_ref(),
+            f.as_os_str(),
+            "-o".as_ref(),
+            svg.as_os_str(),
+        ];
+        a.extend(args.iter().map(std::ffi::OsStr::new));
+        let o = memctx(&a);
+        assert!(o.status.success(), "{}", err(&o));
+        let svg_text = std::fs::read_to_string(&svg).unwrap();
+        assert!(svg_text.contains("(used bytes)"));
+        assert!(svg_text.contains("width = used bytes"));
+    }
+}
+
+#[test]
+fn diff_json_carries_verdicts_and_series() {
+    let dir = TempDir::new("json");
+    write_series(&dir);
+    let o = memctx(&[Path::new("diff"), Path::new("--json"), dir.0.as_path()]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v["format"], "memctx-diff");
+    assert_eq!(v["metric"], "total");
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 6);
+    assert_eq!(v["pids"], serde_json::json!([4321]));
+    let top = &v["entries"][0];
+    assert_eq!(top["path"], "[main] TopMemoryContext/CacheMemoryContext");
+    assert_eq!(top["kind"], "group");
+    assert_eq!(top["verdict"], "growing");
+    assert_eq!(top["change"], 24576);
+    assert_eq!(top["total"].as_array().unwrap().len(), 6);
+    assert_eq!(top["total"][0], 8192);
+    assert_eq!(top["total"][5], 32768);
+    assert!(top["used"][0].is_u64());
+    // The worker did not answer the fourth dump: unknown, not zero.
+    let worker = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "[worker] TopMemoryContext")
+        .unwrap();
+    assert!(worker["total"][3].is_null());
+    assert_eq!(
+        v["sites"][0]["frames"][0],
+        "cache::remember at src/cache.rs:42"
+    );
+}
+
+#[test]
+fn fail_on_growing_sets_exit_code_3() {
+    let dir = TempDir::new("gate");
+    write_series(&dir);
+    let gate = |extra: &[&str]| {
+        let mut a: Vec<&std::ffi::OsStr> =
+            vec!["diff".as_ref(), "--fail-on".as_ref(), "growing".as_ref()];
+        a.extend(extra.iter().map(std::ffi::OsStr::new));
+        a.push(dir.0.as_os_str());
+        memctx(&a).status.code()
+    };
+    // The cache grew by 24576 bytes, the plan sources by 10240.
+    assert_eq!(gate(&[]), Some(3));
+    assert_eq!(gate(&["--json"]), Some(3));
+    assert_eq!(gate(&["--min-growth", "24575"]), Some(3));
+    assert_eq!(gate(&["--min-growth", "24576"]), Some(0));
+    // Without --fail-on growth is no failure.
+    let o = memctx(&[Path::new("diff"), dir.0.as_path()]);
+    assert_eq!(o.status.code(), Some(0));
+    // Nothing growing: 0.
+    let flat = dir.file(
+        "flat.log",
+        &cache_dumps(&[(16384, 100), (16384, 100), (16384, 100)]),
+    );
+    let o = memctx(&[
+        Path::new("diff"),
+        Path::new("--fail-on"),
+        Path::new("growing"),
+        &flat,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // Bad input is 1, not 3; a usage error is 2.
+    let o = memctx(&[
+        Path::new("diff"),
+        Path::new("--fail-on"),
+        Path::new("growing"),
+        &dir.0.join("none"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    for args in [
+        &["diff", "--min-growth", "5", "x"][..],
+        &["diff", "--metric", "free", "x"][..],
+        &["diff", "--fail-on", "plateau", "x"][..],
+    ] {
+        assert_eq!(memctx(args).status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// What the README's leak-hunting section shows: a host's own test comparing snapshots of its
+/// tree with the library's judgment, no CLI involved.
+#[test]
+fn host_test_gates_on_growth_with_the_library() {
+    use memctx::leak::{check_growth, Dump, GrowthError, GrowthGate};
+
+    let cache = MemoryContext::top().new_child("RequestCache", BlockSizes::DEFAULT);
+    let mut kept = Vec::new();
+    let mut dumps = Vec::new();
+    for round in 0..5 {
+        // The code under test: it keeps 4 kB per round in the cache.
+        for _ in 0..4 {
+            kept.push(cache.alloc(1024));
+        }
+        let snap = memctx::dump::snapshot();
+        dumps.push(Dump::from_snapshot(snap, &format!("round {round}")).unwrap());
+    }
+    let err = check_growth(&dumps, &GrowthGate::default()).unwrap_err();
+    let GrowthError::Growing { growing, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        growing[0].0.ends_with("TopMemoryContext/RequestCache"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("TopMemoryContext/RequestCache: +"));
+    // Above the threshold only.
+    let gate = GrowthGate {
+        min_growth: 1 << 30,
+        ..GrowthGate::default()
+    };
+    assert!(check_growth(&dumps, &gate).is_ok());
+    cache.delete();
+}
+
+#[test]
+fn stray_files_in_a_directory_are_skipped_with_a_warning() {
+    let dir = TempDir::new("stray");
+    write_series(&dir);
+    dir.file("notes.txt", "what I tried on Tuesday\n");
+    dir.file("package.json", "{\"name\": \"x\"}\n");
+    let o = memctx(&[Path::new("diff"), dir.0.as_path()]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).starts_with("memctx diff: 6 snapshots"));
+    let e = err(&o);
+    assert!(
+        e.contains(&format!(
+            "memctx: warning: skipped {}: no memory-context dump found",
+            dir.0.join("notes.txt").display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("package.json:1: JSON document has no \"format\" field"),
+        "{e}"
+    );
+    // A dump with a fault is still an error, and so is a stray file named on its own.
+    let o = memctx(&[
+        Path::new("diff"),
+        &dir.0.join("notes.txt"),
+        &dir.0.join("snapshot-0.json"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    dir.file("broken.log", "TopMemoryContext: 8192 total in 1 blocks; 1000 free (1 chunks); 7192 used\n\x20 A: 1 total in x\n");
+    let o = memctx(&[Path::new("diff"), dir.0.as_path()]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+}
+
+#[test]
+fn several_processes_follow_one_rule_in_every_command() {
+    let dir = TempDir::new("processes");
+    let log = dir.file("interleaved.log", &interleaved_log());
+    // stats and flame refuse, list the PIDs, and take --pid.
+    for cmd in [&["stats"][..], &["flame", "-o", "-"][..]] {
+        let mut a: Vec<&std::ffi::OsStr> = cmd.iter().map(std::ffi::OsStr::new).collect();
+        a.push(log.as_os_str());
+        let o = memctx(&a);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}");
+        assert!(err(&o).contains("PID 9281 (1 dump), PID 9282 (1 dump); choose one with --pid"));
+        a.extend(["--pid", "9282"].map(std::ffi::OsStr::new));
+        let o = memctx(&a);
+        assert!(o.status.success(), "{cmd:?}: {}", err(&o));
+    }
+    // A memctx snapshot and PostgreSQL dumps are never one process.
+    let mixed = TempDir::new("processes-mixed");
+    mixed.file(
+        "a.json",
+        &serde_json::to_string(&synthetic_series()[0]).unwrap(),
+    );
+    mixed.file(
+        "b.txt",
+        &std::fs::read_to_string(data("pg15_stderr.txt")).unwrap(),
+    );
+    let o = memctx(&[Path::new("diff"), mixed.0.as_path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("mix a memctx dump"), "{}", err(&o));
+    // With --pid, inputs that record no PID are skipped by name.
+    let o = memctx(&[
+        Path::new("diff"),
+        &data("pg15_server.log"),
+        &data("pg15_contexts.csv"),
+        Path::new("--pid"),
+        Path::new("9281"),
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("pg15_contexts.csv: skipped by --pid 9281: a pg_backend_memory_contexts CSV (PostgreSQL 14-16) records no PID"), "{}", err(&o));
+    let o = memctx(&[Path::new("stats"), &log, Path::new("--pid"), Path::new("1")]);
+    assert!(err(&o)
+        .contains("no dump of PID 1 found: the inputs hold dumps of several processes: PID 9281"));
+}
+
+#[test]
+fn stats_and_flame_name_the_dump_they_show() {
+    let log = data("pg15_server.log");
+    let o = memctx(&[Path::new("stats"), &log]);
+    assert!(o.status.success());
+    let e = err(&o);
+    assert!(e.contains("holds 3 dumps; showing the last, "), "{e}");
+    assert!(e.contains("pg15_server.log#3 at line "), "{e}");
+    assert!(e.contains("(--index N for another)"), "{e}");
+    let o = memctx(&[
+        Path::new("stats"),
+        &log,
+        Path::new("--index"),
+        Path::new("1"),
+    ]);
+    assert!(!err(&o).contains("showing the last"));
+    // One dump: nothing to say.
+    let o = memctx(&[Path::new("stats"), &data("pg15_stderr.txt")]);
+    assert!(!err(&o).contains("showing"));
 }

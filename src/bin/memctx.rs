@@ -2,14 +2,14 @@
 //! time to find the context that keeps growing, and draw them as flame graphs.
 //!
 //! Exit status: 0 on success, 1 on an error (a missing or malformed file: the message names it),
-//! 2 on a usage error.
+//! 2 on a usage error, 3 when `diff --fail-on growing` finds a context growing.
 
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use memctx::leak::{self, render, Dump, ReportOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use memctx::leak::{self, render, DiffOptions, Dump, Metric, ReportOptions};
 use memctx::stats::PrintOptions;
 
 const FORMATS_HELP: &str = "\
@@ -38,65 +38,123 @@ struct Cli {
 enum Command {
     /// Print a dump in PostgreSQL's MemoryContextStats format
     #[command(after_help = FORMATS_HELP)]
-    Stats {
-        /// The dump file
-        file: PathBuf,
-        /// Which dump of a file holding several (1 = first; default: the last)
-        #[arg(long, value_name = "N", conflicts_with = "all")]
-        index: Option<usize>,
-        /// Print every dump of the file
-        #[arg(long)]
-        all: bool,
-        /// Children printed per context before the rest are summarised (inputs PostgreSQL did not summarise already)
-        #[arg(long, value_name = "N", default_value_t = 100)]
-        max_children: usize,
-        /// Levels printed below the top before deeper contexts are summarised (inputs PostgreSQL did not summarise already)
-        #[arg(long, value_name = "N", default_value_t = 100)]
-        max_level: usize,
-    },
+    Stats(StatsArgs),
     /// Compare two dumps or a series and name the contexts that keep growing
-    #[command(after_help = "\
-PATHS: `OLD NEW` (two files), `DIR` (its files in natural name order), or one file holding a
-series (a server log with several pg_log_backend_memory_contexts() dumps). Contexts are matched by
-their path of names and identifiers; same-named siblings are summed; `N more child contexts` lines
-are kept as `PARENT/(more child contexts)`. Verdicts: growing, plateau, noisy, shrinking, stable.")]
-    Diff {
-        /// Dump files or directories, oldest first
-        #[arg(required = true, value_name = "PATHS")]
-        paths: Vec<PathBuf>,
-        /// Keep only the dumps of this process (a log holding several backends' dumps)
-        #[arg(long)]
-        pid: Option<u32>,
-        /// Rows of the ranked table and verdict lines
-        #[arg(long, value_name = "N", default_value_t = 20)]
-        top: usize,
-        /// Allocation sites to show (memctx debug-build snapshots)
-        #[arg(long, value_name = "N", default_value_t = 10)]
-        sites: usize,
-        /// Print exact byte counts instead of kB/MB
-        #[arg(long)]
-        bytes: bool,
-    },
+    #[command(after_help = DIFF_HELP)]
+    Diff(DiffArgs),
     /// Draw a dump's context tree as a flame graph (SVG)
-    Flame {
-        /// The dump file
-        file: PathBuf,
-        /// Where to write the SVG (`-` for standard output)
-        #[arg(short, long, value_name = "SVG")]
-        output: PathBuf,
-        /// Which dump of a file holding several (1 = first; default: the last)
-        #[arg(long, value_name = "N")]
-        index: Option<usize>,
-        /// Width by used bytes instead of total bytes
-        #[arg(long)]
-        used: bool,
-        /// One frame per identifier instead of merging same-named siblings
-        #[arg(long)]
-        idents: bool,
-        /// Title of the graph (default: the file name)
-        #[arg(long)]
-        title: Option<String>,
-    },
+    Flame(FlameArgs),
+}
+
+const DIFF_HELP: &str = "\
+PATHS: `OLD NEW` (two files), `DIR` (its files in natural name order; files that are no dump are
+skipped with a warning), or one file holding a series (a server log with several
+pg_log_backend_memory_contexts() dumps). Contexts are matched by their path of names and
+identifiers; same-named siblings are summed; `N more child contexts` lines are kept as
+`PARENT/(more child contexts)`. Verdicts: growing, plateau, noisy, shrinking, stable; one metric
+(--metric, total bytes by default) decides verdicts, ranking and the +/- column.
+
+Exit status: 0 no context growing (or no --fail-on), 1 an error (a missing or malformed input,
+several processes without --pid), 2 a usage error, 3 a context growing by more than --min-growth
+with --fail-on growing.";
+
+/// Which dump of a file, and of which process.
+#[derive(Args)]
+struct DumpChoice {
+    /// Keep only the dumps of this process (an input holding several processes' dumps is refused
+    /// without it)
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Which dump (1 = first, counting the chosen process's dumps; default: the last, named on
+    /// standard error when the file holds several)
+    #[arg(long, value_name = "N")]
+    index: Option<usize>,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// The dump file
+    file: PathBuf,
+    #[command(flatten)]
+    choice: DumpChoice,
+    /// Print every dump of the file
+    #[arg(long, conflicts_with = "index")]
+    all: bool,
+    /// Children printed per context before the rest are summarised (inputs PostgreSQL did not summarise already)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_children: usize,
+    /// Levels printed below the top before deeper contexts are summarised (inputs PostgreSQL did not summarise already)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_level: usize,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// Dump files or directories, oldest first
+    #[arg(required = true, value_name = "PATHS")]
+    paths: Vec<PathBuf>,
+    /// Keep only the dumps of this process (inputs holding several processes' dumps are refused
+    /// without it; inputs that record no PID are then skipped, with a warning naming them)
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The bytes that decide verdicts, ranking and the +/- column: total or used
+    #[arg(long, value_name = "METRIC", default_value_t = Metric::Total)]
+    metric: Metric,
+    /// Print the report as JSON: the verdicts and each context's series
+    #[arg(long)]
+    json: bool,
+    /// Exit with status 3 when a context is growing (steadily, by more than --min-growth)
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    fail_on: Option<FailOn>,
+    /// With --fail-on: growth (last minus first, in bytes of the metric) that is let pass
+    #[arg(long, value_name = "BYTES", default_value_t = 0, requires = "fail_on")]
+    min_growth: u64,
+    /// Rows of the ranked table and verdict lines
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    top: usize,
+    /// Allocation sites to show (memctx debug-build snapshots)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    sites: usize,
+    /// Print exact byte counts instead of kB/MB
+    #[arg(long)]
+    bytes: bool,
+}
+
+/// The verdicts `--fail-on` can fail on.
+#[derive(Clone, Copy, ValueEnum)]
+enum FailOn {
+    /// A context judged growing
+    Growing,
+}
+
+#[derive(Args)]
+struct FlameArgs {
+    /// The dump file
+    file: PathBuf,
+    /// Where to write the SVG (`-` for standard output)
+    #[arg(short, long, value_name = "SVG")]
+    output: PathBuf,
+    #[command(flatten)]
+    choice: DumpChoice,
+    /// The bytes that give a frame its width: total or used
+    #[arg(long, value_name = "METRIC", default_value_t = Metric::Total, conflicts_with = "used")]
+    metric: Metric,
+    /// Width by used bytes (the same as --metric used)
+    #[arg(long)]
+    used: bool,
+    /// One frame per identifier instead of merging same-named siblings
+    #[arg(long)]
+    idents: bool,
+    /// Title of the graph (default: the file name)
+    #[arg(long)]
+    title: Option<String>,
+}
+
+/// How a command ended, when it did not fail.
+enum Outcome {
+    Done,
+    /// `diff --fail-on growing` found growth.
+    Growth,
 }
 
 fn main() -> ExitCode {
@@ -104,7 +162,8 @@ fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Growth) => ExitCode::from(3),
         Err(msg) => {
             eprintln!("memctx: error: {msg}");
             ExitCode::from(1)
@@ -120,13 +179,43 @@ fn warn(dumps: &[Dump]) {
     }
 }
 
+fn warn_all(lines: &[String]) {
+    for w in lines {
+        eprintln!("memctx: warning: {w}");
+    }
+}
+
+/// The dumps of one process in a file, by the rule every command follows.
+fn read_process(file: &Path, pid: Option<u32>) -> Result<Vec<Dump>, String> {
+    let dumps = leak::parse_file(file).map_err(|e| e.to_string())?;
+    let selection = leak::select_pid(dumps, pid).map_err(|e| e.to_string())?;
+    warn_all(&selection.skipped);
+    warn(&selection.dumps);
+    Ok(selection.dumps)
+}
+
+/// The dump `--index` names, or the last one, named on standard error when there are several.
 fn pick(dumps: Vec<Dump>, index: Option<usize>, file: &Path) -> Result<Dump, String> {
     let n = dumps.len();
     match index {
-        None => Ok(dumps
-            .into_iter()
-            .last()
-            .expect("parse returns at least one dump")),
+        None => {
+            let last = dumps
+                .into_iter()
+                .last()
+                .expect("a selection is never empty");
+            if n > 1 {
+                eprintln!(
+                    "memctx: note: {} holds {n} dumps; showing the last, {}{} (--index N for \
+                     another)",
+                    file.display(),
+                    last.source,
+                    last.line
+                        .map(|l| format!(" at line {l}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(last)
+        }
         Some(i) if (1..=n).contains(&i) => Ok(dumps.into_iter().nth(i - 1).expect("in range")),
         Some(i) => Err(format!(
             "{}: --index {i}: the file holds {n} dump{}",
@@ -136,77 +225,47 @@ fn pick(dumps: Vec<Dump>, index: Option<usize>, file: &Path) -> Result<Dump, Str
     }
 }
 
-fn run(cmd: Command) -> Result<(), String> {
+fn run(cmd: Command) -> Result<Outcome, String> {
     match cmd {
-        Command::Stats {
-            file,
-            index,
-            all,
-            max_children,
-            max_level,
-        } => {
-            let opts = PrintOptions {
-                max_level,
-                max_children,
-            };
-            stats(&file, index, all, &opts)
-        }
-        Command::Diff {
-            paths,
-            pid,
-            top,
-            sites,
-            bytes,
-        } => {
-            let opts = ReportOptions {
-                top,
-                sites,
-                exact: bytes,
-            };
-            diff(&paths, pid, &opts)
-        }
-        Command::Flame {
-            file,
-            output,
-            index,
-            used,
-            idents,
-            title,
-        } => flame(
-            &file,
-            &output,
-            index,
-            &render::FlameOptions { used, idents },
-            title,
-        ),
+        Command::Stats(args) => stats(&args),
+        Command::Diff(args) => diff(&args),
+        Command::Flame(args) => flame(&args),
     }
 }
 
-fn stats(file: &Path, index: Option<usize>, all: bool, opts: &PrintOptions) -> Result<(), String> {
-    let dumps = leak::parse_file(file).map_err(|e| e.to_string())?;
-    warn(&dumps);
+fn stats(args: &StatsArgs) -> Result<Outcome, String> {
+    let opts = PrintOptions {
+        max_level: args.max_level,
+        max_children: args.max_children,
+    };
+    let dumps = read_process(&args.file, args.choice.pid)?;
     let mut out = String::new();
-    if all {
+    if args.all {
         for d in &dumps {
             out.push_str(&format!("== {} ({}", d.source, d.format.description()));
             if let Some(p) = d.pid {
                 out.push_str(&format!(", PID {p}"));
             }
             out.push_str(") ==\n");
-            out.push_str(&render::stats_text(d, opts));
+            out.push_str(&render::stats_text(d, &opts));
         }
     } else {
-        let d = pick(dumps, index, file)?;
-        out.push_str(&render::stats_text(&d, opts));
+        let d = pick(dumps, args.choice.index, &args.file)?;
+        out.push_str(&render::stats_text(&d, &opts));
     }
-    print_out(&out)
+    print_out(&out)?;
+    Ok(Outcome::Done)
 }
 
-fn diff(paths: &[PathBuf], pid: Option<u32>, opts: &ReportOptions) -> Result<(), String> {
-    let dumps = leak::load_series(paths).map_err(|e| e.to_string())?;
-    let dumps = leak::diff::select_pid(dumps, pid).map_err(|e| e.to_string())?;
+fn diff(args: &DiffArgs) -> Result<Outcome, String> {
+    let series = leak::load_series(&args.paths).map_err(|e| e.to_string())?;
+    warn_all(&series.skipped);
+    let selection = leak::select_pid(series.dumps, args.pid).map_err(|e| e.to_string())?;
+    warn_all(&selection.skipped);
+    let dumps = selection.dumps;
     if dumps.len() < 2 {
-        let what = paths
+        let what = args
+            .paths
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
@@ -218,21 +277,44 @@ fn diff(paths: &[PathBuf], pid: Option<u32>, opts: &ReportOptions) -> Result<(),
         ));
     }
     warn(&dumps);
-    let report = leak::diff(&dumps).map_err(|e| e.to_string())?;
-    print_out(&report.format(opts))
+    let opts = DiffOptions {
+        metric: args.metric,
+    };
+    let report = leak::diff_with(&dumps, &opts).map_err(|e| e.to_string())?;
+    if args.json {
+        print_out(&format!("{:#}\n", report.to_json()))?;
+    } else {
+        let opts = ReportOptions {
+            top: args.top,
+            sites: args.sites,
+            exact: args.bytes,
+        };
+        print_out(&report.format(&opts))?;
+    }
+    match args.fail_on {
+        Some(FailOn::Growing) if !report.growing_beyond(args.min_growth).is_empty() => {
+            Ok(Outcome::Growth)
+        }
+        _ => Ok(Outcome::Done),
+    }
 }
 
-fn flame(
-    file: &Path,
-    output: &Path,
-    index: Option<usize>,
-    flame: &render::FlameOptions,
-    title: Option<String>,
-) -> Result<(), String> {
-    let dumps = leak::parse_file(file).map_err(|e| e.to_string())?;
-    warn(&dumps);
-    let dump = pick(dumps, index, file)?;
-    let lines = render::folded_stacks(&dump, flame);
+fn flame(args: &FlameArgs) -> Result<Outcome, String> {
+    let metric = if args.used { Metric::Used } else { args.metric };
+    let dumps = read_process(&args.file, args.choice.pid)?;
+    let dump = pick(dumps, args.choice.index, &args.file)?;
+    if metric == Metric::Used && !dump.has_detail {
+        return Err(format!(
+            "{}: {} records no used bytes: draw by total bytes (--metric total)",
+            dump.source,
+            dump.format.description()
+        ));
+    }
+    let flame = render::FlameOptions {
+        metric,
+        idents: args.idents,
+    };
+    let lines = render::folded_stacks(&dump, &flame);
     if lines.is_empty() {
         return Err(format!(
             "{}: nothing to draw: every context holds 0 bytes",
@@ -240,20 +322,23 @@ fn flame(
         ));
     }
     let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.unwrap_or_else(|| format!("memctx: {}", dump.source));
+    opts.title = args
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("memctx: {} ({metric} bytes)", dump.source));
     opts.subtitle = Some(format!(
-        "{}: {} in {} contexts, width = {} bytes",
+        "{}: {} in {} contexts, width = {metric} bytes",
         dump.format.description(),
         leak::diff::human_bytes(dump.total().total_bytes),
         dump.trees.iter().map(|t| t.contexts.len()).sum::<usize>(),
-        if flame.used { "used" } else { "total" }
     ));
     opts.count_name = "bytes".to_string();
     opts.name_type = "Context:".to_string();
     let draw = |w: &mut dyn std::io::Write| {
         inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
     };
-    write_output(output, "the flame graph", draw)
+    write_output(&args.output, "the flame graph", draw)?;
+    Ok(Outcome::Done)
 }
 
 /// Writes through `draw` to the file `output`, or to standard output for `-`.

@@ -47,13 +47,16 @@
 //! ```
 
 pub mod diff;
+mod metric;
 pub mod parse;
 pub mod render;
 
 pub use diff::{
-    diff, select_pid, verdict, DiffError, EntryKind, EntryReport, Metric, Report, ReportOptions,
-    Segment, SiteReport, Verdict,
+    check_growth, diff, diff_with, select_pid, verdict, DiffError, DiffOptions, EntryKind,
+    EntryReport, GrowthError, GrowthGate, Report, ReportOptions, Segment, Selection, SiteReport,
+    Verdict,
 };
+pub use metric::Metric;
 pub use parse::{
-    load_series, parse_file, parse_str, Context, Dump, Format, ParseError, Site, Tree,
+    load_series, parse_file, parse_str, Context, Dump, Format, ParseError, Series, Site, Tree,
 };

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::parse::{Dump, Tree};
+use super::Metric;
 use crate::stats::{format_stats, Counters, PrintOptions, StatsNode};
 
 /// Prints a dump in PostgreSQL's `MemoryContextStats` format.
@@ -156,8 +157,9 @@ fn bytes_text(tree: &Tree) -> String {
 /// What [`folded_stacks`] counts and how it names frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlameOptions {
-    /// Count used bytes instead of total bytes (where the dump records them).
-    pub used: bool,
+    /// The bytes that give a frame its width (used bytes count as total bytes where the dump
+    /// does not record them).
+    pub metric: Metric,
     /// Give each identifier its own frame (`CachedPlanSource: SELECT ...`) instead of merging
     /// same-named siblings.
     pub idents: bool,
@@ -202,11 +204,7 @@ pub fn folded_stacks(dump: &Dump, opts: &FlameOptions) -> Vec<String> {
                 ),
                 None => own,
             };
-            let bytes = if opts.used {
-                c.used_bytes.unwrap_or(c.total_bytes)
-            } else {
-                c.total_bytes
-            };
+            let bytes = opts.metric.of(c).unwrap_or(c.total_bytes);
             if bytes > 0 {
                 out.push(format!("{stack} {bytes}"));
             }

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{delta, first_last, EntryKind, EntryReport, Report, SiteReport, Verdict};
+use crate::leak::Metric;
 
 /// How [`Report::format`] prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,22 +110,29 @@ impl Report {
         }
     }
 
-    /// The verdict line of an entry: `growing  PATH  +1.2 MB over 5 snapshots (...)`.
+    /// The verdict line of an entry: `growing  PATH  +1.2 MB total over 5 snapshots (...)`,
+    /// the change by the report's metric, the other metric's in brackets.
     #[must_use]
     pub fn verdict_line(&self, e: &EntryReport, exact: bool) -> String {
         let n = self.snapshots.len();
         let mut s = format!(
-            "{:<9} {}  {} over {n} snapshots",
+            "{:<9} {}  {} {} over {n} snapshots",
             e.verdict,
             e.display_path(),
-            fmt_delta(e.growth(), exact)
+            fmt_delta(e.change(), exact),
+            e.metric
         );
         if let Some(ms) = self.span_ms {
             let _ = write!(s, " in {}", fmt_span(ms));
         }
         let mut extra = Vec::new();
-        if let Some(u) = e.used_growth() {
-            extra.push(format!("used {}", fmt_delta(u, exact)));
+        match e.metric {
+            Metric::Total => {
+                if let Some(u) = e.used_growth() {
+                    extra.push(format!("used {}", fmt_delta(u, exact)));
+                }
+            }
+            Metric::Used => extra.push(format!("total {}", fmt_delta(e.growth(), exact))),
         }
         if let Some((a, b)) = first_last(&e.count) {
             if a != b || a > 1 {
@@ -151,15 +159,11 @@ impl Report {
     pub fn format(&self, opts: &ReportOptions) -> String {
         let mut out = self.header(opts.exact);
         out.push('\n');
-        let grew: Vec<&EntryReport> = self
-            .entries
-            .iter()
-            .filter(|e| e.growth() > 0 || e.used_growth().is_some_and(|u| u > 0))
-            .collect();
+        let grew: Vec<&EntryReport> = self.entries.iter().filter(|e| e.change() > 0).collect();
         if grew.is_empty() {
             out.push_str("no context grew.\n");
         } else {
-            out.push_str(&ranked_table(&grew, opts));
+            out.push_str(&ranked_table(self.metric, &grew, opts));
             out.push('\n');
             out.push_str(&self.verdict_lines(&grew, opts));
         }
@@ -202,10 +206,17 @@ impl Report {
             fmt_bytes(g1, exact),
             fmt_delta(i128::from(g1) - i128::from(g0), exact)
         );
+        let _ = writeln!(
+            out,
+            "metric: {} bytes (verdicts, ranking and +/-; --metric {} for {} bytes)",
+            self.metric,
+            other_metric(self.metric),
+            other_metric(self.metric)
+        );
         if let Some((e, g)) = self.hotspot() {
             let _ = writeln!(
                 out,
-                "most growth is under: {} (its subtree {})",
+                "most growth is under: {} (its subtree {} total bytes)",
                 e.display_path(),
                 fmt_delta(g, exact)
             );
@@ -293,29 +304,36 @@ impl Report {
     }
 }
 
-/// The ranked table of the entries that grew.
-fn ranked_table(grew: &[&EntryReport], opts: &ReportOptions) -> String {
+fn other_metric(m: Metric) -> Metric {
+    match m {
+        Metric::Total => Metric::Used,
+        Metric::Used => Metric::Total,
+    }
+}
+
+/// The ranked table of the entries that grew, by the report's metric.
+fn ranked_table(metric: Metric, grew: &[&EntryReport], opts: &ReportOptions) -> String {
     let exact = opts.exact;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>3}  {:<9} {:>12} {:>12} {:>25} {:>13}  context (own bytes)",
-        "#", "verdict", "total +/-", "used +/-", "total first -> last", "count"
+        "{:>3}  {:<9} {:>12} {:>25} {:>13}  context (own bytes)",
+        "#",
+        "verdict",
+        format!("{metric} +/-"),
+        format!("{metric} first -> last"),
+        "count"
     );
     for (i, e) in grew.iter().take(opts.top).enumerate() {
-        let (t0, t1) = first_last(&e.total).unwrap_or((0, 0));
+        let (v0, v1) = first_last(e.series()).unwrap_or((0, 0));
         let (c0, c1) = first_last(&e.count).unwrap_or((0, 0));
-        let used = e
-            .used_growth()
-            .map_or_else(|| "?".to_string(), |u| fmt_delta(u, exact));
         let _ = writeln!(
             out,
-            "{:>3}  {:<9} {:>12} {:>12} {:>25} {:>13}  {}",
+            "{:>3}  {:<9} {:>12} {:>25} {:>13}  {}",
             i + 1,
             e.verdict,
-            fmt_delta(e.growth(), exact),
-            used,
-            format!("{} -> {}", fmt_bytes(t0, exact), fmt_bytes(t1, exact)),
+            fmt_delta(e.change(), exact),
+            format!("{} -> {}", fmt_bytes(v0, exact), fmt_bytes(v1, exact)),
             format!("{c0} -> {c1}"),
             e.display_path()
         );

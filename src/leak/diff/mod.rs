@@ -25,6 +25,8 @@
 //! matched by their context's group path and their frames, and ranked the same way.
 
 mod format;
+mod gate;
+mod json;
 mod processes;
 mod series;
 mod verdict;
@@ -32,20 +34,13 @@ mod verdict;
 use std::fmt::{self, Write as _};
 
 use super::parse::Dump;
+use super::Metric;
 use series::{Accumulated, Judge};
 
 pub use format::{human_bytes, ReportOptions};
-pub use processes::select_pid;
+pub use gate::{check_growth, GrowthError, GrowthGate};
+pub use processes::{select_pid, Selection};
 pub use verdict::{verdict, Verdict};
-
-/// Which series a verdict was made on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
-    /// `total_bytes`: the dumps do not record used bytes.
-    Total,
-    /// `used_bytes`.
-    Used,
-}
 
 /// What an entry of a [`Report`] stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +82,7 @@ pub struct EntryReport {
     pub subtree: Vec<Option<u64>>,
     /// The verdict over the series.
     pub verdict: Verdict,
-    /// The series the verdict is made on.
+    /// The metric the verdict, the ranking and [`EntryReport::change`] are made on.
     pub metric: Metric,
     /// A remark for the reader (for folded lines: what the printed siblings are).
     pub note: Option<String>,
@@ -136,6 +131,22 @@ impl EntryReport {
         delta(&self.total)
     }
 
+    /// The series of the entry's [`EntryReport::metric`].
+    #[must_use]
+    pub fn series(&self) -> &[Option<u64>] {
+        match self.metric {
+            Metric::Total => &self.total,
+            Metric::Used => &self.used,
+        }
+    }
+
+    /// Growth by the entry's metric: last known value minus first known value. This is what the
+    /// ranking orders by and the report's `+/-` column shows.
+    #[must_use]
+    pub fn change(&self) -> i128 {
+        delta(self.series())
+    }
+
     /// Growth of own `used_bytes`, when recorded.
     #[must_use]
     pub fn used_growth(&self) -> Option<i128> {
@@ -174,6 +185,8 @@ impl SiteReport {
 /// The result of [`diff`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
+    /// The metric of the verdicts, the ranking and the `+/-` column.
+    pub metric: Metric,
     /// The dumps compared, by [`Dump::source`], in order.
     pub snapshots: Vec<String>,
     /// Their formats' descriptions, deduplicated, in order of first appearance.
@@ -184,7 +197,7 @@ pub struct Report {
     pub span_ms: Option<u64>,
     /// Sum of all contexts' `total_bytes` per dump.
     pub grand_total: Vec<u64>,
-    /// Every entry, ranked: largest growth of own `total_bytes` first, then of `used_bytes`.
+    /// Every entry, ranked: largest [`EntryReport::change`] first, then by the other metric.
     pub entries: Vec<EntryReport>,
     /// Allocation sites ranked by growth of live bytes (empty without sites).
     pub sites: Vec<SiteReport>,
@@ -204,7 +217,15 @@ impl fmt::Display for DiffError {
 
 impl std::error::Error for DiffError {}
 
-/// Compares two dumps or a series, oldest first.
+/// How [`diff_with`] compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiffOptions {
+    /// The bytes that decide verdicts, ranking and [`EntryReport::change`].
+    pub metric: Metric,
+}
+
+/// Compares two dumps or a series, oldest first, by total bytes ([`diff_with`] with the default
+/// options).
 ///
 /// # Errors
 ///
@@ -214,6 +235,15 @@ impl std::error::Error for DiffError {}
 ///
 /// See the [module documentation](crate::leak).
 pub fn diff(dumps: &[Dump]) -> Result<Report, DiffError> {
+    diff_with(dumps, &DiffOptions::default())
+}
+
+/// Compares two dumps or a series, oldest first, by `opts.metric`.
+///
+/// # Errors
+///
+/// Fewer than two dumps, or [`Metric::Used`] on dumps that do not record used bytes.
+pub fn diff_with(dumps: &[Dump], opts: &DiffOptions) -> Result<Report, DiffError> {
     if dumps.len() < 2 {
         return Err(DiffError(format!(
             "need at least two snapshots to compare, got {}{}",
@@ -224,21 +254,39 @@ pub fn diff(dumps: &[Dump]) -> Result<Report, DiffError> {
                 .unwrap_or_default()
         )));
     }
+    if let Some(d) = dumps
+        .iter()
+        .find(|d| opts.metric == Metric::Used && !d.has_detail)
+    {
+        return Err(DiffError(format!(
+            "{}: {} records no used bytes: compare by total bytes (--metric total)",
+            d.source,
+            d.format.description()
+        )));
+    }
     let acc = Accumulated::from_dumps(dumps);
-    let judge = Judge { acc: &acc, dumps };
+    let judge = Judge {
+        acc: &acc,
+        dumps,
+        metric: opts.metric,
+    };
     let mut entries = judge.entries();
-    rank_entries(&mut entries);
+    rank_entries(&mut entries, opts.metric);
     let mut sites = judge.sites();
     rank_sites(&mut sites);
-    Ok(report_of(dumps, entries, sites))
+    Ok(report_of(dumps, opts.metric, entries, sites))
 }
 
-/// Largest growth of own total bytes first, then of used bytes, then by path.
-fn rank_entries(entries: &mut [EntryReport]) {
+/// Largest growth by the metric first, then by the other metric, then by path.
+fn rank_entries(entries: &mut [EntryReport], metric: Metric) {
+    let other = |e: &EntryReport| match metric {
+        Metric::Total => e.used_growth().unwrap_or(0),
+        Metric::Used => e.growth(),
+    };
     entries.sort_by(|a, b| {
-        b.growth()
-            .cmp(&a.growth())
-            .then_with(|| b.used_growth().cmp(&a.used_growth()))
+        b.change()
+            .cmp(&a.change())
+            .then_with(|| other(b).cmp(&other(a)))
             .then_with(|| a.display_path().cmp(&b.display_path()))
     });
 }
@@ -254,7 +302,12 @@ fn rank_sites(sites: &mut [SiteReport]) {
 }
 
 /// The report: what was compared (sources, formats, processes, span) and the ranked results.
-fn report_of(dumps: &[Dump], entries: Vec<EntryReport>, sites: Vec<SiteReport>) -> Report {
+fn report_of(
+    dumps: &[Dump],
+    metric: Metric,
+    entries: Vec<EntryReport>,
+    sites: Vec<SiteReport>,
+) -> Report {
     let mut formats = Vec::new();
     let mut pids = Vec::new();
     let mut warnings = Vec::new();
@@ -274,6 +327,7 @@ fn report_of(dumps: &[Dump], entries: Vec<EntryReport>, sites: Vec<SiteReport>) 
         _ => None,
     };
     Report {
+        metric,
         snapshots: dumps.iter().map(|d| d.source.clone()).collect(),
         formats,
         pids,

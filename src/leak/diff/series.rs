@@ -5,8 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use super::verdict::verdict;
-use super::{EntryKind, EntryReport, Metric, Segment, SiteReport};
+use super::{EntryKind, EntryReport, Segment, SiteReport};
 use crate::leak::parse::{Context, Dump, Tree};
+use crate::leak::Metric;
 
 /// Interned paths: each node is (parent key, segment); the root of every path is a thread segment.
 #[derive(Default)]
@@ -235,6 +236,7 @@ impl Accumulated {
 pub(super) struct Judge<'a> {
     pub(super) acc: &'a Accumulated,
     pub(super) dumps: &'a [Dump],
+    pub(super) metric: Metric,
 }
 
 impl Judge<'_> {
@@ -311,7 +313,10 @@ impl Judge<'_> {
                 () => self.dumps[d].has_detail.then_some(0),
             })
             .collect();
-        let (metric, judged) = judged_series(&total, &used);
+        let judged: Vec<u64> = match self.metric {
+            Metric::Total => total.iter().flatten().copied().collect(),
+            Metric::Used => used.iter().flatten().copied().collect(),
+        };
         let (thread, path) = keys.path(k);
         EntryReport {
             thread: self.show_thread().then_some(thread),
@@ -322,7 +327,7 @@ impl Judge<'_> {
             count: series(|a| a.count),
             subtree: series(|a| a.subtree),
             verdict: verdict(&judged),
-            metric,
+            metric: self.metric,
             note,
         }
     }
@@ -348,20 +353,6 @@ impl Judge<'_> {
             });
         }
         out
-    }
-}
-
-/// The series a verdict is made on: used bytes where every known dump records them, else total
-/// bytes.
-fn judged_series(total: &[Option<u64>], used: &[Option<u64>]) -> (Metric, Vec<u64>) {
-    let used_known = used
-        .iter()
-        .zip(total)
-        .all(|(u, t)| u.is_some() || t.is_none());
-    if used_known {
-        (Metric::Used, used.iter().flatten().copied().collect())
-    } else {
-        (Metric::Total, total.iter().flatten().copied().collect())
     }
 }
 

@@ -28,7 +28,7 @@ pub fn parse_file(path: &Path) -> Result<Vec<Dump>, ParseError> {
         ParseError::new(&name, None, what)
     })?;
     if bytes.contains(&0) {
-        return Err(ParseError::new(
+        return Err(ParseError::not_a_dump(
             &name,
             None,
             format!("binary file, not a dump: {FORMATS_EXPECTED}"),
@@ -38,23 +38,52 @@ pub fn parse_file(path: &Path) -> Result<Vec<Dump>, ParseError> {
     parse_str(&text, &name)
 }
 
+/// What [`load_series`] read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Series {
+    /// Every dump of every file, in order.
+    pub dumps: Vec<Dump>,
+    /// One warning per file of a directory that was skipped because it holds no dump, naming it
+    /// and saying why.
+    pub skipped: Vec<String>,
+}
+
 /// Reads a series: each path in order; a directory stands for the files in it (not hidden ones,
-/// not subdirectories, not `.svg`/`.png`/`.html` files) in natural name order (`snap-2` before
-/// `snap-10`). Every dump of every file is returned, in order.
+/// not subdirectories, not `.svg`/`.png`/`.html` pictures) in natural name order
+/// (`snap-2` before `snap-10`). A file of a directory that is no dump at all (empty, binary, text
+/// without a dump, JSON of another kind) is skipped and named in [`Series::skipped`]; a dump with
+/// a fault is an error, as is a file named on its own that is no dump.
 ///
 /// # Errors
 ///
-/// A path that does not exist, an empty directory, or any file that [`parse_file`] refuses.
-pub fn load_series<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Dump>, ParseError> {
-    let mut out = Vec::new();
+/// A path that does not exist, a directory with no dump in it, or a file that [`parse_file`]
+/// refuses (other than the skipped ones).
+pub fn load_series<P: AsRef<Path>>(paths: &[P]) -> Result<Series, ParseError> {
+    let mut out = Series {
+        dumps: Vec::new(),
+        skipped: Vec::new(),
+    };
     for path in paths {
         let path = path.as_ref();
-        if path.is_dir() {
-            for f in dump_files_in(path)? {
-                out.extend(parse_file(&f)?);
+        if !path.is_dir() {
+            out.dumps.extend(parse_file(path)?);
+            continue;
+        }
+        let before = out.dumps.len();
+        for f in dump_files_in(path)? {
+            match parse_file(&f) {
+                Ok(dumps) => out.dumps.extend(dumps),
+                Err(e) if e.not_a_dump => out.skipped.push(format!("skipped {e}")),
+                Err(e) => return Err(e),
             }
-        } else {
-            out.extend(parse_file(path)?);
+        }
+        if out.dumps.len() == before {
+            let name = path.display().to_string();
+            return Err(ParseError::new(
+                &name,
+                None,
+                "directory holds no dump files",
+            ));
         }
     }
     Ok(out)
@@ -135,7 +164,7 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<Dump>, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
-        return Err(ParseError::new(
+        return Err(ParseError::not_a_dump(
             source,
             None,
             format!("empty file: {FORMATS_EXPECTED}"),

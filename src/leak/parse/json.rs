@@ -74,14 +74,14 @@ fn dump_of_document(doc: serde_json::Value, source: &str, line: usize) -> Result
     match head.format.as_deref() {
         Some(SNAPSHOT_FORMAT) => snapshot_dump(doc, source, line),
         Some("memctx-stats") => stats_dump(&doc, source, line),
-        Some(other) => Err(ParseError::new(
+        Some(other) => Err(ParseError::not_a_dump(
             source,
             Some(line),
             format!(
                 "unknown JSON format {other:?}: expected \"{SNAPSHOT_FORMAT}\" or \"memctx-stats\""
             ),
         )),
-        None => Err(ParseError::new(
+        None => Err(ParseError::not_a_dump(
             source,
             Some(line),
             format!(
@@ -100,39 +100,56 @@ fn snapshot_dump(doc: serde_json::Value, source: &str, line: usize) -> Result<Du
             format!("malformed memctx snapshot: {e}"),
         )
     })?;
-    if snap.version != SNAPSHOT_VERSION {
-        return Err(ParseError::new(
-            source,
-            Some(line),
-            format!(
-                "unsupported memctx snapshot version {} (this build reads version {SNAPSHOT_VERSION})",
-                snap.version
-            ),
-        ));
-    }
-    let mut trees = Vec::new();
-    let mut warnings = Vec::new();
-    for th in snap.threads {
-        trees.push(thread_tree(th, source, line, &mut warnings)?);
-    }
-    Ok(Dump {
-        source: source.to_string(),
+    let mut dump = Dump::from_snapshot(snap, source).map_err(|e| ParseError {
         line: Some(line),
-        format: Format::MemctxSnapshot,
-        pid: Some(snap.pid),
-        timestamp_ms: Some(snap.timestamp_ms),
-        trees,
-        grand_total: None,
-        has_detail: true,
-        warnings,
-    })
+        ..e
+    })?;
+    dump.line = Some(line);
+    Ok(dump)
+}
+
+impl Dump {
+    /// A snapshot taken in this process ([`crate::dump::snapshot`], or read with
+    /// [`crate::dump::read_snapshot`]) as a dump, so that a host's own test can compare
+    /// snapshots with [`crate::leak::check_growth`] without writing files; `source` names it.
+    ///
+    /// # Errors
+    ///
+    /// A snapshot version this build does not read, or rows that do not form a tree.
+    pub fn from_snapshot(snap: Snapshot, source: &str) -> Result<Dump, ParseError> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(ParseError::new(
+                source,
+                None,
+                format!(
+                    "unsupported memctx snapshot version {} (this build reads version {SNAPSHOT_VERSION})",
+                    snap.version
+                ),
+            ));
+        }
+        let mut trees = Vec::new();
+        let mut warnings = Vec::new();
+        for th in snap.threads {
+            trees.push(thread_tree(th, source, &mut warnings)?);
+        }
+        Ok(Dump {
+            source: source.to_string(),
+            line: None,
+            format: Format::MemctxSnapshot,
+            pid: Some(snap.pid),
+            timestamp_ms: Some(snap.timestamp_ms),
+            trees,
+            grand_total: None,
+            has_detail: true,
+            warnings,
+        })
+    }
 }
 
 /// One thread of a snapshot as a tree; sites naming unknown contexts become warnings.
 fn thread_tree(
     th: ThreadSnapshot,
     source: &str,
-    line: usize,
     warnings: &mut Vec<String>,
 ) -> Result<Tree, ParseError> {
     let label = th
@@ -140,7 +157,7 @@ fn thread_tree(
         .clone()
         .unwrap_or_else(|| format!("tid {}", th.os_tid));
     let (contexts, ids) = contexts_from_rows(&th.contexts)
-        .map_err(|m| ParseError::new(source, Some(line), format!("thread {label}: {m}")))?;
+        .map_err(|m| ParseError::new(source, None, format!("thread {label}: {m}")))?;
     let mut sites = Vec::new();
     for s in th.sites {
         match ids.get(&s.context_id) {

@@ -41,5 +41,5 @@ mod lines;
 mod model;
 mod text;
 
-pub use detect::{load_series, parse_file, parse_str};
+pub use detect::{load_series, parse_file, parse_str, Series};
 pub use model::{Context, Dump, Format, ParseError, Site, Tree, FOLDED_NAME};

@@ -239,6 +239,10 @@ pub struct ParseError {
     pub line: Option<usize>,
     /// What was wrong and what was expected.
     pub message: String,
+    /// True when the file is no dump at all (empty, binary, text without a dump, JSON of another
+    /// kind), rather than a dump with a fault: [`super::load_series`] skips such files in a
+    /// directory.
+    pub not_a_dump: bool,
 }
 
 impl ParseError {
@@ -247,6 +251,15 @@ impl ParseError {
             file: file.to_string(),
             line,
             message: message.into(),
+            not_a_dump: false,
+        }
+    }
+
+    /// An error for a file that holds no dump at all.
+    pub(super) fn not_a_dump(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
+        ParseError {
+            not_a_dump: true,
+            ..ParseError::new(file, line, message)
         }
     }
 }

@@ -33,7 +33,7 @@ pub(super) fn parse_text(text: &str, source: &str) -> Result<Vec<Dump>, ParseErr
 }
 
 fn no_dump(source: &str) -> ParseError {
-    ParseError::new(
+    ParseError::not_a_dump(
         source,
         None,
         format!("no memory-context dump found: {FORMATS_EXPECTED}"),
