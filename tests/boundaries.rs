@@ -1,0 +1,210 @@
+//! The debug build's checks at the edges of a chunk (debug build): the last byte of a size class,
+//! a request that fills its class together with its redzone, an in-place `repalloc` that would
+//! leave no room for the rear redzone, and the allocation stack an in-place `repalloc` must keep.
+//! Each test commits one bug on purpose and checks the report's class, context, damaged range,
+//! where it was found and the allocation backtrace's first frame (function and line).
+//!
+//! The off-by-one mutants of the redzone checks (`src/debug/hooks.rs` `classify`,
+//! `src/debug/verify.rs` `walk_block`) and of `aset::realloc`'s in-place rule are what these tests
+//! kill; MUTANTS.md lists them.
+//!
+//! These tests write out of bounds on purpose, so the sanitizer legs leave this file out
+//! (`ci/sanitizers`), as they leave out `tests/debug_reports.rs`.
+#![cfg(feature = "debug-contexts")]
+
+use memctx::debug::{self, BugClass, Policy, Report};
+use memctx::{chunk_prefix_size, chunk_space, pfree, repalloc, BlockSizes, MemoryContext};
+
+/// Rear redzone the debug build adds to every request by default (`debug::set_redzone`; no test
+/// in this file changes it).
+const REDZONE: usize = 16;
+
+/// Requests whose class ends at different distances from the request, the redzone included: 16,
+/// 48, 496 and 8176 bytes fill their class (32, 64, 512, 8192) exactly together with the 16-byte
+/// redzone; 8176 is also the largest request below the default chunk limit.
+const SIZES: [usize; 9] = [1, 16, 24, 48, 100, 496, 1000, 4000, 8176];
+
+/// Data capacity (size class) the debug build gives a request of `n` bytes: `n` rounded to 8
+/// plus the redzone, rounded up to a power of two.
+fn class_of(n: usize) -> usize {
+    (n.next_multiple_of(8) + REDZONE).next_power_of_two()
+}
+
+/// Runs `f` with this thread's policy set to collect, returning the reports it raised.
+fn collect(f: impl FnOnce()) -> Vec<Report> {
+    debug::set_thread_policy(Some(Policy::Log));
+    let _ = debug::take_reports();
+    f();
+    let r = debug::take_reports();
+    debug::set_thread_policy(None);
+    r
+}
+
+fn new_ctx(name: &'static str) -> MemoryContext {
+    MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
+}
+
+/// Asserts the live chunk `p` of `n` bytes has the class [`class_of`]`(n)`.
+fn assert_class(p: *mut u8, n: usize) {
+    // SAFETY: `p` is a live chunk (caller).
+    let space = unsafe { chunk_space(p) };
+    assert_eq!(space - chunk_prefix_size(), class_of(n), "class of {n} bytes");
+}
+
+/// Asserts `r` is an overrun of the single byte `at` (written with `byte`) of the chunk `p` of
+/// `requested` bytes in `ctx`, found at `found_at`.
+fn assert_overrun(r: &Report, p: *mut u8, requested: usize, at: usize, byte: u8, found_at: &str) {
+    assert_eq!(r.class, BugClass::Overrun, "{r}");
+    assert_eq!(r.chunk, Some(p as usize), "{r}");
+    assert_eq!(r.requested, Some(requested), "{r}");
+    assert_eq!(r.range, Some((at as isize, at as isize + 1)), "{r}");
+    assert_eq!(r.expected, [0x7e], "{r}");
+    assert_eq!(r.found, [byte], "{r}");
+    assert_eq!(r.found_at, found_at, "{r}");
+}
+
+/// Asserts the first user frame of `r`'s allocation backtrace is line `line` of the test function
+/// `name` (the allocation is made inside `collect`'s closure, part of that function).
+fn assert_allocated_at(r: &Report, name: &str, line: u32) {
+    let frames = r.alloc_backtrace();
+    let f = frames.first().expect("the allocation backtrace is empty");
+    let func = f.function.as_deref().unwrap_or("");
+    let func = func.strip_suffix("::{{closure}}").unwrap_or(func);
+    assert!(
+        func.ends_with(&format!("boundaries::{name}")),
+        "allocation backtrace should start in {name}, starts in {func:?}; frames: {frames:#?}"
+    );
+    assert_eq!(f.line, Some(line), "allocation line; frames: {frames:#?}");
+}
+
+#[test]
+fn last_byte_of_the_class_is_guarded_at_pfree_and_repalloc() {
+    let ctx = new_ctx("LastByteCtx");
+    let mut line = 0;
+    let mut chunks = Vec::new();
+    let reports = collect(|| {
+        for (i, n) in SIZES.into_iter().enumerate() {
+            let byte = i as u8 + 1;
+            let at = class_of(n) - 1;
+            line = line!() + 1;
+            let p = ctx.alloc(n).as_ptr();
+            assert_class(p, n);
+            // SAFETY (process): the class's last byte, inside the chunk. The write is the bug.
+            unsafe { p.add(at).write(byte) };
+            if i % 2 == 0 {
+                unsafe { pfree(p) };
+            } else {
+                // Same size: an in-place resize, which checks the redzone first.
+                let q = unsafe { repalloc(p, n) };
+                assert_eq!(q, p);
+                unsafe { pfree(q) }; // the resize rewrote the redzone: nothing more to report
+            }
+            chunks.push((p, n, at, byte, if i % 2 == 0 { "pfree" } else { "repalloc" }));
+        }
+    });
+    assert_eq!(reports.len(), SIZES.len(), "{reports:#?}");
+    for (r, &(p, n, at, byte, found_at)) in reports.iter().zip(&chunks) {
+        assert_overrun(r, p, n, at, byte, found_at);
+        assert_eq!(r.context, "LastByteCtx");
+        assert_allocated_at(r, "last_byte_of_the_class_is_guarded_at_pfree_and_repalloc", line);
+    }
+    ctx.delete();
+}
+
+#[test]
+fn last_byte_of_the_class_is_guarded_at_check_and_reset() {
+    let ctx = new_ctx("LastByteResetCtx");
+    let mut line = 0;
+    let mut chunks = Vec::new();
+    let reports = collect(|| {
+        for (i, n) in SIZES.into_iter().enumerate() {
+            let byte = 0x40 + i as u8;
+            let at = class_of(n) - 1;
+            line = line!() + 1;
+            let p = ctx.alloc(n).as_ptr();
+            assert_class(p, n);
+            // SAFETY (process): the class's last byte, inside the chunk. The write is the bug.
+            unsafe { p.add(at).write(byte) };
+            chunks.push((p, n, at, byte));
+        }
+        assert_eq!(ctx.check(), SIZES.len());
+        ctx.reset(); // finds them again: check repairs nothing
+    });
+    assert_eq!(reports.len(), 2 * SIZES.len(), "{reports:#?}");
+    let (by_check, by_reset) = reports.split_at(SIZES.len());
+    for (found_at, found) in [
+        ("check", by_check),
+        ("reset of \"LastByteResetCtx\"", by_reset),
+    ] {
+        // The walk reports chunks in address order, which is not allocation order (the 8176-byte
+        // chunk goes to a block of its own): match each report to its chunk.
+        for &(p, n, at, byte) in &chunks {
+            let r = found
+                .iter()
+                .find(|r| r.chunk == Some(p as usize))
+                .unwrap_or_else(|| panic!("no report at {found_at} for the {n}-byte chunk"));
+            assert_overrun(r, p, n, at, byte, found_at);
+            assert_eq!(r.context_path, ["TopMemoryContext", "LastByteResetCtx"]);
+            assert_allocated_at(r, "last_byte_of_the_class_is_guarded_at_check_and_reset", line);
+        }
+    }
+    ctx.delete();
+}
+
+#[test]
+fn repalloc_leaving_no_room_for_the_redzone_moves() {
+    // 8 bytes (+16 redzone) take the 32-byte class; 32 bytes still fit it, but not with a
+    // redzone, so the chunk must move to the 64-byte class and keep a redzone after byte 32.
+    let ctx = new_ctx("NoRoomCtx");
+    let mut line = 0;
+    let mut moved = core::ptr::null_mut();
+    let r = collect(|| {
+        let p = ctx.alloc(8).as_ptr();
+        assert_class(p, 8);
+        assert_eq!(class_of(8), 32);
+        line = line!() + 1;
+        let q = unsafe { repalloc(p, 32) };
+        assert_ne!(q, p, "no room for the redzone in the 32-byte class: the chunk moves");
+        assert_eq!(unsafe { chunk_space(q) } - chunk_prefix_size(), 64);
+        // SAFETY (process): one byte past the new size, inside the 64-byte class. The bug.
+        unsafe { q.add(32).write(0x99) };
+        unsafe { pfree(q) };
+        moved = q;
+    });
+    assert_eq!(r.len(), 1, "{r:#?}");
+    let r = &r[0];
+    assert_overrun(r, moved, 32, 32, 0x99, "pfree");
+    assert_eq!(r.context, "NoRoomCtx");
+    // A moved chunk is a new allocation, made by the repalloc.
+    assert_allocated_at(r, "repalloc_leaving_no_room_for_the_redzone_moves", line);
+    ctx.delete();
+}
+
+/// Resizes `p` from another function, so a stack captured by the resize would start here.
+#[inline(never)]
+fn resize_elsewhere(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: `p` is a live chunk of the caller's.
+    unsafe { repalloc(p, size) }
+}
+
+#[test]
+fn repalloc_in_place_keeps_the_allocation_stack() {
+    let ctx = new_ctx("KeepStackCtx");
+    let mut line = 0;
+    let mut chunk = core::ptr::null_mut();
+    let r = collect(|| {
+        line = line!() + 1;
+        let p = ctx.alloc(40).as_ptr();
+        assert_class(p, 40);
+        let q = resize_elsewhere(p, 44); // 44 + 16 still fits the 64-byte class
+        assert_eq!(q, p, "resized in place");
+        // SAFETY (process): past the new size, inside the class. The write is the bug.
+        unsafe { q.add(50).write(7) };
+        unsafe { pfree(q) };
+        chunk = q;
+    });
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_overrun(&r[0], chunk, 44, 50, 7, "pfree");
+    assert_allocated_at(&r[0], "repalloc_in_place_keeps_the_allocation_stack", line);
+    ctx.delete();
+}
