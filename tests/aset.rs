@@ -587,6 +587,115 @@ fn reset_keeps_the_keeper_and_restarts_block_doubling() {
     ctx.delete();
 }
 
+/// Reset gives back every block but the keeper, rewinds the keeper to empty and empties the
+/// freelists: the counters are those of a fresh context, and the next chunk is the keeper's first.
+#[test]
+fn reset_rewinds_the_keeper_and_empties_the_freelists() {
+    let ctx = MemoryContext::top().new_child("rewind", BlockSizes::DEFAULT);
+    let fresh = ctx.counters();
+    assert_eq!((fresh.total_nblocks, fresh.free_chunks), (1, 0));
+    let first = ctx.alloc(100).as_ptr();
+    let chunks: Vec<*mut u8> = (0..100).map(|i| ctx.alloc(100 + i).as_ptr()).collect();
+    for &p in chunks.iter().step_by(3) {
+        unsafe { pfree(p) };
+    }
+    let used = ctx.counters();
+    assert!(used.total_nblocks > 1, "{used:?}");
+    assert!(used.free_chunks >= 34, "{used:?}");
+    ctx.reset();
+    assert_eq!(ctx.counters(), fresh, "counters after reset");
+    assert_eq!(ctx.alloc(100).as_ptr(), first, "the keeper's first chunk again");
+    ctx.delete();
+}
+
+/// Sizes of the debug build's layout: a 48-byte chunk prefix (header word, debug record, front
+/// redzone), a rear redzone of at least 16 bytes after every request, and the same 48-byte block
+/// header as the release build (no pad: the prefix keeps data on 16 bytes).
+#[cfg(feature = "debug-contexts")]
+mod debug_layout {
+    use super::*;
+
+    const BLOCK_HEADER: usize = 48;
+    const PREFIX: usize = 48;
+
+    /// Bytes a chunk of size class `class` takes in its block.
+    fn footprint(class: usize) -> usize {
+        (PREFIX + class + 15) & !15
+    }
+
+    #[test]
+    fn prefix_and_footprints() {
+        assert_eq!(memctx::chunk_prefix_size(), PREFIX);
+        assert_eq!([8usize, 16, 32, 8192].map(footprint), [64, 64, 80, 8240]);
+        let ctx = MemoryContext::top().new_child("debug sizes", BlockSizes::DEFAULT);
+        let c = ctx.counters();
+        assert_eq!((c.total_bytes, c.total_nblocks), (8192, 1));
+        assert_eq!(c.free_bytes, (8192 - BLOCK_HEADER) as u64);
+        ctx.delete();
+    }
+
+    /// When the active block cannot hold a request, a leftover of exactly one smallest chunk's
+    /// footprint still becomes a free chunk (of the 8-byte class, which no debug request uses).
+    #[test]
+    fn a_leftover_of_one_smallest_chunk_becomes_a_free_chunk() {
+        let ctx = MemoryContext::top().new_child("leftover", BlockSizes::DEFAULT);
+        // 16 bytes + redzone take the 32-byte class (80-byte footprint): 101 of them leave
+        // 8144 - 101 * 80 = 64 bytes of the keeper, one 8-byte-class footprint.
+        for _ in 0..101 {
+            let _ = ctx.alloc(16);
+        }
+        let before = ctx.counters();
+        assert_eq!(
+            (before.total_nblocks, before.free_bytes, before.free_chunks),
+            (1, footprint(8) as u64, 0)
+        );
+        let p = ctx.alloc(16).as_ptr();
+        let after = ctx.counters();
+        assert_eq!(after.total_nblocks, 2);
+        assert_eq!(after.free_chunks, 1, "the 64-byte leftover is a free chunk");
+        assert_eq!(
+            after.free_bytes,
+            (footprint(8) + 8192 - BLOCK_HEADER - footprint(32)) as u64
+        );
+        assert_eq!(unsafe { chunk_space(p) }, footprint(32));
+        assert_eq!(ctx.check(), 0);
+        ctx.delete();
+    }
+
+    /// The chunk limit (8 KiB for DEFAULT) applies to the request plus its redzone: 8176 bytes
+    /// need exactly 8192 and are a freelist chunk; one byte more gets a block of its own. The
+    /// same holds when repalloc crosses the limit.
+    #[test]
+    fn a_request_of_exactly_the_chunk_limit_is_a_freelist_chunk() {
+        let ctx = MemoryContext::top().new_child("threshold", BlockSizes::DEFAULT);
+        let at_limit = ctx.alloc(8176).as_ptr();
+        assert_eq!(unsafe { chunk_space(at_limit) }, footprint(8192));
+        // (The keeper's space went to freelists when the 8 KiB chunk took a new block.)
+        let c = ctx.counters();
+        let (blocks, free) = (c.total_nblocks, c.free_chunks);
+        unsafe { pfree(at_limit) };
+        let c = ctx.counters();
+        assert_eq!((c.total_nblocks, c.free_chunks), (blocks, free + 1), "on its freelist");
+
+        let above = ctx.alloc(8177).as_ptr();
+        let c = ctx.counters();
+        assert_eq!((c.total_nblocks, c.free_chunks), (blocks + 1, free + 1), "a block of its own");
+        // Down to the limit: the chunk leaves its block for the freed 8 KiB chunk.
+        let q = unsafe { repalloc(above, 8176) };
+        assert_eq!(q, at_limit, "the freed 8 KiB chunk is reused");
+        let c = ctx.counters();
+        assert_eq!((c.total_nblocks, c.free_chunks), (blocks, free));
+        // And up again by one byte: a block of its own.
+        let r = unsafe { repalloc(q, 8177) };
+        assert_ne!(r, q);
+        let c = ctx.counters();
+        assert_eq!((c.total_nblocks, c.free_chunks), (blocks + 1, free + 1));
+        unsafe { pfree(r) };
+        assert_eq!(ctx.counters().total_nblocks, blocks);
+        ctx.delete();
+    }
+}
+
 /// Exact sizes of the release layout.
 #[cfg(not(feature = "debug-contexts"))]
 mod release_layout {

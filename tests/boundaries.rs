@@ -208,3 +208,4 @@ fn repalloc_in_place_keeps_the_allocation_stack() {
     assert_allocated_at(&r[0], "repalloc_in_place_keeps_the_allocation_stack", line);
     ctx.delete();
 }
+

@@ -1,8 +1,8 @@
 //! Injected bugs (debug build): the model's random sequences (`tests/common/ops.rs`) with exactly
-//! one memory bug committed at a random step — an overrun, a write after pfree, a write after
-//! reset or a double free — must raise exactly one report, of that class, naming that chunk (and,
-//! for the writes, exactly the byte written), and the same sequences without a bug must raise
-//! none.
+//! one memory bug committed at a random step — an overrun, an underrun, a write after pfree, a
+//! write after reset or a double free — must raise exactly one report, of that class, naming that
+//! chunk (and, for the writes, exactly the byte written), and the same sequences without a bug
+//! must raise none.
 //!
 //! Each sequence runs at one of the two verification depths (`ResetCheck`). At `Full` every bug is
 //! reported. At `Chunks`, the default, released space is filled without being verified when it is
@@ -17,7 +17,7 @@
 //! would find an overrun at once).
 //!
 //! These sequences commit real memory bugs on purpose: writes past a chunk's end, into freed
-//! chunks and into memory a reset released. Under ASan or memcheck the write itself is the error
+//! chunks and into memory a reset released, and before a chunk's start (into its front redzone). Under ASan or memcheck the write itself is the error
 //! the tool reports (ASan aborts at it), so the sanitizer legs (memcheck, ASan) must leave this
 //! file out, as they leave out `tests/debug_reports.rs` (DESIGN.md §4); the tools' side of the
 //! same bugs is proven by the dedicated sanitizer tests. Every injected write stays inside memory
@@ -39,6 +39,7 @@ use proptest::prelude::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bug {
     Overrun,
+    Underrun,
     WriteAfterFree,
     WriteAfterReset,
     DoubleFree,
@@ -118,6 +119,22 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
                 class: BugClass::Overrun,
                 chunk: c.ptr as usize,
                 range: Some((off as isize, off as isize + 1)),
+                byte,
+            }
+        }
+        Bug::Underrun => {
+            let i = victim(r, inj, usize::MAX);
+            let c = &r.chunks[i];
+            // One of the 16 bytes before the data: the front redzone, after the chunk's record.
+            let back = 1 + usize::from(inj.offset) % 16;
+            // SAFETY (process): the byte lies in the chunk's front redzone, which its block owns.
+            // It is the bug under test.
+            let byte = differ(inj.byte, 0x7e);
+            unsafe { c.ptr.sub(back).write(byte) };
+            Expected {
+                class: BugClass::Underrun,
+                chunk: c.ptr as usize,
+                range: Some((-(back as isize), 1 - back as isize)),
                 byte,
             }
         }
@@ -252,6 +269,7 @@ fn check(ops: &[Op], injection: Option<&Injection>, depth: ResetCheck) {
 fn bug() -> impl Strategy<Value = Bug> {
     prop_oneof![
         Just(Bug::Overrun),
+        Just(Bug::Underrun),
         Just(Bug::WriteAfterFree),
         Just(Bug::WriteAfterReset),
         Just(Bug::DoubleFree),
@@ -323,6 +341,7 @@ fn each_bug_once() {
     ];
     for bug in [
         Bug::Overrun,
+        Bug::Underrun,
         Bug::WriteAfterFree,
         Bug::WriteAfterReset,
         Bug::DoubleFree,
