@@ -604,7 +604,11 @@ fn reset_rewinds_the_keeper_and_empties_the_freelists() {
     assert!(used.free_chunks >= 34, "{used:?}");
     ctx.reset();
     assert_eq!(ctx.counters(), fresh, "counters after reset");
-    assert_eq!(ctx.alloc(100).as_ptr(), first, "the keeper's first chunk again");
+    assert_eq!(
+        ctx.alloc(100).as_ptr(),
+        first,
+        "the keeper's first chunk again"
+    );
     ctx.delete();
 }
 
@@ -675,11 +679,19 @@ mod debug_layout {
         let (blocks, free) = (c.total_nblocks, c.free_chunks);
         unsafe { pfree(at_limit) };
         let c = ctx.counters();
-        assert_eq!((c.total_nblocks, c.free_chunks), (blocks, free + 1), "on its freelist");
+        assert_eq!(
+            (c.total_nblocks, c.free_chunks),
+            (blocks, free + 1),
+            "on its freelist"
+        );
 
         let above = ctx.alloc(8177).as_ptr();
         let c = ctx.counters();
-        assert_eq!((c.total_nblocks, c.free_chunks), (blocks + 1, free + 1), "a block of its own");
+        assert_eq!(
+            (c.total_nblocks, c.free_chunks),
+            (blocks + 1, free + 1),
+            "a block of its own"
+        );
         // Down to the limit: the chunk leaves its block for the freed 8 KiB chunk.
         let q = unsafe { repalloc(above, 8176) };
         assert_eq!(q, at_limit, "the freed 8 KiB chunk is reused");

@@ -48,7 +48,11 @@ fn new_ctx(name: &'static str) -> MemoryContext {
 fn assert_class(p: *mut u8, n: usize) {
     // SAFETY: `p` is a live chunk (caller).
     let space = unsafe { chunk_space(p) };
-    assert_eq!(space - chunk_prefix_size(), class_of(n), "class of {n} bytes");
+    assert_eq!(
+        space - chunk_prefix_size(),
+        class_of(n),
+        "class of {n} bytes"
+    );
 }
 
 /// Asserts `r` is an overrun of the single byte `at` (written with `byte`) of the chunk `p` of
@@ -99,14 +103,24 @@ fn last_byte_of_the_class_is_guarded_at_pfree_and_repalloc() {
                 assert_eq!(q, p);
                 unsafe { pfree(q) }; // the resize rewrote the redzone: nothing more to report
             }
-            chunks.push((p, n, at, byte, if i % 2 == 0 { "pfree" } else { "repalloc" }));
+            chunks.push((
+                p,
+                n,
+                at,
+                byte,
+                if i % 2 == 0 { "pfree" } else { "repalloc" },
+            ));
         }
     });
     assert_eq!(reports.len(), SIZES.len(), "{reports:#?}");
     for (r, &(p, n, at, byte, found_at)) in reports.iter().zip(&chunks) {
         assert_overrun(r, p, n, at, byte, found_at);
         assert_eq!(r.context, "LastByteCtx");
-        assert_allocated_at(r, "last_byte_of_the_class_is_guarded_at_pfree_and_repalloc", line);
+        assert_allocated_at(
+            r,
+            "last_byte_of_the_class_is_guarded_at_pfree_and_repalloc",
+            line,
+        );
     }
     ctx.delete();
 }
@@ -145,7 +159,11 @@ fn last_byte_of_the_class_is_guarded_at_check_and_reset() {
                 .unwrap_or_else(|| panic!("no report at {found_at} for the {n}-byte chunk"));
             assert_overrun(r, p, n, at, byte, found_at);
             assert_eq!(r.context_path, ["TopMemoryContext", "LastByteResetCtx"]);
-            assert_allocated_at(r, "last_byte_of_the_class_is_guarded_at_check_and_reset", line);
+            assert_allocated_at(
+                r,
+                "last_byte_of_the_class_is_guarded_at_check_and_reset",
+                line,
+            );
         }
     }
     ctx.delete();
@@ -164,7 +182,10 @@ fn repalloc_leaving_no_room_for_the_redzone_moves() {
         assert_eq!(class_of(8), 32);
         line = line!() + 1;
         let q = unsafe { repalloc(p, 32) };
-        assert_ne!(q, p, "no room for the redzone in the 32-byte class: the chunk moves");
+        assert_ne!(
+            q, p,
+            "no room for the redzone in the 32-byte class: the chunk moves"
+        );
         assert_eq!(unsafe { chunk_space(q) } - chunk_prefix_size(), 64);
         // SAFETY (process): one byte past the new size, inside the 64-byte class. The bug.
         unsafe { q.add(32).write(0x99) };
@@ -209,3 +230,37 @@ fn repalloc_in_place_keeps_the_allocation_stack() {
     ctx.delete();
 }
 
+/// An underrun found by a `repalloc` that keeps the chunk (in place, or a chunk with a block of
+/// its own moved by the system's `realloc`) is reported there once: the resize restores the front
+/// redzone, so the later pfree finds nothing new.
+#[test]
+fn underrun_found_at_repalloc_is_reported_once() {
+    let ctx = new_ctx("UnderrunOnceCtx");
+    for (n, m) in [(40usize, 44usize), (20_000, 40_000)] {
+        let mut line = 0;
+        let mut chunk = core::ptr::null_mut();
+        let r = collect(|| {
+            line = line!() + 1;
+            let p = ctx.alloc(n).as_ptr();
+            // SAFETY (process): two bytes before the data, in the front redzone. The bug.
+            unsafe { p.sub(2).write(0x31) };
+            let q = unsafe { repalloc(p, m) };
+            unsafe { pfree(q) };
+            chunk = p;
+        });
+        assert_eq!(r.len(), 1, "{n} -> {m} bytes: {r:#?}");
+        let r = &r[0];
+        assert_eq!(r.class, BugClass::Underrun, "{r}");
+        assert_eq!(r.context, "UnderrunOnceCtx");
+        assert_eq!(r.chunk, Some(chunk as usize), "{r}");
+        assert_eq!(r.requested, Some(n), "{r}");
+        assert_eq!(r.range, Some((-2, -1)), "{r}");
+        assert_eq!(
+            (r.expected.as_slice(), r.found.as_slice()),
+            (&[0x7e][..], &[0x31][..])
+        );
+        assert_eq!(r.found_at, "repalloc");
+        assert_allocated_at(r, "underrun_found_at_repalloc_is_reported_once", line);
+    }
+    ctx.delete();
+}

@@ -351,13 +351,16 @@ pub(crate) fn chunk_resized(
     cap: usize,
 ) {
     let _ = old;
-    sanitizer::open(record_start(data), RECORD_SIZE);
+    sanitizer::open(record_start(data), RECORD_AND_FRONT);
     // SAFETY: `data` is a live chunk of capacity `cap` >= `new`.
     unsafe {
         let rec = &mut *record_ptr(data);
         let was = rec.requested as usize;
         *rec = DebugRecord::new(STATE_LIVE, new, rec.alloc_stack, 0);
-        sanitizer::close(record_start(data), RECORD_SIZE);
+        // Damage the resize's check found was reported already: restore the front redzone so
+        // later checks report only new damage (`resize_tail` rewrites the rear one).
+        ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
+        sanitizer::close(record_start(data), RECORD_AND_FRONT);
         resize_tail(data, was, new, cap);
         sanitizer::chunk_change(ctx, data, data, new);
     }
@@ -489,10 +492,12 @@ pub(crate) fn large_chunk_moved(
             block as *mut u8,
             BLOCK_HEADER_SIZE,
         );
-        sanitizer::open(record_start(data), RECORD_SIZE);
+        sanitizer::open(record_start(data), RECORD_AND_FRONT);
         let rec = &mut *record_ptr(data);
         let was = rec.requested as usize;
         *rec = DebugRecord::new(STATE_LIVE, size, rec.alloc_stack, 0);
+        // As in `chunk_resized`: damage found by the move's check was reported already.
+        ptr::write_bytes(front_redzone(data), REDZONE_BYTE, FRONT_REDZONE);
         // ASan's realloc left the whole new block addressable: close the whole prefix.
         sanitizer::close(chunk::chunk_of(data), CHUNK_PREFIX);
         resize_tail(data, was.min(cap), size, cap);
