@@ -51,6 +51,16 @@
 //!   "ignore"); the writer sees the flag within [`SIGNAL_POLL`] and opens the request. When the
 //!   dumper stops, the previous handler is put back (if nobody replaced ours meanwhile).
 //!
+//! Each dump is one file, and the file says what asked for it (`trigger`: `periodic`, `signal`,
+//! `request`): a signal's dump is always a file of its own, never merged into a periodic dump
+//! due at the same moment, so whoever sent the signal finds the dump it asked for. API requests
+//! are served by the next dump (a periodic dump due meanwhile is that same dump).
+//! [`DumperConfig::keep`] bounds the directory to the newest N files.
+//!
+//! While a dumper runs, the registry publishes it (`crate::registry::DumperInfo`: on, its signal,
+//! its directory), so a tool outside the process (`memctx watch`) can tell whether the dump
+//! signal is safe to send: to a process without a handler, `SIGUSR1` is fatal.
+//!
 //! One dumper runs at a time in a process.
 //!
 //! # Examples
@@ -83,7 +93,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::registry::{ThreadEntry, MEMCTX_REGISTRY, THREAD_LIVE};
-use crate::snapshot::{SiteRow, Snapshot, ThreadSnapshot, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use crate::snapshot::{
+    SiteRow, Snapshot, ThreadSnapshot, Trigger, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
+};
 use crate::MemoryContext;
 
 /// Sites kept per context in a snapshot unless configured otherwise.
@@ -358,6 +370,7 @@ pub fn snapshot_with_sites(sites_per_context: usize) -> Snapshot {
         pid: std::process::id(),
         seq: 0,
         threads: vec![thread],
+        trigger: Some(Trigger::Direct),
     }
 }
 
@@ -609,6 +622,9 @@ pub struct DumperConfig {
     pub signal: Option<i32>,
     /// Sites kept per context in the debug build. Default [`DEFAULT_SITES_PER_CONTEXT`].
     pub sites_per_context: usize,
+    /// Keep only the newest this many numbered snapshot files in `dir`, deleting older ones after
+    /// each write; `None` (the default): keep every file.
+    pub keep: Option<usize>,
 }
 
 impl DumperConfig {
@@ -620,7 +636,16 @@ impl DumperConfig {
             deadline: Duration::from_secs(2),
             signal: None,
             sites_per_context: DEFAULT_SITES_PER_CONTEXT,
+            keep: None,
         }
+    }
+
+    /// Keeps only the newest `n` snapshot files (at least 1) in the directory: a long-running
+    /// host's dumper then holds its disk use to `n` files.
+    #[must_use]
+    pub fn keep(mut self, n: usize) -> DumperConfig {
+        self.keep = Some(n.max(1));
+        self
     }
 
     /// Takes a snapshot every `interval`.
@@ -701,6 +726,7 @@ impl Dumper {
                 return Err(e);
             }
         }
+        crate::registry::publish_dumper(config.signal, &config.dir);
         let dir = config.dir.clone();
         let signal = config.signal;
         let spawned = std::thread::Builder::new()
@@ -713,6 +739,7 @@ impl Dumper {
                 writer: Some(handle),
             }),
             Err(e) => {
+                crate::registry::withdraw_dumper();
                 if let Some(sig) = signal {
                     signal::uninstall(sig);
                 }
@@ -815,6 +842,7 @@ impl Dumper {
         if handle.join().is_err() {
             log::error!("memctx: the dumper's writer thread panicked");
         }
+        crate::registry::withdraw_dumper();
         if let Some(sig) = self.signal {
             signal::uninstall(sig);
         }
@@ -853,38 +881,72 @@ fn all_answered(answers: &[ThreadCopy]) -> bool {
     })
 }
 
+/// Reasons to dump that arrived and are not served yet.
+#[derive(Default)]
+struct Due {
+    signal: bool,
+    periodic: bool,
+    next_periodic: Option<Instant>,
+}
+
+impl Due {
+    /// Notes what arrived (a signal, the interval's end) and picks the trigger of the next dump:
+    /// a signal first (its dump is a file of its own), then API requests, then the interval (a
+    /// request's dump serves a periodic dump due at the same time).
+    fn next(&mut self, config: &DumperConfig, api: bool) -> Option<Trigger> {
+        let now = Instant::now();
+        self.signal |= config.signal.is_some() && signal::take_pending();
+        if self.next_periodic.is_some_and(|t| now >= t) {
+            let d = config.interval.expect("periodic dumps have an interval");
+            let t = self.next_periodic.expect("set with the interval") + d;
+            self.next_periodic = Some(if t > now { t } else { now + d });
+            self.periodic = true;
+        }
+        if core::mem::take(&mut self.signal) {
+            Some(Trigger::Signal)
+        } else if api {
+            self.periodic = false;
+            Some(Trigger::Request)
+        } else {
+            core::mem::take(&mut self.periodic).then_some(Trigger::Periodic)
+        }
+    }
+
+    /// How long the idle writer may sleep.
+    fn wait(&self, config: &DumperConfig) -> Duration {
+        let now = Instant::now();
+        let mut wait = self.next_periodic.map_or(Duration::from_secs(3600), |t| {
+            t.saturating_duration_since(now)
+        });
+        if config.signal.is_some() {
+            wait = wait.min(SIGNAL_POLL);
+        }
+        wait
+    }
+}
+
 /// The writer thread: waits for a reason to dump, collects the answers, writes the file.
 fn writer(config: &DumperConfig, first_seq: u64) {
     let mut seq = first_seq;
-    let mut next_periodic = config.interval.map(|d| Instant::now() + d);
+    let mut due = Due {
+        next_periodic: config.interval.map(|d| Instant::now() + d),
+        ..Due::default()
+    };
     let mut st = lock_state();
     loop {
         // Idle: wait for a request, a signal, the next periodic dump, or stop.
-        loop {
+        let trigger = loop {
             if st.stop {
                 return;
             }
-            let now = Instant::now();
-            let api = st.requested > st.served;
-            let signalled = config.signal.is_some() && signal::take_pending();
-            let periodic = next_periodic.is_some_and(|t| now >= t);
-            if periodic {
-                let d = config.interval.expect("periodic dumps have an interval");
-                let t = next_periodic.expect("set with the interval") + d;
-                next_periodic = Some(if t > now { t } else { now + d });
-            }
-            if api || signalled || periodic {
-                break;
-            }
-            let mut wait = next_periodic.map_or(Duration::from_secs(3600), |t| t - now);
-            if config.signal.is_some() {
-                wait = wait.min(SIGNAL_POLL);
+            if let Some(t) = due.next(config, st.requested > st.served) {
+                break t;
             }
             st = CV
-                .wait_timeout(st, wait)
+                .wait_timeout(st, due.wait(config))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
-        }
+        };
 
         // Open the request and collect answers until everyone live answered or the deadline.
         let covers = st.requested;
@@ -919,9 +981,13 @@ fn writer(config: &DumperConfig, first_seq: u64) {
         let answers = core::mem::take(&mut st.answers);
         drop(st);
 
-        let snapshot = assemble(answers, seq);
+        let mut snapshot = assemble(answers, seq);
+        snapshot.trigger = Some(trigger);
         let path = config.dir.join(snapshot_file_name(seq));
         let result = write_snapshot(&path, &snapshot);
+        if let (Ok(()), Some(n)) = (&result, config.keep) {
+            prune(&config.dir, n);
+        }
 
         st = lock_state();
         st.served = covers;
@@ -982,6 +1048,24 @@ fn assemble(answers: Vec<ThreadCopy>, seq: u64) -> Snapshot {
         pid: std::process::id(),
         seq,
         threads,
+        trigger: None,
+    }
+}
+
+/// Deletes the oldest numbered snapshot files of `dir` beyond the newest `keep`.
+fn prune(dir: &Path, keep: usize) {
+    let files = match list_snapshots(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            log::warn!("memctx: listing {} to prune it: {e}", dir.display());
+            return;
+        }
+    };
+    let excess = files.len().saturating_sub(keep);
+    for (_, path) in &files[..excess] {
+        if let Err(e) = fs::remove_file(path) {
+            log::warn!("memctx: removing {}: {e}", path.display());
+        }
     }
 }
 
@@ -1116,6 +1200,38 @@ mod tests {
         assert_eq!(seq_of_file_name("snapshot-.json"), None);
         assert_eq!(seq_of_file_name(".snapshot-000001.json.tmp"), None);
         assert_eq!(seq_of_file_name("snapshot-00a.json"), None);
+    }
+
+    /// A config with an interval and no signal: `Due::next` then reads no signal flag of its own,
+    /// and the tests set `Due::signal` as the handler's flag would.
+    fn periodic_config() -> DumperConfig {
+        DumperConfig::new("unused").interval(Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn a_signal_due_with_a_periodic_dump_gets_a_file_of_its_own() {
+        let config = periodic_config();
+        let mut due = Due {
+            signal: true,
+            periodic: false,
+            next_periodic: Some(Instant::now()),
+        };
+        assert_eq!(due.next(&config, false), Some(Trigger::Signal));
+        assert_eq!(due.next(&config, false), Some(Trigger::Periodic));
+        assert_eq!(due.next(&config, false), None);
+    }
+
+    #[test]
+    fn a_request_serves_the_periodic_dump_due_with_it_but_not_the_signal() {
+        let config = periodic_config();
+        let mut due = Due {
+            signal: true,
+            periodic: false,
+            next_periodic: Some(Instant::now()),
+        };
+        assert_eq!(due.next(&config, true), Some(Trigger::Signal));
+        assert_eq!(due.next(&config, true), Some(Trigger::Request));
+        assert_eq!(due.next(&config, false), None);
     }
 
     #[test]

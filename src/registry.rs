@@ -22,7 +22,7 @@
 use core::ffi::c_void;
 use core::mem::offset_of;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use crate::aset::Block;
 use crate::context::{ContextHeader, LAYOUT_VERSION};
@@ -88,6 +88,61 @@ pub struct Registry {
     pub head: AtomicPtr<ThreadEntry>,
     /// Header layout.
     pub layout: LayoutInfo,
+    /// The running [`crate::dump::Dumper`], if any: what `memctx watch` reads (from
+    /// `/proc/PID/mem`) to know whether the process's dump signal is safe to send.
+    pub dumper: DumperInfo,
+}
+
+/// Bytes of [`DumperInfo::dir`].
+pub const DUMPER_DIR_MAX: usize = 512;
+
+/// [`DumperInfo::state`]: no dumper runs.
+pub const DUMPER_OFF: u32 = 0;
+/// [`DumperInfo::state`]: a dumper runs; `signal` and `dir` describe it.
+pub const DUMPER_ON: u32 = 1;
+
+/// The dumper's published settings. A reader outside the process checks `state` last-written
+/// first: the fields are written before `state` turns [`DUMPER_ON`] (release), and `state` turns
+/// [`DUMPER_OFF`] before the signal handler is removed, so a reader that sees `DUMPER_ON` saw a
+/// handler installed for `signal` a moment ago (it confirms it in `/proc/PID/status` too).
+#[repr(C)]
+#[derive(Debug)]
+pub struct DumperInfo {
+    /// [`DUMPER_OFF`] or [`DUMPER_ON`].
+    pub state: AtomicU32,
+    /// The dump signal (0: the dumper has none).
+    pub signal: AtomicI32,
+    /// Bytes of `dir` in use; 0 when the directory's absolute path does not fit.
+    pub dir_len: AtomicU32,
+    /// The snapshot directory's absolute path (not NUL-terminated).
+    pub dir: [AtomicU8; DUMPER_DIR_MAX],
+}
+
+/// Publishes a starting dumper's signal and directory.
+pub(crate) fn publish_dumper(signal: Option<i32>, dir: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let info = &MEMCTX_REGISTRY.dumper;
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let bytes = abs.as_os_str().as_bytes();
+    let len = if bytes.len() <= DUMPER_DIR_MAX {
+        bytes.len()
+    } else {
+        0
+    };
+    for (slot, &b) in info.dir.iter().zip(&bytes[..len]) {
+        slot.store(b, Ordering::Relaxed);
+    }
+    info.dir_len.store(len as u32, Ordering::Relaxed);
+    info.signal.store(signal.unwrap_or(0), Ordering::Relaxed);
+    info.state.store(DUMPER_ON, Ordering::Release);
+}
+
+/// Withdraws the dumper's entry (before its signal handler goes).
+pub(crate) fn withdraw_dumper() {
+    MEMCTX_REGISTRY
+        .dumper
+        .state
+        .store(DUMPER_OFF, Ordering::Release);
 }
 
 /// One thread's entry in the registry.
@@ -143,6 +198,12 @@ pub static MEMCTX_REGISTRY: Registry = Registry {
         block_free_ptr: offset_of!(Block, free_ptr) as u32,
         block_end_ptr: offset_of!(Block, end_ptr) as u32,
         chunk_prefix: crate::chunk::CHUNK_PREFIX as u32,
+    },
+    dumper: DumperInfo {
+        state: AtomicU32::new(DUMPER_OFF),
+        signal: AtomicI32::new(0),
+        dir_len: AtomicU32::new(0),
+        dir: [const { AtomicU8::new(0) }; DUMPER_DIR_MAX],
     },
 };
 

@@ -34,6 +34,24 @@ pub struct Snapshot {
     pub seq: u64,
     /// One entry per thread with a tree.
     pub threads: Vec<ThreadSnapshot>,
+    /// What asked for the snapshot (absent in files that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+}
+
+/// What asked a [`crate::dump::Dumper`] for a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The dumper's interval elapsed.
+    Periodic,
+    /// The dump signal arrived (each signal's dump is a file of its own).
+    Signal,
+    /// The API asked ([`crate::dump::Dumper::request`], [`crate::dump::Dumper::dump_now`],
+    /// [`crate::dump::request_dump`]).
+    Request,
+    /// [`crate::dump::snapshot`]: the calling thread alone, at once.
+    Direct,
 }
 
 /// One thread's tree in a snapshot.

@@ -91,6 +91,7 @@ fn snapshot(seq: u64, threads: Vec<ThreadSnapshot>) -> Snapshot {
         pid: 4321,
         seq,
         threads,
+        trigger: None,
     }
 }
 

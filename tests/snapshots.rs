@@ -16,7 +16,7 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memctx::dump::{self, Dumper, DumperConfig};
-use memctx::snapshot::{Snapshot, ThreadSnapshot, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use memctx::snapshot::{Snapshot, ThreadSnapshot, Trigger, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
 use memctx::stats::rows;
 use memctx::{BlockSizes, MemoryContext};
 
@@ -256,6 +256,7 @@ fn signal_dumps_at_a_safe_point_and_lists_a_silent_thread_missing() {
 
     let snap = dump::read_snapshot(&dir.join("snapshot-000001.json")).unwrap();
     assert_eq!(snap.seq, 1);
+    assert_eq!(snap.trigger, Some(Trigger::Signal));
     let t = me(&snap);
     assert!(!t.missing);
     assert!(t.contexts.iter().any(|c| c.name == "SignalledContext"));
@@ -388,4 +389,55 @@ fn a_thread_without_a_tree_answers_nothing_and_gets_none() {
     assert!(!me(&snap).missing);
     dumper.stop();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded directories and the registry's dumper entry.
+
+#[test]
+fn keep_holds_the_directory_to_the_newest_files() {
+    let _l = serial();
+    let dir = temp_dir("keep");
+    let dumper = Dumper::start(
+        DumperConfig::new(&dir)
+            .keep(2)
+            .deadline(allow(Duration::from_secs(120))),
+    )
+    .unwrap();
+    let ctx = MemoryContext::top().new_child("Kept", BlockSizes::DEFAULT);
+    for _ in 0..4 {
+        dumper.dump_now().unwrap();
+    }
+    dumper.stop();
+    let seqs: Vec<u64> = dump::list_snapshots(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let snap = dump::read_snapshot(&dir.join("snapshot-000004.json")).unwrap();
+    assert_eq!(snap.trigger, Some(Trigger::Request));
+    ctx.delete();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_registry_publishes_a_running_dumper_and_withdraws_it() {
+    use memctx::registry::{DUMPER_OFF, DUMPER_ON, MEMCTX_REGISTRY};
+    let _l = serial();
+    let dir = temp_dir("published");
+    let info = &MEMCTX_REGISTRY.dumper;
+    assert_eq!(info.state.load(Ordering::Acquire), DUMPER_OFF);
+    let dumper = Dumper::start(DumperConfig::new(&dir).signal(libc::SIGUSR2)).unwrap();
+    assert_eq!(info.state.load(Ordering::Acquire), DUMPER_ON);
+    assert_eq!(info.signal.load(Ordering::Relaxed), libc::SIGUSR2);
+    let len = info.dir_len.load(Ordering::Relaxed) as usize;
+    let published: Vec<u8> = info.dir[..len]
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(published, dir.as_os_str().as_encoded_bytes());
+    dumper.stop();
+    assert_eq!(info.state.load(Ordering::Acquire), DUMPER_OFF);
+    let _ = std::fs::remove_dir_all(&dir);
 }
