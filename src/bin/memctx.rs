@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use memctx::leak::{self, render, DiffOptions, Dump, Metric, ReportOptions};
+use memctx::leak::{self, render, watch, DiffOptions, Dump, Metric, ReportOptions};
 use memctx::stats::PrintOptions;
 
 const FORMATS_HELP: &str = "\
@@ -44,6 +44,49 @@ enum Command {
     Diff(DiffArgs),
     /// Draw a dump's context tree as a flame graph (SVG)
     Flame(FlameArgs),
+    /// Dump a running process every interval and rank its growing contexts live
+    #[command(after_help = WATCH_HELP)]
+    Watch(WatchArgs),
+}
+
+const WATCH_HELP: &str = "\
+A memctx program is dumped by its dumper's signal when its registry shows a dumper with a signal
+that the process catches (the process is not stopped), otherwise through gdb and the walker (the
+process is stopped while they read). A PostgreSQL backend (--pg) is dumped with
+pg_log_backend_memory_contexts() and read back from the server log. The series stays in --out for
+`memctx diff` and `memctx report`. Stops on Ctrl-C, --count or --duration.";
+
+#[derive(Args)]
+struct WatchArgs {
+    /// The process to watch
+    pid: u32,
+    /// Time between dumps (500ms, 10s, 2m, 1h)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = watch::parse_duration)]
+    every: std::time::Duration,
+    /// The series directory (must be empty or absent; default memctx-watch-PID)
+    #[arg(short, long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Stop after N dumps
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Stop after this long
+    #[arg(long, value_name = "DURATION", value_parser = watch::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Rows of the ranking
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    top: usize,
+    /// The bytes that decide verdicts, ranking and sparklines: total or used
+    #[arg(long, value_name = "METRIC", default_value_t = Metric::Total)]
+    metric: Metric,
+    /// Watch a PostgreSQL backend: psql's connection string for its server
+    #[arg(long, value_name = "CONNINFO")]
+    pg: Option<String>,
+    /// The server log to read the dumps from (default: pg_current_logfile())
+    #[arg(long, value_name = "FILE", requires = "pg")]
+    log: Option<PathBuf>,
+    /// Dump a memctx program through gdb even when its dumper has a signal
+    #[arg(long, conflicts_with = "pg")]
+    gdb: bool,
 }
 
 const DIFF_HELP: &str = "\
@@ -230,7 +273,33 @@ fn run(cmd: Command) -> Result<Outcome, String> {
         Command::Stats(args) => stats(&args),
         Command::Diff(args) => diff(&args),
         Command::Flame(args) => flame(&args),
+        Command::Watch(args) => run_watch(&args)
+            .map(|()| Outcome::Done)
+            .map_err(|e| e.to_string()),
     }
+}
+
+fn run_watch(args: &WatchArgs) -> Result<(), watch::WatchError> {
+    let mut source: Box<dyn watch::Source> = match &args.pg {
+        Some(conninfo) => Box::new(watch::pg::open(args.pid, conninfo, args.log.as_deref())?),
+        None => watch::host::open(args.pid, args.gdb)?,
+    };
+    let opts = watch::WatchOptions {
+        every: args.every,
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("memctx-watch-{}", args.pid))),
+        count: args.count,
+        duration: args.duration,
+        top: args.top,
+        metric: args.metric,
+        live: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    watch::prepare_out(&opts.out)?;
+    watch::stop_on_ctrl_c().map_err(|e| watch::WatchError(format!("SIGINT handler: {e}")))?;
+    let stdout = std::io::stdout();
+    watch::watch(source.as_mut(), &opts, &mut stdout.lock()).map(drop)
 }
 
 fn stats(args: &StatsArgs) -> Result<Outcome, String> {

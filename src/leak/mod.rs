@@ -50,6 +50,7 @@ pub mod diff;
 mod metric;
 pub mod parse;
 pub mod render;
+pub mod watch;
 
 pub use diff::{
     check_growth, diff, diff_with, select_pid, verdict, DiffError, DiffOptions, EntryKind,
