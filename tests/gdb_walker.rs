@@ -21,6 +21,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "common/examples.rs"]
+mod examples;
+use examples::build_example;
+
 /// Where the walker is.
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("valgrind/memctx_gdb.py")
@@ -32,44 +36,6 @@ struct ThreadTree {
     name: String,
     state: String,
     lines: Vec<String>,
-}
-
-/// Builds the example in `profile` and returns the path of its executable.
-fn build_example(profile: &str) -> PathBuf {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--example",
-            "gdb_target",
-            "--message-format=json-render-diagnostics",
-        ])
-        .args(["--profile", profile])
-        .stderr(Stdio::inherit());
-    // The features this test was built with, so that the library is not rebuilt with others.
-    let features: Vec<&str> = [
-        ("debug-contexts", cfg!(feature = "debug-contexts")),
-        ("cli", cfg!(feature = "cli")),
-    ]
-    .iter()
-    .filter(|(_, on)| *on)
-    .map(|(name, _)| *name)
-    .collect();
-    if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
-    }
-    let out = cmd.output().expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "cargo build --example gdb_target --profile {profile} failed"
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "gdb_target")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no executable for the gdb_target example")
 }
 
 /// The running example; killed and cleaned up on drop if the test fails half-way.
@@ -277,7 +243,7 @@ fn check_trees(what: &str, walker: &BTreeMap<u32, ThreadTree>, own: &BTreeMap<u3
 /// Builds, runs and walks the example in one profile.
 fn check_profile(profile: &str) {
     let start = Instant::now();
-    let exe = build_example(profile);
+    let exe = build_example("gdb_target", profile);
     let built = start.elapsed();
     let exe_s = exe.to_str().expect("utf-8 path");
     let target = Target::start(&exe, profile);

@@ -184,15 +184,19 @@ impl Source for GdbSource {
             .map_err(|e| format!("running gdb: {e}"))?;
         let took = begun.elapsed();
         let text = String::from_utf8_lossy(&o.stdout);
-        if !o.status.success() || !text.contains("memctx registry at ") {
+        // gdb's own lines ([New LWP ...], the frame it stopped in) come before the walker's.
+        let walker_output = text
+            .find("memctx registry at ")
+            .filter(|_| o.status.success());
+        let Some(at) = walker_output else {
             return Err(WatchError(format!(
                 "process {}: gdb could not walk it: {}",
                 self.pid,
                 String::from_utf8_lossy(&o.stderr).trim()
             )));
-        }
+        };
         let path = out.join(format!("gdb-{n:06}.txt"));
-        std::fs::write(&path, text.as_bytes())
+        std::fs::write(&path, &text.as_bytes()[at..])
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
         Ok(Taken {
             path,
