@@ -253,7 +253,7 @@ const FOOTPRINTS: [usize; NUM_FREELISTS] = {
     f
 };
 
-/// Allocates a block of `size` bytes from the system (unless `mem` is memory the hooks provided
+/// Allocates a block of `size` bytes from the system (unless `mem`, or the hooks, provide memory
 /// for it) and links it as the head or after the head. Returns null when the system allocator
 /// fails.
 ///
@@ -270,11 +270,11 @@ unsafe fn new_block(
     let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
         return ptr::null_mut();
     };
-    let block = if mem.is_null() {
+    let block = match (mem.is_null(), hooks::block_memory(size)) {
+        (false, _) => mem as *mut Block,
+        (true, Some(mem)) => mem as *mut Block,
         // SAFETY: `layout` has a non-zero size (at least the block header).
-        unsafe { alloc::alloc(layout) as *mut Block }
-    } else {
-        mem as *mut Block
+        (true, None) => unsafe { alloc::alloc(layout) as *mut Block },
     };
     if block.is_null() {
         return block;

@@ -80,6 +80,12 @@ mod off {
         failed: bool,
     ) {
     }
+    /// Memory for a block of `size` bytes from somewhere other than the system allocator (the
+    /// debug build under memcheck maps its blocks): none.
+    #[inline(always)]
+    pub(crate) fn block_memory(size: usize) -> Option<*mut u8> {
+        None
+    }
     /// Whether this small allocation gets a block of its own anyway (the debug build's guarded
     /// sampling).
     #[inline(always)]
@@ -93,8 +99,9 @@ mod off {
     pub(crate) fn large_block_memory(size: usize, block_size: usize) -> (*mut u8, usize) {
         (core::ptr::null_mut(), block_size)
     }
-    /// A block of `size` bytes, unlinked, is going back: true when the hook took it (the debug
-    /// build's guarded mappings), false when the allocator gives it to the system.
+    /// A block of `size` bytes, unlinked, is going back: true when the hook took it (in the
+    /// debug build a guarded mapping, or a block mapped under memcheck), false when the
+    /// allocator gives it to the system.
     #[inline(always)]
     pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
         false

@@ -18,6 +18,9 @@ struct VgError {
     kind: String,
     /// Function names of the first stack, innermost first.
     stack: Vec<String>,
+    /// Function names of every stack of the error, in order: the error's, then those its
+    /// `<auxwhat>` lines introduce (a freed block's free stack, then its allocation stack).
+    stacks: Vec<Vec<String>>,
     /// The `<auxwhat>` lines (where the address lies).
     aux: Vec<String>,
     /// Bytes of a loss record.
@@ -89,6 +92,10 @@ fn parse(xml: &str) -> Vec<VgError> {
                 .first()
                 .map(|s| elements(s, "fn").into_iter().map(unescape).collect())
                 .unwrap_or_default(),
+            stacks: elements(e, "stack")
+                .into_iter()
+                .map(|s| elements(s, "fn").into_iter().map(unescape).collect())
+                .collect(),
             aux: elements(e, "auxwhat").into_iter().map(unescape).collect(),
             leaked_bytes: elements(e, "leakedbytes")
                 .first()
@@ -186,16 +193,52 @@ fn underrun_is_an_invalid_write_just_before_the_chunk() {
     );
 }
 
-#[test]
-fn read_after_pfree_is_an_invalid_read() {
-    let errors = memcheck("read-after-pfree");
-    the_error(&errors, "InvalidRead", "read_after_pfree");
+/// Asserts that memcheck describes the address of `e` by the freed 10-byte chunk itself — not
+/// by the context's block around it — with the stack that freed it (through `freed_by`, called
+/// from `bugs::<function>`) and the chunk's allocation stack (from `bugs::<function>` too).
+fn described_as_the_freed_chunk(e: &VgError, function: &str, freed_by: &str) {
+    assert!(
+        e.aux
+            .iter()
+            .any(|a| a.contains("0 bytes inside a block of size 10 free'd")),
+        "memcheck should name the freed 10-byte chunk: {e:#?}"
+    );
+    assert!(e.aux.iter().any(|a| a == "Block was alloc'd at"), "{e:#?}");
+    let [_, free, alloc] = &e.stacks[..] else {
+        panic!("expected the error's, the free and the allocation stacks: {e:#?}");
+    };
+    let caller = format!("bugs::{function}");
+    let free_at = free.iter().position(|f| f == freed_by);
+    let caller_at = free.iter().position(|f| *f == caller);
+    assert!(
+        free_at.is_some() && free_at < caller_at,
+        "the free stack should be {freed_by} called from {caller}: {free:#?}"
+    );
+    assert!(
+        alloc
+            .iter()
+            .any(|f| f == "memctx::raw::<impl memctx::context::MemoryContext>::alloc")
+            && alloc.contains(&caller),
+        "the allocation stack should be the chunk's, from {caller}: {alloc:#?}"
+    );
 }
 
 #[test]
-fn read_after_reset_is_an_invalid_read() {
+fn read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
+    let errors = memcheck("read-after-pfree");
+    let e = the_error(&errors, "InvalidRead", "read_after_pfree");
+    described_as_the_freed_chunk(e, "read_after_pfree", "memctx::raw::pfree");
+}
+
+#[test]
+fn read_after_reset_is_an_invalid_read_of_the_released_chunk() {
     let errors = memcheck("read-after-reset");
-    the_error(&errors, "InvalidRead", "read_after_reset");
+    let e = the_error(&errors, "InvalidRead", "read_after_reset");
+    described_as_the_freed_chunk(
+        e,
+        "read_after_reset",
+        "memctx::context::MemoryContext::reset",
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ use super::sanitizer;
 use super::settings;
 use super::stack;
 use super::verify::{self, ResetCheck};
+use super::vgmap;
 
 /// Bytes of the prefix after the header word: the debug record and the front redzone.
 const RECORD_AND_FRONT: usize = CHUNK_PREFIX - CHUNK_HEADER_SIZE;
@@ -420,6 +421,12 @@ pub(crate) fn sample_chunk() -> bool {
 /// A block goes back: a guarded one to the guard quarantine, with what its chunk was (the free
 /// stack is its `pfree`'s, or this reset's or delete's).
 pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
+    if sanitizer::pools() {
+        // SAFETY: under memcheck every block is mapped by `block_memory`, with this size; the
+        // allocator has unlinked it.
+        unsafe { vgmap::unmap(block as *mut u8, size) };
+        return true;
+    }
     let end = block as usize + size;
     if !guard::is_guarded(end) {
         return false;
@@ -438,8 +445,17 @@ pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
     guard::release(end, data as usize, requested, alloc, free)
 }
 
-/// A chunk in a guarded mapping is moved by allocating, copying and freeing, never by `realloc`.
+/// Memory for a block: under memcheck a mapping of its own (see `vgmap` for why), else none.
+pub(crate) fn block_memory(size: usize) -> Option<*mut u8> {
+    sanitizer::pools().then(|| vgmap::map(size))
+}
+
+/// A chunk in a guarded mapping, or in a block mapped under memcheck, is moved by allocating,
+/// copying and freeing, never by `realloc`.
 pub(crate) fn large_chunk_pinned(data: *mut u8) -> bool {
+    if sanitizer::pools() {
+        return true;
+    }
     if !guard::in_use() {
         return false;
     }

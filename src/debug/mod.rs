@@ -50,6 +50,7 @@ mod settings;
 pub(crate) mod sites;
 pub(crate) mod stack;
 mod verify;
+mod vgmap;
 
 pub use guard::{guard_stats, GuardStats};
 pub use report::{

@@ -7,12 +7,12 @@
 //! | event | memcheck (client requests through crabgrind) | ASan (its runtime's interface) |
 //! |---|---|---|
 //! | first block of a context | `CREATE_MEMPOOL(ctx)` — the pool handle is the context header | - |
-//! | block taken | its header a pool chunk, DEFINED (`MEMPOOL_ALLOC`) | (left addressable) |
+//! | block taken (mapped under memcheck) | its header a pool chunk, DEFINED (`MEMPOOL_ALLOC`) | (left addressable) |
 //! | chunk carved or reused | `MEMPOOL_ALLOC(ctx, data, requested)`: UNDEFINED | unpoison the requested bytes |
 //! | pfree | `MEMPOOL_FREE` (memcheck keeps the free stack) | poison the whole chunk |
 //! | repalloc in place, large realloc | `MEMPOOL_CHANGE` | unpoison / poison the difference |
 //! | reset | `MEMPOOL_TRIM` to the keeper's header | poison the keeper's used space |
-//! | last block given back | `DESTROY_MEMPOOL` | (the system allocator's free) |
+//! | last block given back | `DESTROY_MEMPOOL` (the block is unmapped) | (the system allocator's free) |
 //! | metadata opened / closed | DEFINED / NOACCESS | unpoison / poison |
 //!
 //! Everything the allocator does not hand out — chunk headers and debug records, redzones, freed
@@ -20,18 +20,23 @@
 //! writes it, so an instrumented access there is reported by the tool at the faulting instruction,
 //! before the debug build's own patterns would find it at the next pfree or reset.
 //!
-//! ## Why block headers are pool chunks
+//! ## Blocks under memcheck, and why block headers are pool chunks
 //!
-//! Memcheck's leak search scans the malloc'd blocks it knows and the pool chunks, but a malloc'd
-//! block that *contains* pool chunks is dropped from the search: neither scanned nor reported. Our
-//! blocks come from the system allocator (malloc), so as soon as a block holds one live chunk, the
-//! `prev`/`next` pointers in its header are invisible, and a block that holds no live chunk (all
-//! freed, or emptied by a reset) then looks unreferenced: "definitely lost", although the context's
-//! list still links it. PostgreSQL hit the same (before 2025 all blocks but the first were
-//! reported leaked) and fixed it the same way: each block header is a pool chunk of its own, so the
-//! search follows context header → head block → next block → ... and every chunk that user data
-//! still points to is reachable. Unlike PostgreSQL, our context header is a separate malloc'd box
-//! holding no pool chunk, so memcheck scans it as an ordinary block and it needs no chunk.
+//! Under memcheck the blocks are mapped with `mmap`, not taken from `malloc` (`debug::vgmap`
+//! says why: so that memcheck describes a stale access by the freed chunk and its stacks, not by
+//! the context's block around it). The leak search scans mapped memory as roots — the bytes it
+//! holds addressable and defined: block headers and live chunks' contents — and the pool chunks
+//! are the blocks it can call lost. A chunk nothing points to is "definitely lost"; the chunks
+//! such a chunk points to are reachable through it (it is scanned as part of the mapping), not
+//! "indirectly lost".
+//!
+//! Each block header is a pool chunk too, as in PostgreSQL, whose blocks come from `malloc`:
+//! there a `malloc`'d block that *contains* pool chunks is dropped from the search, neither
+//! scanned nor reported, so a block's `prev`/`next` pointers would be invisible and a block with
+//! no live chunk would look unreferenced (PostgreSQL reported all blocks but the first leaked
+//! before 2025, and fixed it this way). With mapped blocks the header chunk keeps the block list
+//! in the search's graph (context header → head block → next block → ...). Our context header is
+//! a separate `malloc`'d box holding no pool chunk, so memcheck scans it as an ordinary block.
 //!
 //! ## Cost when no tool is watching
 //!
