@@ -47,6 +47,36 @@ enum Command {
     /// Dump a running process every interval and rank its growing contexts live
     #[command(after_help = WATCH_HELP)]
     Watch(WatchArgs),
+    /// Write one self-contained HTML page about a series: charts, growth rates, flame graph
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Dump files or directories, oldest first (as for diff)
+    #[arg(required = true, value_name = "SERIES")]
+    paths: Vec<PathBuf>,
+    /// Where to write the page (`-` for standard output)
+    #[arg(short, long, value_name = "HTML")]
+    output: PathBuf,
+    /// Keep only the dumps of this process
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The bytes of verdicts, ranking, fits and the flame graph: total or used
+    #[arg(long, value_name = "METRIC", default_value_t = Metric::Total)]
+    metric: Metric,
+    /// Contexts charted
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    top: usize,
+    /// Allocation sites listed (memctx debug-build snapshots)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    sites: usize,
+    /// Project when each charted context reaches this size (512MB, 2GB)
+    #[arg(long, value_name = "SIZE", value_parser = leak::html::parse_size)]
+    limit: Option<u64>,
+    /// The page title
+    #[arg(long)]
+    title: Option<String>,
 }
 
 const WATCH_HELP: &str = "\
@@ -273,10 +303,38 @@ fn run(cmd: Command) -> Result<Outcome, String> {
         Command::Stats(args) => stats(&args),
         Command::Diff(args) => diff(&args),
         Command::Flame(args) => flame(&args),
+        Command::Report(args) => report(&args),
         Command::Watch(args) => run_watch(&args)
             .map(|()| Outcome::Done)
             .map_err(|e| e.to_string()),
     }
+}
+
+fn report(args: &ReportArgs) -> Result<Outcome, String> {
+    let series = leak::load_series(&args.paths).map_err(|e| e.to_string())?;
+    warn_all(&series.skipped);
+    let selection = leak::select_pid(series.dumps, args.pid).map_err(|e| e.to_string())?;
+    warn_all(&selection.skipped);
+    warn(&selection.dumps);
+    let what = args
+        .paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let opts = leak::html::HtmlOptions {
+        metric: args.metric,
+        top: args.top,
+        sites: args.sites,
+        limit: args.limit,
+        title: args
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("memctx report: {what}")),
+    };
+    let page = leak::html::page(&selection.dumps, &opts).map_err(|e| format!("{what}: {e}"))?;
+    write_output(&args.output, "the report", |w| w.write_all(page.as_bytes()))?;
+    Ok(Outcome::Done)
 }
 
 fn run_watch(args: &WatchArgs) -> Result<(), watch::WatchError> {

@@ -47,6 +47,7 @@
 //! ```
 
 pub mod diff;
+pub mod html;
 mod metric;
 pub mod parse;
 pub mod render;

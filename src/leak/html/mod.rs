@@ -1,0 +1,281 @@
+//! `memctx report`: one self-contained HTML page about a series — for the top contexts a chart
+//! of total and used bytes over time with the growth rate (a least-squares fit and its R²) and,
+//! given a limit, when the fit reaches it; the growth of allocation sites (memctx debug-build
+//! snapshots); and a differential flame graph of the last dump against the first.
+//!
+//! Everything is inline (SVG, CSS, a few lines of JS of our own, the flame graph's own SVG in an
+//! `iframe srcdoc`): the page needs no network. The page checks its own charts once loaded: it
+//! rasterises each chart into a canvas, counts the pixels that are not background, and writes
+//! the count into the chart's `data-inked` attribute and a summary line (`#render-check`), which a
+//! browser test reads.
+
+mod chart;
+pub mod fit;
+mod flame;
+
+use std::fmt::Write as _;
+
+use crate::leak::diff::{diff_with, human_bytes, DiffError, DiffOptions, EntryReport, Report};
+use crate::leak::parse::Dump;
+use crate::leak::Metric;
+use chart::Line;
+use fit::Fit;
+
+/// What the report shows.
+#[derive(Clone, Debug)]
+pub struct HtmlOptions {
+    /// The bytes of verdicts, ranking, fit and flame graph widths.
+    pub metric: Metric,
+    /// Contexts charted.
+    pub top: usize,
+    /// Sites listed.
+    pub sites: usize,
+    /// A size the projection is made to.
+    pub limit: Option<u64>,
+    /// The page title.
+    pub title: String,
+}
+
+/// Escapes text for HTML (and SVG) content and attributes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Parses a size: bytes, or a number with `kB`, `MB`, `GB`, `TB` (powers of 1024, as
+/// PostgreSQL's sizes; `K`, `KiB`, ... too).
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 512MB or 2GB"))?;
+    let power = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 1,
+        "m" => 2,
+        "g" => 3,
+        "t" => 4,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (kB, MB, GB, TB)")),
+    };
+    Ok((value * 1024f64.powi(power)) as u64)
+}
+
+/// The x of each dump: hours since the first when every dump has a time, else the dump's
+/// number; and the unit's name.
+fn x_axis(dumps: &[Dump]) -> (Vec<f64>, &'static str) {
+    let times: Option<Vec<u64>> = dumps.iter().map(|d| d.timestamp_ms).collect();
+    match times {
+        Some(t) if t.last() > t.first() => (
+            t.iter()
+                .map(|&ms| (ms - t[0]) as f64 / 3_600_000.0)
+                .collect(),
+            "hours",
+        ),
+        _ => ((1..=dumps.len()).map(|i| i as f64).collect(), "dump"),
+    }
+}
+
+fn points(xs: &[f64], series: &[Option<u64>]) -> Vec<(f64, f64)> {
+    xs.iter()
+        .zip(series)
+        .filter_map(|(&x, v)| v.map(|v| (x, v as f64)))
+        .collect()
+}
+
+/// `+1.2 MB`, `-300 bytes`, for a signed byte count.
+fn signed(v: f64) -> String {
+    let sign = if v < 0.0 { "-" } else { "+" };
+    format!("{sign}{}", human_bytes(v.abs() as u64))
+}
+
+/// The sentence on a fit: its rate, R², and the projection to the limit.
+fn fit_text(fit: Option<Fit>, unit: &str, last: (f64, f64), limit: Option<u64>) -> String {
+    let Some(f) = fit else {
+        return "too few points for a fit".into();
+    };
+    let per = if unit == "hours" { "hour" } else { "dump" };
+    let mut s = format!(
+        "growth {} per {per} (least-squares fit, R² = {:.3})",
+        signed(f.slope),
+        f.r2
+    );
+    if let Some(limit) = limit {
+        let _ = match f.reaches(limit as f64) {
+            _ if last.1 >= limit as f64 => write!(s, "; already above {}", human_bytes(limit)),
+            Some(x) => write!(
+                s,
+                "; reaches {} in {:.1} {unit} after the last dump",
+                human_bytes(limit),
+                (x - last.0).max(0.0)
+            ),
+            None => write!(s, "; not rising: never reaches {}", human_bytes(limit)),
+        };
+    }
+    s
+}
+
+/// One context's section: a chart of total and used bytes with the metric's fit.
+fn entry_section(e: &EntryReport, xs: &[f64], unit: &str, opts: &HtmlOptions) -> String {
+    let metric_pts = points(xs, e.series());
+    let f = fit::fit(&metric_pts);
+    let mut lines = vec![Line {
+        label: "total bytes",
+        colour: "#1f77b4",
+        points: points(xs, &e.total),
+        dashed: false,
+    }];
+    if e.used.iter().any(Option::is_some) {
+        lines.push(Line {
+            label: "used bytes",
+            colour: "#2ca02c",
+            points: points(xs, &e.used),
+            dashed: false,
+        });
+    }
+    let range = (xs[0], xs[xs.len() - 1]);
+    if let Some(f) = f {
+        lines.push(Line {
+            label: "fit",
+            colour: "#d62728",
+            points: vec![
+                (range.0, f.intercept + f.slope * range.0),
+                (range.1, f.intercept + f.slope * range.1),
+            ],
+            dashed: true,
+        });
+    }
+    let path = e.display_path();
+    let title = format!("{path}: {} bytes over time", opts.metric);
+    let last = metric_pts.last().copied().unwrap_or((range.1, 0.0));
+    format!(
+        "<section class=\"context\"><h3>{} <span class=\"verdict\">{}</span></h3>\
+         <figure data-context=\"{}\">{}<figcaption>{}: {}</figcaption></figure></section>\n",
+        escape(&path),
+        e.verdict,
+        escape(&path),
+        chart::svg(&title, unit, range, &lines),
+        escape(&format!("{} bytes", opts.metric)),
+        escape(&fit_text(f, unit, last, opts.limit))
+    )
+}
+
+/// The per-site table (debug-build snapshots), largest growth first.
+fn sites_section(report: &Report, xs: &[f64], unit: &str, n: usize) -> String {
+    if report.sites.is_empty() {
+        return "<p>No allocation sites: the snapshots were not taken by a debug build \
+                (<code>--features debug-contexts</code>).</p>"
+            .into();
+    }
+    let mut rows = String::new();
+    for s in report.sites.iter().take(n) {
+        let rate = fit::fit(&points(xs, &s.bytes)).map_or("?".into(), |f| signed(f.slope));
+        let first = s.bytes.iter().flatten().next().copied().unwrap_or(0);
+        let last = s.bytes.iter().rev().flatten().next().copied().unwrap_or(0);
+        let _ = write!(
+            rows,
+            "<tr class=\"site\"><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            escape(&s.context.join("/")),
+            s.verdict,
+            human_bytes(first),
+            human_bytes(last),
+            escape(&rate),
+            escape(&s.frames.iter().take(4).cloned().collect::<Vec<_>>().join("\n"))
+        );
+    }
+    format!(
+        "<table id=\"sites\"><tr><th>context</th><th>verdict</th><th>live bytes</th>\
+         <th>per {}</th><th>allocated from</th></tr>{rows}</table>",
+        if unit == "hours" { "hour" } else { "dump" }
+    )
+}
+
+/// The page.
+///
+/// # Errors
+/// What [`diff_with`] refuses (fewer than two dumps, used bytes the dumps do not record), or a
+/// flame graph that cannot be drawn.
+pub fn page(dumps: &[Dump], opts: &HtmlOptions) -> Result<String, DiffError> {
+    let report = diff_with(
+        dumps,
+        &DiffOptions {
+            metric: opts.metric,
+        },
+    )?;
+    let (xs, unit) = x_axis(dumps);
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h1>{}</h1><p class=\"summary\">{} dumps ({}){}; verdicts, ranking, fits and the flame \
+         graph by <b>{} bytes</b>.</p>",
+        escape(&opts.title),
+        dumps.len(),
+        escape(&report.formats.join(", ")),
+        report.span_ms.map_or(String::new(), |ms| format!(
+            " over {:.2} hours",
+            ms as f64 / 3.6e6
+        )),
+        opts.metric
+    );
+    body.push_str("<p id=\"render-check\">charts not checked yet</p>\n<h2>Top contexts</h2>\n");
+    for e in report.entries.iter().take(opts.top) {
+        body.push_str(&entry_section(e, &xs, unit, opts));
+    }
+    body.push_str("<h2>Allocation sites</h2>\n");
+    body.push_str(&sites_section(&report, &xs, unit, opts.sites));
+    body.push_str("<h2>Differential flame graph: last dump against the first</h2>\n");
+    let svg = flame::differential(&dumps[0], &dumps[dumps.len() - 1], opts.metric)
+        .map_err(|e| DiffError(format!("drawing the flame graph: {e}")))?;
+    let _ = write!(
+        body,
+        "<iframe id=\"flame\" title=\"differential flame graph\" srcdoc=\"{}\"></iframe>",
+        escape(&svg)
+    );
+    Ok(format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
+         <style>{STYLE}</style></head><body>{body}<script>{SCRIPT}</script></body></html>\n",
+        escape(&opts.title)
+    ))
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
+section.context{display:inline-block;vertical-align:top;margin:0 1em 1em 0}\
+h3{font-size:1em;margin:.2em 0}.verdict{font-weight:normal;color:#a00}\
+figure{margin:0}figcaption{font-size:.85em;max-width:560px}\
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}\
+pre{margin:0;font-size:.8em}iframe#flame{width:100%;height:520px;border:1px solid #ccc}";
+
+/// Rasterises each chart and counts its non-background pixels: proof, for a test in a real
+/// browser, that the charts drew.
+const SCRIPT: &str = "window.addEventListener('load',function(){\
+var charts=document.querySelectorAll('svg.chart'),done=0,inked=0;\
+charts.forEach(function(svg){var img=new Image();\
+img.onload=function(){var c=document.createElement('canvas');c.width=svg.width.baseVal.value;\
+c.height=svg.height.baseVal.value;var g=c.getContext('2d');g.drawImage(img,0,0);\
+var d=g.getImageData(0,0,c.width,c.height).data,n=0;\
+for(var i=0;i<d.length;i+=4){if(d[i+3]>0&&(d[i]<200||d[i+1]<200||d[i+2]<200))n++;}\
+svg.parentNode.setAttribute('data-inked',n);if(n>0)inked++;done++;\
+if(done===charts.length)document.getElementById('render-check').textContent=\
+'charts drawn: '+inked+' of '+charts.length;};\
+img.src='data:image/svg+xml;charset=utf-8,'+encodeURIComponent(new XMLSerializer().serializeToString(svg));});});";

@@ -1,0 +1,149 @@
+//! `memctx report`: the page's numbers (growth rate, R², projection) on a series whose answer is
+//! known, and the page in a real browser — headless Chromium loads it, and the rendered DOM must
+//! show that every chart drew (the page rasterises each chart into a canvas and counts its
+//! non-background pixels) and that the flame graph is there with its root label and metric.
+//!
+//! Without Chromium the browser half prints why and passes, unless `MEMCTX_REQUIRE_CHROMIUM=1`
+//! (ci/test sets it and installs Debian's `chromium`).
+#![cfg(feature = "cli")]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A PostgreSQL server log with four dumps of backend 42, an hour apart: CacheMemoryContext
+/// grows by exactly 1 MiB per hour (1, 2, 3, 4 MiB), MessageContext holds 8 kB.
+fn growing_log() -> String {
+    let mut log = String::new();
+    for h in 0..4u64 {
+        let cache = (h + 1) << 20;
+        let p = format!("2026-12-03 0{h}:00:00.000 UTC [42] LOG:  ");
+        let _ = write!(
+            log,
+            "{p}logging memory contexts of PID 42\n\
+             {p}level: 0; TopMemoryContext: 65536 total in 4 blocks; 1000 free (2 chunks); 64536 used\n\
+             {p}level: 1; CacheMemoryContext: {cache} total in 8 blocks; 4096 free (1 chunks); {} used\n\
+             {p}level: 1; MessageContext: 8192 total in 1 blocks; 2000 free (0 chunks); 6192 used\n\
+             {p}Grand total: {} bytes in 13 blocks; 7096 free (3 chunks); {} used\n",
+            cache - 4096,
+            cache + 65536 + 8192,
+            cache + 65536 + 8192 - 7096
+        );
+    }
+    log
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memctx-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn report(log: &Path, out: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_memctx"))
+        .arg("report")
+        .arg(log)
+        .arg("-o")
+        .arg(out)
+        .args(["--limit", "10MB"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[test]
+fn the_page_states_the_growth_rate_fit_and_projection() {
+    let dir = temp_dir("numbers");
+    let log = dir.join("server.log");
+    std::fs::write(&log, growing_log()).unwrap();
+    let page = report(&log, &dir.join("report.html"));
+    assert!(
+        page.contains(
+            "growth +1.0 MB per hour (least-squares fit, R² = 1.000); reaches 10.0 MB in 6.0 \
+             hours after the last dump"
+        ),
+        "{page}"
+    );
+    assert!(page.contains("growth +0 bytes per hour") && page.contains("never reaches 10.0 MB"));
+    // Self-contained: no external resource.
+    for outside in ["src=\"http", "href=\"http", "src=\"//", "<link"] {
+        assert!(!page.contains(outside), "the page loads {outside}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Chromium, if installed.
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            !std::env::var_os("MEMCTX_REQUIRE_CHROMIUM").is_some_and(|v| v != "0"),
+            "the browser test cannot run: no chromium on PATH"
+        );
+        eprintln!("skipping the browser check: no chromium on PATH");
+    }
+    found
+}
+
+/// Headless Chromium's flags: as root it needs --no-sandbox; no network of its own.
+fn headless(browser: &str, profile: &Path) -> Command {
+    let mut c = Command::new(browser);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        // Lets the page's load handler and image decoding finish before the DOM is dumped.
+        "--virtual-time-budget=10000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[test]
+fn the_charts_draw_in_a_real_browser() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = temp_dir("browser");
+    let log = dir.join("server.log");
+    std::fs::write(&log, growing_log()).unwrap();
+    let html = dir.join("report.html");
+    let page = report(&log, &html);
+    let charts = page.matches("<svg class=\"chart\"").count();
+    assert_eq!(
+        charts, 3,
+        "TopMemoryContext, CacheMemoryContext, MessageContext"
+    );
+    let o = headless(browser, &dir.join("profile"))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        dom.contains(&format!("charts drawn: {charts} of {charts}")),
+        "the page's own check did not pass: {dom}"
+    );
+    let inked: Vec<u64> = dom
+        .split("data-inked=\"")
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(inked.len(), charts);
+    // A chart's axes and lines are hundreds of pixels; its white background is not counted.
+    assert!(inked.iter().all(|&n| n > 500), "{inked:?}");
+    assert!(dom.contains("total bytes, last dump against the first"));
+    assert!(dom.contains("Growth by total bytes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
