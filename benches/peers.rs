@@ -2,12 +2,14 @@
 //! called through its `GlobalAlloc` methods, *not* installed as the global allocator) and bumpalo.
 //!
 //! Run with `cargo bench --bench peers` (about 40 s of CPU time; longer on a busy machine) or
-//! `cargo bench --bench peers -- --quick` (about 10 s). `ci/bench` runs this binary and, when it
-//! compiles, the same binary built with `--features debug-contexts`.
+//! `cargo bench --bench peers -- --quick` (about 10 s). `ci/bench` runs this binary, the same
+//! binary built with `--features debug-contexts`, and one built with AddressSanitizer.
 //!
 //! Arguments (after `--`): `--quick` (fewer rounds); `--only <workload>` (one timed workload, no
 //! reset table or memory probes: for profiling, e.g. under `perf record`); `--mode <name>` (the
-//! name printed as `mode <name>`; the debug build will select its mode with it). Setting the
+//! name printed as `mode <name>`; the debug build selects its mode with it: `patterns` or
+//! `backtraces`); `--asan` (the binary is an AddressSanitizer build: glibc's side of churn,
+//! per-row and grow only, at the debug build's batch sizes). Setting the
 //! environment variable `PEERS_DECILES` prints each contender's round-time deciles to stderr.
 //! `--memory-probe <workload> <allocator>` is internal (see "Memory" below).
 //!
@@ -39,23 +41,33 @@
 //!   for the arenas the reset, amortised over the inserts).
 //! - `reset`: a table of reset times for contexts of different numbers of chunks and blocks.
 //! - `backtrace-capture`: the cost of one backtrace capture (debug build only).
-//! - bounds (churn and per-row, release build): stand-in allocators doing only the memory work the
-//!   debug build must do, run beside memctx (see section (g)).
+//! - bounds (churn and per-row, release build): stand-ins — memctx's release build plus only the
+//!   memory work the debug build must do — each run beside memctx (module `bounds`).
+//! - `report-cost` (debug build, mode `backtraces`): the time to produce a report, symbolised
+//!   (module `report_cost`).
 //!
 //! # Output
 //!
-//! Human tables, then machine-readable lines, each alone on its line (see DESIGN.md §5):
-//! `mode <name>`, `median <workload> <allocator> <ns>`, `ratio <workload> <peer> <X>` (peer median
-//! / memctx median: above 1 memctx is faster), `memory <workload> <allocator> <X>`,
-//! `chunk-header <bytes>`, `chunk-prefix <bytes>`, `reset chunks=N blocks=B ns=X`, and
-//! `bound <workload> <duty> <X>` (the least `overhead` the required work allows, see section (g)).
+//! Human tables, then machine-readable lines, each alone on its line (the README's Benchmarks
+//! section lists what `ci/bench` makes of them): `mode <name>`, `median <workload> <allocator>
+//! <ns>` (the stand-ins as allocator `bound:<duty>`), `ratio <workload> <peer> <X>` (peer median /
+//! memctx median: above 1 memctx is faster), `memory <workload> <allocator> <X>`,
+//! `chunk-header <bytes>`, `chunk-prefix <bytes>`, `reset chunks=N blocks=B ns=X`,
+//! `bound <workload> <duty> <X>` (the least `overhead` the required work allows, see `bounds`),
+//! and in the debug build `backtrace-capture <frames> <ns>` and `report-cost first|later <ms>`.
 //!
 //! # The debug build
 //!
 //! Built with `--features debug-contexts`, the same binary runs only the memctx contenders of the
 //! same workloads (the peers do not change between the builds), prints `mode <name>` and the
-//! `median` lines, and skips ratios, memory and the reset table. `ci/bench` compares the two
-//! binaries' `median ... memctx` lines.
+//! `median` lines, and skips ratios, memory, the reset table and the bounds. `ci/bench` compares
+//! the two binaries' `median ... memctx` lines, and the debug build's with the ASan build's
+//! `median ... glibc`.
+
+#[path = "peers/bounds.rs"]
+mod bounds;
+#[path = "peers/report_cost.rs"]
+mod report_cost;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -86,11 +98,15 @@ struct Config {
     mode: String,
     /// `--only <workload>`: run just that timed workload (for profiling); no memory probes.
     only: Option<String>,
+    /// `--asan`: this binary is built with AddressSanitizer; run glibc's side of churn, per-row
+    /// and grow only (ASan's allocator stands in for glibc's), at the debug build's batch sizes.
+    asan: bool,
 }
 
 impl Config {
     fn from_args(args: &[String]) -> Config {
         let quick = args.iter().any(|a| a == "--quick");
+        let asan = args.iter().any(|a| a == "--asan");
         let mode = args
             .iter()
             .position(|a| a == "--mode")
@@ -105,19 +121,32 @@ impl Config {
                 .iter()
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1).cloned()),
+            asan,
         }
     }
 
     /// Whether to run `workload`.
     fn wants(&self, workload: &str) -> bool {
         self.only.as_deref().map_or(true, |o| o == workload)
+            && !(self.asan && workload == "hashmap")
     }
 
-    /// Scales a batch size for the build: the debug build's operations cost ten to twenty times
-    /// more, so its rounds are an eighth of the size and take about as long as the release
-    /// build's.
+    /// Whether memctx runs in this binary (not in the ASan build, which measures glibc's side).
+    fn runs_memctx(&self) -> bool {
+        !self.asan
+    }
+
+    /// Whether the peer `name` runs: all of them in the release build, none in the debug build,
+    /// glibc only in the ASan build.
+    fn runs_peer(&self, name: &str) -> bool {
+        !DEBUG_BUILD && (!self.asan || name == "glibc")
+    }
+
+    /// Scales a batch size for the build: the debug build's operations (and ASan's) cost ten to
+    /// twenty times more, so their rounds are an eighth of the size and take about as long as
+    /// the release build's.
     fn batch(&self, full: usize) -> usize {
-        if DEBUG_BUILD {
+        if DEBUG_BUILD || self.asan {
             (full / 8).max(1)
         } else {
             full
@@ -489,14 +518,15 @@ impl<A: RawAlloc> Drop for Churn<'_, A> {
 fn bench_churn(cfg: &Config) -> Results {
     let seq = ChurnSeq::new(cfg.batch(1 << 15));
     let top = MemoryContext::top();
-    let mut cs: Vec<Box<dyn Contender>> = vec![Box::new(Churn::new(
-        "memctx",
-        Palloc,
-        &seq,
-        Some(top.new_child("churn", BlockSizes::DEFAULT)),
-    ))];
-    if !DEBUG_BUILD {
+    let mut cs: Vec<Box<dyn Contender>> = Vec::new();
+    if cfg.runs_memctx() {
+        let ctx = top.new_child("churn", BlockSizes::DEFAULT);
+        cs.push(Box::new(Churn::new("memctx", Palloc, &seq, Some(ctx))));
+    }
+    if cfg.runs_peer("glibc") {
         cs.push(Box::new(Churn::new("glibc", Glibc, &seq, None)));
+    }
+    if cfg.runs_peer("mimalloc") {
         cs.push(Box::new(Churn::new("mimalloc", Mi, &seq, None)));
     }
     run_workload(cfg, "churn", "ns per free+alloc step", cs)
@@ -545,6 +575,12 @@ impl Contender for RowMemctx<'_> {
     }
 }
 
+impl Drop for RowMemctx<'_> {
+    fn drop(&mut self) {
+        self.ctx.delete();
+    }
+}
+
 /// memctx per-row through the raw API: switch to the row context, `palloc`, switch back, reset
 /// (an executor's per-tuple ExprContext). Reported in the table only; not used for ratios.
 struct RowPalloc<'s> {
@@ -573,6 +609,12 @@ impl Contender for RowPalloc<'_> {
             ctx.reset();
         }
         self.sizes.len() as u64
+    }
+}
+
+impl Drop for RowPalloc<'_> {
+    fn drop(&mut self) {
+        self.ctx.delete();
     }
 }
 
@@ -641,36 +683,40 @@ impl Contender for RowBump<'_> {
 fn bench_per_row(cfg: &Config) -> Results {
     let sizes = row_sizes(cfg.batch(1 << 11));
     let top = MemoryContext::top();
-    let row_ctx = top.new_child("per-row", BlockSizes::DEFAULT);
-    let row_ctx2 = top.new_child("per-row palloc", BlockSizes::DEFAULT);
-    let mut cs: Vec<Box<dyn Contender>> = vec![Box::new(RowMemctx {
-        ctx: row_ctx,
-        sizes: &sizes,
-    })];
-    if !DEBUG_BUILD {
-        cs.push(Box::new(RowPalloc {
-            ctx: row_ctx2,
+    let mut cs: Vec<Box<dyn Contender>> = Vec::new();
+    if cfg.runs_memctx() {
+        cs.push(Box::new(RowMemctx {
+            ctx: top.new_child("per-row", BlockSizes::DEFAULT),
             sizes: &sizes,
         }));
+    }
+    if cfg.runs_peer("memctx(palloc)") {
+        cs.push(Box::new(RowPalloc {
+            ctx: top.new_child("per-row palloc", BlockSizes::DEFAULT),
+            sizes: &sizes,
+        }));
+    }
+    if cfg.runs_peer("glibc") {
         cs.push(Box::new(RowMalloc {
             name: "glibc",
             alloc: Glibc,
             sizes: &sizes,
         }));
+    }
+    if cfg.runs_peer("mimalloc") {
         cs.push(Box::new(RowMalloc {
             name: "mimalloc",
             alloc: Mi,
             sizes: &sizes,
         }));
+    }
+    if cfg.runs_peer("bumpalo") {
         cs.push(Box::new(RowBump {
             bump: Bump::new(),
             sizes: &sizes,
         }));
     }
-    let out = run_workload(cfg, "per-row", "ns per allocation, row end amortised", cs);
-    row_ctx.delete();
-    row_ctx2.delete();
-    out
+    run_workload(cfg, "per-row", "ns per allocation, row end amortised", cs)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -784,14 +830,15 @@ fn bench_grow(cfg: &Config) -> Results {
         .map(|_| rng.range(8, 512) as u16)
         .collect();
     let top = MemoryContext::top();
-    let mut cs: Vec<Box<dyn Contender>> = vec![Box::new(Grow::new(
-        "memctx",
-        Palloc,
-        Some(top.new_child("grow", BlockSizes::DEFAULT)),
-        &spacers,
-    ))];
-    if !DEBUG_BUILD {
+    let mut cs: Vec<Box<dyn Contender>> = Vec::new();
+    if cfg.runs_memctx() {
+        let ctx = top.new_child("grow", BlockSizes::DEFAULT);
+        cs.push(Box::new(Grow::new("memctx", Palloc, Some(ctx), &spacers)));
+    }
+    if cfg.runs_peer("glibc") {
         cs.push(Box::new(Grow::new("glibc", Glibc, None, &spacers)));
+    }
+    if cfg.runs_peer("mimalloc") {
         cs.push(Box::new(Grow::new("mimalloc", Mi, None, &spacers)));
     }
     run_workload(cfg, "grow", "ns per realloc, 16 B -> 64 KiB doubling", cs)
@@ -1064,7 +1111,7 @@ fn bench_reset(cfg: &Config) {
 
 /// (f) The median cost of one allocation-backtrace capture at a few stack depths, including the
 /// stack-depot look-up of an already known stack (the common case: allocation sites recur),
-/// printed as `backtrace-capture <frames> <ns>` (DESIGN.md §5). Debug build only.
+/// printed as `backtrace-capture <frames> <ns>`. Debug build only.
 fn bench_backtrace_capture(cfg: &Config) {
     #[cfg(feature = "debug-contexts")]
     {
@@ -1076,365 +1123,6 @@ fn bench_backtrace_capture(cfg: &Config) {
     }
     #[cfg(not(feature = "debug-contexts"))]
     let _ = cfg;
-}
-
-// ------------------------------------------------------------------------------------------------
-// (g) bounds: the least a debug build's required memory work can cost here
-// ------------------------------------------------------------------------------------------------
-
-// The debug build's target is mode `patterns` within 3x the release build on every workload, and
-// its contract asks for work the release build does not do at all: every fresh chunk filled with
-// a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and the redzones
-// and freed patterns verified. How much of the overhead is that work itself, and how much the
-// debug build's code? The stand-ins below answer it for churn and per-row. Each is a minimal
-// allocator — a bump pointer and, for churn, one LIFO stack per size class kept *outside* the
-// chunks — doing the least of that work any debug build could do, with plain stores and
-// branch-light 16-byte compares and nothing else: no backtraces, no registry of blocks, no
-// sanitizer calls, no queued reports, an 8-byte size word instead of a 24-byte record, a rear
-// redzone of exactly 16 bytes (the class slack past it keeps the freed pattern it already holds,
-// so a free rewrites only the request and the redzone). The size classes stay AllocSet's powers
-// of two, picked for the request rounded to 8 plus the redzone. Duties:
-// - `none`: addresses only (a header word, as the release build writes) — shows the stand-in's
-//   own logic is no slower than memctx's release build, so the other two are lower bounds;
-// - `fills`: plus the fills: size word, front redzone, fresh pattern, rear redzone, 0x7F over a
-//   freed chunk's request and redzone or over the used space at a reset — no verification;
-// - `checks`: plus the least verification the contract names: the chunk's redzones at pfree and
-//   at reset, a reused chunk's freed pattern.
-// Each stand-in runs alone in the release build, as the debug build runs memctx. The extra work
-// of a duty is its median minus the median at `none` (the stand-in's own logic, cheaper than
-// memctx's: a bump pointer reads no header); `bound <workload> <duty> <X>` is memctx's release
-// median plus that extra work, over memctx's release median — the least `overhead <workload>
-// patterns` a debug build of memctx doing that much could show. With `fills` above 3, no depth of
-// verification, no code, brings `overhead` to 3 on this machine.
-
-/// What a stand-in does besides handing out addresses (see the section's comment).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Duty {
-    None,
-    Fills,
-    Checks,
-}
-
-impl Duty {
-    const ALL: [(Duty, &'static str); 3] = [
-        (Duty::None, "bound:none"),
-        (Duty::Fills, "bound:fills"),
-        (Duty::Checks, "bound:checks"),
-    ];
-
-    /// Bytes before a chunk's data: the header word; with the fills also the size word and the
-    /// 16-byte front redzone.
-    fn prefix(self) -> usize {
-        if self == Duty::None {
-            8
-        } else {
-            32
-        }
-    }
-
-    /// Data capacity for a request of `size`: its power-of-two class, as AllocSet's; with the
-    /// fills for the request rounded to 8 plus a 16-byte rear redzone, as memctx's debug build.
-    fn class(self, size: usize) -> usize {
-        let need = if self == Duty::None {
-            size
-        } else {
-            ((size + 7) & !7) + 16
-        };
-        need.next_power_of_two().max(8)
-    }
-}
-
-/// The rear redzone: the least the contract allows, 16 bytes right after the request.
-const REAR: usize = 16;
-const FRESH: u8 = 0xA5;
-const REDZONE: u8 = 0x7E;
-const FREED: u8 = 0x7F;
-
-/// Whether the `len` >= 8 bytes at `p` all equal `byte`: 16-byte compares (SSE2 on x86-64)
-/// or'ed together and one branch at the end, the last one overlapping when `len` is not a
-/// multiple of 16; 8 <= `len` < 16 as two overlapping words.
-///
-/// # Safety
-/// `p` readable for `len` bytes.
-#[inline(always)]
-unsafe fn all_equal(p: *const u8, len: usize, byte: u8) -> bool {
-    debug_assert!(len >= 8);
-    // SAFETY: every load lies in [p, p + len) (caller).
-    unsafe {
-        if len < 16 {
-            let w = u64::from_ne_bytes([byte; 8]);
-            let a = (p as *const u64).read_unaligned();
-            let b = (p.add(len - 8) as *const u64).read_unaligned();
-            return (a ^ w) | (b ^ w) == 0;
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::*;
-            let w = _mm_set1_epi8(byte as i8);
-            let mut diff = _mm_xor_si128(_mm_loadu_si128(p.add(len - 16) as *const __m128i), w);
-            let mut i = 0;
-            while i + 16 <= len {
-                let v = _mm_loadu_si128(p.add(i) as *const __m128i);
-                diff = _mm_or_si128(diff, _mm_xor_si128(v, w));
-                i += 16;
-            }
-            _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xFFFF
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let w = u64::from_ne_bytes([byte; 8]);
-            let mut diff = (p.add(len - 8) as *const u64).read_unaligned() ^ w;
-            let mut i = 0;
-            while i + 8 <= len {
-                diff |= (p.add(i) as *const u64).read_unaligned() ^ w;
-                i += 8;
-            }
-            diff == 0
-        }
-    }
-}
-
-/// Sets up a chunk just carved or reused at `data` for a request of `size` in `cap` bytes, as the
-/// duty asks. The class slack past the rear redzone is left as it is: it holds the freed pattern
-/// already (a fresh block is filled with it, a reset or a free writes it).
-///
-/// # Safety
-/// `data - duty.prefix() .. data + cap` writable, `cap >= size + REAR` above duty `none`.
-#[inline(always)]
-unsafe fn bound_setup(duty: Duty, data: *mut u8, size: usize, cap: usize) {
-    // SAFETY: per the contract.
-    unsafe {
-        (data.sub(duty.prefix()) as *mut u64).write(cap as u64);
-        if duty != Duty::None {
-            (data.sub(24) as *mut u64).write(size as u64);
-            std::ptr::write_bytes(data.sub(16), REDZONE, 16);
-            std::ptr::write_bytes(data, FRESH, size);
-            std::ptr::write_bytes(data.add(size), REDZONE, REAR);
-        }
-    }
-}
-
-/// Whether a live chunk's redzones are intact (always true below duty `checks`).
-///
-/// # Safety
-/// As [`bound_setup`], on a live chunk.
-#[inline(always)]
-unsafe fn bound_redzones_ok(duty: Duty, data: *mut u8, size: usize) -> bool {
-    // SAFETY: both redzones lie in the chunk (caller).
-    duty != Duty::Checks
-        || unsafe {
-            all_equal(data.sub(16), 16, REDZONE) && all_equal(data.add(size), REAR, REDZONE)
-        }
-}
-
-/// Bytes of a stand-in block: 1 MiB for churn (chunks of at most 1 KiB plus prefix), one block
-/// for a whole row (16 chunks of at most 256 + 32 bytes).
-const BOUND_BLOCK: usize = 1 << 20;
-const BOUND_ROW_BLOCK: usize = 8 << 10;
-
-/// A 16-aligned block of `bytes` bytes, filled with the freed pattern (unused block space).
-fn bound_block(bytes: usize) -> Box<[u128]> {
-    vec![u128::from_ne_bytes([FREED; 16]); bytes / 16].into_boxed_slice()
-}
-
-/// The churn stand-in: bump allocation from 1 MiB blocks and, as AllocSet, one LIFO freelist per
-/// size class linked through the free chunks' first words — so that at every duty it touches the
-/// chunks memctx's release build touches, and the duties' differences are only their extra work.
-struct BoundAlloc {
-    duty: Duty,
-    state: std::cell::UnsafeCell<BoundState>,
-}
-
-struct BoundState {
-    blocks: Vec<Box<[u128]>>,
-    bump: usize,
-    end: usize,
-    free: [*mut u8; 12],
-    /// Failed checks (see [`report_failed_checks`]).
-    bad: usize,
-}
-
-impl BoundAlloc {
-    fn new(duty: Duty) -> BoundAlloc {
-        BoundAlloc {
-            duty,
-            state: std::cell::UnsafeCell::new(BoundState {
-                blocks: Vec::new(),
-                bump: 0,
-                end: 0,
-                free: [std::ptr::null_mut(); 12],
-                bad: 0,
-            }),
-        }
-    }
-}
-
-impl RawAlloc for BoundAlloc {
-    #[inline(always)]
-    unsafe fn alloc(&self, size: usize) -> *mut u8 {
-        // SAFETY: one thread, and no reference into the state outlives this call.
-        let st = unsafe { &mut *self.state.get() };
-        let cap = self.duty.class(size);
-        let head = &mut st.free[cap.trailing_zeros() as usize];
-        let data = match *head {
-            p if !p.is_null() => {
-                // SAFETY: a free chunk of this class: its link, then the freed pattern.
-                unsafe {
-                    *head = (p as *mut *mut u8).read();
-                    if self.duty == Duty::Checks && !all_equal(p.add(8), cap - 8, FREED) {
-                        st.bad += 1;
-                    }
-                }
-                p
-            }
-            _ => {
-                let need = self.duty.prefix() + cap;
-                if st.bump + need > st.end {
-                    let mut b = bound_block(BOUND_BLOCK);
-                    st.bump = b.as_mut_ptr() as usize;
-                    st.end = st.bump + BOUND_BLOCK;
-                    st.blocks.push(b);
-                }
-                st.bump += need;
-                (st.bump - cap) as *mut u8
-            }
-        };
-        // SAFETY: the chunk's prefix and `cap` bytes lie in one of our blocks.
-        unsafe { bound_setup(self.duty, data, size, cap) };
-        data
-    }
-
-    #[inline(always)]
-    unsafe fn free(&self, p: *mut u8, size: usize) {
-        // SAFETY: as in `alloc`.
-        let st = unsafe { &mut *self.state.get() };
-        let cap = self.duty.class(size);
-        // SAFETY: `p` is a live chunk of `size` bytes in class `cap` (caller).
-        unsafe {
-            if !bound_redzones_ok(self.duty, p, size) {
-                st.bad += 1;
-            }
-            if self.duty != Duty::None {
-                // The slack past the rear redzone holds the freed pattern already.
-                std::ptr::write_bytes(p, FREED, size + REAR);
-            }
-            let head = &mut st.free[cap.trailing_zeros() as usize];
-            (p as *mut *mut u8).write(*head);
-            *head = p;
-        }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, old: usize, new: usize) -> *mut u8 {
-        // SAFETY: per the contract; the workloads that use the stand-in never call this.
-        unsafe {
-            let q = self.alloc(new);
-            std::ptr::copy_nonoverlapping(p, q, old.min(new));
-            self.free(p, old);
-            q
-        }
-    }
-}
-
-impl Drop for BoundAlloc {
-    fn drop(&mut self) {
-        report_failed_checks("churn stand-in", self.state.get_mut().bad);
-    }
-}
-
-/// A stand-in's checks never fail on these workloads (they commit no bugs); one that did would be
-/// a bug of the stand-in, so it is said. Reading the count also keeps the checks from being
-/// optimised away.
-fn report_failed_checks(who: &str, bad: usize) {
-    if black_box(bad) != 0 {
-        eprintln!("warning: {who}: {bad} checks failed (a bug in the stand-in)");
-    }
-}
-
-/// The per-row stand-in: a bump pointer through one block, rewound at the end of each row; at
-/// duty `checks` every chunk's redzones are verified first, above `none` the used space is
-/// clobbered.
-struct RowBound<'s> {
-    duty: Duty,
-    name: &'static str,
-    block: Box<[u128]>,
-    sizes: &'s [u8],
-}
-
-impl Contender for RowBound<'_> {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    #[inline(never)]
-    fn round(&mut self) -> u64 {
-        let duty = self.duty;
-        let base = self.block.as_mut_ptr() as *mut u8;
-        let mut bad = 0usize;
-        for row in self.sizes.chunks_exact(ROW_LEN) {
-            let mut live = [(std::ptr::null_mut::<u8>(), 0usize); ROW_LEN];
-            let mut next = base;
-            let mut seen = 0;
-            for (slot, &s) in live.iter_mut().zip(row) {
-                let s = s as usize;
-                let cap = duty.class(s);
-                // SAFETY: a row needs at most 16 * (32 + 256) bytes, less than the block.
-                unsafe {
-                    let data = next.add(duty.prefix());
-                    next = data.add(cap);
-                    bound_setup(duty, data, s, cap);
-                    data.write(s as u8);
-                    seen ^= data as usize;
-                    *slot = (data, s);
-                }
-            }
-            black_box(seen);
-            for &(data, s) in &live {
-                // SAFETY: live chunks of this row.
-                bad += !unsafe { bound_redzones_ok(duty, data, s) } as usize;
-            }
-            if duty != Duty::None {
-                // SAFETY: the row's chunks lie in [base, next).
-                unsafe { std::ptr::write_bytes(base, FREED, next as usize - base as usize) };
-            }
-        }
-        report_failed_checks(self.name, bad);
-        self.sizes.len() as u64
-    }
-}
-
-/// Runs every stand-in alone, as the debug build runs memctx (no peers beside it: interleaved
-/// with the peers, three more working sets of megabytes would also slow memctx's release rounds
-/// and so change the `ratio` lines), on the churn and per-row workloads' own sequences. Returns
-/// `(workload, duty, timing)`.
-fn bench_bounds(cfg: &Config) -> Vec<(&'static str, &'static str, Timing)> {
-    let seq = ChurnSeq::new(cfg.batch(1 << 15));
-    let sizes = row_sizes(cfg.batch(1 << 11));
-    let mut out = Vec::new();
-    println!();
-    println!("bounds (stand-ins for the debug build's required work, each run alone; ns per op)");
-    println!("  {:<24} {:>12} {:>12}", "stand-in", "median ns", "min ns");
-    for workload in ["churn", "per-row"] {
-        if !cfg.wants(workload) {
-            continue;
-        }
-        for (duty, name) in Duty::ALL {
-            let c: Box<dyn Contender + '_> = if workload == "churn" {
-                Box::new(Churn::new(name, BoundAlloc::new(duty), &seq, None))
-            } else {
-                Box::new(RowBound {
-                    duty,
-                    name,
-                    block: bound_block(BOUND_ROW_BLOCK),
-                    sizes: &sizes,
-                })
-            };
-            let mut samples = measure(cfg, &mut [c]);
-            let t = summarize(&mut samples[0]);
-            let label = format!("{workload} {name}");
-            println!("  {label:<24} {:>12.2} {:>12.2}", t.median, t.min);
-            out.push((workload, name.trim_start_matches("bound:"), t));
-        }
-    }
-    out
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1676,7 +1364,7 @@ fn bench_memory() {
 // ------------------------------------------------------------------------------------------------
 
 /// Applies `--mode` to the debug build: `patterns` (redzones, sentinels and fill patterns, with
-/// backtraces off) or `backtraces` (everything on, the default), as DESIGN.md §5 names them.
+/// backtraces off) or `backtraces` (everything on, the default).
 fn apply_mode(cfg: &Config) {
     #[cfg(feature = "debug-contexts")]
     match cfg.mode.as_str() {
@@ -1721,16 +1409,17 @@ fn main() {
         .filter(|(w, _)| cfg.wants(w))
         .map(|&(w, f)| (w, f(&cfg)))
         .collect();
-    let bounds = if DEBUG_BUILD {
+    let bounds = if DEBUG_BUILD || cfg.asan {
         Vec::new()
     } else {
-        bench_bounds(&cfg)
+        bounds::bench_bounds(&cfg)
     };
-    if !DEBUG_BUILD && cfg.only.is_none() {
+    if !DEBUG_BUILD && !cfg.asan && cfg.only.is_none() {
         bench_reset(&cfg);
         bench_memory();
     }
     bench_backtrace_capture(&cfg);
+    let report_cost = report_cost::bench_report_cost(&cfg);
 
     println!();
     println!(
@@ -1746,7 +1435,7 @@ fn main() {
             }
         }
     }
-    if !DEBUG_BUILD {
+    if !DEBUG_BUILD && !cfg.asan {
         for (workload, timings) in &results {
             let base = timings
                 .iter()
@@ -1759,21 +1448,16 @@ fn main() {
             }
         }
     }
-    for (workload, duty, t) in &bounds {
-        let release = results
-            .iter()
-            .find(|(w, _)| w == workload)
-            .and_then(|(_, ts)| ts.iter().find(|(n, _)| *n == "memctx"))
-            .map(|(_, t)| t.median);
-        let none = bounds
-            .iter()
-            .find(|(w, d, _)| w == workload && *d == "none")
-            .map(|(_, _, t)| t.median);
-        if let (Some(release), Some(none), false) = (release, none, *duty == "none") {
-            // memctx's release time plus the duty's extra work, over memctx's release time.
-            let x = (release + t.median - none) / release;
-            println!("bound {workload} {duty} {x:.2}");
-        }
+    for b in &bounds {
+        // The stand-ins' own medians, for ci/bench's `waste` lines.
+        println!("median {} bound:{} {:.2}", b.workload, b.duty, b.standin.median);
+    }
+    for b in &bounds {
+        let x = b.standin.median / b.release;
+        println!("bound {} {} {x:.2}", b.workload, b.duty);
+    }
+    for (which, ms) in report_cost {
+        println!("report-cost {which} {ms:.1}");
     }
     println!("chunk-header {}", memctx::CHUNK_HEADER_SIZE);
     println!("chunk-prefix {}", memctx::chunk_prefix_size());
