@@ -1,4 +1,4 @@
-//! (g) Bounds: the least the debug build's required memory work can cost here.
+//! Bounds: the least the debug build's required memory work can cost here.
 //!
 //! The debug build does memory work the release build does not do at all: every fresh chunk
 //! filled with a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and
@@ -19,8 +19,10 @@
 //! these workloads' sizes, the same bytes per chunk on average as the debug build's 48-byte
 //! prefix with a class for the request plus 16). The slack keeps the freed pattern it already
 //! holds, so a free rewrites only the front redzone, the request and the rear redzone. Duties:
-//! - `none`: the bare calls — the stand-in is memctx's release build, so `bound <w> none` is that
-//!   build's time run alone over its time beside the peers, and must stay within 10 % of 1;
+//! - `none`: the bare calls — the stand-in is memctx's release build, so `bound <w> none` compares
+//!   that build with itself and must stay within 10 % of 1 (else the rounds were too noisy, or
+//!   the stand-in's loop is not the release build's code: the context handle reloaded at every
+//!   call costs per-row 25 %, so the loop copies it first);
 //! - `fills`: plus the stores: size word, front redzone, fresh pattern (0xA5), rear redzone
 //!   (0x7E); 0x7F over a freed chunk's front redzone, request and rear redzone, and over the
 //!   used space of a context before its reset — no verification;
@@ -32,9 +34,10 @@
 //! The stand-ins count the checks that fail and say so (none may: the workloads are clean). For
 //! the carve check to hold from the first round, each stand-in's context is filled with the freed
 //! pattern once before it is measured (a real debug build fills a block when it takes it).
-//! `bound <workload> <duty> <X>` = the stand-in's median over memctx's release median — the
-//! least `overhead` a debug build doing that duty could show; ci/bench divides the debug build's
-//! time by the `checks` stand-in's for `waste`.
+//! Each stand-in runs beside a fresh copy of memctx's release contender of the same workload, their
+//! rounds alternating, and `bound <workload> <duty> <X>` = the stand-in's median over that copy's
+//! median — the least `overhead` a debug build doing that duty could show; ci/bench divides the
+//! debug build's time by the `checks` stand-in's for `waste`.
 
 use std::hint::black_box;
 
