@@ -110,6 +110,18 @@ fn signed(v: f64) -> String {
     format!("{sign}{}", human_bytes(v.abs() as u64))
 }
 
+/// `in 6.0 hours`, `in 12 min`, `in 40 s`, or `after 3.5 more dumps`.
+fn time_to(unit: &str, x: f64) -> String {
+    if unit != "hours" {
+        return format!("after {x:.1} more dumps");
+    }
+    match x * 3600.0 {
+        s if s < 120.0 => format!("in {s:.0} s"),
+        s if s < 7200.0 => format!("in {:.0} min", s / 60.0),
+        _ => format!("in {x:.1} hours"),
+    }
+}
+
 /// The sentence on a fit: its rate, R², and the projection to the limit.
 fn fit_text(fit: Option<Fit>, unit: &str, last: (f64, f64), limit: Option<u64>) -> String {
     let Some(f) = fit else {
@@ -126,9 +138,9 @@ fn fit_text(fit: Option<Fit>, unit: &str, last: (f64, f64), limit: Option<u64>) 
             _ if last.1 >= limit as f64 => write!(s, "; already above {}", human_bytes(limit)),
             Some(x) => write!(
                 s,
-                "; reaches {} in {:.1} {unit} after the last dump",
+                "; reaches {} {} after the last dump",
                 human_bytes(limit),
-                (x - last.0).max(0.0)
+                time_to(unit, (x - last.0).max(0.0))
             ),
             None => write!(s, "; not rising: never reaches {}", human_bytes(limit)),
         };
