@@ -37,8 +37,11 @@
 //! `snapshot-000001.json`, `snapshot-000002.json`, ... into its directory (numbering continues after
 //! the highest number already there; files are written to a temporary name and renamed, so a reader
 //! never sees half a file). Threads that did not answer in time are listed with `missing: true` and
-//! no rows. **Exited threads are listed as missing too**: their trees still hold memory (see the
-//! context module's docs on threads) but no thread is left to walk them; their names and OS ids
+//! no rows. **Exited threads keep their trees**, which still hold memory (see the context module's
+//! docs on threads): once the OS thread is gone (its `/proc/self/task` entry has vanished), no code
+//! can touch the tree any more and the writer reads it itself, listing the thread with
+//! `exited: true` and its rows (no sites). Until then the thread's other thread-local destructors
+//! may still use the tree, so it is listed as `exiting` (and missing), not read. Names and OS ids
 //! come from the registry. Threads that never created a tree are not listed.
 //!
 //! A dump is requested
@@ -92,7 +95,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::registry::{ThreadEntry, MEMCTX_REGISTRY, THREAD_LIVE};
+use crate::registry::{ThreadEntry, MEMCTX_REGISTRY, THREAD_EXITED, THREAD_LIVE};
 use crate::snapshot::{
     SiteRow, Snapshot, ThreadSnapshot, Trigger, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
 };
@@ -267,6 +270,8 @@ fn copy_own_tree(sites_per_context: usize) -> ThreadCopy {
             name: own_entry().and_then(entry_name),
             os_tid: gettid(),
             missing: false,
+            exited: false,
+            exiting: false,
             contexts,
             sites: Vec::new(),
         },
@@ -1008,16 +1013,17 @@ fn writer(config: &DumperConfig, first_seq: u64) {
     }
 }
 
-/// Builds the snapshot from the answers: answered threads with their trees, every other thread in
-/// the registry (live but late, or exited) as missing. Oldest thread first.
+/// Builds the snapshot from the answers: answered threads with their trees, exited threads whose
+/// OS thread is gone with theirs (read here), every other thread in the registry (live but late,
+/// or still exiting) as missing. Oldest thread first.
 fn assemble(answers: Vec<ThreadCopy>, seq: u64) -> Snapshot {
     let mut entries: Vec<&ThreadEntry> = registry_entries().collect();
     entries.reverse();
     let mut answers: Vec<Option<ThreadCopy>> = answers.into_iter().map(Some).collect();
     let mut threads = Vec::with_capacity(entries.len());
     for e in entries {
-        let live = e.state.load(Ordering::Acquire) == THREAD_LIVE;
-        let found = if live {
+        let state = e.state.load(Ordering::Acquire);
+        let found = if state == THREAD_LIVE {
             answers
                 .iter_mut()
                 .find(|a| a.as_ref().is_some_and(|a| a.snapshot.os_tid == e.os_tid))
@@ -1032,13 +1038,8 @@ fn assemble(answers: Vec<ThreadCopy>, seq: u64) -> Snapshot {
                 t.sites = sites;
                 t
             }
-            None => ThreadSnapshot {
-                name: entry_name(e),
-                os_tid: e.os_tid,
-                missing: true,
-                contexts: Vec::new(),
-                sites: Vec::new(),
-            },
+            None if state == THREAD_EXITED => exited_thread(e),
+            None => unanswered(e),
         });
     }
     Snapshot {
@@ -1067,6 +1068,55 @@ fn prune(dir: &Path, keep: usize) {
             log::warn!("memctx: removing {}: {e}", path.display());
         }
     }
+}
+
+/// A thread listed without its tree.
+fn unanswered(e: &ThreadEntry) -> ThreadSnapshot {
+    ThreadSnapshot {
+        name: entry_name(e),
+        os_tid: e.os_tid,
+        missing: true,
+        exited: false,
+        exiting: false,
+        contexts: Vec::new(),
+        sites: Vec::new(),
+    }
+}
+
+/// An exited thread: its tree, once its OS thread is gone; until then (its other thread-local
+/// destructors may still use the tree) it is listed as exiting, without the tree.
+fn exited_thread(e: &ThreadEntry) -> ThreadSnapshot {
+    if e.top.is_null() || !os_thread_gone(e.os_tid) {
+        return ThreadSnapshot {
+            exiting: true,
+            ..unanswered(e)
+        };
+    }
+    // SAFETY: `e.top` is the exited thread's TopMemoryContext, which is never deleted (a thread's
+    // top context lives as long as its tree, and the registry keeps the tree after the thread).
+    // Its OS thread is gone, so no code runs on that thread any more, and no other thread may use
+    // another thread's tree: nothing changes the tree while it is read here.
+    let top = unsafe { MemoryContext::from_raw(e.top.cast()) };
+    ThreadSnapshot {
+        name: entry_name(e),
+        os_tid: e.os_tid,
+        missing: false,
+        exited: true,
+        exiting: false,
+        contexts: crate::stats::rows(&top.stats()),
+        sites: Vec::new(),
+    }
+}
+
+/// Whether the thread `tid` of this process no longer exists (its `/proc/self/task` entry is
+/// gone). A tid of 0 (unknown) never counts as gone. A tid the kernel has given to a new thread
+/// counts as not gone, which only delays reading a tree.
+fn os_thread_gone(tid: u32) -> bool {
+    tid != 0
+        && matches!(
+            fs::metadata(format!("/proc/self/task/{tid}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound
+        )
 }
 
 /// A registry entry's thread name.

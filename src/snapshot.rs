@@ -5,7 +5,9 @@
 //! rows of its contexts (pg_backend_memory_contexts' columns plus stable ids, see
 //! [`crate::stats::ContextRow`]) and, in the debug build, the live chunks grouped by allocation
 //! site. A thread that did not answer a dump request in time is listed with `missing: true` and no
-//! rows, rather than waited for.
+//! rows, rather than waited for. A thread that has exited keeps its tree (it still holds memory):
+//! it is listed with `exited: true` and its rows once its OS thread is gone, and as `exiting`
+//! (and missing) while its thread-local destructors may still run.
 //!
 //! The format is versioned (`format: "memctx-snapshot"`, `version`), and readers refuse what they do
 //! not know.
@@ -61,8 +63,17 @@ pub struct ThreadSnapshot {
     pub name: Option<String>,
     /// The OS thread id.
     pub os_tid: u32,
-    /// True when the thread did not reach a safe point in time to answer the dump.
+    /// True when the thread's tree is not in the snapshot: the thread did not reach a safe point
+    /// in time to answer the dump, or it is exiting (see `exiting`).
     pub missing: bool,
+    /// True when the thread has exited and its OS thread is gone: its tree, which still holds
+    /// memory, was read by the dumper and is here.
+    #[serde(default)]
+    pub exited: bool,
+    /// True when the thread has begun to exit but its OS thread still runs (other thread-local
+    /// destructors may still use its tree): the tree is not read yet, and `missing` is set.
+    #[serde(default)]
+    pub exiting: bool,
     /// The thread's contexts, breadth-first from its TopMemoryContext.
     pub contexts: Vec<ContextRow>,
     /// Live chunks grouped by allocation site (debug build only; empty otherwise).

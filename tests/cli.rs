@@ -78,6 +78,8 @@ fn thread(name: &str, tid: u32, root: &StatsNode, sites: Vec<SiteRow>) -> Thread
         name: Some(name.to_string()),
         os_tid: tid,
         missing: false,
+        exited: false,
+        exiting: false,
         contexts: stats::rows(root),
         sites,
     }
@@ -492,7 +494,7 @@ fn same_named_siblings_and_folded_lines_are_attributed() {
         .note
         .as_deref()
         .unwrap()
-        .contains("the 100 printed siblings: CachedPlanSource x100"));
+        .contains("probably CachedPlanSource: all 100 printed siblings are"));
     // The printed CachedPlanSource contexts are one group, summed, with their count.
     let plans = report
         .entries
@@ -1313,4 +1315,87 @@ fn stats_and_flame_name_the_dump_they_show() {
     // One dump: nothing to say.
     let o = memctx(&[Path::new("stats"), &data("pg15_stderr.txt")]);
     assert!(!err(&o).contains("showing"));
+}
+
+#[test]
+fn gdb_walker_output_is_one_snapshot_of_every_thread() {
+    // As gdb prints it: `[New LWP ...]` first (which is not JSON), then the walk.
+    let path = data("memctx_walker_live.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("[New LWP "));
+    let dumps = leak::parse_file(&path).unwrap();
+    assert_eq!(
+        dumps.len(),
+        1,
+        "one walk is one snapshot, not a series of threads"
+    );
+    let d = &dumps[0];
+    assert_eq!(d.format, Format::MemctxWalker);
+    assert_eq!(d.pid, Some(32291));
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let threads: Vec<(&str, bool)> = d
+        .trees
+        .iter()
+        .map(|t| (t.thread.as_deref().unwrap(), t.exited))
+        .collect();
+    assert_eq!(
+        threads,
+        [("short-lived", true), ("main", false), ("worker-1", false)]
+    );
+    // Each tree adds up to the Grand total the walker printed under it.
+    let grands: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Grand total: "))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let totals: Vec<u64> = d.trees.iter().map(|t| t.total().total_bytes).collect();
+    assert_eq!(totals, grands);
+    assert_eq!(d.trees[0].contexts[1].name, "Job");
+
+    // Two walks appended to one file are a series of two snapshots of three threads each.
+    let two = leak::parse_str(&format!("{text}{text}"), "two.txt").unwrap();
+    assert_eq!(two.len(), 2);
+    assert!(two.iter().all(|d| d.trees.len() == 3));
+    let report = leak::diff(&two).unwrap();
+    assert!(report.entries.iter().all(|e| e.change() == 0));
+    assert!(report
+        .entries
+        .iter()
+        .any(|e| e.display_path() == "[short-lived] TopMemoryContext/Job"));
+
+    // The CLI prints it per thread, the exited one marked.
+    let o = memctx(&[Path::new("stats"), &path]);
+    assert!(o.status.success(), "{}", err(&o));
+    let printed = out(&o);
+    assert!(printed.starts_with("thread short-lived: (exited: its tree still holds memory)\nTopMemoryContext: 8192 total in 1 blocks;"));
+    assert!(printed.contains("\nthread worker-1:\n"));
+}
+
+#[test]
+fn gdb_noise_around_the_article_script_output_is_skipped() {
+    let dir = TempDir::new("gdb-noise");
+    let series = data("gdb_series");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&series)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        dir.file(
+            f.file_name().unwrap().to_str().unwrap(),
+            &format!(
+                "[New LWP 4242]\n[Thread debugging using libthread_db enabled]\n\
+                 0x00007f3a in epoll_wait () from /lib/x86_64-linux-gnu/libc.so.6\n{text}\
+                 [Inferior 1 (process 4241) detached]\n"
+            ),
+        );
+    }
+    let noisy = leak::load_series(&[&dir.0]).unwrap().dumps;
+    let clean = leak::load_series(&[&series]).unwrap().dumps;
+    assert_eq!(noisy.len(), clean.len());
+    for (a, b) in noisy.iter().zip(&clean) {
+        assert_eq!(a.format, Format::Gdb);
+        assert_eq!(a.trees, b.trees);
+    }
 }

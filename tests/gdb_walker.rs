@@ -5,8 +5,9 @@
 //! `examples/gdb_target.rs`, starts it, waits for it to write its own stats and print `READY`,
 //! then runs gdb in batch mode on the live process and on a core written with `gcore`, and checks
 //! that the walker prints, for every thread, exactly the lines the program printed with
-//! `memctx::format_stats`. It also checks that the walker refuses a registry with the wrong magic
-//! or an unknown layout version.
+//! `memctx::format_stats`, and (with the `cli` feature) that `memctx::leak` reads gdb's output as
+//! one snapshot with a tree per thread. It also checks that the walker refuses a registry with
+//! the wrong magic or an unknown layout version.
 //!
 //! With the `debug-contexts` feature the example is built with it too (a different chunk prefix,
 //! read from the registry), in the test's profile only.
@@ -240,6 +241,40 @@ fn check_trees(what: &str, walker: &BTreeMap<u32, ThreadTree>, own: &BTreeMap<u3
     }
 }
 
+/// Checks that `memctx::leak` reads gdb's whole output (`[New LWP ...]` and all) as one snapshot
+/// of the process with a tree per thread, each adding up to the program's own grand total.
+#[cfg(feature = "cli")]
+fn check_leak_reader(what: &str, out: &str, own: &BTreeMap<u32, ThreadTree>, pid: u32) {
+    let dumps = memctx::leak::parse_str(out, "gdb.out")
+        .unwrap_or_else(|e| panic!("{what}: memctx::leak cannot read gdb's output: {e}\n{out}"));
+    assert_eq!(dumps.len(), 1, "{what}: one walk, one snapshot");
+    let d = &dumps[0];
+    assert_eq!(d.format, memctx::leak::Format::MemctxWalker, "{what}");
+    assert_eq!(d.pid, Some(pid), "{what}: the PID");
+    assert!(d.warnings.is_empty(), "{what}: {:?}", d.warnings);
+    assert_eq!(d.trees.len(), own.len(), "{what}: a tree per thread");
+    for mine in own.values() {
+        let tree = d
+            .trees
+            .iter()
+            .find(|t| t.thread.as_deref() == Some(mine.name.as_str()))
+            .unwrap_or_else(|| panic!("{what}: no tree for thread {}", mine.name));
+        assert_eq!(
+            tree.exited,
+            mine.name == "short-lived",
+            "{what}: {}",
+            mine.name
+        );
+        let grand: u64 = mine.lines.last().unwrap()["Grand total: ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(tree.total().total_bytes, grand, "{what}: {}", mine.name);
+    }
+}
+
 /// Builds, runs and walks the example in one profile.
 fn check_profile(profile: &str) {
     let start = Instant::now();
@@ -292,6 +327,13 @@ fn check_profile(profile: &str) {
     let live_out = out.split("@@limited\n").next().unwrap_or("");
     let live = parse_walker(live_out, &err);
     check_trees(&format!("{profile}, live process"), &live, &own);
+    #[cfg(feature = "cli")]
+    check_leak_reader(
+        &format!("{profile}, live process"),
+        live_out,
+        &own,
+        target.pid(),
+    );
     let limited = parse_walker(section("limited"), &err);
     check_trees(
         &format!("{profile}, live process, limited"),
@@ -319,6 +361,8 @@ fn check_profile(profile: &str) {
     drop(core);
     let from_core = parse_walker(&out, &err);
     check_trees(&format!("{profile}, core file"), &from_core, &own);
+    #[cfg(feature = "cli")]
+    check_leak_reader(&format!("{profile}, core file"), &out, &own, target.pid());
 
     target.finish();
     eprintln!(

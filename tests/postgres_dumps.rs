@@ -147,7 +147,7 @@ fn memctx_diff_names_the_growing_context_of_a_real_backend() {
         .note
         .as_deref()
         .unwrap()
-        .contains("printed siblings: CachedPlanSource x100"));
+        .contains("probably CachedPlanSource: all 100 printed siblings are"));
     // The prepared statements' hash table: its total bytes grow in doubling steps (a step
     // pattern the verdict may call a plateau), its used bytes steadily.
     let pq_of = |report: &leak::Report| {

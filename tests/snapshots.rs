@@ -1,5 +1,5 @@
 //! Snapshots of a running program: contents, the periodic dumper, dumps on signal, safe points,
-//! missing threads and chained signal handlers.
+//! missing, exiting and exited threads and chained signal handlers.
 //!
 //! The dumper is process-global (one runs at a time, and it waits for every live thread with a
 //! tree), so every test here takes `LOCK` first: tests of this file never overlap, and no other
@@ -322,7 +322,7 @@ fn a_handler_the_host_installed_still_runs() {
 }
 
 #[test]
-fn exited_threads_are_missing_and_not_waited_for() {
+fn exited_threads_keep_their_trees_and_are_not_waited_for() {
     let _l = serial();
     let dir = temp_dir("exited");
     MemoryContext::top(); // this thread answers; the exited one cannot
@@ -331,13 +331,22 @@ fn exited_threads_are_missing_and_not_waited_for() {
         .spawn(|| {
             // A context the thread leaves alive: its tree outlives the thread, reachable through
             // the registry. (No chunk in it: one whose pointer died with the thread would be a
-            // leak in memcheck's eyes.)
+            // leak in memcheck's eyes; its first block is enough to hold bytes.)
             MemoryContext::top().new_child("Forgotten", BlockSizes::DEFAULT);
             gettid()
         })
         .unwrap()
         .join()
         .unwrap();
+    // The OS thread is reaped a moment after join returns.
+    let end = Instant::now() + allow(Duration::from_secs(10));
+    while std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
+        assert!(
+            Instant::now() < end,
+            "thread {tid} is still in /proc/self/task"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     // The deadline is far beyond the wait: the dump completes only if it does not wait for the
     // exited thread.
     let dumper =
@@ -348,15 +357,118 @@ fn exited_threads_are_missing_and_not_waited_for() {
     assert_eq!(dumper.wait_written(1, allow(Duration::from_secs(10))), 1);
     let snap = dump::read_snapshot(&dumper.last_path().unwrap()).unwrap();
     let gone = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
-    assert!(gone.missing && gone.contexts.is_empty());
+    assert!(gone.exited && !gone.missing && !gone.exiting, "{gone:?}");
     assert_eq!(gone.name.as_deref(), Some("short-lived"));
+    assert_eq!(gone.contexts[0].name, "TopMemoryContext");
+    assert!(total_of(gone, "Forgotten") > 0);
     assert!(!me(&snap).missing);
+
+    // The leak tools count it: its bytes are in the dump's total.
+    #[cfg(feature = "cli")]
+    {
+        let d = memctx::leak::Dump::from_snapshot(snap.clone(), "exited").unwrap();
+        let tree = d
+            .trees
+            .iter()
+            .find(|t| t.thread.as_deref() == Some("short-lived"))
+            .unwrap();
+        assert!(tree.exited && !tree.missing);
+        let expect: u64 = gone.contexts.iter().map(|c| c.total_bytes).sum();
+        assert_eq!(tree.total().total_bytes, expect);
+    }
 
     // One dumper at a time.
     let again = Dumper::start(DumperConfig::new(&dir));
     assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
     dumper.stop();
     assert!(!dump::request_dump(), "no dumper runs any more");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Holds its thread in a thread-local destructor until told to go on.
+struct HoldInDestructor(Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>);
+
+impl Drop for HoldInDestructor {
+    fn drop(&mut self) {
+        if let Some((entered, go_on)) = self.0.take() {
+            let _ = entered.send(());
+            let _ = go_on.recv();
+        }
+    }
+}
+
+thread_local! {
+    static HOLD: std::cell::RefCell<HoldInDestructor> =
+        const { std::cell::RefCell::new(HoldInDestructor(None)) };
+}
+
+/// The registry state of the thread `tid`.
+fn registry_state(tid: u32) -> Option<u32> {
+    let mut e = memctx::registry::MEMCTX_REGISTRY
+        .head
+        .load(Ordering::Acquire);
+    while !e.is_null() {
+        // SAFETY: registry entries are never freed.
+        let entry = unsafe { &*e };
+        if entry.os_tid == tid {
+            return Some(entry.state.load(Ordering::Acquire));
+        }
+        e = entry.next;
+    }
+    None
+}
+
+#[test]
+fn an_exiting_thread_is_listed_without_its_tree_until_it_is_gone() {
+    let _l = serial();
+    let dir = temp_dir("exiting");
+    MemoryContext::top();
+    let (entered_tx, entered) = mpsc::channel();
+    let (go_on, go_on_rx) = mpsc::channel();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("exiting".into())
+        .spawn(move || {
+            // Registered before memctx's thread-locals, so its destructor runs after theirs
+            // (destructors run in reverse order): the thread is marked exited, and still runs.
+            HOLD.with(|h| h.borrow_mut().0 = Some((entered_tx, go_on_rx)));
+            MemoryContext::top().new_child("Lingering", BlockSizes::DEFAULT);
+            tid_tx.send(gettid()).unwrap();
+        })
+        .unwrap();
+    let tid = tid_rx.recv().unwrap();
+    entered
+        .recv_timeout(allow(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        registry_state(tid),
+        Some(memctx::registry::THREAD_EXITED),
+        "memctx's thread-locals were not destroyed before the test's"
+    );
+    let dumper =
+        Dumper::start(DumperConfig::new(&dir).deadline(allow(Duration::from_secs(120)))).unwrap();
+    let snap = dump::read_snapshot(&dumper.dump_now().unwrap()).unwrap();
+    let t = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
+    assert!(
+        t.exiting && t.missing && !t.exited && t.contexts.is_empty(),
+        "{t:?}"
+    );
+
+    go_on.send(()).unwrap();
+    handle.join().unwrap();
+    let end = Instant::now() + allow(Duration::from_secs(10));
+    while std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
+        assert!(
+            Instant::now() < end,
+            "thread {tid} is still in /proc/self/task"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let snap = dump::read_snapshot(&dumper.dump_now().unwrap()).unwrap();
+    let t = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
+    assert!(t.exited && !t.missing && !t.exiting, "{t:?}");
+    assert!(total_of(t, "Lingering") > 0);
+    dumper.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

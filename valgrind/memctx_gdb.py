@@ -631,7 +631,8 @@ Usage: memctx-stats [--thread TID|NAME]... [--max-level N] [--max-children N]
                     [--max-contexts N] [--max-chunks N] [--registry ADDR]
 
 Walks MEMCTX_REGISTRY with raw memory reads (no debug info needed), on a live process or a core
-file. One section per thread, oldest first: a header line
+file. A first line names the registry, its layout version, the number of threads and the process
+id; then one section per thread, oldest first: a header line
   Thread "NAME" tid TID (live|exited), TopMemoryContext at 0xADDR:
 then one line per context, two spaces of indent per level,
   NAME: T total in B blocks; F free (C chunks); U used[: IDENT]
@@ -665,13 +666,15 @@ tree as lines starting with "memctx: warning:".
         reg = registry_from(opts)
         entries, list_warnings = reg.threads()
         out = [
-            "memctx registry at 0x%x (%s): layout version %d, %d thread%s"
+            "memctx registry at 0x%x (%s): layout version %d, %d thread%s, PID %d"
             % (
                 reg.addr,
                 reg.how,
                 reg.version,
                 len(entries),
                 "" if len(entries) == 1 else "s",
+                # A core file's inferior carries the PID it was taken from.
+                reg.inferior.pid,
             )
         ]
         out += ["memctx: warning: %s" % w for w in list_warnings]

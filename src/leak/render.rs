@@ -19,17 +19,18 @@ pub fn stats_text(dump: &Dump, opts: &PrintOptions) -> String {
     let mut out = String::new();
     let several = dump.trees.len() > 1;
     for tree in &dump.trees {
-        if several || tree.missing {
-            let _ = writeln!(
-                out,
-                "thread {}:{}",
-                tree.thread.as_deref().unwrap_or("?"),
-                if tree.missing {
-                    " (missing: did not answer the dump)"
-                } else {
-                    ""
-                }
-            );
+        if several || tree.missing || tree.exited {
+            let state = if tree.exiting {
+                " (exiting: its tree is read once the thread is gone)"
+            } else if tree.missing {
+                " (missing: did not answer the dump)"
+            } else if tree.exited {
+                " (exited: its tree still holds memory)"
+            } else {
+                ""
+            };
+            let thread = tree.thread.as_deref().unwrap_or("?");
+            let _ = writeln!(out, "thread {thread}:{state}");
         }
         if tree.contexts.is_empty() {
             continue;

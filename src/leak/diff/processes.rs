@@ -89,7 +89,12 @@ fn check_one_process(dumps: &[Dump], pids: &[(u32, usize)]) -> Result<(), DiffEr
             pid_list(pids)
         )));
     }
-    let is_memctx = |d: &&Dump| matches!(d.format, Format::MemctxSnapshot | Format::MemctxStats);
+    let is_memctx = |d: &&Dump| {
+        matches!(
+            d.format,
+            Format::MemctxSnapshot | Format::MemctxStats | Format::MemctxWalker
+        )
+    };
     let memctx = dumps.iter().find(is_memctx);
     let postgres = dumps.iter().find(|d| !is_memctx(d));
     if let (Some(m), Some(p)) = (memctx, postgres) {

@@ -356,7 +356,9 @@ impl Judge<'_> {
     }
 }
 
-/// What the printed siblings of a folded line are: `CachedPlanSource x100`.
+/// What the printed siblings of a folded line are: `probably CachedPlanSource: all 100 printed
+/// siblings are` when they all have one name (PostgreSQL prints the first 100 children, so the
+/// folded ones are likely the same), else the three commonest names with their counts.
 fn folded_note(tree: &Tree, siblings: &[usize]) -> String {
     let mut counts: Vec<(&str, usize)> = Vec::new();
     let mut printed = 0;
@@ -372,6 +374,12 @@ fn folded_note(tree: &Tree, siblings: &[usize]) -> String {
             None => counts.push((name, 1)),
         }
     }
+    if let [(name, _)] = counts[..] {
+        return format!(
+            "hidden in `N more child contexts` lines; probably {name}: all {printed} printed \
+             siblings are"
+        );
+    }
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     let top: Vec<String> = counts
         .iter()
@@ -382,4 +390,39 @@ fn folded_note(tree: &Tree, siblings: &[usize]) -> String {
         "hidden in `N more child contexts` lines; the {printed} printed siblings: {}",
         top.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leak::parse_str;
+
+    /// A parent with the printed children `names` and a folded line after them.
+    fn folded_tree(names: &[&str]) -> Tree {
+        let mut text =
+            "TopMemoryContext: 8192 total in 1 blocks; 0 free (0 chunks); 8192 used\n".to_string();
+        for n in names {
+            text.push_str(&format!(
+                "  {n}: 1024 total in 1 blocks; 0 free (0 chunks); 1024 used\n"
+            ));
+        }
+        text.push_str("  7 more child contexts containing 7168 total in 7 blocks; 0 free (0 chunks); 7168 used\n");
+        parse_str(&text, "t").unwrap().remove(0).trees.remove(0)
+    }
+
+    #[test]
+    fn folded_note_names_the_likely_content() {
+        let tree = folded_tree(&["CachedPlanSource"; 3]);
+        let siblings = &tree.children()[0];
+        assert_eq!(
+            folded_note(&tree, siblings),
+            "hidden in `N more child contexts` lines; probably CachedPlanSource: all 3 printed \
+             siblings are"
+        );
+        let tree = folded_tree(&["b", "a", "b", "c", "d"]);
+        assert_eq!(
+            folded_note(&tree, &tree.children()[0]),
+            "hidden in `N more child contexts` lines; the 5 printed siblings: b x2, a x1, c x1"
+        );
+    }
 }

@@ -170,6 +170,8 @@ pub(super) fn parse_csv(text: &str, source: &str) -> Result<Vec<Dump>, ParseErro
         trees: vec![Tree {
             thread: None,
             missing: false,
+            exited: false,
+            exiting: false,
             contexts,
             sites: Vec::new(),
         }],

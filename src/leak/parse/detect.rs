@@ -170,9 +170,7 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<Dump>, ParseError> {
             format!("empty file: {FORMATS_EXPECTED}"),
         ));
     }
-    let mut dumps = if (trimmed.starts_with('{') || trimmed.starts_with('['))
-        && !is_jsonlog(trimmed.lines().next().unwrap_or(""))
-    {
+    let mut dumps = if looks_like_json(trimmed) {
         json::parse_json(text, source)?
     } else if csv::looks_like_csv_header(trimmed.lines().next().unwrap_or("")) {
         csv::parse_csv(text, source)?
@@ -185,6 +183,16 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<Dump>, ParseError> {
         }
     }
     Ok(dumps)
+}
+
+/// A JSON document or an array of them, not a jsonlog line, nor a text starting with a bracketed
+/// line such as gdb's `[New LWP 1234]`.
+fn looks_like_json(trimmed: &str) -> bool {
+    let array_of_objects = trimmed
+        .strip_prefix('[')
+        .is_some_and(|rest| rest.trim_start().starts_with(['{', ']']));
+    (trimmed.starts_with('{') || array_of_objects)
+        && !is_jsonlog(trimmed.lines().next().unwrap_or(""))
 }
 
 /// A line of PostgreSQL's jsonlog: one JSON object with a `message` and no `format`.

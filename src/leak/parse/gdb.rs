@@ -1,9 +1,90 @@
-//! The article's gdb script output: `NAME: BYTES` lines, indented a fixed width per level.
+//! gdb's output: the article's script (`NAME: BYTES` lines, indented a fixed width per level),
+//! and memctx's gdb walker (`valgrind/memctx_gdb.py`), whose walk of a process or a core is one
+//! dump with a tree per thread, each in `MemoryContextStats` format.
+//!
+//! Lines gdb prints around them (`[New LWP 1234]`, `[Thread debugging using libthread_db
+//! enabled]`, prompts) belong to no dump and are skipped.
 
-use super::model::{Context, ParseError};
+use super::model::{Context, Dump, Format, ParseError, Tree};
 use super::text::{Builder, Kind, TextParser};
 
+/// A memctx gdb walk being read: the trees of its threads so far.
+pub(super) struct Walk {
+    start_line: usize,
+    pid: Option<u32>,
+    trees: Vec<Tree>,
+    warnings: Vec<String>,
+}
+
 impl TextParser<'_> {
+    /// `memctx registry at ...`: a new walk begins.
+    pub(super) fn walker_registry(&mut self, lineno: usize, pid: Option<u32>) {
+        if let Some(b) = self.other.take() {
+            self.close(b);
+        }
+        self.close_walk();
+        self.walk = Some(Walk {
+            start_line: lineno,
+            pid,
+            trees: Vec::new(),
+            warnings: Vec::new(),
+        });
+    }
+
+    /// `Thread "NAME" tid TID (STATE), ...:`: the next tree is this thread's.
+    pub(super) fn walker_thread(&mut self, lineno: usize, label: String, exited: bool) {
+        if let Some(b) = self.other.take() {
+            self.close(b);
+        }
+        if self.walk.is_none() {
+            // Output whose registry line was cut off: the walk starts here.
+            self.walker_registry(lineno, None);
+        }
+        let mut b = Builder::new(Kind::Stderr, lineno, None, None);
+        b.thread = Some((label, exited));
+        self.other = Some(b);
+    }
+
+    pub(super) fn walker_warning(&mut self, warning: String) {
+        if let Some(walk) = &mut self.walk {
+            walk.warnings.push(warning);
+        }
+    }
+
+    /// A thread's tree is complete: it joins the open walk.
+    pub(super) fn close_thread(&mut self, b: Builder) {
+        let (tree, warnings) = b.into_tree();
+        let walk = self
+            .walk
+            .as_mut()
+            .expect("a thread's tree belongs to an open walk");
+        let label = tree.thread.clone().unwrap_or_default();
+        walk.warnings
+            .extend(warnings.into_iter().map(|w| format!("thread {label}: {w}")));
+        walk.trees.push(tree);
+    }
+
+    /// The open walk, with all its threads' trees, becomes one dump.
+    pub(super) fn close_walk(&mut self) {
+        let Some(walk) = self.walk.take() else {
+            return;
+        };
+        if walk.trees.is_empty() {
+            return;
+        }
+        self.done.push(Dump {
+            source: self.source.to_string(),
+            line: Some(walk.start_line),
+            format: Format::MemctxWalker,
+            pid: walk.pid,
+            timestamp_ms: None,
+            trees: walk.trees,
+            grand_total: None,
+            has_detail: true,
+            warnings: walk.warnings,
+        });
+    }
+
     /// A `NAME: BYTES` line: an indent of 0 starts a new dump.
     pub(super) fn gdb_line(
         &mut self,

@@ -176,6 +176,8 @@ fn thread_tree(
     Ok(Tree {
         thread: Some(label),
         missing: th.missing,
+        exited: th.exited,
+        exiting: th.exiting,
         contexts,
         sites,
     })
@@ -220,6 +222,8 @@ fn stats_dump(doc: &serde_json::Value, source: &str, line: usize) -> Result<Dump
         trees: vec![Tree {
             thread: None,
             missing: false,
+            exited: false,
+            exiting: false,
             contexts,
             sites: Vec::new(),
         }],

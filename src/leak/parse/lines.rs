@@ -131,6 +131,18 @@ pub(super) enum Line {
         name: String,
         bytes: u64,
     },
+    /// memctx's gdb walker: `memctx registry at 0xADDR (...): ..., PID N`, the start of a walk.
+    WalkerRegistry {
+        pid: Option<u32>,
+    },
+    /// memctx's gdb walker: `Thread "NAME" tid TID (live|exited), TopMemoryContext at 0xADDR:`.
+    WalkerThread {
+        /// The thread's name, or `tid TID` when it has none (as memctx snapshots label threads).
+        label: String,
+        exited: bool,
+    },
+    /// memctx's gdb walker: `memctx: warning: ...`.
+    WalkerWarning(String),
 }
 
 pub(super) const STATS_SHAPE: &str = "`NAME: T total in B blocks; F free (C chunks); U used`";
@@ -170,6 +182,9 @@ pub(super) fn classify(raw: &str, lineno: usize, source: &str) -> Classified {
     let Some(line) = strip_gdb_prompts(raw) else {
         return Ok(None);
     };
+    if let Some(walker) = walker_line(line) {
+        return Ok(Some(walker));
+    }
     let (prefix, msg) = split_log_line(line);
     let bare = prefix.is_empty() && msg.len() == line.len();
     let at = LineAt { lineno, source };
@@ -342,6 +357,39 @@ fn indented_line(line: &str, at: LineAt<'_>) -> Classified {
         }
     }
     Ok(gdb_script_line(indent, body))
+}
+
+/// The lines memctx's gdb walker (`valgrind/memctx_gdb.py`, `memctx-stats`) prints around the
+/// trees, which are in `MemoryContextStats` format.
+fn walker_line(line: &str) -> Option<Line> {
+    if let Some(rest) = line.strip_prefix("memctx registry at 0x") {
+        let pid = rest
+            .rsplit_once(", PID ")
+            .and_then(|(_, p)| p.trim().parse().ok());
+        return Some(Line::WalkerRegistry { pid });
+    }
+    if let Some(w) = line.strip_prefix("memctx: warning: ") {
+        return Some(Line::WalkerWarning(w.to_string()));
+    }
+    let rest = line.strip_prefix("Thread ")?;
+    let (name, rest) = match rest.strip_prefix('"') {
+        Some(quoted) => {
+            let (name, rest) = quoted.rsplit_once("\" tid ")?;
+            (Some(name), rest)
+        }
+        None => (None, rest.strip_prefix("<unnamed> tid ")?),
+    };
+    let (tid, rest) = number(rest)?;
+    let (state, rest) = rest
+        .strip_prefix(" (")?
+        .split_once("), TopMemoryContext at 0x")?;
+    if !rest.ends_with(':') {
+        return None;
+    }
+    Some(Line::WalkerThread {
+        label: name.map_or_else(|| format!("tid {tid}"), str::to_string),
+        exited: state == "exited",
+    })
 }
 
 /// The article's gdb script: `NAME: BYTES`.

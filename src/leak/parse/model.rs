@@ -17,6 +17,9 @@ pub enum Format {
     PostgresStderr,
     /// The output of the article's gdb script: `NAME: BYTES`, indented.
     Gdb,
+    /// memctx's gdb walker (`valgrind/memctx_gdb.py`, `memctx-stats`) on a live process or a
+    /// core: one tree per thread in `MemoryContextStats` format, all of them one dump.
+    MemctxWalker,
     /// `pg_backend_memory_contexts` exported as CSV from PostgreSQL 14–16 (`parent` column, levels
     /// from 0).
     PostgresCsvParent,
@@ -35,6 +38,7 @@ impl Format {
             Format::PostgresLog => "PostgreSQL server log (pg_log_backend_memory_contexts)",
             Format::PostgresStderr => "PostgreSQL MemoryContextStats output",
             Format::Gdb => "gdb script output (NAME: BYTES)",
+            Format::MemctxWalker => "memctx gdb walker output",
             Format::PostgresCsvParent => "pg_backend_memory_contexts CSV (PostgreSQL 14-16)",
             Format::PostgresCsvPath => "pg_backend_memory_contexts CSV (PostgreSQL 17+)",
         }
@@ -132,6 +136,12 @@ pub struct Tree {
     pub thread: Option<String>,
     /// True when the thread did not answer the dump (memctx snapshots): it has no contexts.
     pub missing: bool,
+    /// True when the thread had exited (memctx snapshots and gdb walks): its tree is still
+    /// there, holding memory, and counted.
+    pub exited: bool,
+    /// True when the thread was exiting (memctx snapshots): its tree was not read yet, and
+    /// `missing` is set.
+    pub exiting: bool,
     /// The contexts; every parent comes before its children.
     pub contexts: Vec<Context>,
     /// Allocation sites, when the snapshot has them.

@@ -2,6 +2,7 @@
 //! `MemoryContextStats()` output: lines, classified by [`super::lines`], assembled into dumps.
 
 use super::detect::FORMATS_EXPECTED;
+use super::gdb::Walk;
 use super::lines::{classify, Line, Stats};
 use super::model::{Context, Dump, Format, ParseError, Tree};
 use crate::stats::Counters;
@@ -24,6 +25,7 @@ pub(super) fn parse_text(text: &str, source: &str) -> Result<Vec<Dump>, ParseErr
         gdb: !postgres,
         logs: Vec::new(),
         other: None,
+        walk: None,
         done: Vec::new(),
     };
     for (lineno, l) in lines {
@@ -49,6 +51,8 @@ pub(super) struct TextParser<'a> {
     logs: Vec<Builder>,
     /// The open stderr or gdb dump.
     pub(super) other: Option<Builder>,
+    /// The open memctx gdb walk: one dump of several threads' trees.
+    pub(super) walk: Option<Walk>,
     pub(super) done: Vec<Dump>,
 }
 
@@ -100,12 +104,17 @@ impl TextParser<'_> {
                 name,
                 bytes,
             } => return self.gdb_line(lineno, indent, name, bytes),
+            Line::WalkerRegistry { pid } => self.walker_registry(lineno, pid),
+            Line::WalkerThread { label, exited } => self.walker_thread(lineno, label, exited),
+            Line::WalkerWarning(w) => self.walker_warning(w),
         }
         Ok(())
     }
 
     pub(super) fn close(&mut self, b: Builder) {
-        if let Some(d) = b.finish(self.source) {
+        if b.thread.is_some() {
+            self.close_thread(b);
+        } else if let Some(d) = b.finish(self.source) {
             self.done.push(d);
         }
     }
@@ -239,7 +248,12 @@ impl TextParser<'_> {
             ));
         }
         let depth = indent / 2;
-        if depth == 0 {
+        // A walker's thread header opened the builder this tree goes to.
+        let awaiting_tree = self
+            .other
+            .as_ref()
+            .is_some_and(|b| b.thread.is_some() && b.contexts.is_empty());
+        if depth == 0 && !awaiting_tree {
             if let Some(b) = self.other.take() {
                 self.close(b);
             }
@@ -268,6 +282,7 @@ impl TextParser<'_> {
         if let Some(b) = self.other.take() {
             self.close(b);
         }
+        self.close_walk();
         if self.done.is_empty() {
             return Err(no_dump(self.source));
         }
@@ -297,6 +312,8 @@ pub(super) struct Builder {
     pub(super) unit: Option<usize>,
     pub(super) grand: Option<Counters>,
     pub(super) warnings: Vec<String>,
+    /// The thread (label, exited) of a memctx gdb walker's tree.
+    pub(super) thread: Option<(String, bool)>,
 }
 
 impl Builder {
@@ -317,6 +334,7 @@ impl Builder {
             unit: if kind == Kind::Stderr { Some(2) } else { None },
             grand: None,
             warnings: Vec::new(),
+            thread: None,
         }
     }
 
@@ -385,7 +403,7 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(mut self, source: &str) -> Option<Dump> {
+    fn finish(self, source: &str) -> Option<Dump> {
         if self.contexts.is_empty() {
             return None;
         }
@@ -394,26 +412,40 @@ impl Builder {
             Kind::Stderr => Format::PostgresStderr,
             Kind::Gdb => Format::Gdb,
         };
+        let (start_line, pid, timestamp_ms, grand) =
+            (self.start_line, self.pid, self.timestamp_ms, self.grand);
+        let (tree, warnings) = self.into_tree();
+        Some(Dump {
+            source: source.to_string(),
+            line: Some(start_line),
+            format,
+            pid,
+            timestamp_ms,
+            trees: vec![tree],
+            grand_total: grand,
+            has_detail: format != Format::Gdb,
+            warnings,
+        })
+    }
+
+    /// The tree, and the warnings about it.
+    pub(super) fn into_tree(mut self) -> (Tree, Vec<String>) {
+        let (thread, exited) = match self.thread.take() {
+            Some((label, exited)) => (Some(label), exited),
+            None => (None, false),
+        };
         let tree = Tree {
-            thread: None,
+            thread,
             missing: false,
+            exited,
+            exiting: false,
             contexts: std::mem::take(&mut self.contexts),
             sites: Vec::new(),
         };
         if self.kind != Kind::Gdb {
             self.check_grand_total(&tree);
         }
-        Some(Dump {
-            source: source.to_string(),
-            line: Some(self.start_line),
-            format,
-            pid: self.pid,
-            timestamp_ms: self.timestamp_ms,
-            trees: vec![tree],
-            grand_total: self.grand,
-            has_detail: self.kind != Kind::Gdb,
-            warnings: self.warnings,
-        })
+        (tree, self.warnings)
     }
 
     /// Warns when the dump has no `Grand total` line or its lines do not add up to it.
