@@ -62,10 +62,15 @@ pub(crate) struct Block {
     pub(crate) free_ptr: *mut u8,
     /// One past the block's last byte; `end_ptr - block` is the size given to the system allocator.
     pub(crate) end_ptr: *mut u8,
+    /// The debug build's mark: space below it was handed out before and released by a reset, so
+    /// carving it again verifies it (the release build leaves it null). It lies in what was the
+    /// header's alignment padding, so the header's size and the other fields' offsets are the same.
+    pub(crate) released: *mut u8,
 }
 
 /// Size of the block header.
 pub(crate) const BLOCK_HEADER_SIZE: usize = core::mem::size_of::<Block>();
+const _: () = assert!(BLOCK_HEADER_SIZE == 48);
 
 impl Block {
     /// Size of the block as allocated from the system.
@@ -293,6 +298,7 @@ unsafe fn new_block(
             next,
             free_ptr: Block::first_chunk(block),
             end_ptr: (block as *mut u8).add(size),
+            released: ptr::null_mut(),
         });
         if prev.is_null() {
             set.blocks = block;

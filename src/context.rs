@@ -1247,8 +1247,9 @@ impl MemoryContext {
 
     /// Verifies this context's blocks and chunks now (PostgreSQL's `MemoryContextCheck`): in the
     /// debug build, every header, redzone, free chunk and unused block space of this context and
-    /// its descendants, raising a report per finding as the policy says; returns the number of
-    /// findings. A release build has nothing to check and returns 0.
+    /// its descendants, and the memory this thread's resets and deletes released (its quarantine),
+    /// raising a report per finding as the policy says; returns the number of findings. Damage
+    /// found is restored to its pattern, so it is reported once. A release build has nothing to check and returns 0.
     ///
     /// # Panics
     /// If the context was deleted, or (debug build, default policy) when something is found.
@@ -1256,6 +1257,7 @@ impl MemoryContext {
         let mut n = 0;
         // SAFETY: a live subtree; checking only reads it.
         unsafe { for_each_post_order(self.raw(), |c| n += crate::hooks::check_context(c)) };
+        n += crate::hooks::check_released();
         n
     }
 

@@ -115,9 +115,13 @@ mod off {
     /// A block was taken from the system and linked into `ctx`.
     #[inline(always)]
     pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {}
-    /// A block is about to go back to the system.
+    /// A block is about to go back to the system; returns whether the allocator gives it back now
+    /// (the debug build keeps blocks a reset or delete released in a quarantine and frees them
+    /// later).
     #[inline(always)]
-    pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {}
+    pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) -> bool {
+        true
+    }
     /// `ctx` is about to be reset.
     #[inline(always)]
     pub(crate) fn context_resetting(ctx: *mut ContextHeader) {}
@@ -164,6 +168,12 @@ mod off {
     /// Verifies a whole context on demand; returns the number of findings.
     #[inline(always)]
     pub(crate) fn check_context(ctx: *mut ContextHeader) -> usize {
+        0
+    }
+    /// Verifies the memory the thread's resets and deletes released (the debug build's
+    /// quarantine); returns the number of findings.
+    #[inline(always)]
+    pub(crate) fn check_released() -> usize {
         0
     }
     /// A reset of `ctx` (requested by the user, not a recycling reset) finished.

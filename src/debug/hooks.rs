@@ -22,12 +22,13 @@ use crate::aset::{self, Block, BLOCK_HEADER_SIZE};
 use crate::chunk::{self, align_up, ChunkHeader, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
 use crate::context::ContextHeader;
 
-use super::blocks::{self, Lookup};
+use super::blocks::{self, Ghost, Lookup};
 use super::guard;
 use super::layout::{
     front_redzone, record_ptr, DebugRecord, FREED_BYTE, FRESH_BYTE, FRONT_REDZONE, RECORD_SIZE,
     REDZONE_BYTE, STATE_FREE, STATE_LIVE,
 };
+use super::quarantine;
 use super::report::{self, BugClass, Report};
 use super::sample;
 use super::sanitizer;
@@ -113,15 +114,18 @@ unsafe fn finish_live(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: 
     sanitizer::close(data.wrapping_add(size), cap - size);
 }
 
-/// A chunk was carved from a block's free space: at depth [`ResetCheck::Full`], check the space
-/// was untouched since it was released (or since the block was taken); then set the chunk up.
+/// A chunk was carved from a block's free space: check the space was untouched since a reset
+/// released it (at depth [`ResetCheck::Full`], since the block was taken), then set the chunk up.
 pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, cap: usize) {
     sanitizer::open(record_start(data), RECORD_AND_FRONT + cap);
-    // SAFETY: the chunk was just carved from `ctx`'s block; its bytes are the allocator's.
+    // SAFETY: the chunk was just carved from `ctx`'s block; its bytes are the allocator's, and
+    // its header's offset leads to that block's header.
     unsafe {
-        if chunk::read_header(data).is_external() || settings::reset_check() != ResetCheck::Full {
-            // A block of its own, fresh from the system, has nothing to check; nor does released
-            // space at depth `Chunks` (see `verify`'s docs): it is only filled.
+        let hdr = chunk::read_header(data);
+        let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+        if hdr.is_external() || !must_verify(block, chunk::chunk_of(data)) {
+            // A block of its own, fresh from the system, has nothing to check; nor does space
+            // never handed out at the default depth (see `verify`'s docs): it is only filled.
             setup_live(ctx, data, size, cap);
         } else if let Err(from) = carve_fill(data, size, cap) {
             carve_damaged(ctx, data, from, size, cap);
@@ -131,6 +135,22 @@ pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
     }
     // With what `space_carving` and `leftover_carved` queued during this allocation.
     report::raise_pending();
+}
+
+/// Whether space of `block` at `at`, about to be carved, is verified first: at the default depth
+/// when a reset released it (it lies below the block's released mark), at depth `Full` always.
+///
+/// # Safety
+/// `block` must be a live block.
+#[inline(always)]
+unsafe fn must_verify(block: *mut Block, at: *mut u8) -> bool {
+    // SAFETY: per the contract; the header is open to the tools (a pool chunk).
+    let released = unsafe { (*block).released };
+    match settings::reset_check() {
+        ResetCheck::Released => at < released,
+        ResetCheck::Full => true,
+        ResetCheck::Chunks => false,
+    }
 }
 
 /// The fast path of [`chunk_carved`]: checks that the chunk's record, front redzone and data
@@ -182,20 +202,19 @@ unsafe fn carve_damaged(
     report::defer_all(found);
 }
 
-/// Block space is about to become a chunk at `chunk` (its header word is written next): at depth
-/// [`ResetCheck::Full`], check the header word's bytes before they are overwritten;
-/// `chunk_carved`/`leftover_carved` check the rest. A write after reset that hit exactly these
-/// bytes would otherwise be lost.
+/// Block space is about to become a chunk at `chunk` (its header word is written next): when the
+/// carve verifies the space (see [`must_verify`]), check the header word's bytes before they are
+/// overwritten; `chunk_carved`/`leftover_carved` check the rest. A write after reset that hit
+/// exactly these bytes would otherwise be lost.
 #[inline(always)]
 pub(crate) fn space_carving(ctx: *mut ContextHeader, block: *mut Block, chunk: *mut u8) {
-    // Released space is verified when carved only at depth `Full`: at the default depth, this
-    // test in the caller is all a carve pays here.
-    if settings::reset_check() == ResetCheck::Full {
+    // SAFETY: `block` is the live block being carved.
+    if unsafe { must_verify(block, chunk) } {
         check_header_word_space(ctx, block, chunk);
     }
 }
 
-/// The check of [`space_carving`] at depth [`ResetCheck::Full`].
+/// The check of [`space_carving`].
 #[inline(never)]
 fn check_header_word_space(ctx: *mut ContextHeader, block: *mut Block, chunk: *mut u8) {
     let mut found = Vec::new();
@@ -419,18 +438,45 @@ pub(crate) fn sample_chunk() -> bool {
 }
 
 /// A block goes back: a guarded one to the guard quarantine, with what its chunk was (the free
-/// stack is its `pfree`'s, or this reset's or delete's).
+/// stack is its `pfree`'s, or this reset's or delete's); any other that a reset or delete released
+/// to the quarantine of released blocks (see `quarantine`). True when the hook took it.
 pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
-    if sanitizer::pools() {
-        // SAFETY: under memcheck every block is mapped by `block_memory`, with this size; the
-        // allocator has unlinked it.
-        unsafe { vgmap::unmap(block as *mut u8, size) };
-        return true;
-    }
     let end = block as usize + size;
-    if !guard::is_guarded(end) {
-        return false;
+    let guarded = !sanitizer::pools() && guard::is_guarded(end);
+    let taken = if guarded {
+        release_guarded(block)
+    } else {
+        quarantine::admit(block) || {
+            // Under memcheck every block is a mapping of its own.
+            sanitizer::pools() && release_to_system(block, size)
+        }
+    };
+    quarantine::unstage_if_done();
+    taken
+}
+
+/// Gives a block that is not guarded back to where `aset::new_block` took it: under memcheck its
+/// mapping, else the system allocator. Returns true (it is gone).
+pub(crate) fn release_to_system(block: *mut Block, size: usize) -> bool {
+    // SAFETY: the block is unlinked and unregistered, `size` its size; under memcheck it was
+    // mapped by `block_memory`, else allocated by `aset::new_block` with `CHUNK_ALIGN`.
+    unsafe {
+        if sanitizer::pools() {
+            vgmap::unmap(block as *mut u8, size);
+        } else {
+            std::alloc::dealloc(
+                block as *mut u8,
+                core::alloc::Layout::from_size_align_unchecked(size, chunk::CHUNK_ALIGN),
+            );
+        }
     }
+    true
+}
+
+/// [`block_release`] of a guarded block.
+fn release_guarded(block: *mut Block) -> bool {
+    // SAFETY: the header of an unlinked block is intact until it is released.
+    let end = unsafe { (*block).end_ptr } as usize;
     let data = Block::first_chunk(block).wrapping_add(CHUNK_PREFIX);
     // SAFETY: a guarded block holds exactly one chunk, at its first chunk position.
     let rec = unsafe { read_record(data) };
@@ -554,75 +600,100 @@ pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {
     // SAFETY: the block's header is intact until the block goes back to the system.
     forget_redirects(block as usize, unsafe { (*block).end_ptr } as usize);
     sanitizer::block_header_free(ctx, block as *mut u8);
+    quarantine::forget_keeper(block);
     // SAFETY: `ctx` is live; only `release_all` unlinks its last block.
     if unsafe { (*ctx).set.blocks.is_null() } {
         sanitizer::pool_destroy(ctx);
     }
 }
 
-/// A context is about to be reset: verify it, remember what the keeper's chunks were (in the same
-/// walk), and clobber the keeper's used space.
+/// A context is about to be reset: verify it, remember what its chunks were (in the same walk),
+/// stage them for the quarantine that takes its other blocks, and clobber the keeper's used space.
 pub(crate) fn context_resetting(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live; its blocks are walked before any is freed.
     unsafe {
         let keeper = (*ctx).set.keeper;
-        // A deleted context going onto a recycle list was verified in full by `context_deleting`
-        // already: forget its chunks and clobber its whole keeper, so nothing of its life is
-        // reported in the next one.
-        let dead = (*ctx).magic == crate::context::DEAD_CONTEXT_MAGIC;
-        // Damage a full check found in the keeper's unused space is reported now: clobber the
-        // whole keeper, so the carve that reuses the space does not report it a second time.
-        let mut clobber_all = dead;
-        let mut ghosts = if keeper.is_null() {
-            Vec::new()
-        } else {
-            blocks::take_ghosts(keeper as usize)
-        };
-        if dead {
-            ghosts.clear();
-        } else {
-            // Space past the free pointer was not reused since earlier resets released it: their
-            // ghosts still say whose it was. The chunks below it are this reset's, added by the
-            // walk.
-            let free = if keeper.is_null() {
-                0
-            } else {
-                (*keeper).free_ptr as usize
-            };
-            ghosts.retain(|g| g.start >= free);
-            let mut sink = verify::GhostSink {
-                block: keeper,
-                free_stack: stack::capture(CAPTURE_SKIP).as_raw(),
-                ghosts: &mut ghosts,
-            };
-            let mut found = Vec::new();
-            verify::verify_context(
-                ctx,
-                settings::reset_check(),
-                "reset",
-                &mut found,
-                Some(&mut sink),
-            );
-            if !found.is_empty() {
-                clobber_all = true;
-                name_the_operation(&mut found, "reset", ctx);
-                report::defer_all(found);
-            }
-        }
         if keeper.is_null() {
             return;
         }
-        blocks::put_ghosts(keeper as usize, ghosts);
-        let first = Block::first_chunk(keeper);
-        let end = if clobber_all {
-            (*keeper).end_ptr as usize
+        // A deleted context going onto a recycle list was verified in full, and its chunks
+        // staged, by `context_deleting`: its keeper is remembered as the deleted context's and
+        // clobbered whole, so nothing of its life is reported as the next one's.
+        if (*ctx).magic == crate::context::DEAD_CONTEXT_MAGIC {
+            quarantine::recycle_keeper(keeper);
+            blocks::put_ghosts(keeper as usize, Vec::new());
+            release_keeper(keeper, (*keeper).end_ptr);
+            return;
+        }
+        let (mut ghosts, clean) = reset_walk(ctx, keeper);
+        // The keeper's ghosts stay in the registry; the other blocks' go to the quarantine.
+        let (start, end) = (keeper as usize, (*keeper).end_ptr as usize);
+        let others: Vec<Ghost> = if (*keeper).next.is_null() && (*ctx).set.blocks == keeper {
+            Vec::new()
         } else {
-            (*keeper).free_ptr as usize
+            let (mine, others) = ghosts
+                .into_iter()
+                .partition(|g: &Ghost| start <= g.start && g.start < end);
+            ghosts = mine;
+            others
         };
-        let used = end - first as usize;
+        quarantine::stage(ctx, "reset", others);
+        blocks::put_ghosts(keeper as usize, ghosts);
+        // Damage the walk found in the keeper's unused space is reported now: clobber the whole
+        // keeper, so the carve that reuses the space does not report it a second time.
+        let upto = if clean {
+            (*keeper).free_ptr
+        } else {
+            (*keeper).end_ptr
+        };
+        release_keeper(keeper, upto);
+    }
+}
+
+/// The reset walk of `ctx`: verifies it at the thread's depth and returns the ghosts of the chunks
+/// the reset releases — with those of the keeper's space past its free pointer, which no chunk
+/// took since earlier resets released it — and whether nothing was found.
+///
+/// # Safety
+/// `ctx` must be live, `keeper` its keeper.
+unsafe fn reset_walk(ctx: *mut ContextHeader, keeper: *mut Block) -> (Vec<Ghost>, bool) {
+    // SAFETY: per the contract.
+    unsafe {
+        let mut ghosts = blocks::take_ghosts(keeper as usize);
+        let free = (*keeper).free_ptr as usize;
+        ghosts.retain(|g| g.start >= free);
+        let mut sink = verify::GhostSink {
+            free_stack: stack::capture(CAPTURE_SKIP).as_raw(),
+            ghosts: &mut ghosts,
+        };
+        let mut found = Vec::new();
+        let depth = settings::reset_check();
+        verify::verify_context(ctx, depth, "reset", &mut found, Some(&mut sink));
+        let clean = found.is_empty();
+        if !clean {
+            name_the_operation(&mut found, "reset", ctx);
+            report::defer_all(found);
+        }
+        (ghosts, clean)
+    }
+}
+
+/// Clobbers the keeper's space up to `upto` with the released pattern and raises its released
+/// mark to there: carving that space again verifies it.
+///
+/// # Safety
+/// `keeper` must be a live keeper block whose chunks are all released, `upto` inside it.
+unsafe fn release_keeper(keeper: *mut Block, upto: *mut u8) {
+    // SAFETY: per the contract; the space is the allocator's, opened around the fill.
+    unsafe {
+        let first = Block::first_chunk(keeper);
+        let used = upto as usize - first as usize;
         sanitizer::open(first, used);
         ptr::write_bytes(first, FREED_BYTE, used);
         sanitizer::close(first, used);
+        if (*keeper).released < upto {
+            (*keeper).released = upto;
+        }
     }
 }
 
@@ -642,6 +713,7 @@ unsafe fn name_the_operation(found: &mut [Report], op: &str, ctx: *mut ContextHe
 /// trim the pool to the keeper's header, which frees every chunk's pool chunk at once (memcheck
 /// then reports a stale access with the reset's stack as the free stack).
 pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
+    quarantine::unstage();
     // SAFETY: `ctx` is live and was just reset.
     let keeper = unsafe { (*ctx).set.keeper };
     if !keeper.is_null() {
@@ -651,19 +723,29 @@ pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
     }
 }
 
-/// A context was created.
+/// A context was created: when it took a deleted context's keeper, that keeper's space is its
+/// own now.
 pub(crate) fn context_created(ctx: *mut ContextHeader) {
-    let _ = ctx;
+    // SAFETY: `ctx` is a live context with a keeper.
+    quarantine::keeper_taken(unsafe { (*ctx).set.keeper });
 }
 
-/// A context is about to be deleted: full verification.
+/// A context is about to be deleted: full verification, in a walk that also stages its chunks and
+/// its name (as it is now, linked) for the quarantine that takes its blocks.
 pub(crate) fn context_deleting(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live until the delete finishes.
     unsafe {
+        let mut ghosts = Vec::new();
+        let mut sink = verify::GhostSink {
+            free_stack: stack::capture(CAPTURE_SKIP).as_raw(),
+            ghosts: &mut ghosts,
+        };
         let mut found = Vec::new();
-        verify::verify_context(ctx, ResetCheck::Full, "delete", &mut found, None);
+        verify::verify_context(ctx, ResetCheck::Full, "delete", &mut found, Some(&mut sink));
         name_the_operation(&mut found, "delete", ctx);
         report::defer_all(found);
+        let former = quarantine::Former::of(ctx, "delete");
+        quarantine::stage_named(ctx, "delete", ghosts, Some(former));
     }
 }
 
@@ -677,11 +759,26 @@ pub(crate) fn raise_pending() {
     report::raise_pending();
 }
 
-/// Full verification on demand; returns the number of findings (raised per the policy).
+/// Full verification on demand; returns the number of findings (raised per the policy). Damage
+/// found is restored to its pattern, so a later reset, delete or check does not report it again.
 pub(crate) fn check_context(ctx: *mut ContextHeader) -> usize {
     let mut found = Vec::new();
     // SAFETY: `ctx` is live (the caller checked the handle).
-    unsafe { verify::verify_context(ctx, ResetCheck::Full, "check", &mut found, None) };
+    unsafe {
+        verify::verify_context(ctx, ResetCheck::Full, "check", &mut found, None);
+        if !found.is_empty() {
+            verify::restore_patterns(ctx);
+        }
+    }
+    let n = found.len();
+    report::raise_all(found);
+    n
+}
+
+/// Verifies the thread's quarantine on demand (once per `check`); returns the number of findings
+/// (raised per the policy).
+pub(crate) fn check_released() -> usize {
+    let found = quarantine::check();
     let n = found.len();
     report::raise_all(found);
     n

@@ -13,7 +13,8 @@
 //! wipes freed memory but never looks at it again), and the allocation and free backtraces of the
 //! chunk that was hit, which turn "detected write past chunk end" into a file and a line.
 //!
-//! Modules: `layout` (the prefix and patterns), `blocks` (the registry of block ranges), `verify`
+//! Modules: `layout` (the prefix and patterns), `blocks` (the registry of block ranges),
+//! `quarantine` (released blocks kept back from the system and verified), `verify`
 //! (comparisons and the context walk), `report` (reports, their builder and policy), `stack`
 //! (backtrace capture and the stack depot), `settings`, `sanitizer` (the Valgrind and ASan
 //! backends behind one interface), and `hooks` (the glue the allocator calls).
@@ -43,6 +44,7 @@ mod fault;
 mod guard;
 pub(crate) mod hooks;
 pub(crate) mod layout;
+mod quarantine;
 mod report;
 mod sample;
 pub(crate) mod sanitizer;
@@ -60,8 +62,8 @@ pub use report::{
 pub use settings::{
     report_frames, report_stderr, reset_check, set_backtrace_depth, set_backtraces, set_guard_max,
     set_guard_pages, set_guard_quarantine, set_guard_sample, set_guard_seed, set_guard_slots,
-    set_redzone, set_report_frames, set_report_stderr, set_reset_check, set_thread_reset_check,
-    ReportFrames, ReportStderr,
+    set_quarantine, set_redzone, set_report_frames, set_report_stderr, set_reset_check,
+    set_thread_reset_check, ReportFrames, ReportStderr,
 };
 pub use sites::{format_sites, print_sites};
 pub use verify::ResetCheck;

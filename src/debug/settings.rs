@@ -6,7 +6,8 @@
 //! | setting | default | environment |
 //! |---|---|---|
 //! | rear redzone bytes ([`set_redzone`]) | 16 | `MEMCTX_REDZONE` |
-//! | verification depth ([`set_reset_check`], [`set_thread_reset_check`]) | `chunks` | `MEMCTX_RESET_CHECK=chunks\|full` |
+//! | verification depth ([`set_reset_check`], [`set_thread_reset_check`]) | `released` | `MEMCTX_RESET_CHECK=chunks\|released\|full` |
+//! | quarantine of blocks a reset or delete releases, bytes per thread ([`set_quarantine`]; 0: off) | 8 MiB | `MEMCTX_QUARANTINE` |
 //! | backtraces on/off ([`set_backtraces`]) | on | `MEMCTX_BACKTRACES=0\|1` |
 //! | backtrace depth ([`set_backtrace_depth`]) | 16 | `MEMCTX_BACKTRACE_DEPTH` |
 //! | report policy ([`super::set_default_policy`]) | panic | `MEMCTX_ON_ERROR=panic\|abort\|log` |
@@ -27,7 +28,7 @@ use super::verify::ResetCheck;
 
 /// 0: not read from the environment yet.
 static REDZONE: AtomicUsize = AtomicUsize::new(0);
-/// 0: not read yet; 1: chunks; 2: full.
+/// 0: not read yet; 1: chunks; 2: full; 3: released.
 static RESET_CHECK: AtomicU8 = AtomicU8::new(0);
 
 /// Largest rear redzone accepted.
@@ -79,7 +80,7 @@ thread_local! {
 
 /// How much resets and carving verify on this thread (see [`ResetCheck`]): this thread's setting
 /// ([`set_thread_reset_check`]) if it has one, else the process's ([`set_reset_check`], or
-/// `MEMCTX_RESET_CHECK`, `chunks` by default).
+/// `MEMCTX_RESET_CHECK`, `released` by default).
 ///
 /// # Examples
 /// ```
@@ -97,6 +98,7 @@ pub fn reset_check() -> ResetCheck {
     match code {
         1 => ResetCheck::Chunks,
         2 => ResetCheck::Full,
+        3 => ResetCheck::Released,
         _ => reset_check_from_env(),
     }
 }
@@ -105,7 +107,8 @@ pub fn reset_check() -> ResetCheck {
 fn reset_check_from_env() -> ResetCheck {
     let c = match std::env::var("MEMCTX_RESET_CHECK").as_deref() {
         Ok("full") => ResetCheck::Full,
-        _ => ResetCheck::Chunks,
+        Ok("chunks") => ResetCheck::Chunks,
+        _ => ResetCheck::Released,
     };
     set_reset_check(c);
     c
@@ -115,6 +118,7 @@ fn reset_check_code(check: ResetCheck) -> u8 {
     match check {
         ResetCheck::Chunks => 1,
         ResetCheck::Full => 2,
+        ResetCheck::Released => 3,
     }
 }
 
@@ -126,7 +130,7 @@ fn reset_check_code(check: ResetCheck) -> u8 {
 /// ```
 /// use memctx::debug::{self, ResetCheck};
 /// debug::set_reset_check(ResetCheck::Full); // what MEMCTX_RESET_CHECK=full does
-/// debug::set_reset_check(ResetCheck::Chunks); // the default
+/// debug::set_reset_check(ResetCheck::Released); // the default
 /// ```
 pub fn set_reset_check(check: ResetCheck) {
     RESET_CHECK.store(reset_check_code(check), Ordering::Relaxed);
@@ -377,4 +381,30 @@ pub(crate) fn guard_seed() -> usize {
 pub fn set_guard_seed(seed: usize) {
     GUARD_SEED.set(seed);
     super::sample::restart();
+}
+
+/// Bytes of quarantine per thread when nothing else is set.
+pub(crate) const DEFAULT_QUARANTINE: usize = 8 << 20;
+
+static QUARANTINE: EnvSetting = EnvSetting::new("MEMCTX_QUARANTINE", DEFAULT_QUARANTINE);
+
+/// Bytes of released blocks each thread keeps in quarantine (see `debug::quarantine`).
+#[inline]
+pub(crate) fn quarantine() -> usize {
+    QUARANTINE.get()
+}
+
+/// Sets how many bytes of the blocks a reset or delete releases each thread keeps in quarantine
+/// (filled with the freed pattern, closed to Valgrind and ASan, verified when they leave it, at
+/// [`crate::MemoryContext::check`] and at thread exit) before they go back to the system
+/// (`MEMCTX_QUARANTINE`, default 8 MiB); 0 turns the quarantine off. A block larger than the
+/// quarantine goes back at once.
+///
+/// # Examples
+/// ```
+/// memctx::debug::set_quarantine(64 << 20); // hunt a stale pointer into a large context
+/// memctx::debug::set_quarantine(8 << 20); // the default
+/// ```
+pub fn set_quarantine(bytes: usize) {
+    QUARANTINE.set(bytes);
 }

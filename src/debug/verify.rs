@@ -9,28 +9,30 @@
 //! - **reset walk**: every chunk's header and record, every live chunk's redzones, every free
 //!   chunk's pattern. Proportional to the chunks in use.
 //! - **unused space**: the part of each block past its free pointer, and released space when it is
-//!   carved into a chunk again. Always at delete and on [`crate::MemoryContext::check`]; at reset
-//!   and carve only at depth [`ResetCheck::Full`].
+//!   carved into a chunk again. Always at delete and on [`crate::MemoryContext::check`]; released
+//!   space when carved at the default depth; every block's unused space at reset only at depth
+//!   [`ResetCheck::Full`].
 //!
 //! The depth ([`ResetCheck`], a run-time setting) decides the last point for resets and carving:
-//! - [`ResetCheck::Chunks`] (the default) catches at the next reset, delete or check: overruns and
-//!   underruns of live chunks, writes after pfree into chunks still free, damaged headers and
-//!   records. A wild write into unused block space, or a write through a pointer kept past a reset
-//!   into the space the reset released, is caught by the next delete or check if the space is
-//!   still unused then; if the space is carved into a new chunk first, the new chunk's patterns
-//!   overwrite the evidence. Valgrind and ASan still catch such writes at the faulting instruction
-//!   (the space is closed to both).
-//! - [`ResetCheck::Full`] also verifies every block's unused space at every reset, and released
-//!   space at the moment it is carved again, so a write after a reset is reported when the space
-//!   is reused (`found at: reuse`), with the backtrace of the chunk the reset released there.
+//! - [`ResetCheck::Released`] (the default) also verifies, when space of a keeper block is carved
+//!   again, that it still holds the pattern its reset left, so a write through a pointer kept past
+//!   a reset is reported when the space is reused at the latest (`found at: reuse`), with the
+//!   backtrace of the chunk the reset released there and the reset's own. Only space handed out
+//!   before is compared: each keeper remembers how far its resets released (`Block::released`),
+//!   and space past that, never handed out, is only filled. The carve writes the live chunk's
+//!   patterns in the same pass as the compare ([`check_and_fill`]), so the check costs a load and
+//!   a compare per word on top of the fill it replaces.
+//! - [`ResetCheck::Chunks`] (an opt-down) fills released space when carved without verifying it:
+//!   a write after reset is then caught by the next delete or check only if the space is still
+//!   unused, and the new chunk's patterns overwrite the evidence otherwise. Valgrind and ASan
+//!   still catch such writes at the faulting instruction (the space is closed to both).
+//! - [`ResetCheck::Full`] also verifies every block's unused space at every reset and all space
+//!   when it is carved, handed out before or not, so a wild write into space never used is found
+//!   at the next reset or carve too.
 //!
-//! Why `Chunks` is the default: a per-row context (PostgreSQL's per-tuple ExprContext) is reset
-//! after every few allocations, and its released space is carved again at once. Checking that
-//! space costs a compare of every byte of every new chunk on top of writing its patterns, and
-//! checking the rest of the keeper block at every reset costs more again: in the per-row
-//! benchmark (16 allocations, then a reset), `Full` takes about 1.4 times as long as `Chunks`.
-//! Full verification is one setting away (`MEMCTX_RESET_CHECK=full`, [`super::set_reset_check`],
-//! or per thread [`super::set_thread_reset_check`]) for a run that hunts such a bug.
+//! Blocks other than the keeper that a reset releases, and every block of a deleted context, go to
+//! the thread's quarantine (`debug::quarantine`), verified when they leave it, at check and at
+//! thread exit.
 //!
 //! Under Valgrind or ASan the bytes checked here are closed to the program (see
 //! `debug::sanitizer`). The comparisons (`check_live`, `check_free`, `check_unused`) read what their
@@ -51,14 +53,11 @@ use super::sanitizer;
 
 /// How much resets and carving verify (delete and check always verify in full).
 ///
-/// | depth | reset verifies | carving released space verifies |
+/// | depth | reset verifies | carving verifies |
 /// |---|---|---|
-/// | `Chunks` (default) | headers, records, live chunks' redzones, free chunks' patterns | nothing (it is filled) |
-/// | `Full` | also every block's unused space | that the space still holds the released pattern |
-///
-/// With `Chunks`, a write into unused or released space is reported by the next delete or
-/// [`crate::MemoryContext::check`] if the space was not carved again before; with `Full`, also
-/// at every reset and when the space is carved again.
+/// | `Chunks` (opt-down) | headers, records, live chunks' redzones, free chunks' patterns | nothing (space is filled) |
+/// | `Released` (default) | as `Chunks` | space a reset released still holds the released pattern |
+/// | `Full` | also every block's unused space | all space still holds the unused pattern |
 ///
 /// # Examples
 /// ```
@@ -72,7 +71,9 @@ pub enum ResetCheck {
     /// Headers, records, live chunks' redzones and free chunks' patterns at reset; released space
     /// is filled, not verified, when carved again.
     Chunks,
-    /// Also every block's unused space at reset, and released space when it is carved again.
+    /// As `Chunks`, and space a reset released is verified when carved again (the default).
+    Released,
+    /// Also every block's unused space at reset, and all space when it is carved.
     Full,
 }
 
@@ -466,10 +467,12 @@ pub(crate) unsafe fn check_free(
     }
 }
 
-/// Checks that `[from, to)` inside `block` still holds the released/unused pattern; attributes
-/// damage to the chunk a reset released there (write-after-free) or to nobody (wild write). The
-/// block's ghosts are looked up in the registry, or in `ghosts` when given (the reset walk has
-/// taken them out of the registry to refill them).
+/// Checks that `[from, to)` inside `block` still holds the released/unused pattern. Damage is
+/// attributed, in this order, to a chunk a reset of `ctx` released there, or one a deleted context
+/// had there when the block is its recycled keeper (`write-after-free`); to the live chunk before
+/// it when it continues that chunk's rear redzone (`overrun`); else it is a `wild-write` naming
+/// the nearest chunk before it. The block's ghosts are looked up in the registry, or in `ghosts`
+/// when given (the reset walk has taken them out of the registry to refill them).
 ///
 /// # Safety
 /// The range must lie inside `block`, a block of the live context `ctx`, and be readable (opened
@@ -495,61 +498,193 @@ pub(crate) unsafe fn check_unused(
             Some(gs) => gs.iter().find(|g| g.covers(first)).copied(),
             None => blocks::ghost_at(block as usize, first),
         };
-        out.push(match ghost {
-            Some(g) => ghost_report(ctx, &g, first, last.min(g.end() - 1), found_at),
-            None => {
-                let range = (
-                    (first - block as usize) as isize,
-                    (last + 1 - block as usize) as isize,
-                );
-                Report::at(BugClass::WildWrite, found_at)
-                    .context(ctx)
-                    .damage(first as *const u8, range, FREED_BYTE)
-                    .detail("unused block space, owned by no chunk, was written")
+        if let Some(g) = ghost {
+            let r = ghost_report(&g, first, last.min(g.end() - 1), found_at, "a reset");
+            out.push(r.context(ctx));
+        } else if let Some((g, former)) = super::quarantine::former_ghost(block, first) {
+            let by = format!("the delete of \"{}\"", former.name);
+            let mut r = ghost_report(&g, first, last.min(g.end() - 1), found_at, &by);
+            r.context = former.name.clone();
+            r.context_path = former.path.clone();
+            out.push(r);
+        } else {
+            unowned_damage(ctx, block, first, last, found_at, out);
+        }
+    }
+}
+
+/// Damage in unused space no released chunk covers: an `overrun` when it continues the rear
+/// redzone of the live chunk before it, else a `wild-write` located against that chunk.
+///
+/// # Safety
+/// As [`check_unused`]; `[first, last]` lies in the checked range.
+#[cold]
+#[inline(never)]
+unsafe fn unowned_damage(
+    ctx: *mut ContextHeader,
+    block: *mut Block,
+    first: usize,
+    last: usize,
+    found_at: &str,
+    out: &mut Vec<Report>,
+) {
+    // SAFETY: per the contract.
+    unsafe {
+        let near = chunk_before(block, first);
+        if let Some(n) = near.filter(|n| n.live && n.end == first && n.rear_damaged) {
+            let end = (last + 1 - n.data) as isize;
+            // The walk already reported the redzone's part: one report for the whole overrun.
+            if let Some(prev) = out.iter_mut().rev().find(|r| {
+                r.class == BugClass::Overrun && r.chunk == Some(n.data) && r.range.is_some()
+            }) {
+                let (start, _) = prev.range.expect("checked");
+                prev.range = Some((start, end));
+                return;
             }
+            let r = Report::at(BugClass::Overrun, found_at)
+                .context(ctx)
+                .chunk(n.data, Some(n.requested))
+                .stacks(n.alloc_stack, 0)
+                .damage(
+                    first as *const u8,
+                    ((first - n.data) as isize, end),
+                    FREED_BYTE,
+                )
+                .detail(format!(
+                    "bytes past the requested {} were written, past the chunk's end",
+                    n.requested
+                ));
+            out.push(r);
+            return;
+        }
+        let range = (
+            (first - block as usize) as isize,
+            (last + 1 - block as usize) as isize,
+        );
+        let r = Report::at(BugClass::WildWrite, found_at)
+            .context(ctx)
+            .damage(first as *const u8, range, FREED_BYTE);
+        out.push(match near {
+            Some(n) => r.stacks(n.alloc_stack, 0).detail(format!(
+                "unused block space, owned by no chunk, was written: {}",
+                after_chunk(first, n.data, n.requested)
+            )),
+            None => r.detail("unused block space, owned by no chunk, was written"),
         });
     }
 }
 
-/// A write-after-free report for damage in memory a reset released.
+/// Where `addr` lies against a chunk before it, as ASan locates an address against the nearest
+/// region: "N bytes after the R-byte chunk at 0x..." (its allocation is the report's).
+pub(crate) fn after_chunk(addr: usize, data: usize, requested: usize) -> String {
+    format!(
+        "{} bytes after the {requested}-byte chunk at {data:#x} (allocated at the stack below)",
+        addr - (data + requested)
+    )
+}
+
+/// The ghost nearest before `addr` (the one with the highest start not past it).
+pub(crate) fn nearest_ghost(ghosts: &[Ghost], addr: usize) -> Option<&Ghost> {
+    ghosts
+        .iter()
+        .filter(|g| g.data() <= addr)
+        .max_by_key(|g| g.start)
+}
+
+/// The last chunk of a block starting before an address, as [`chunk_before`] finds it.
+#[derive(Clone, Copy)]
+struct Near {
+    data: usize,
+    /// One past its capacity.
+    end: usize,
+    requested: usize,
+    alloc_stack: u32,
+    live: bool,
+    /// Whether the last byte of its rear redzone differs from the redzone pattern.
+    rear_damaged: bool,
+}
+
+/// The last chunk of `block` whose data starts before `addr`, walking the chunks below the free
+/// pointer; `None` when a header does not decode before reaching it (the walk reported that).
+///
+/// # Safety
+/// `block` must be a sane block of a live context.
+unsafe fn chunk_before(block: *mut Block, addr: usize) -> Option<Near> {
+    let mut near = None;
+    // SAFETY: headers are validated before their footprints are trusted; every record and byte
+    // read lies before the free pointer, inside the block, and is opened around the read.
+    unsafe {
+        let free = (*block).free_ptr;
+        let mut c = Block::first_chunk(block);
+        while c < free && (c as usize) < addr {
+            let data = chunk::data_of(c);
+            let hdr = chunk::read_header(data);
+            if hdr.offset() != c as usize - block as usize
+                || hdr.is_external()
+                || hdr.value() as usize >= NUM_FREELISTS
+            {
+                break;
+            }
+            let cap = aset::class_size(hdr.value() as usize);
+            let meta = c.add(CHUNK_HEADER_SIZE);
+            sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+            let rec = DebugRecord::load(record_ptr(data));
+            sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+            if !rec.is_valid() {
+                break;
+            }
+            let last = data.add(cap - 1);
+            sanitizer::open(last, 1);
+            let rear_damaged = *last != REDZONE_BYTE;
+            sanitizer::close(last, 1);
+            near = Some(Near {
+                data: data as usize,
+                end: data as usize + cap,
+                requested: (rec.requested as usize).min(cap),
+                alloc_stack: rec.alloc_stack,
+                live: rec.state == STATE_LIVE,
+                rear_damaged,
+            });
+            c = c.add(chunk::footprint(cap));
+        }
+    }
+    near
+}
+
+/// A write-after-free report for damage in memory released by `by` (`a reset`, `the delete of
+/// "X"`); the caller names the context.
 ///
 /// # Safety
 /// `first..=last` must be readable and inside `g`.
-unsafe fn ghost_report(
-    ctx: *mut ContextHeader,
-    g: &Ghost,
-    first: usize,
-    last: usize,
-    found_at: &str,
-) -> Report {
+unsafe fn ghost_report(g: &Ghost, first: usize, last: usize, found_at: &str, by: &str) -> Report {
     let range = (
         first as isize - g.data() as isize,
         last as isize + 1 - g.data() as isize,
     );
-    // SAFETY: `ctx` is live and the damaged bytes readable (caller).
+    // SAFETY: the damaged bytes are readable (caller).
     unsafe {
         Report::at(BugClass::WriteAfterFree, found_at)
-            .context(ctx)
             .chunk(g.data(), Some(g.requested as usize))
             .stacks(g.alloc_stack, g.free_stack)
             .damage(first as *const u8, range, FREED_BYTE)
-            .detail("memory released by a reset was written through a pointer kept past it")
+            .detail(format!(
+                "memory released by {by} was written through a pointer kept past it"
+            ))
     }
 }
 
-/// Where the reset walk records the chunks of the keeper block the reset is about to release, as
+/// Where the reset and delete walks record the chunks of the blocks they are about to release, as
 /// [`Ghost`]s (one walk both verifies them and remembers them).
 pub(crate) struct GhostSink<'a> {
-    /// The keeper block.
-    pub(crate) block: *mut Block,
-    /// Stack id of the reset, the "free" backtrace of chunks still live when it released them.
+    /// Stack id of the reset or delete, the "free" backtrace of chunks still live when it
+    /// released them.
     pub(crate) free_stack: u32,
     /// The ghosts, appended to.
     pub(crate) ghosts: &'a mut Vec<Ghost>,
 }
 
-/// Walks every block and chunk of `ctx`, appending findings to `out`, and the chunks of
-/// `sink.block` to `sink`. Never modifies memory.
+/// Walks every block and chunk of `ctx`, appending findings to `out`, and every chunk to `sink`.
+/// Never modifies memory.
 ///
 /// # Safety
 /// `ctx` must be a live context of this thread.
@@ -568,11 +703,7 @@ pub(crate) unsafe fn verify_context(
             if !block_header_sane(ctx, block, found_at, out) {
                 return; // the list itself cannot be trusted past this block
             }
-            let ghosts = match sink.as_deref_mut() {
-                Some(s) if s.block == block => Some(s),
-                _ => None,
-            };
-            verify_block(ctx, block, depth, found_at, out, ghosts);
+            verify_block(ctx, block, depth, found_at, out, sink.as_deref_mut());
             block = (*block).next;
         }
     }
@@ -677,7 +808,7 @@ unsafe fn verify_block(
             }
             sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
             if let Some(s) = sink.as_deref_mut() {
-                if rec.is_valid() && !hdr.is_external() {
+                if rec.is_valid() && cap <= u32::MAX as usize {
                     s.ghosts.push(Ghost {
                         start: c as usize,
                         cap: cap as u32,
@@ -699,6 +830,68 @@ unsafe fn verify_block(
             let ghosts = sink.as_deref().map(|s| &s.ghosts[..]);
             check_unused(ctx, block, free, (*block).end_ptr, found_at, out, ghosts);
             sanitizer::close(free, len);
+        }
+    }
+}
+
+/// Writes the patterns back over every redzone, free chunk and unused space of `ctx` (after a
+/// check reported damage), so that each damage is reported once: a later reset, delete or check
+/// finds only new damage. Stops in a block at a header or record that does not decode, which
+/// cannot be restored.
+///
+/// # Safety
+/// `ctx` must be a live context of this thread whose block list was found sane.
+pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
+    // SAFETY: as `verify_block`'s walk; each range written lies in its chunk or the block's
+    // unused space, opened around the write, and a live chunk's requested bytes are not touched.
+    unsafe {
+        let mut block = (*ctx).set.blocks;
+        while !block.is_null() {
+            let (free, end) = ((*block).free_ptr, (*block).end_ptr);
+            let registered = matches!(blocks::lookup(block as usize),
+                blocks::Lookup::Found { start, end: e, .. } if start == block as usize && e == end as usize);
+            if !registered || free < Block::first_chunk(block) || free > end {
+                return; // a damaged block header: the list cannot be trusted
+            }
+            let mut c = Block::first_chunk(block);
+            while c < free {
+                let data = chunk::data_of(c);
+                let hdr = chunk::read_header(data);
+                let cap = if hdr.is_external() {
+                    end as usize - data as usize
+                } else if (hdr.value() as usize) < NUM_FREELISTS {
+                    aset::class_size(hdr.value() as usize)
+                } else {
+                    break;
+                };
+                if hdr.offset() != c as usize - block as usize {
+                    break;
+                }
+                let meta = c.add(CHUNK_HEADER_SIZE);
+                sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+                let rec = DebugRecord::load(record_ptr(data));
+                if rec.is_valid() {
+                    fill(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE);
+                    let (from, byte) = if rec.state == STATE_LIVE {
+                        ((rec.requested as usize).min(cap), REDZONE_BYTE)
+                    } else {
+                        (LINK.min(cap), FREED_BYTE)
+                    };
+                    sanitizer::open(data.add(from), cap - from);
+                    fill(data.add(from), cap - from, byte);
+                    sanitizer::close(data.add(from), cap - from);
+                }
+                sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+                if !rec.is_valid() || hdr.is_external() {
+                    break;
+                }
+                c = c.add(chunk::footprint(cap));
+            }
+            let len = end as usize - free as usize;
+            sanitizer::open(free, len);
+            fill(free, len, FREED_BYTE);
+            sanitizer::close(free, len);
+            block = (*block).next;
         }
     }
 }
