@@ -1,0 +1,376 @@
+//! Writes into memory a reset or a delete released, and damage next to chunks, at the debug
+//! build's default settings (no environment variables): each test commits the bug as host code
+//! writes it — a pointer kept past a per-row reset, a pointer into a deleted context — and checks
+//! the class, the context, the damaged range and the allocation line.
+//!
+//! The findings at thread and process exit end the process, so those cases run in a child
+//! process: this test binary run again on one `child_` test, with `MEMCTX_RELEASED_CHILD` set
+//! (without it the `child_` tests return at once).
+//!
+//! These tests write into released memory on purpose, which ASan and memcheck rightly call
+//! errors, so the sanitizer legs leave this file out (`ci/sanitizers`).
+#![cfg(feature = "debug-contexts")]
+
+use std::process::Command;
+
+use memctx::debug::{self, BugClass, Policy, Report};
+use memctx::{BlockSizes, MemoryContext};
+
+/// Runs `f` with this thread's policy set to collect, returning the reports it raised.
+fn collect(f: impl FnOnce()) -> Vec<Report> {
+    debug::set_thread_policy(Some(Policy::Log));
+    let _ = debug::take_reports();
+    f();
+    let r = debug::take_reports();
+    debug::set_thread_policy(None);
+    r
+}
+
+/// Asserts there is exactly one report and returns it.
+fn one(mut reports: Vec<Report>) -> Report {
+    let texts: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
+    assert_eq!(reports.len(), 1, "expected one report, got: {texts:#?}");
+    reports.remove(0)
+}
+
+/// Asserts that the first user frame of `frames` is the function `name` of this file.
+fn assert_first_frame(frames: &[debug::Frame], name: &str, what: &str) {
+    let f = frames
+        .first()
+        .unwrap_or_else(|| panic!("{what} backtrace is empty"));
+    let func = f.function.as_deref().unwrap_or("");
+    // The bug is committed inside closures (`collect`'s, a row's) of the test function.
+    let func = func.trim_end_matches("::{{closure}}");
+    assert!(
+        func.ends_with(&format!("released_memory::{name}")),
+        "{what} backtrace should start in {name}, starts in {func:?}; frames: {frames:#?}"
+    );
+}
+
+/// Allocates `n` chunks of `size` bytes; the last one lies in a block after the keeper when `n`
+/// chunks do not fit in it.
+fn fill(ctx: MemoryContext, n: usize, size: usize) -> Vec<*mut u8> {
+    (0..n).map(|_| ctx.alloc(size).as_ptr()).collect()
+}
+
+/// A pointer kept past a per-row reset (the `scope` of an ExprContext), written while the
+/// next row reuses the space: `write-after-free` when the space is carved again, with the reset as
+/// the free stack.
+#[test]
+fn write_through_pointer_kept_past_a_row_reset() {
+    let per_row = MemoryContext::top().new_child("ExprContext", BlockSizes::SMALL);
+    let mut kept: *mut u8 = std::ptr::null_mut();
+    let r = one(collect(|| {
+        per_row.scope(|row| {
+            let datum = row.context().alloc(24).as_ptr();
+            kept = datum; // the bug: outlives the row
+        });
+        per_row.scope(|row| {
+            unsafe { kept.add(3).write(b'x') }; // stale write, before the row allocates
+            let datum = row.context().alloc(24).as_ptr();
+            assert_eq!(datum, kept, "the next row reuses the released space");
+        });
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context_path, ["TopMemoryContext", "ExprContext"]);
+    assert_eq!(r.found_at, "reuse");
+    assert_eq!(r.chunk, Some(kept as usize));
+    assert_eq!(r.requested, Some(24));
+    assert_eq!(r.range, Some((3, 4)));
+    assert_eq!(r.found, [b'x']);
+    let alloc = r.alloc_backtrace();
+    assert_first_frame(
+        &alloc,
+        "write_through_pointer_kept_past_a_row_reset",
+        "allocation",
+    );
+    assert!(alloc[0].line.is_some(), "the allocation line: {alloc:#?}");
+    // The reset that released it ran at the end of the first row's scope.
+    assert!(
+        !r.free_backtrace().is_empty(),
+        "the reset's stack is the free stack"
+    );
+    per_row.delete();
+}
+
+/// A deleted context's memory written, no new context created: found by `check` (of any context
+/// of the thread), naming the deleted context as it was and the chunk's allocation.
+#[test]
+fn write_into_deleted_context_found_by_check() {
+    let parent = MemoryContext::top().new_child("Executor", BlockSizes::DEFAULT);
+    let ctx = parent.new_child("SortContext", BlockSizes::SMALL);
+    let mut stale = 0usize;
+    let r = one(collect(|| {
+        // Enough 200-byte tuples to need blocks after the 1 KiB keeper.
+        let mut last = std::ptr::null_mut();
+        for _ in 0..40 {
+            last = ctx.alloc(200).as_ptr();
+        }
+        stale = last as usize;
+        ctx.delete();
+        unsafe { last.add(17).write(0) };
+        assert_eq!(MemoryContext::top().check(), 1);
+        // Reported once: the check restored the pattern.
+        assert_eq!(MemoryContext::top().check(), 0);
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context, "SortContext");
+    assert_eq!(
+        r.context_path,
+        ["TopMemoryContext", "Executor", "SortContext"]
+    );
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, Some(stale));
+    assert_eq!(r.requested, Some(200));
+    assert_eq!(r.range, Some((17, 18)));
+    assert!(r.detail.contains("delete of \"SortContext\""), "{r}");
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "write_into_deleted_context_found_by_check",
+        "allocation",
+    );
+    assert_first_frame(
+        &r.free_backtrace(),
+        "write_into_deleted_context_found_by_check",
+        "delete",
+    );
+    parent.delete();
+}
+
+/// A deleted context's keeper, recycled by the next context of its size: a stale write into it is
+/// found when the new context carves the space, and blamed on the deleted context — never a
+/// `wild-write` of the innocent new one.
+#[test]
+fn write_into_deleted_context_found_when_a_new_context_reuses_it() {
+    let mut stale = std::ptr::null_mut();
+    let r = one(collect(|| {
+        let old = MemoryContext::top().new_child("OldPortal", BlockSizes::SMALL);
+        let p = old.alloc(40).as_ptr();
+        stale = p;
+        old.delete();
+        unsafe { stale.add(8).write(0x33) };
+        let new = MemoryContext::top().new_child("NewPortal", BlockSizes::SMALL);
+        let q = new.alloc(40).as_ptr();
+        assert_eq!(q, stale, "the new context took the deleted one's keeper");
+        new.delete();
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context_path, ["TopMemoryContext", "OldPortal"]);
+    assert_eq!(r.found_at, "reuse");
+    assert_eq!(r.chunk, Some(stale as usize));
+    assert_eq!(r.requested, Some(40));
+    assert_eq!(r.range, Some((8, 9)));
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "write_into_deleted_context_found_when_a_new_context_reuses_it",
+        "allocation",
+    );
+}
+
+/// Damage contiguous with a live chunk's rear redzone running on into unused space is one
+/// `overrun` of that chunk, not an overrun plus a wild write.
+#[test]
+fn overrun_running_into_unused_space_is_one_overrun() {
+    let ctx = MemoryContext::top().new_child("Overflow", BlockSizes::SMALL);
+    let r = one(collect(|| {
+        let p = ctx.alloc(24).as_ptr();
+        // 24 requested and a 16-byte redzone fit the 64-byte class: write from the request's
+        // end through the redzone and the class's slack to 8 bytes beyond the chunk.
+        unsafe { p.add(24).write_bytes(b'o', 48) };
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "Overflow");
+    assert_eq!(r.requested, Some(24));
+    assert_eq!(r.range, Some((24, 72)));
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_running_into_unused_space_is_one_overrun",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+/// A write into unused block space, away from any chunk, is a `wild-write` located against
+/// the nearest chunk before it, with that chunk's allocation stack.
+#[test]
+fn wild_write_names_the_nearest_chunk_before_it() {
+    let ctx = MemoryContext::top().new_child("Wild", BlockSizes::SMALL);
+    let mut chunk = 0;
+    let r = one(collect(|| {
+        let p = ctx.alloc(24).as_ptr();
+        chunk = p as usize;
+        unsafe { p.add(24 + 100).write(7) };
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::WildWrite);
+    assert_eq!(r.context, "Wild");
+    assert_eq!(r.chunk, None);
+    let (a, b) = r.range.expect("range");
+    assert_eq!(b - a, 1);
+    assert!(
+        r.detail
+            .contains(&format!("100 bytes after the 24-byte chunk at {chunk:#x}")),
+        "{r}"
+    );
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "wild_write_names_the_nearest_chunk_before_it",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+/// A report raised and taken is not raised again by a later delete of the same context.
+#[test]
+fn a_taken_report_is_not_raised_again_by_delete() {
+    let ctx = MemoryContext::top().new_child("Once", BlockSizes::SMALL);
+    let first = collect(|| {
+        let p = ctx.alloc(10).as_ptr();
+        let q = ctx.alloc(64).as_ptr();
+        unsafe {
+            p.add(12).write(1); // overrun of a live chunk
+            p.sub(1).write(2); // underrun
+            memctx::pfree(q);
+            q.add(20).write(3); // write after pfree
+        }
+        assert_eq!(ctx.check(), 3);
+    });
+    let classes: Vec<BugClass> = first.iter().map(|r| r.class).collect();
+    assert_eq!(
+        classes,
+        [
+            BugClass::Underrun,
+            BugClass::Overrun,
+            BugClass::WriteAfterFree
+        ]
+    );
+    let later = collect(|| ctx.delete());
+    assert!(
+        later.is_empty(),
+        "{:#?}",
+        later.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+    );
+}
+
+/// Runs this test binary on the one test `name`, in a child process, and returns its exit status
+/// and standard error.
+fn run_child(name: &str, extra_env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("MEMCTX_RELEASED_CHILD", "1");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the child");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+fn is_child() -> bool {
+    std::env::var_os("MEMCTX_RELEASED_CHILD").is_some()
+}
+
+/// The stale write of the exit cases: into a block of a deleted context, in a thread of its own
+/// when `in_thread`.
+#[inline(never)]
+fn write_after_delete(in_thread: bool) {
+    let bug = || {
+        let ctx = MemoryContext::top().new_child("ExitCtx", BlockSizes::SMALL);
+        let last = *fill(ctx, 40, 200).last().unwrap();
+        ctx.delete();
+        unsafe { last.add(5).write(9) };
+    };
+    if in_thread {
+        std::thread::spawn(bug).join().unwrap();
+    } else {
+        bug();
+    }
+}
+
+/// Child of [`finding_at_thread_exit_ends_the_process`].
+#[test]
+fn child_thread_exit() {
+    if is_child() {
+        write_after_delete(true);
+        // The thread's exit ended the process: this line is not reached.
+        println!("child went on");
+    }
+}
+
+/// Child of [`finding_at_process_exit_ends_the_process`].
+#[test]
+fn child_process_exit() {
+    if is_child() {
+        write_after_delete(false);
+    }
+}
+
+/// Child of [`eviction_from_the_quarantine_verifies_the_block`].
+#[test]
+fn child_eviction() {
+    if is_child() {
+        debug::set_thread_policy(Some(Policy::Log));
+        write_after_delete(false);
+        // Each new context's delete pushes older blocks out of the small quarantine.
+        for _ in 0..4 {
+            let c = MemoryContext::top().new_child("Pusher", BlockSizes::DEFAULT);
+            fill(c, 200, 200);
+            c.delete();
+        }
+        let r = debug::take_reports();
+        let evicted: Vec<&Report> = r
+            .iter()
+            .filter(|r| r.found_at == "eviction from quarantine")
+            .collect();
+        assert_eq!(evicted.len(), 1, "{r:#?}");
+        assert_eq!(evicted[0].class, BugClass::WriteAfterFree);
+        assert_eq!(evicted[0].context_path, ["TopMemoryContext", "ExitCtx"]);
+        assert_eq!(evicted[0].range, Some((5, 6)));
+        assert_first_frame(&evicted[0].alloc_backtrace(), "fill", "allocation");
+        println!("eviction found it");
+    }
+}
+
+/// A finding in a thread's quarantine when the thread exits is printed and ends the process with
+/// a non-zero status, although the test itself passed.
+#[test]
+fn finding_at_thread_exit_ends_the_process() {
+    if is_child() {
+        return;
+    }
+    let (code, _, err) = run_child("child_thread_exit", &[]);
+    assert_eq!(code, Some(86), "{err}");
+    assert!(
+        err.contains("write-after-free in memory context \"ExitCtx\"")
+            && err.contains("found at thread exit"),
+        "{err}"
+    );
+    assert!(!err.contains("child went on"));
+}
+
+/// The same at process exit, for the thread that ends the process.
+#[test]
+fn finding_at_process_exit_ends_the_process() {
+    if is_child() {
+        return;
+    }
+    let (code, _, err) = run_child("child_process_exit", &[]);
+    assert_eq!(code, Some(86), "{err}");
+    assert!(
+        err.contains("write-after-free in memory context \"ExitCtx\"") && err.contains("exit"),
+        "{err}"
+    );
+}
+
+/// With a small quarantine (`MEMCTX_QUARANTINE`), a block leaving it is verified.
+#[test]
+fn eviction_from_the_quarantine_verifies_the_block() {
+    if is_child() {
+        return;
+    }
+    let (code, out, err) = run_child("child_eviction", &[("MEMCTX_QUARANTINE", "32768")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("eviction found it"), "{out}{err}");
+}
