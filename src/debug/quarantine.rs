@@ -185,14 +185,15 @@ fn take_staged(q: &mut Quarantine, start: usize, end: usize) -> Option<(Vec<Ghos
     Some((mine, former))
 }
 
-/// A block was released (unlinked and unregistered). Returns whether it goes back to the system
-/// now: false when the quarantine took it. Findings of blocks it evicted are queued.
+/// A block was released (unlinked and unregistered). Returns whether the quarantine took it (a
+/// reset or delete released it); otherwise it goes back to the system now. Findings of blocks it
+/// evicted are queued.
 pub(crate) fn admit(block: *mut Block) -> bool {
     // SAFETY: the block's header is intact until it goes back to the system.
     let (start, end) = (block as usize, unsafe { (*block).end_ptr } as usize);
     let limit = settings::quarantine();
     if end - start > limit {
-        return true;
+        return false;
     }
     let mut evicted = Vec::new();
     let taken = QUARANTINE
@@ -231,7 +232,7 @@ pub(crate) fn admit(block: *mut Block) -> bool {
         free(&old);
     }
     super::report::defer_all(found);
-    !taken
+    taken
 }
 
 /// A deleted context's keeper goes onto a recycle list: remember it (and its chunks, taken from

@@ -471,8 +471,9 @@ pub(crate) unsafe fn check_free(
 /// attributed, in this order, to a chunk a reset of `ctx` released there, or one a deleted context
 /// had there when the block is its recycled keeper (`write-after-free`); to the live chunk before
 /// it when it continues that chunk's rear redzone (`overrun`); else it is a `wild-write` naming
-/// the nearest chunk before it. The block's ghosts are looked up in the registry, or in `ghosts`
-/// when given (the reset walk has taken them out of the registry to refill them).
+/// the nearest chunk before it. The block's ghosts are looked up in `ghosts` when given (the chunks
+/// the walk under way releases; a reset has taken the keeper's out of the registry to refill
+/// them), then in the registry.
 ///
 /// # Safety
 /// The range must lie inside `block`, a block of the live context `ctx`, and be readable (opened
@@ -494,10 +495,9 @@ pub(crate) unsafe fn check_unused(
         };
         let first = from as usize + a;
         let last = from as usize + b;
-        let ghost = match ghosts {
-            Some(gs) => gs.iter().find(|g| g.covers(first)).copied(),
-            None => blocks::ghost_at(block as usize, first),
-        };
+        let ghost = ghosts
+            .and_then(|gs| gs.iter().find(|g| g.covers(first)).copied())
+            .or_else(|| blocks::ghost_at(block as usize, first));
         if let Some(g) = ghost {
             let r = ghost_report(&g, first, last.min(g.end() - 1), found_at, "a reset");
             out.push(r.context(ctx));
