@@ -159,12 +159,12 @@ pub(crate) fn unstage() {
 pub(crate) fn unstage_if_done() {
     let _ = QUARANTINE.try_with(|q| {
         let mut q = q.borrow_mut();
-        // SAFETY: context headers are never freed (deleted ones are recycled), so the staged
-        // one is readable; its block list is consistent between two releases.
-        if q.stage
-            .as_ref()
-            .is_some_and(|s| unsafe { (*s.ctx).set.blocks.is_null() })
-        {
+        let done = q.stage.as_ref().is_some_and(|s| {
+            // SAFETY: context headers are never freed (deleted ones are recycled), so the staged
+            // one is readable; its block list is consistent between two releases.
+            unsafe { (*s.ctx).set.blocks.is_null() }
+        });
+        if done {
             q.stage = None;
         }
     });
