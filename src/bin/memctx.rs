@@ -310,18 +310,19 @@ fn run(cmd: Command) -> Result<Outcome, String> {
     }
 }
 
+/// The paths, for a message.
+fn joined(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
+}
+
 fn report(args: &ReportArgs) -> Result<Outcome, String> {
     let series = leak::load_series(&args.paths).map_err(|e| e.to_string())?;
     warn_all(&series.skipped);
     let selection = leak::select_pid(series.dumps, args.pid).map_err(|e| e.to_string())?;
     warn_all(&selection.skipped);
     warn(&selection.dumps);
-    let what = args
-        .paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let what = joined(&args.paths);
     let opts = leak::html::HtmlOptions {
         metric: args.metric,
         top: args.top,
@@ -391,12 +392,7 @@ fn diff(args: &DiffArgs) -> Result<Outcome, String> {
     warn_all(&selection.skipped);
     let dumps = selection.dumps;
     if dumps.len() < 2 {
-        let what = args
-            .paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let what = joined(&args.paths);
         return Err(format!(
             "{what}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
              directory of snapshots, or a log holding several dumps",

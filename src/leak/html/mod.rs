@@ -58,14 +58,8 @@ pub fn escape(s: &str) -> String {
 /// # Errors
 /// A message naming what is wrong.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size such as 512MB or 2GB"))?;
+    let (value, unit) = crate::leak::watch::number_and_unit(s.trim())
+        .ok_or_else(|| format!("{s:?}: expected a size such as 512MB or 2GB"))?;
     let power = match unit
         .trim()
         .to_ascii_lowercase()

@@ -122,13 +122,8 @@ pub fn stop_on_ctrl_c() -> std::io::Result<()> {
 /// A message naming what is wrong.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (500ms, 10s, 2m, 1h)"))?;
+    let (value, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("{s:?}: expected a number and a unit (500ms, 10s, 2m, 1h)"))?;
     let scale = match unit {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -141,6 +136,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: must be more than zero"));
     }
     Ok(d)
+}
+
+/// Splits `12.5ms` into 12.5 and `ms`; `None` when it does not start with a number.
+pub(crate) fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit))
 }
 
 /// Creates the series directory, refusing one that already holds files: a series is one watch.
