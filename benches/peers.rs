@@ -9,7 +9,7 @@
 //! reset table or memory probes: for profiling, e.g. under `perf record`); `--mode <name>` (the
 //! name printed as `mode <name>`; the debug build selects its mode with it: `patterns` or
 //! `backtraces`); `--asan` (the binary is an AddressSanitizer build: glibc's side of churn,
-//! per-row and grow only, at the debug build's batch sizes). Setting the
+//! per-row and grow only, in smaller batches). Setting the
 //! environment variable `PEERS_DECILES` prints each contender's round-time deciles to stderr.
 //! `--memory-probe <workload> <allocator>` is internal (see "Memory" below).
 //!
@@ -96,7 +96,7 @@ struct Config {
     /// `--only <workload>`: run just that timed workload (for profiling); no memory probes.
     only: Option<String>,
     /// `--asan`: this binary is built with AddressSanitizer; run glibc's side of churn, per-row
-    /// and grow only (ASan's allocator stands in for glibc's), at the debug build's batch sizes.
+    /// and grow only (ASan's allocator stands in for glibc's), in smaller batches.
     asan: bool,
 }
 
@@ -146,11 +146,14 @@ impl Config {
         !DEBUG_BUILD && (!self.asan || name == "glibc")
     }
 
-    /// Scales a batch size for the build: the debug build's operations (and ASan's) cost ten to
-    /// twenty times more, so their rounds are an eighth of the size and take about as long as
-    /// the release build's.
+    /// Scales a batch size for the build, so that every build's rounds take about as long (well
+    /// under a millisecond, see the module docs): the debug build's operations cost ten to twenty
+    /// times the release build's, so its rounds are an eighth of the size; ASan's, on churn and
+    /// per-row, a hundred times, so its rounds are a sixty-fourth.
     fn batch(&self, full: usize) -> usize {
-        if DEBUG_BUILD || self.asan {
+        if self.asan {
+            (full / 64).max(1)
+        } else if DEBUG_BUILD {
             (full / 8).max(1)
         } else {
             full
