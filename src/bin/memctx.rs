@@ -19,6 +19,8 @@ Inputs are recognised by their content:
     (`level: N; NAME: T total in B blocks; ...`, any log_line_prefix, csvlog, jsonlog)
   MemoryContextStats() output (indented `NAME: T total in ...`, `Grand total: ...`)
   the gdb script's output (`NAME: BYTES`, indented)
+  memctx's gdb walker output (gdb -p PID -batch -x memctx_gdb.py -ex memctx-stats), one
+    snapshot with a tree per thread
   pg_backend_memory_contexts exported as CSV with a header (PostgreSQL 14-16 or 17+)
 A log with several dumps, or several JSON documents in one file, is a series.";
 
@@ -267,6 +269,17 @@ fn read_process(file: &Path, pid: Option<u32>) -> Result<Vec<Dump>, String> {
     Ok(selection.dumps)
 }
 
+/// The dumps of one process in files and directories (files there that hold no dump are skipped
+/// with a warning), by the rule every command follows.
+fn read_series(paths: &[PathBuf], pid: Option<u32>) -> Result<Vec<Dump>, String> {
+    let series = leak::load_series(paths).map_err(|e| e.to_string())?;
+    warn_all(&series.skipped);
+    let selection = leak::select_pid(series.dumps, pid).map_err(|e| e.to_string())?;
+    warn_all(&selection.skipped);
+    warn(&selection.dumps);
+    Ok(selection.dumps)
+}
+
 /// The dump `--index` names, or the last one, named on standard error when there are several.
 fn pick(dumps: Vec<Dump>, index: Option<usize>, file: &Path) -> Result<Dump, String> {
     let n = dumps.len();
@@ -317,11 +330,7 @@ fn joined(paths: &[PathBuf]) -> String {
 }
 
 fn report(args: &ReportArgs) -> Result<Outcome, String> {
-    let series = leak::load_series(&args.paths).map_err(|e| e.to_string())?;
-    warn_all(&series.skipped);
-    let selection = leak::select_pid(series.dumps, args.pid).map_err(|e| e.to_string())?;
-    warn_all(&selection.skipped);
-    warn(&selection.dumps);
+    let dumps = read_series(&args.paths, args.pid)?;
     let what = joined(&args.paths);
     let opts = leak::html::HtmlOptions {
         metric: args.metric,
@@ -333,7 +342,7 @@ fn report(args: &ReportArgs) -> Result<Outcome, String> {
             .clone()
             .unwrap_or_else(|| format!("memctx report: {what}")),
     };
-    let page = leak::html::page(&selection.dumps, &opts).map_err(|e| format!("{what}: {e}"))?;
+    let page = leak::html::page(&dumps, &opts).map_err(|e| format!("{what}: {e}"))?;
     write_output(&args.output, "the report", |w| w.write_all(page.as_bytes()))?;
     Ok(Outcome::Done)
 }
@@ -386,20 +395,15 @@ fn stats(args: &StatsArgs) -> Result<Outcome, String> {
 }
 
 fn diff(args: &DiffArgs) -> Result<Outcome, String> {
-    let series = leak::load_series(&args.paths).map_err(|e| e.to_string())?;
-    warn_all(&series.skipped);
-    let selection = leak::select_pid(series.dumps, args.pid).map_err(|e| e.to_string())?;
-    warn_all(&selection.skipped);
-    let dumps = selection.dumps;
+    let dumps = read_series(&args.paths, args.pid)?;
     if dumps.len() < 2 {
-        let what = joined(&args.paths);
         return Err(format!(
-            "{what}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
+            "{}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
              directory of snapshots, or a log holding several dumps",
+            joined(&args.paths),
             dumps.len()
         ));
     }
-    warn(&dumps);
     let opts = DiffOptions {
         metric: args.metric,
     };

@@ -11,12 +11,15 @@
 //!   snapshots, allocation sites). It reads memctx's JSON snapshots (`memctx-snapshot`, and
 //!   `memctx-stats` as written by [`crate::stats::to_json`]), PostgreSQL's server-log lines of
 //!   `pg_log_backend_memory_contexts()`, `MemoryContextStats()` output on stderr, the article's gdb
-//!   script output, and `pg_backend_memory_contexts` exported as CSV (PostgreSQL 14–16 and 17+
-//!   columns). One file may hold several dumps (a server log with several calls): they come back in
+//!   script output, memctx's gdb walker output (one dump with a tree per thread), and
+//!   `pg_backend_memory_contexts` exported as CSV (PostgreSQL 14–16 and 17+ columns). One file may hold several dumps (a server log with several calls): they come back in
 //!   order, as a series.
 //! - [`diff()`](diff()) (module [`mod@diff`]) matches contexts across a series by their name/identifier path (never by ids),
 //!   aggregates same-named siblings, keeps the growth hiding in `N more child contexts` lines, ranks
-//!   contexts by growth and gives each a [`Verdict`]: growing, plateau, noisy, shrinking or stable.
+//!   contexts by growth and gives each a [`Verdict`]: growing, plateau, noisy, shrinking or stable,
+//!   all by one [`Metric`] (total bytes unless [`diff_with`] is told otherwise).
+//!   [`select_pid`] keeps one process's dumps; [`check_growth`] is the CI gate's judgment for a
+//!   host's own test; [`Report::to_json`] is `memctx diff --json`.
 //! - [`render`] prints a dump in PostgreSQL's stats format and turns it into folded stacks for a
 //!   flame graph.
 //!

@@ -75,7 +75,35 @@ impl std::error::Error for GrowthError {}
 ///
 /// # Examples
 ///
-/// See the README's leak-hunting section for a host test that takes snapshots in a loop.
+/// A host's test that takes a snapshot of its thread's tree after each round of work (what the
+/// README's leak-hunting section shows):
+///
+/// ```
+/// use memctx::leak::{check_growth, Dump, GrowthError, GrowthGate};
+/// use memctx::{BlockSizes, MemoryContext};
+///
+/// // The code under test: it keeps 4 kB in the cache per round and never frees it.
+/// fn handle_requests(cache: MemoryContext) {
+///     for _ in 0..4 {
+///         let _kept = cache.alloc(1024);
+///     }
+/// }
+///
+/// let cache = MemoryContext::top().new_child("RequestCache", BlockSizes::DEFAULT);
+/// let mut dumps = Vec::new();
+/// for round in 0..5 {
+///     handle_requests(cache);
+///     let snap = memctx::dump::snapshot(); // this thread's tree, now
+///     dumps.push(Dump::from_snapshot(snap, &format!("round {round}")).unwrap());
+/// }
+/// let err = check_growth(&dumps, &GrowthGate::default()).unwrap_err();
+/// assert!(matches!(err, GrowthError::Growing { .. }));
+/// assert!(err.to_string().contains("TopMemoryContext/RequestCache: +"));
+/// // A threshold above the growth lets it pass.
+/// let gate = GrowthGate { min_growth: 1 << 20, ..GrowthGate::default() };
+/// assert!(check_growth(&dumps, &gate).is_ok());
+/// cache.delete();
+/// ```
 pub fn check_growth(dumps: &[Dump], gate: &GrowthGate) -> Result<Report, GrowthError> {
     let opts = DiffOptions {
         metric: gate.metric,

@@ -15,11 +15,15 @@
 //! - **contexts**: single contexts with an identifier that are members of a larger group and are
 //!   present in the first and the last dump: a relcache entry or a plan that itself grows.
 //!
-//! Each entry's own bytes (not its children's) are followed over the series; entries are ranked by
-//! the growth of `total_bytes` (then of `used_bytes`), and [`verdict`] classifies the series of
-//! `used_bytes` (`total_bytes` where the dump does not record used bytes: the gdb script's). Used
-//! bytes follow live data; total bytes move in blocks that double in size, so a steady leak shows
-//! as steps in the total but as a ramp in the used bytes.
+//! Each entry's own bytes (not its children's) are followed over the series. One [`Metric`]
+//! ([`DiffOptions::metric`], total bytes by default) decides everything: [`verdict`] classifies its
+//! series, entries are ranked by its growth ([`EntryReport::change`]) and the report's `+/-` column
+//! shows it. Total bytes move in blocks that double in size, so a steady leak shows as a staircase
+//! in the total but as a ramp in the used bytes; the verdict's plateau rule tells the two apart.
+//!
+//! The phases: the `series` module interns each context's path and accumulates its bytes per dump,
+//! then folds the sums into series and judges them; [`diff_with`] ranks the entries; the
+//! report's text, JSON and the CI gate ([`check_growth`]) read the result.
 //!
 //! Per-site growth: when snapshots carry allocation sites (memctx's debug build), sites are
 //! matched by their context's group path and their frames, and ranked the same way.

@@ -44,9 +44,12 @@ impl fmt::Display for Verdict {
 ///
 /// 1. Fewer than two values, or a range (max − min) of 0 or at most 0.1% of the largest value:
 ///    [`Verdict::Stable`].
-/// 2. With at least two steps: if the last third of the steps (at least one) stays within 5% of
-///    the range, at a level at least half the range above the first value: [`Verdict::Plateau`]
-///    (grew, then stopped).
+/// 2. With at least two steps: if the series has held still at its end (the longest run of last
+///    values within 5% of the range) for at least as many steps as it took to get there, at a
+///    level at least half the range above the first value: [`Verdict::Plateau`] (grew, then
+///    stopped). A staircase whose flat runs are no longer than the climb before them is not a
+///    plateau: that is how total bytes grow under a steady leak, a block at a time, each block as
+///    large as all before it.
 /// 3. Each step is *up*, *down* or *flat*; flat when its size is under a quarter of the average
 ///    step (range / steps), which absorbs jitter. No down step: [`Verdict::Growing`] (monotone
 ///    non-decreasing, positive slope). No up step: [`Verdict::Shrinking`].
@@ -102,19 +105,27 @@ pub fn verdict(values: &[u64]) -> Verdict {
     }
 }
 
-/// Rule 2: the last third of the steps (at least one, of at least two) stays within 5% of the
-/// range, at a level at least half the range above the first value.
+/// Rule 2: the flat tail (the longest run of last values within 5% of the range) spans at least
+/// one step and at least as many steps as came before it, at least half the range above the first
+/// value.
 fn is_plateau(v: &[f64], range: f64) -> bool {
     let n = v.len();
-    let steps = n - 1;
-    if steps < 2 {
+    if n < 3 {
         return false;
     }
-    let k = steps.div_ceil(3).max(1);
-    let tail = &v[n - 1 - k..];
-    let tmax = tail.iter().copied().fold(f64::MIN, f64::max);
-    let tmin = tail.iter().copied().fold(f64::MAX, f64::min);
-    tmax - tmin <= 0.05 * range && tmin - v[0] >= 0.5 * range
+    let (mut lo, mut hi) = (v[n - 1], v[n - 1]);
+    let mut start = n - 1;
+    while start > 0 {
+        let x = v[start - 1];
+        if hi.max(x) - lo.min(x) > 0.05 * range {
+            break;
+        }
+        lo = lo.min(x);
+        hi = hi.max(x);
+        start -= 1;
+    }
+    let held = n - 1 - start;
+    held >= 1 && held >= start && lo - v[0] >= 0.5 * range
 }
 
 /// Rule 3: the number of up and down steps, not counting flat ones (under a quarter of the
@@ -168,6 +179,14 @@ mod tests {
         assert_eq!(verdict(&[200, 100]), Verdict::Shrinking);
         // Steps, like blocks doubling, are still growth while the last step rises.
         assert_eq!(verdict(&[8, 8, 16, 16, 32]), Verdict::Growing);
+        // ... and while the flat run at the end is no longer than the climb before it (the demo's
+        // CacheMemoryContext, in kB of total bytes).
+        assert_eq!(
+            verdict(&[32, 64, 128, 128, 128, 128, 256, 256, 256, 256]),
+            Verdict::Growing
+        );
+        // A step that then held as long as the climb took is a plateau.
+        assert_eq!(verdict(&[512, 4096, 4096, 4096]), Verdict::Plateau);
         // Growth with small dips.
         assert_eq!(verdict(&[100, 200, 180, 300, 280, 400]), Verdict::Growing);
         // Plateau with jitter.

@@ -8,7 +8,8 @@ use super::{csv, json, text};
 pub(super) const FORMATS_EXPECTED: &str = "expected a memctx JSON snapshot, pg_log_backend_memory_contexts() \
      log lines (`level: N; NAME: T total in B blocks; F free (C chunks); U used`), \
      MemoryContextStats() output (`NAME: T total in B blocks; ...` indented, `Grand total: ...`), \
-     the gdb script's `NAME: BYTES` lines, or pg_backend_memory_contexts exported as CSV with a header";
+     the gdb script's `NAME: BYTES` lines, memctx's gdb walker output, or pg_backend_memory_contexts \
+     exported as CSV with a header";
 
 /// Reads one file: every dump in it, in order.
 ///

@@ -9,6 +9,7 @@
 //! | `pg_log_backend_memory_contexts()` in a server log | lines holding `level: N; NAME: T total in B blocks; F free (C chunks); U used` after any log-line prefix | `N`, from 0 (PostgreSQL 14–17) or 1 (later): the first context of a dump is the top |
 //! | `MemoryContextStats()` on stderr | lines `NAME: T total in ...` indented two spaces per level, `Grand total: ...` | indentation |
 //! | the article's gdb script | lines `NAME: BYTES`, indented one space (or any fixed width) per level | indentation |
+//! | memctx's gdb walker (`memctx-stats`), as gdb prints it | a `memctx registry at 0x...` line, then per thread `Thread "NAME" tid N (live\|exited), ...:` and its tree as `MemoryContextStats` prints it | indentation; the whole walk is one dump, a tree per thread |
 //! | `pg_backend_memory_contexts` as CSV | a header line naming `name` and `total_bytes` | `parent` + row order (14–16), or `path` (17+) |
 //!
 //! Several JSON documents in one file (one after the other, or a JSON array), several dumps in one
@@ -26,12 +27,12 @@
 //!
 //! The readers, one module per family of formats:
 //!
-//! - [`detect`](self::detect): which format a text is in, files and directories of them;
-//! - [`json`](self::json): memctx's JSON snapshots and stats trees;
-//! - [`csv`](self::csv): `pg_backend_memory_contexts` exported as CSV;
-//! - [`lines`](self::lines): what one line of a text dump is (log, stderr or gdb line);
-//! - [`text`](self::text): server logs and `MemoryContextStats` output, assembled into dumps;
-//! - [`gdb`](self::gdb): the article's gdb script output and memctx's gdb walker output.
+//! - `detect`: which format a text is in, files and directories of them;
+//! - `json`: memctx's JSON snapshots and stats trees;
+//! - `csv`: `pg_backend_memory_contexts` exported as CSV;
+//! - `lines`: what one line of a text dump is (log, stderr or gdb line);
+//! - `text`: server logs and `MemoryContextStats` output, assembled into dumps;
+//! - `gdb`: the article's gdb script output and memctx's gdb walker output.
 
 mod csv;
 mod detect;

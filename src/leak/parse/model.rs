@@ -243,7 +243,7 @@ impl Dump {
 /// A file that could not be read as a dump.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
-    /// The file (or the name given to [`parse_str`]).
+    /// The file (or the name given to [`parse_str`](super::parse_str)).
     pub file: String,
     /// The line, where known (1-based).
     pub line: Option<usize>,
