@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::model::{Context, Dump, Format, ParseError, Tree};
+use super::model::{Context, Dump, Format, ParseError};
 
 /// A header line naming the columns `name` and `total_bytes`.
 pub(super) fn looks_like_csv_header(line: &str) -> bool {
@@ -161,24 +161,9 @@ pub(super) fn parse_csv(text: &str, source: &str) -> Result<Vec<Dump>, ParseErro
         let contexts = tree_from_parent_names(&rows, source, &mut warnings)?;
         (Format::PostgresCsvParent, contexts)
     };
-    Ok(vec![Dump {
-        source: source.to_string(),
-        line: Some(1),
-        format,
-        pid: None,
-        timestamp_ms: None,
-        trees: vec![Tree {
-            thread: None,
-            missing: false,
-            exited: false,
-            exiting: false,
-            contexts,
-            sites: Vec::new(),
-        }],
-        grand_total: None,
-        has_detail: true,
-        warnings,
-    }])
+    Ok(vec![Dump::single_tree(
+        source, 1, format, contexts, warnings,
+    )])
 }
 
 /// Where the view's columns are in the header.

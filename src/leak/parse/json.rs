@@ -213,24 +213,13 @@ fn stats_dump(doc: &serde_json::Value, source: &str, line: usize) -> Result<Dump
             contexts_from_node(&tree)
         }
     };
-    Ok(Dump {
-        source: source.to_string(),
-        line: Some(line),
-        format: Format::MemctxStats,
-        pid: None,
-        timestamp_ms: None,
-        trees: vec![Tree {
-            thread: None,
-            missing: false,
-            exited: false,
-            exiting: false,
-            contexts,
-            sites: Vec::new(),
-        }],
-        grand_total: None,
-        has_detail: true,
-        warnings: Vec::new(),
-    })
+    Ok(Dump::single_tree(
+        source,
+        line,
+        Format::MemctxStats,
+        contexts,
+        Vec::new(),
+    ))
 }
 
 fn memctx_context(

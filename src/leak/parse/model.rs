@@ -229,6 +229,31 @@ pub struct Dump {
 }
 
 impl Dump {
+    /// A dump of one tree that belongs to no thread (PostgreSQL's CSV export, memctx stats JSON),
+    /// with PID, time and `Grand total` unknown and every counter recorded.
+    pub(super) fn single_tree(
+        source: &str,
+        line: usize,
+        format: Format,
+        contexts: Vec<Context>,
+        warnings: Vec<String>,
+    ) -> Dump {
+        Dump {
+            source: source.to_string(),
+            line: Some(line),
+            format,
+            pid: None,
+            timestamp_ms: None,
+            trees: vec![Tree {
+                contexts,
+                ..Tree::default()
+            }],
+            grand_total: None,
+            has_detail: true,
+            warnings,
+        }
+    }
+
     /// The sum of all trees' counters.
     #[must_use]
     pub fn total(&self) -> Counters {
