@@ -18,7 +18,7 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// Separates the fields of psql's unaligned output.
 const FIELD_SEP: &str = "\x1f";
 
-/// What the server says about its log, from [`server_settings`].
+/// What the server says about its log, from `server_settings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
     /// `data_directory`.
