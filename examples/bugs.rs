@@ -10,6 +10,7 @@
 //! | `overrun` | writes the byte right after a 10-byte chunk |
 //! | `overrun-slack` | writes the last byte of a 20-byte chunk's size class (64 bytes) |
 //! | `underrun` | writes the byte before a chunk |
+//! | `large-overrun` | writes 4 bytes past a 10,000-byte chunk, which has a block of its own |
 //! | `read-after-pfree` | reads a chunk after `pfree` |
 //! | `read-after-reset` | reads a chunk after its context was reset |
 //! | `uninit` | branches on a fresh chunk's unwritten bytes |
@@ -39,6 +40,14 @@ fn overrun_slack(ctx: MemoryContext) {
     let p = ctx.alloc(20).as_ptr();
     // SAFETY: none — byte 63 is inside the chunk's 64-byte size class but past the request.
     unsafe { ptr::write_volatile(p.add(63), b'!') };
+}
+
+#[inline(never)]
+fn large_overrun(ctx: MemoryContext) {
+    let p = ctx.alloc(10_000).as_ptr();
+    // SAFETY: none — a byte in the tail between the request and the end of the chunk's own block
+    // (natively the guard page follows that tail) is the bug.
+    unsafe { ptr::write_volatile(p.add(10_004), b'!') };
 }
 
 #[inline(never)]
@@ -222,6 +231,7 @@ fn main() {
         "overrun" => overrun(ctx),
         "overrun-slack" => overrun_slack(ctx),
         "underrun" => underrun(ctx),
+        "large-overrun" => large_overrun(ctx),
         "read-after-pfree" => {
             black_box(read_after_pfree(ctx));
         }
@@ -234,8 +244,8 @@ fn main() {
         "clean" => clean(ctx),
         _ => {
             eprintln!(
-                "usage: bugs overrun|overrun-slack|underrun|read-after-pfree|read-after-reset|\
-                 uninit|leak|clean"
+                "usage: bugs overrun|overrun-slack|underrun|large-overrun|read-after-pfree|\
+                 read-after-reset|uninit|leak|clean"
             );
             std::process::exit(2);
         }

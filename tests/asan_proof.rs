@@ -122,6 +122,17 @@ fn overrun_inside_the_size_class_slack_is_reported_at_the_write() {
 }
 
 #[test]
+fn overrun_of_a_chunk_with_a_block_of_its_own_is_reported_at_the_write() {
+    // Under ASan no guard page is used: the tail after the request is poisoned instead.
+    assert_report(
+        "large-overrun",
+        "use-after-poison",
+        "WRITE of size 1",
+        "large_overrun",
+    );
+}
+
+#[test]
 fn underrun_is_reported_at_the_write() {
     assert_report(
         "underrun",

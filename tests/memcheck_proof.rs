@@ -182,6 +182,19 @@ fn overrun_inside_the_size_class_slack_is_an_invalid_write() {
 }
 
 #[test]
+fn overrun_of_a_chunk_with_a_block_of_its_own_is_an_invalid_write_after_it() {
+    // Under memcheck no guard page is used: the tail after the request is NOACCESS instead.
+    let errors = memcheck("large-overrun");
+    let e = the_error(&errors, "InvalidWrite", "large_overrun");
+    assert!(
+        e.aux
+            .iter()
+            .any(|a| a.contains("4 bytes after a block of size 10,000 client-defined")),
+        "memcheck should know the 10,000-byte chunk: {e:#?}"
+    );
+}
+
+#[test]
 fn underrun_is_an_invalid_write_just_before_the_chunk() {
     let errors = memcheck("underrun");
     let e = the_error(&errors, "InvalidWrite", "underrun");

@@ -327,7 +327,7 @@ impl Out {
                 break;
             }
         }
-        // SAFETY-free: ASCII digits are UTF-8.
+        // ASCII digits are UTF-8, so `from_utf8` cannot fail.
         self.str(core::str::from_utf8(&digits[i..]).unwrap_or("?"))
     }
 
@@ -417,19 +417,43 @@ fn classify(e: &Entry) -> Fault {
 /// Prints the report of a guard fault (see the module docs).
 fn report(e: &Entry, addr: usize, (pc, fp, sp, write): (usize, usize, usize, Option<bool>)) {
     let f = classify(e);
-    let freed = e.state.load(Ordering::Relaxed) == FREED;
     let mut out = Out {
         buf: [0; 2048],
         len: 0,
     };
+    headline(
+        &mut out,
+        &f,
+        addr,
+        write,
+        e.state.load(Ordering::Relaxed) == FREED,
+    );
+    let (frames, n) = fault_frames(pc, fp, sp);
+    for (i, &ip) in frames[..n].iter().enumerate() {
+        out.str("    #").dec(i).str(" ").hex(ip).str("\n");
+    }
+    let safe = safe_to_symbolise(&frames[1..n]);
+    if !safe {
+        out.str("  (not symbolised: the fault interrupted the C library or the loader)\n");
+    }
+    out.flush();
+    if safe {
+        // Symbolising allocates; a panic in it must not unwind out of the handler.
+        let _ = std::panic::catch_unwind(|| symbolised(&frames[..n], &f));
+    }
+}
+
+/// The report's first lines: the class, where the access lies against the chunk, the chunk.
+fn headline(out: &mut Out, f: &Fault, addr: usize, write: Option<bool>, freed: bool) {
+    let access = match write {
+        Some(true) => "write",
+        Some(false) => "read",
+        None => "access",
+    };
     out.str("memctx: ")
         .str(f.class)
         .str(": ")
-        .str(match write {
-            Some(true) => "write",
-            Some(false) => "read",
-            None => "access",
-        })
+        .str(access)
         .str(" at ")
         .hex(addr)
         .str(", ");
@@ -456,10 +480,14 @@ fn report(e: &Entry, addr: usize, (pc, fp, sp, write): (usize, usize, usize, Opt
         .str(", free stack id ")
         .dec(f.free as usize)
         .str("\n  fault stack (raw):\n");
+}
+
+/// The faulting instruction and the return addresses above it, and how many there are.
+fn fault_frames(pc: usize, fp: usize, sp: usize) -> ([usize; stack::MAX_DEPTH], usize) {
     let mut frames = [MaybeUninit::<usize>::uninit(); stack::MAX_DEPTH];
     frames[0].write(pc);
     let n = 1 + stack::walk_interrupted(fp, sp, &mut frames[1..]);
-    let frames: [usize; stack::MAX_DEPTH] = core::array::from_fn(|i| {
+    let frames = core::array::from_fn(|i| {
         if i < n {
             // SAFETY: the first `n` entries were written: the pc above, the rest by the walk.
             unsafe { frames[i].assume_init() }
@@ -467,29 +495,22 @@ fn report(e: &Entry, addr: usize, (pc, fp, sp, write): (usize, usize, usize, Opt
             0
         }
     });
-    for (i, &ip) in frames[..n].iter().enumerate() {
-        out.str("    #").dec(i).str(" ").hex(ip).str("\n");
-    }
-    // The outermost frames are the thread's entry in the C library (`start_thread`,
-    // `__libc_start_call_main`), which holds no lock while user code runs: only a library frame
-    // with user code above it (a callback run under the library's lock) rules symbolising out.
-    let callers = &frames[1..n];
+    (frames, n)
+}
+
+/// Whether the faulting code's callers hold none of the locks symbolising takes. The outermost
+/// frames are the thread's entry in the C library (`start_thread`, `__libc_start_call_main`),
+/// which holds no lock while user code runs: only a library frame with user code above it (a
+/// callback run under the library's lock) rules symbolising out.
+fn safe_to_symbolise(callers: &[usize]) -> bool {
     let entry = callers
         .iter()
         .rev()
         .take_while(|&&ip| in_locked_code(ip))
         .count();
-    let safe = !callers[..callers.len() - entry]
+    !callers[..callers.len() - entry]
         .iter()
-        .any(|&ip| in_locked_code(ip));
-    if !safe {
-        out.str("  (not symbolised: the fault interrupted the C library or the loader)\n");
-    }
-    out.flush();
-    if safe {
-        // Symbolising allocates; a panic in it must not unwind out of the handler.
-        let _ = std::panic::catch_unwind(|| symbolised(&frames[..n], &f));
-    }
+        .any(|&ip| in_locked_code(ip))
 }
 
 /// The symbolised part of the report: the fault's stack, the allocation and the free stacks.
