@@ -17,7 +17,9 @@
 //! `quarantine` (released blocks kept back from the system and verified), `verify`
 //! (comparisons and the context walk), `report` (reports, their builder and policy), `stack`
 //! (backtrace capture and the stack depot), `settings`, `sanitizer` (the Valgrind and ASan
-//! backends behind one interface), and `hooks` (the glue the allocator calls).
+//! backends behind one interface), `vgmap` (blocks mapped under memcheck), `guard` (guard
+//! pages after chunks with a block of their own), `fault` (the handler of their faults),
+//! `sample` (guarded sampling of small chunks), and `hooks` (the glue the allocator calls).
 //!
 //! # Examples
 //! ```
