@@ -34,10 +34,11 @@
 //! The stand-ins count the checks that fail and say so (none may: the workloads are clean). For
 //! the carve check to hold from the first round, each stand-in's context is filled with the freed
 //! pattern once before it is measured (a real debug build fills a block when it takes it).
-//! Each stand-in runs beside a fresh copy of memctx's release contender of the same workload, their
-//! rounds alternating, and `bound <workload> <duty> <X>` = the stand-in's median over that copy's
-//! median — the least `overhead` a debug build doing that duty could show; ci/bench divides the
-//! debug build's time by the `checks` stand-in's for `waste`.
+//! Each stand-in runs beside a fresh copy of memctx's release contender of the same workload, in
+//! a context configured and prefilled as the stand-in's, their rounds alternating, and
+//! `bound <workload> <duty> <X>` = the stand-in's median over that copy's median — the least
+//! `overhead` a debug build doing that duty could show; ci/bench divides the debug build's time
+//! by the `checks` stand-in's for `waste`.
 
 use std::hint::black_box;
 
@@ -285,8 +286,8 @@ const CHURN_FILL: usize = CHURN_KEEPER - (64 << 10);
 /// bytes) with their header words and padding; the default keeper block (8 KiB) holds them.
 const ROW_FILL: usize = ROW_LEN * (256 + 16);
 
-/// A context for a stand-in, with a keeper block of `keeper` bytes (at least 8 KiB) whose first
-/// `fill` bytes hold the freed pattern.
+/// A context for a stand-in, with a keeper block of `keeper` bytes (0: the default 8 KiB) whose
+/// first `fill` bytes hold the freed pattern.
 fn standin_context(name: &'static str, keeper: usize, fill: usize) -> MemoryContext {
     let ctx = MemoryContext::top().new_child(
         name,
@@ -412,16 +413,19 @@ pub(crate) fn bench_bounds(cfg: &Config) -> Vec<Bound> {
     out
 }
 
-/// memctx's release contender of `workload` (churn or per-row), as in its table.
+/// memctx's release contender of `workload` (churn or per-row), as in its table but in a context
+/// like the stand-ins' (on churn their one 16 MiB block is by itself a little faster than the
+/// default's growing blocks), so that a stand-in and its release pair differ by the duty alone.
 fn release_contender<'s>(
     workload: &str,
     seq: &'s ChurnSeq,
     sizes: &'s [u8],
 ) -> Box<dyn Contender + 's> {
-    let ctx = MemoryContext::top().new_child("bound's release", BlockSizes::DEFAULT);
     if workload == "churn" {
+        let ctx = standin_context("churn release", CHURN_KEEPER, CHURN_FILL);
         Box::new(Churn::new("memctx", Palloc, seq, Some(ctx)))
     } else {
+        let ctx = standin_context("per-row release", 0, ROW_FILL);
         Box::new(RowMemctx { ctx, sizes })
     }
 }
