@@ -215,7 +215,11 @@ fn sampled_chunks_are_external() {
         assert_eq!(s.sampled, 0, "{s:?}");
         assert_eq!(s.quarantined - before.quarantined, sampled.len(), "{s:?}");
         assert_eq!(ctx.counters().total_nblocks, blocks);
+        // Sampled again after the reset (the countdown goes on), then freed by the delete.
+        let (_chunks, again) = eight_chunks(ctx);
+        assert_eq!(debug::guard_stats().sampled, again.len());
         ctx.delete();
+        assert_eq!(debug::guard_stats().sampled, 0);
     })
     .join()
     .unwrap();
