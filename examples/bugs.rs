@@ -79,6 +79,22 @@ fn read_after_reset(ctx: MemoryContext) -> u8 {
     }
 }
 
+/// A read through a pointer into a deleted context: the chunk lies in a block after the keeper,
+/// which the debug build keeps in its quarantine of released blocks, closed to the tools.
+#[inline(never)]
+fn read_after_delete(ctx: MemoryContext) -> u8 {
+    // Five 2000-byte chunks do not fit the 8 KiB keeper: the last lies in the next block.
+    let mut p = ptr::null_mut();
+    for _ in 0..5 {
+        p = ctx.alloc(2000).as_ptr();
+        // SAFETY: a live 2000-byte chunk.
+        unsafe { p.write_bytes(7, 2000) };
+    }
+    ctx.delete();
+    // SAFETY: none — the read after the delete is the bug.
+    unsafe { ptr::read_volatile(p) }
+}
+
 #[inline(never)]
 fn uninit(ctx: MemoryContext) -> bool {
     let p = ctx.alloc(16).as_ptr();
@@ -238,6 +254,9 @@ fn main() {
         "read-after-reset" => {
             black_box(read_after_reset(ctx));
         }
+        "read-after-delete" => {
+            black_box(read_after_delete(ctx));
+        }
         "uninit" => {
             black_box(uninit(ctx));
         }
@@ -245,7 +264,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: bugs overrun|overrun-slack|underrun|large-overrun|read-after-pfree|\
-                 read-after-reset|uninit|leak|clean"
+                 read-after-reset|read-after-delete|uninit|leak|clean"
             );
             std::process::exit(2);
         }

@@ -162,6 +162,18 @@ fn use_after_reset_is_reported_at_the_read() {
     );
 }
 
+/// A block of a deleted context waits in the debug build's quarantine, poisoned: a read through a
+/// pointer into it is ASan's report at the read.
+#[test]
+fn use_after_delete_is_reported_at_the_read() {
+    assert_report(
+        "read-after-delete",
+        "use-after-poison",
+        "READ of size 1",
+        "read_after_delete",
+    );
+}
+
 #[test]
 fn a_correct_workload_raises_nothing() {
     let out = Command::new(bugs_exe())

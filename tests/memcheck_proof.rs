@@ -243,6 +243,20 @@ fn read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
     described_as_the_freed_chunk(e, "read_after_pfree", "memctx::raw::pfree");
 }
 
+/// A block of a deleted context waits in the debug build's quarantine, NOACCESS: a read through a
+/// pointer into it is memcheck's error at the read.
+#[test]
+fn read_after_delete_is_an_invalid_read() {
+    let errors = memcheck("read-after-delete");
+    let e = the_error(&errors, "InvalidRead", "read_after_delete");
+    assert!(
+        e.aux
+            .iter()
+            .any(|a| a.contains("0 bytes inside a block of size 2,000 free'd")),
+        "memcheck should name the deleted context's 2000-byte chunk: {e:#?}"
+    );
+}
+
 #[test]
 fn read_after_reset_is_an_invalid_read_of_the_released_chunk() {
     let errors = memcheck("read-after-reset");

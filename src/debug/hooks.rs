@@ -446,7 +446,7 @@ pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
     let taken = if guarded {
         release_guarded(block)
     } else {
-        quarantine::admit(block) || {
+        quarantine::admit(block, size) || {
             // Under memcheck every block is a mapping of its own.
             sanitizer::pools() && release_to_system(block, size)
         }

@@ -185,12 +185,12 @@ fn take_staged(q: &mut Quarantine, start: usize, end: usize) -> Option<(Vec<Ghos
     Some((mine, former))
 }
 
-/// A block was released (unlinked and unregistered). Returns whether the quarantine took it (a
+/// A block of `size` bytes was released (unlinked and unregistered). Returns whether the quarantine took it (a
 /// reset or delete released it); otherwise it goes back to the system now. Findings of blocks it
 /// evicted are queued.
-pub(crate) fn admit(block: *mut Block) -> bool {
-    // SAFETY: the block's header is intact until it goes back to the system.
-    let (start, end) = (block as usize, unsafe { (*block).end_ptr } as usize);
+pub(crate) fn admit(block: *mut Block, size: usize) -> bool {
+    // Not from the header: to the tools it is no pool chunk any more.
+    let (start, end) = (block as usize, block as usize + size);
     let limit = settings::quarantine();
     if end - start > limit {
         return false;
