@@ -137,6 +137,31 @@ fn write_into_deleted_context_found_by_check() {
     parent.delete();
 }
 
+/// `pfree` of a chunk of a deleted context, whose block waits in the quarantine: a `double-free`
+/// naming the deleted context, not a pointer "no context allocated".
+#[test]
+fn pfree_into_a_deleted_context_is_a_double_free() {
+    let mut stale = std::ptr::null_mut();
+    let r = one(collect(|| {
+        let ctx = MemoryContext::top().new_child("Deleted", BlockSizes::SMALL);
+        for _ in 0..40 {
+            stale = ctx.alloc(200).as_ptr();
+        }
+        ctx.delete();
+        unsafe { memctx::pfree(stale) };
+    }));
+    assert_eq!(r.class, BugClass::DoubleFree);
+    assert_eq!(r.context_path, ["TopMemoryContext", "Deleted"]);
+    assert_eq!(r.found_at, "pfree");
+    assert_eq!(r.chunk, Some(stale as usize));
+    assert_eq!(r.requested, Some(200));
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "pfree_into_a_deleted_context_is_a_double_free",
+        "allocation",
+    );
+}
+
 /// A deleted context's keeper, recycled by the next context of its size: a stale write into it is
 /// found when the new context carves the space, and blamed on the deleted context — never a
 /// `wild-write` of the innocent new one.

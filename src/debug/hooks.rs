@@ -823,10 +823,13 @@ fn classify(
     let (start, end, owner) = match blocks::lookup(addr) {
         Lookup::Unavailable => return Ok(None),
         Lookup::NotFound => {
+            if let Some(r) = quarantine::freed_again(addr, op) {
+                return Err(r);
+            }
             return invalid(format!(
                 "{op} called with {ptr:p}, which no context of this thread allocated \
                      (a foreign pointer, or a chunk of another thread's tree)"
-            ))
+            ));
         }
         Lookup::Found { start, end, ctx } => (start, end, ctx),
     };

@@ -296,6 +296,30 @@ pub(crate) fn former_ghost(block: *mut Block, addr: usize) -> Option<(Ghost, Rc<
         .flatten()
 }
 
+/// A pointer no live block holds, passed to `op` (`pfree`, `repalloc`): when it is a chunk of a
+/// quarantined block, a `double-free` naming the context that released it, as it was, with the
+/// chunk's allocation stack and the reset's or delete's.
+pub(crate) fn freed_again(addr: usize, op: &str) -> Option<Report> {
+    QUARANTINE
+        .try_with(|q| {
+            let q = q.borrow();
+            let m = q.blocks.iter().find(|m| m.start <= addr && addr < m.end)?;
+            let g = m.ghosts.iter().find(|g| g.data() == addr)?;
+            let mut r = Report::at(BugClass::DoubleFree, op)
+                .chunk(g.data(), Some(g.requested as usize))
+                .stacks(g.alloc_stack, g.free_stack)
+                .detail(format!(
+                    "{op} of a chunk the {} of \"{}\" already released",
+                    m.former.op, m.former.name
+                ));
+            r.context = m.former.name.clone();
+            r.context_path = m.former.path.clone();
+            Some(r)
+        })
+        .ok()
+        .flatten()
+}
+
 /// Verifies every quarantined block and waiting recycled keeper (for `check`); damaged ones are
 /// filled again, so each damage is reported once. Under Valgrind or ASan it leaves them alone:
 /// the memory is closed to the program, so the tool reported any access to it at the instruction,
