@@ -444,7 +444,7 @@ pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
     let end = block as usize + size;
     let guarded = !sanitizer::pools() && guard::is_guarded(end);
     let taken = if guarded {
-        release_guarded(block)
+        release_guarded(block, end)
     } else {
         quarantine::admit(block, size) || {
             // Under memcheck every block is a mapping of its own.
@@ -473,10 +473,8 @@ pub(crate) fn release_to_system(block: *mut Block, size: usize) -> bool {
     true
 }
 
-/// [`block_release`] of a guarded block.
-fn release_guarded(block: *mut Block) -> bool {
-    // SAFETY: the header of an unlinked block is intact until it is released.
-    let end = unsafe { (*block).end_ptr } as usize;
+/// [`block_release`] of a guarded block ending at `end`.
+fn release_guarded(block: *mut Block, end: usize) -> bool {
     let data = Block::first_chunk(block).wrapping_add(CHUNK_PREFIX);
     // SAFETY: a guarded block holds exactly one chunk, at its first chunk position.
     let rec = unsafe { read_record(data) };
