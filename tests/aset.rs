@@ -559,6 +559,39 @@ fn block_sizes_validate() {
     ctx.delete();
 }
 
+/// Each bound of `BlockSizes::validate` on both sides: the limits themselves are accepted, one
+/// past them refused (1 GiB − 1 is the largest block offset a chunk header encodes).
+#[test]
+fn block_sizes_validate_at_the_bounds() {
+    const MAX: usize = (1 << 30) - 1;
+    let sizes = |min_context_size, init_block_size, max_block_size| BlockSizes {
+        min_context_size,
+        init_block_size,
+        max_block_size,
+    };
+    for ok in [
+        sizes(0, 1024, 1024),
+        sizes(0, 8192, 8192),
+        sizes(0, 1024, MAX),
+        sizes(1024, 1024, 8192),
+        sizes(MAX, 1024, 8192),
+    ] {
+        assert_eq!(ok.validate(), Ok(()), "{ok:?}");
+    }
+    for (bad, what) in [
+        (sizes(0, 1008, 8192), "initial block size"),
+        (sizes(0, 1032, 8192), "initial block size"),
+        (sizes(0, 8192, 8176), "maximum block size"),
+        (sizes(0, 1024, MAX + 1), "maximum block size"),
+        (sizes(1023, 1024, 8192), "minimum context size"),
+        (sizes(16, 1024, 8192), "minimum context size"),
+        (sizes(MAX + 1, 1024, 8192), "minimum context size"),
+    ] {
+        let err = bad.validate().expect_err(&format!("{bad:?} must be refused"));
+        assert!(err.contains(what), "{bad:?}: {err}");
+    }
+}
+
 #[test]
 fn reset_keeps_the_keeper_and_restarts_block_doubling() {
     let ctx = MemoryContext::top().new_child("restart", BlockSizes::DEFAULT);
@@ -925,6 +958,32 @@ mod release_layout {
         unsafe { pfree(p) };
         assert_eq!(ctx.mem_allocated(false), before);
         ctx.delete();
+    }
+
+    /// The chunk limit is the largest class whose footprint is at most a quarter of a maximum
+    /// block less its header, the bound included: with 4208-byte blocks (4160 / 4 = 1040, the
+    /// footprint of 1 KiB) it is 1 KiB; one byte less and it is 512.
+    #[test]
+    fn chunk_limit_at_a_quarter_of_the_maximum_block() {
+        assert_eq!(footprint(1024), 1040);
+        for (max, limit) in [(4208usize, 1024usize), (4207, 512)] {
+            let sizes = BlockSizes {
+                min_context_size: 0,
+                init_block_size: 1024,
+                max_block_size: max,
+            };
+            let ctx = MemoryContext::top().new_child("limit", sizes);
+            for n in [limit, limit + 1] {
+                let p = ctx.alloc(n).as_ptr();
+                let want = if n <= limit {
+                    footprint(n)
+                } else {
+                    large_block(n) - BLOCK_OVERHEAD
+                };
+                assert_eq!(unsafe { chunk_space(p) }, want, "max {max}, {n} bytes");
+            }
+            ctx.delete();
+        }
     }
 
     #[test]
