@@ -148,15 +148,15 @@ impl BlockSizes {
         Ok(())
     }
 
-    /// Size of the keeper block these sizes give.
+    /// Size of the keeper block these sizes give. Contexts are created only from sizes that
+    /// passed [`validate`](Self::validate), so it is at least 1 KiB, always room for a chunk.
     pub(crate) fn keeper_size(&self) -> usize {
-        let smallest = BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + footprint(class_size(0));
         let wanted = if self.min_context_size != 0 {
             self.min_context_size
         } else {
             self.init_block_size
         };
-        align_up(wanted.max(smallest), CHUNK_ALIGN)
+        align_up(wanted, CHUNK_ALIGN)
     }
 
     /// The chunk limit these sizes give: 8 KiB, halved while a chunk of that size would take more

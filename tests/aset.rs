@@ -592,6 +592,16 @@ fn block_sizes_validate_at_the_bounds() {
     }
 }
 
+/// Flags combine as a set: adding a flag already present changes nothing.
+#[test]
+fn alloc_flags_combine_as_a_set() {
+    let f = AllocFlags::HUGE | AllocFlags::NO_OOM;
+    assert_eq!(f | AllocFlags::HUGE, f);
+    assert!(f.contains(AllocFlags::HUGE) && f.contains(AllocFlags::NO_OOM));
+    assert!(!f.contains(AllocFlags::ZERO));
+    assert_eq!(AllocFlags::ZERO | AllocFlags::ZERO, AllocFlags::ZERO);
+}
+
 #[test]
 fn reset_keeps_the_keeper_and_restarts_block_doubling() {
     let ctx = MemoryContext::top().new_child("restart", BlockSizes::DEFAULT);
@@ -957,6 +967,23 @@ mod release_layout {
         // The 1 KiB chunk goes to its freelist; its block stays.
         unsafe { pfree(p) };
         assert_eq!(ctx.mem_allocated(false), before);
+        ctx.delete();
+    }
+
+    /// The size limits include their bound: exactly `MAX_ALLOC_SIZE` needs no HUGE flag, exactly
+    /// `MAX_ALLOC_HUGE_SIZE` is accepted with it (the system refuses it: NO_OOM gives null). Release
+    /// only: the debug build would fill the gibibyte with its fresh pattern.
+    #[test]
+    fn size_limits_include_their_bound() {
+        let (ctx, _g) = fresh("bounds");
+        let p = palloc_extended(MAX_ALLOC_SIZE, AllocFlags::NO_OOM);
+        if !p.is_null() {
+            assert_eq!(unsafe { chunk_context(p) }, ctx);
+            unsafe { pfree(p) };
+        }
+        let huge = AllocFlags::HUGE | AllocFlags::NO_OOM;
+        assert!(palloc_extended(MAX_ALLOC_HUGE_SIZE, huge).is_null());
+        drop(_g);
         ctx.delete();
     }
 
