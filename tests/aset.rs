@@ -587,7 +587,9 @@ fn block_sizes_validate_at_the_bounds() {
         (sizes(16, 1024, 8192), "minimum context size"),
         (sizes(MAX + 1, 1024, 8192), "minimum context size"),
     ] {
-        let err = bad.validate().expect_err(&format!("{bad:?} must be refused"));
+        let err = bad
+            .validate()
+            .expect_err(&format!("{bad:?} must be refused"));
         assert!(err.contains(what), "{bad:?}: {err}");
     }
 }
