@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use memctx::leak::{self, render, watch, DiffOptions, Dump, Metric, ReportOptions};
+use memctx::leak::{self, render, watch, DiffOptions, DiffStream, Dump, Metric, ReportOptions};
 use memctx::stats::PrintOptions;
 
 const FORMATS_HELP: &str = "\
@@ -394,8 +394,27 @@ fn stats(args: &StatsArgs) -> Result<Outcome, String> {
     Ok(Outcome::Done)
 }
 
+/// The dumps of one process in files and directories, by the rule [`read_series`] follows, each
+/// folded into a [`DiffStream`] as soon as its file is read: only the dumps' headers are kept.
+fn stream_series(paths: &[PathBuf], pid: Option<u32>) -> Result<(DiffStream, Vec<Dump>), String> {
+    let mut stream = DiffStream::default();
+    let mut heads = Vec::new();
+    let skipped = leak::visit_series(paths, &mut |d| {
+        if pid.map_or(true, |p| d.pid == Some(p)) {
+            stream.push(&d);
+        }
+        heads.push(d.header());
+    })
+    .map_err(|e| e.to_string())?;
+    warn_all(&skipped);
+    let selection = leak::select_pid(heads, pid).map_err(|e| e.to_string())?;
+    warn_all(&selection.skipped);
+    warn(&selection.dumps);
+    Ok((stream, selection.dumps))
+}
+
 fn diff(args: &DiffArgs) -> Result<Outcome, String> {
-    let dumps = read_series(&args.paths, args.pid)?;
+    let (stream, dumps) = stream_series(&args.paths, args.pid)?;
     if dumps.len() < 2 {
         return Err(format!(
             "{}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
@@ -407,7 +426,7 @@ fn diff(args: &DiffArgs) -> Result<Outcome, String> {
     let opts = DiffOptions {
         metric: args.metric,
     };
-    let report = leak::diff_with(&dumps, &opts).map_err(|e| e.to_string())?;
+    let report = stream.finish(&opts).map_err(|e| e.to_string())?;
     if args.json {
         print_out(&format!("{:#}\n", report.to_json()))?;
     } else {

@@ -57,11 +57,12 @@ pub mod render;
 pub mod watch;
 
 pub use diff::{
-    check_growth, diff, diff_with, select_pid, verdict, DiffError, DiffOptions, EntryKind,
-    EntryReport, GrowthError, GrowthGate, Report, ReportOptions, Segment, Selection, SiteReport,
-    Verdict,
+    check_growth, diff, diff_with, select_pid, verdict, DiffError, DiffOptions, DiffStream,
+    EntryKind, EntryReport, GrowthError, GrowthGate, Report, ReportOptions, Segment, Selection,
+    SiteReport, Verdict,
 };
 pub use metric::Metric;
 pub use parse::{
-    load_series, parse_file, parse_str, Context, Dump, Format, ParseError, Series, Site, Tree,
+    load_series, parse_file, parse_str, visit_series, Context, Dump, Format, ParseError, Series,
+    Site, Tree,
 };

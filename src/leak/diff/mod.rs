@@ -248,6 +248,68 @@ pub fn diff(dumps: &[Dump]) -> Result<Report, DiffError> {
 ///
 /// Fewer than two dumps, or [`Metric::Used`] on dumps that do not record used bytes.
 pub fn diff_with(dumps: &[Dump], opts: &DiffOptions) -> Result<Report, DiffError> {
+    check_comparable(dumps, opts)?;
+    let acc = Accumulated::from_dumps(dumps);
+    let totals = dumps.iter().map(|d| d.total().total_bytes).collect();
+    Ok(judge_and_rank(&acc, dumps, totals, opts))
+}
+
+/// A diff fed one dump at a time, oldest first, for series too large to hold: each dump
+/// [`DiffStream::push`]ed is folded into per-path sums at once (its paths interned, its bytes
+/// added to one slot per dump), and only its header (source, format, PID, time, warnings, grand
+/// total) is kept, so memory grows with the number of distinct paths times the number of dumps,
+/// not with the dumps' text. [`DiffStream::finish`] gives the report [`diff_with`] gives on the
+/// same dumps.
+pub struct DiffStream {
+    acc: Accumulated,
+    heads: Vec<Dump>,
+    totals: Vec<u64>,
+}
+
+impl Default for DiffStream {
+    fn default() -> Self {
+        DiffStream {
+            acc: Accumulated::new(),
+            heads: Vec::new(),
+            totals: Vec::new(),
+        }
+    }
+}
+
+impl DiffStream {
+    /// Folds the next dump of the series in.
+    pub fn push(&mut self, dump: &Dump) {
+        self.acc.add_dump(dump);
+        self.totals.push(dump.total().total_bytes);
+        self.heads.push(dump.header());
+    }
+
+    /// The number of dumps pushed.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Whether no dump was pushed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// Compares the dumps pushed, by `opts.metric`.
+    ///
+    /// # Errors
+    ///
+    /// As [`diff_with`].
+    pub fn finish(mut self, opts: &DiffOptions) -> Result<Report, DiffError> {
+        check_comparable(&self.heads, opts)?;
+        self.acc.pad();
+        Ok(judge_and_rank(&self.acc, &self.heads, self.totals, opts))
+    }
+}
+
+/// At least two dumps, all recording used bytes when `opts` compares by them.
+fn check_comparable(dumps: &[Dump], opts: &DiffOptions) -> Result<(), DiffError> {
     if dumps.len() < 2 {
         return Err(DiffError(format!(
             "need at least two snapshots to compare, got {}{}",
@@ -268,9 +330,19 @@ pub fn diff_with(dumps: &[Dump], opts: &DiffOptions) -> Result<Report, DiffError
             d.format.description()
         )));
     }
-    let acc = Accumulated::from_dumps(dumps);
+    Ok(())
+}
+
+/// The report from the accumulated sums; `dumps` are read for their headers only, `totals` are
+/// their grand totals.
+fn judge_and_rank(
+    acc: &Accumulated,
+    dumps: &[Dump],
+    totals: Vec<u64>,
+    opts: &DiffOptions,
+) -> Report {
     let judge = Judge {
-        acc: &acc,
+        acc,
         dumps,
         metric: opts.metric,
     };
@@ -278,7 +350,7 @@ pub fn diff_with(dumps: &[Dump], opts: &DiffOptions) -> Result<Report, DiffError
     rank_entries(&mut entries, opts.metric);
     let mut sites = judge.sites();
     rank_sites(&mut sites);
-    Ok(report_of(dumps, opts.metric, entries, sites))
+    report_of(dumps, totals, opts.metric, entries, sites)
 }
 
 /// Largest growth by the metric first, then by the other metric, then by path.
@@ -308,6 +380,7 @@ fn rank_sites(sites: &mut [SiteReport]) {
 /// The report: what was compared (sources, formats, processes, span) and the ranked results.
 fn report_of(
     dumps: &[Dump],
+    grand_total: Vec<u64>,
     metric: Metric,
     entries: Vec<EntryReport>,
     sites: Vec<SiteReport>,
@@ -336,7 +409,7 @@ fn report_of(
         formats,
         pids,
         span_ms,
-        grand_total: dumps.iter().map(|d| d.total().total_bytes).collect(),
+        grand_total,
         entries,
         sites,
         warnings,

@@ -111,10 +111,10 @@ pub(super) struct Accumulated {
 }
 
 impl Accumulated {
-    /// Interns every context's path and sums its bytes per dump.
-    pub(super) fn from_dumps(dumps: &[Dump]) -> Self {
-        let mut acc = Accumulated {
-            n: dumps.len(),
+    /// Nothing accumulated yet.
+    pub(super) fn new() -> Self {
+        Accumulated {
+            n: 0,
             groups: PathKeys::default(),
             singles: PathKeys::default(),
             group_sums: HashMap::new(),
@@ -126,13 +126,39 @@ impl Accumulated {
             missing: HashSet::new(),
             sites: HashMap::new(),
             threads: Vec::new(),
-        };
-        for (d, dump) in dumps.iter().enumerate() {
-            for tree in &dump.trees {
-                acc.add_tree(d, tree);
-            }
         }
+    }
+
+    /// Interns every context's path and sums its bytes per dump.
+    pub(super) fn from_dumps(dumps: &[Dump]) -> Self {
+        let mut acc = Self::new();
+        for dump in dumps {
+            acc.add_dump(dump);
+        }
+        acc.pad();
         acc
+    }
+
+    /// Folds the next dump of the series into the sums; the dump is not needed afterwards.
+    pub(super) fn add_dump(&mut self, dump: &Dump) {
+        let d = self.n;
+        self.n += 1;
+        for tree in &dump.trees {
+            self.add_tree(d, tree);
+        }
+    }
+
+    /// Gives every series one slot per dump: a path absent from the last dumps has none there
+    /// until now (an absent context sums to nothing; an absent site has no live bytes).
+    pub(super) fn pad(&mut self) {
+        let n = self.n;
+        let sums = self.group_sums.values_mut();
+        for v in sums.chain(self.single_sums.values_mut()) {
+            v.resize(n, Acc::default());
+        }
+        for v in self.sites.values_mut() {
+            v.resize(n, Some((0, 0)));
+        }
     }
 
     fn add_tree(&mut self, d: usize, tree: &Tree) {
@@ -161,11 +187,8 @@ impl Accumulated {
         self.note_folds(tree, &keys);
         for s in &tree.sites {
             let key = (keys[s.context].group, s.frames.clone());
-            let series = self
-                .sites
-                .entry(key)
-                .or_insert_with(|| vec![Some((0, 0)); self.n]);
-            series[d] = Some((s.bytes, s.count));
+            let series = self.sites.entry(key).or_default();
+            *slot(series, d, Some((0, 0))) = Some((s.bytes, s.count));
         }
     }
 
@@ -195,12 +218,11 @@ impl Accumulated {
     }
 
     fn add_context(&mut self, d: usize, c: &Context, keys: ContextKeys, subtree: u64) {
-        let n = self.n;
-        let sums = self.group_sums.entry(keys.group);
-        sums.or_insert_with(|| vec![Acc::default(); n])[d].add(c, subtree);
+        let sums = self.group_sums.entry(keys.group).or_default();
+        slot(sums, d, Acc::default()).add(c, subtree);
         if keys.has_ident {
-            let sums = self.single_sums.entry(keys.single);
-            sums.or_insert_with(|| vec![Acc::default(); n])[d].add(c, subtree);
+            let sums = self.single_sums.entry(keys.single).or_default();
+            slot(sums, d, Acc::default()).add(c, subtree);
             self.group_of_single.insert(keys.single, keys.group);
         }
     }
@@ -354,6 +376,14 @@ impl Judge<'_> {
         }
         out
     }
+}
+
+/// Dump `d`'s slot of a series, the dumps before it that lacked the path filled with `fill`.
+fn slot<T: Clone>(series: &mut Vec<T>, d: usize, fill: T) -> &mut T {
+    if series.len() <= d {
+        series.resize(d + 1, fill);
+    }
+    &mut series[d]
 }
 
 /// What the printed siblings of a folded line are: `probably CachedPlanSource: all 100 printed

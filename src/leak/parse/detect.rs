@@ -60,25 +60,41 @@ pub struct Series {
 /// A path that does not exist, a directory with no dump in it, or a file that [`parse_file`]
 /// refuses (other than the skipped ones).
 pub fn load_series<P: AsRef<Path>>(paths: &[P]) -> Result<Series, ParseError> {
-    let mut out = Series {
-        dumps: Vec::new(),
-        skipped: Vec::new(),
-    };
+    let mut dumps = Vec::new();
+    let skipped = visit_series(paths, &mut |d| dumps.push(d))?;
+    Ok(Series { dumps, skipped })
+}
+
+/// Reads a series as [`load_series`] does, but hands each dump to `sink` as soon as its file is
+/// read, so that a caller that folds dumps into something smaller (a [`crate::leak::DiffStream`])
+/// never holds more than one file's dumps. Returns the warnings [`Series::skipped`] holds.
+///
+/// # Errors
+///
+/// As [`load_series`]; `sink` has then seen the dumps read before the error.
+pub fn visit_series<P: AsRef<Path>>(
+    paths: &[P],
+    sink: &mut dyn FnMut(Dump),
+) -> Result<Vec<String>, ParseError> {
+    let mut skipped = Vec::new();
     for path in paths {
         let path = path.as_ref();
         if !path.is_dir() {
-            out.dumps.extend(parse_file(path)?);
+            parse_file(path)?.into_iter().for_each(&mut *sink);
             continue;
         }
-        let before = out.dumps.len();
+        let mut found = false;
         for f in dump_files_in(path)? {
             match parse_file(&f) {
-                Ok(dumps) => out.dumps.extend(dumps),
-                Err(e) if e.not_a_dump => out.skipped.push(format!("skipped {e}")),
+                Ok(dumps) => {
+                    found |= !dumps.is_empty();
+                    dumps.into_iter().for_each(&mut *sink);
+                }
+                Err(e) if e.not_a_dump => skipped.push(format!("skipped {e}")),
                 Err(e) => return Err(e),
             }
         }
-        if out.dumps.len() == before {
+        if !found {
             let name = path.display().to_string();
             return Err(ParseError::new(
                 &name,
@@ -87,7 +103,7 @@ pub fn load_series<P: AsRef<Path>>(paths: &[P]) -> Result<Series, ParseError> {
             ));
         }
     }
-    Ok(out)
+    Ok(skipped)
 }
 
 /// The files of a directory that may be dumps, in natural name order.

@@ -42,5 +42,5 @@ mod lines;
 mod model;
 mod text;
 
-pub use detect::{load_series, parse_file, parse_str, Series};
+pub use detect::{load_series, parse_file, parse_str, visit_series, Series};
 pub use model::{Context, Dump, Format, ParseError, Site, Tree, FOLDED_NAME};

@@ -254,6 +254,23 @@ impl Dump {
         }
     }
 
+    /// The dump without its trees: what it is and where it came from, for a list of the dumps
+    /// read that need not hold their contexts.
+    #[must_use]
+    pub fn header(&self) -> Dump {
+        Dump {
+            source: self.source.clone(),
+            line: self.line,
+            format: self.format,
+            pid: self.pid,
+            timestamp_ms: self.timestamp_ms,
+            trees: Vec::new(),
+            grand_total: self.grand_total,
+            has_detail: self.has_detail,
+            warnings: self.warnings.clone(),
+        }
+    }
+
     /// The sum of all trees' counters.
     #[must_use]
     pub fn total(&self) -> Counters {
