@@ -415,3 +415,53 @@ fn report_of(
         warnings,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leak::parse_str;
+
+    /// A `MemoryContextStats` dump of a top context and the children `(name, total)`.
+    fn dump(children: &[(&str, u64)]) -> Dump {
+        let mut text =
+            "TopMemoryContext: 8192 total in 1 blocks; 0 free (0 chunks); 8192 used\n".to_string();
+        for (name, total) in children {
+            text.push_str(&format!(
+                "  {name}: {total} total in 1 blocks; 0 free (0 chunks); {total} used\n"
+            ));
+        }
+        parse_str(&text, "d").unwrap().remove(0)
+    }
+
+    /// The stream pads the series of paths missing from the first or the last dumps, so its
+    /// report is the one `diff_with` makes on the whole series.
+    #[test]
+    fn stream_reports_as_diff_with() {
+        let dumps = vec![
+            dump(&[("Gone", 1024), ("Grows", 1024)]),
+            dump(&[("Grows", 2048), ("Late", 512)]),
+            dump(&[("Grows", 4096), ("Late", 512), ("Late", 512)]),
+        ];
+        let opts = DiffOptions::default();
+        let mut stream = DiffStream::default();
+        dumps.iter().for_each(|d| stream.push(d));
+        assert_eq!(stream.len(), 3);
+        let streamed = stream.finish(&opts).unwrap();
+        let mut whole = diff_with(&dumps, &opts).unwrap();
+        assert_eq!(streamed.entries, whole.entries);
+        let gone = whole
+            .entries
+            .iter()
+            .find(|e| e.display_path() == "TopMemoryContext/Gone");
+        assert_eq!(gone.unwrap().total, [Some(1024), Some(0), Some(0)]);
+        let late = whole
+            .entries
+            .iter()
+            .find(|e| e.display_path() == "TopMemoryContext/Late");
+        assert_eq!(late.unwrap().count, [Some(0), Some(1), Some(2)]);
+        whole.entries.clear();
+        let mut streamed = streamed;
+        streamed.entries.clear();
+        assert_eq!(streamed, whole);
+    }
+}
