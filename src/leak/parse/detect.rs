@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::model::{Dump, ParseError};
+use super::stream::visit_file;
 use super::{csv, json, text};
 
 pub(super) const FORMATS_EXPECTED: &str = "expected a memctx JSON snapshot, pg_log_backend_memory_contexts() \
@@ -18,25 +19,9 @@ pub(super) const FORMATS_EXPECTED: &str = "expected a memctx JSON snapshot, pg_l
 /// The file cannot be read, is binary, or is not a dump in any known format; or a line that looks
 /// like part of a dump is malformed. The error names the file and, where it can, the line.
 pub fn parse_file(path: &Path) -> Result<Vec<Dump>, ParseError> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| {
-        let what = match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_string(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            _ if path.is_dir() => "is a directory, not a dump file".to_string(),
-            _ => format!("cannot read: {e}"),
-        };
-        ParseError::new(&name, None, what)
-    })?;
-    if bytes.contains(&0) {
-        return Err(ParseError::not_a_dump(
-            &name,
-            None,
-            format!("binary file, not a dump: {FORMATS_EXPECTED}"),
-        ));
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    parse_str(&text, &name)
+    let mut dumps = Vec::new();
+    visit_file(path, &mut |d| dumps.push(d))?;
+    Ok(dumps)
 }
 
 /// What [`load_series`] read.
@@ -80,16 +65,19 @@ pub fn visit_series<P: AsRef<Path>>(
     for path in paths {
         let path = path.as_ref();
         if !path.is_dir() {
-            parse_file(path)?.into_iter().for_each(&mut *sink);
+            visit_file(path, &mut *sink)?;
             continue;
         }
         let mut found = false;
         for f in dump_files_in(path)? {
-            match parse_file(&f) {
-                Ok(dumps) => {
-                    found |= !dumps.is_empty();
-                    dumps.into_iter().for_each(&mut *sink);
-                }
+            let mut read = 0;
+            let counted = &mut |d| {
+                read += 1;
+                sink(d);
+            };
+            // Files that are no dump at all are refused before any dump is handed on.
+            match visit_file(&f, counted) {
+                Ok(()) => found |= read > 0,
                 Err(e) if e.not_a_dump => skipped.push(format!("skipped {e}")),
                 Err(e) => return Err(e),
             }

@@ -10,7 +10,7 @@ use super::text::{Builder, Kind, TextParser};
 
 /// A memctx gdb walk being read: the trees of its threads so far.
 pub(super) struct Walk {
-    start_line: usize,
+    pub(super) start_line: usize,
     pid: Option<u32>,
     trees: Vec<Tree>,
     warnings: Vec<String>,

@@ -32,7 +32,8 @@
 //! - `csv`: `pg_backend_memory_contexts` exported as CSV;
 //! - `lines`: what one line of a text dump is (log, stderr or gdb line);
 //! - `text`: server logs and `MemoryContextStats` output, assembled into dumps;
-//! - `gdb`: the article's gdb script output and memctx's gdb walker output.
+//! - `gdb`: the article's gdb script output and memctx's gdb walker output;
+//! - `stream`: reading a file line by line, each dump handed on as soon as it is complete.
 
 mod csv;
 mod detect;
@@ -40,7 +41,9 @@ mod gdb;
 mod json;
 mod lines;
 mod model;
+mod stream;
 mod text;
 
 pub use detect::{load_series, parse_file, parse_str, visit_series, Series};
 pub use model::{Context, Dump, Format, ParseError, Site, Tree, FOLDED_NAME};
+pub use stream::visit_file;

@@ -9,29 +9,85 @@ use crate::stats::Counters;
 
 /// Reads server logs, `MemoryContextStats` output and gdb script output: every dump in the text.
 pub(super) fn parse_text(text: &str, source: &str) -> Result<Vec<Dump>, ParseError> {
-    let mut lines = Vec::new();
+    let mut dumps = Vec::new();
+    let mut stream = TextStream::new(source);
     for (i, raw) in text.lines().enumerate() {
-        if let Some(l) = classify(raw, i + 1, source)? {
-            lines.push((i + 1, l));
+        stream.line(i + 1, raw, &mut |d| dumps.push(d))?;
+    }
+    stream.finish(&mut |d| dumps.push(d))?;
+    Ok(dumps)
+}
+
+/// A text read line by line, each dump handed on as soon as no dump begun before it is still
+/// open, so that a log of any size is read in the memory of the dumps open at once.
+pub(super) struct TextStream<'a> {
+    p: TextParser<'a>,
+    /// Whether a line other than the gdb script's `NAME: BYTES` was seen.
+    postgres: bool,
+    /// The gdb script's lines, kept until the text shows whether it is that script's output:
+    /// `NAME: BYTES` lines count only where nothing else in the text is a dump.
+    gdb_lines: Vec<(usize, Line)>,
+}
+
+impl<'a> TextStream<'a> {
+    pub(super) fn new(source: &'a str) -> Self {
+        TextStream {
+            p: TextParser {
+                source,
+                gdb: false,
+                logs: Vec::new(),
+                other: None,
+                walk: None,
+                done: Vec::new(),
+                handed_on: false,
+            },
+            postgres: false,
+            gdb_lines: Vec::new(),
         }
     }
-    let postgres = lines.iter().any(|(_, l)| !matches!(l, Line::Gdb { .. }));
-    if lines.is_empty() {
-        return Err(no_dump(source));
+
+    /// Line `lineno` of the text.
+    pub(super) fn line(
+        &mut self,
+        lineno: usize,
+        raw: &str,
+        sink: &mut dyn FnMut(Dump),
+    ) -> Result<(), ParseError> {
+        match classify(raw, lineno, self.p.source)? {
+            None => return Ok(()),
+            Some(l @ Line::Gdb { .. }) if !self.postgres => self.gdb_lines.push((lineno, l)),
+            Some(Line::Gdb { .. }) => {}
+            Some(l) => {
+                self.postgres = true;
+                self.gdb_lines = Vec::new();
+                self.p.line(lineno, l)?;
+            }
+        }
+        self.p.hand_on(sink);
+        Ok(())
     }
-    let mut p = TextParser {
-        source,
-        // `NAME: BYTES` lines count only where nothing else in the text is a dump.
-        gdb: !postgres,
-        logs: Vec::new(),
-        other: None,
-        walk: None,
-        done: Vec::new(),
-    };
-    for (lineno, l) in lines {
-        p.line(lineno, l)?;
+
+    /// The end of the text: the dumps still open are closed and handed on.
+    ///
+    /// # Errors
+    ///
+    /// No dump in the whole text.
+    pub(super) fn finish(mut self, sink: &mut dyn FnMut(Dump)) -> Result<(), ParseError> {
+        let had_dump = self.p.handed_on;
+        if !self.postgres {
+            self.p.gdb = true;
+            for (lineno, l) in std::mem::take(&mut self.gdb_lines) {
+                self.p.line(lineno, l)?;
+            }
+        }
+        let source = self.p.source;
+        let done = self.p.finish();
+        if !had_dump && done.is_empty() {
+            return Err(no_dump(source));
+        }
+        done.into_iter().for_each(sink);
+        Ok(())
     }
-    p.finish()
 }
 
 fn no_dump(source: &str) -> ParseError {
@@ -54,6 +110,8 @@ pub(super) struct TextParser<'a> {
     /// The open memctx gdb walk: one dump of several threads' trees.
     pub(super) walk: Option<Walk>,
     pub(super) done: Vec<Dump>,
+    /// Whether a dump was handed on already.
+    handed_on: bool,
 }
 
 impl TextParser<'_> {
@@ -275,7 +333,30 @@ impl TextParser<'_> {
         }
     }
 
-    fn finish(mut self) -> Result<Vec<Dump>, ParseError> {
+    /// Hands on, in the order they begin, the closed dumps that begin before every open one:
+    /// no dump still open can come before them.
+    fn hand_on(&mut self, sink: &mut dyn FnMut(Dump)) {
+        if self.done.is_empty() {
+            return;
+        }
+        let open = self.logs.iter().map(|b| b.start_line);
+        let open = open.chain(self.other.iter().map(|b| b.start_line));
+        let first_open = open
+            .chain(self.walk.iter().map(|w| w.start_line))
+            .min()
+            .unwrap_or(usize::MAX);
+        self.done.sort_by_key(|d| d.line);
+        let ready = self
+            .done
+            .iter()
+            .take_while(|d| d.line.unwrap_or(0) < first_open)
+            .count();
+        self.handed_on |= ready > 0;
+        self.done.drain(..ready).for_each(sink);
+    }
+
+    /// Closes the dumps still open; the dumps not handed on yet, in the order they begin.
+    fn finish(mut self) -> Vec<Dump> {
         for b in std::mem::take(&mut self.logs) {
             self.close(b);
         }
@@ -283,11 +364,8 @@ impl TextParser<'_> {
             self.close(b);
         }
         self.close_walk();
-        if self.done.is_empty() {
-            return Err(no_dump(self.source));
-        }
         self.done.sort_by_key(|d| d.line);
-        Ok(self.done)
+        self.done
     }
 }
 
