@@ -12,7 +12,7 @@
 //! (`ci/sanitizers`), as they leave out `tests/debug_reports.rs`.
 #![cfg(feature = "debug-contexts")]
 
-use memctx::debug::{self, BugClass, Policy, Report};
+use memctx::debug::{BugClass, Report};
 use memctx::{chunk_prefix_size, chunk_space, pfree, repalloc, BlockSizes, MemoryContext};
 
 /// Rear redzone the debug build adds to every request by default (`debug::set_redzone`; no test
@@ -30,15 +30,9 @@ fn class_of(n: usize) -> usize {
     (n.next_multiple_of(8) + REDZONE).next_power_of_two()
 }
 
-/// Runs `f` with this thread's policy set to collect, returning the reports it raised.
-fn collect(f: impl FnOnce()) -> Vec<Report> {
-    debug::set_thread_policy(Some(Policy::Log));
-    let _ = debug::take_reports();
-    f();
-    let r = debug::take_reports();
-    debug::set_thread_policy(None);
-    r
-}
+#[path = "common/reports.rs"]
+mod reports;
+use reports::collect;
 
 fn new_ctx(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_child(name, BlockSizes::DEFAULT)

@@ -1,4 +1,4 @@
-//! The debug build's reports, one test per bug class (DESIGN.md §4): each commits the bug on
+//! The debug build's reports, one test per bug class (the classes of `BugClass`): each commits the bug on
 //! purpose and checks the class, the context, the exact damaged range and that the allocation
 //! backtrace names the test's own function.
 //!
@@ -7,42 +7,16 @@
 //! the dedicated sanitizer tests.
 #![cfg(feature = "debug-contexts")]
 
-use memctx::debug::{self, BugClass, Policy, Report, ResetCheck};
+use memctx::debug::{self, BugClass, ResetCheck};
 use memctx::{pfree, BlockSizes, MemoryContext};
 
-/// Runs `f` with this thread's policy set to collect, returning the reports it raised.
-fn collect(f: impl FnOnce()) -> Vec<Report> {
-    debug::set_thread_policy(Some(Policy::Log));
-    let _ = debug::take_reports();
-    f();
-    let r = debug::take_reports();
-    debug::set_thread_policy(None);
-    r
-}
-
-/// Asserts there is exactly one report and returns it.
-fn one(mut reports: Vec<Report>) -> Report {
-    assert_eq!(
-        reports.len(),
-        1,
-        "expected one report, got: {:#?}",
-        reports.iter().map(|r| r.to_string()).collect::<Vec<_>>()
-    );
-    reports.remove(0)
-}
+#[path = "common/reports.rs"]
+mod reports;
+use reports::{collect, one};
 
 /// Asserts that the first user frame of `frames` is the function `name` of this test file.
 fn assert_first_frame(frames: &[debug::Frame], name: &str, what: &str) {
-    let f = frames
-        .first()
-        .unwrap_or_else(|| panic!("{what} backtrace is empty"));
-    // The bug is committed inside `collect`'s closure, which is part of the test function.
-    let func = f.function.as_deref().unwrap_or("");
-    let func = func.strip_suffix("::{{closure}}").unwrap_or(func);
-    assert!(
-        func.ends_with(&format!("debug_reports::{name}")),
-        "{what} backtrace should start in {name}, starts in {func:?}; frames: {frames:#?}"
-    );
+    reports::assert_first_frame(frames, "debug_reports", name, what);
 }
 
 /// Asserts that the first user frame of `frames` is `name` of this test file, at `line` of it.

@@ -17,9 +17,10 @@
 //! would find an overrun at once).
 //!
 //! These sequences commit real memory bugs on purpose: writes past a chunk's end, into freed
-//! chunks and into memory a reset released, and before a chunk's start (into its front redzone). Under ASan or memcheck the write itself is the error
-//! the tool reports (ASan aborts at it), so the sanitizer legs (memcheck, ASan) must leave this
-//! file out, as they leave out `tests/debug_reports.rs` (DESIGN.md §4); the tools' side of the
+//! chunks and into memory a reset released, and before a chunk's start (into its front redzone).
+//! Under ASan or memcheck the write itself is the error the tool reports (ASan aborts at it), so
+//! the sanitizer legs (memcheck, ASan) must leave this file out, as they leave out
+//! `tests/debug_reports.rs`; the tools' side of the
 //! same bugs is proven by the dedicated sanitizer tests. Every injected write stays inside memory
 //! the context owns (a redzone, a freed small chunk, the keeper block), so the process itself is
 //! never corrupted.

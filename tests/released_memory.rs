@@ -16,35 +16,13 @@ use std::process::Command;
 use memctx::debug::{self, BugClass, Policy, Report};
 use memctx::{BlockSizes, MemoryContext};
 
-/// Runs `f` with this thread's policy set to collect, returning the reports it raised.
-fn collect(f: impl FnOnce()) -> Vec<Report> {
-    debug::set_thread_policy(Some(Policy::Log));
-    let _ = debug::take_reports();
-    f();
-    let r = debug::take_reports();
-    debug::set_thread_policy(None);
-    r
-}
-
-/// Asserts there is exactly one report and returns it.
-fn one(mut reports: Vec<Report>) -> Report {
-    let texts: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
-    assert_eq!(reports.len(), 1, "expected one report, got: {texts:#?}");
-    reports.remove(0)
-}
+#[path = "common/reports.rs"]
+mod reports;
+use reports::{collect, one};
 
 /// Asserts that the first user frame of `frames` is the function `name` of this file.
 fn assert_first_frame(frames: &[debug::Frame], name: &str, what: &str) {
-    let f = frames
-        .first()
-        .unwrap_or_else(|| panic!("{what} backtrace is empty"));
-    let func = f.function.as_deref().unwrap_or("");
-    // The bug is committed inside closures (`collect`'s, a row's) of the test function.
-    let func = func.trim_end_matches("::{{closure}}");
-    assert!(
-        func.ends_with(&format!("released_memory::{name}")),
-        "{what} backtrace should start in {name}, starts in {func:?}; frames: {frames:#?}"
-    );
+    reports::assert_first_frame(frames, "released_memory", name, what);
 }
 
 /// Allocates `n` chunks of `size` bytes; the last one lies in a block after the keeper when `n`

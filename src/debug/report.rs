@@ -23,7 +23,7 @@ use super::settings;
 use super::stack::{self, StackId};
 use crate::context::ContextHeader;
 
-/// The bug classes the debug build reports (DESIGN.md §4).
+/// The bug classes the debug build reports; the same names are used in reports, tests and docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BugClass {
     /// Bytes past the requested size written (rear redzone damaged).
