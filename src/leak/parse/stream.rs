@@ -182,3 +182,63 @@ fn read_error(path: &Path, name: &str, e: &std::io::Error) -> ParseError {
     };
     ParseError::new(name, None, what)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "2026-12-03 10:00:00.000 UTC";
+
+    fn log_dump(pid: u32, top: u64) -> Vec<String> {
+        let at = |m: &str| format!("{PREFIX} [{pid}] LOG:  {m}");
+        vec![
+            at(&format!("logging memory contexts of PID {pid}")),
+            at(&format!(
+                "level: 0; TopMemoryContext: {top} total in 1 blocks; 0 free (0 chunks); {top} used"
+            )),
+            at(&format!(
+                "Grand total: {top} bytes in 1 blocks; 0 free (0 chunks); {top} used"
+            )),
+        ]
+    }
+
+    /// A dump is handed on while the text is still being read, once no dump begun before it is
+    /// open: memory does not grow with the log.
+    #[test]
+    fn dumps_are_handed_on_as_they_close() {
+        let mut lines = log_dump(7, 1024);
+        lines.extend(log_dump(7, 2048));
+        let mut seen = Vec::new();
+        let mut text = TextStream::new("log");
+        let mut after = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            text.line(i + 1, l, &mut |d| seen.push(d)).unwrap();
+            after.push(seen.len());
+        }
+        assert_eq!(after, [0, 0, 1, 1, 1, 2]);
+        text.finish(&mut |d| seen.push(d)).unwrap();
+        let tops: Vec<u64> = seen.iter().map(|d| d.total().total_bytes).collect();
+        assert_eq!(tops, [1024, 2048]);
+    }
+
+    /// Interleaved backends: the later dump closes first but is handed on after the earlier.
+    #[test]
+    fn interleaved_dumps_keep_their_order() {
+        let (a, b) = (log_dump(7, 1024), log_dump(8, 2048));
+        let lines = [&a[0], &b[0], &b[1], &b[2], &a[1], &a[2]];
+        let mut seen = Vec::new();
+        let mut text = TextStream::new("log");
+        for (i, l) in lines.iter().enumerate() {
+            text.line(i + 1, l, &mut |d| seen.push(d)).unwrap();
+            if i == 3 {
+                assert!(
+                    seen.is_empty(),
+                    "PID 8's dump waits for PID 7's, begun before it"
+                );
+            }
+        }
+        text.finish(&mut |d| seen.push(d)).unwrap();
+        let pids: Vec<Option<u32>> = seen.iter().map(|d| d.pid).collect();
+        assert_eq!(pids, [Some(7), Some(8)]);
+    }
+}
