@@ -224,9 +224,11 @@ fn strip_gdb_prompts(raw: &str) -> Option<&str> {
 /// `log_line_prefix`); a line that is no log line comes back whole as the message.
 fn split_log_line(line: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     let structured = log_message(line).or_else(|| {
-        let csvlog = line.contains(",\"level: ")
-            || line.contains(",\"Grand total: ")
-            || line.contains(",\"logging memory contexts of PID ");
+        // A byte search first: most lines of a plain log have no quote at all.
+        let csvlog = line.contains('"')
+            && (line.contains(",\"level: ")
+                || line.contains(",\"Grand total: ")
+                || line.contains(",\"logging memory contexts of PID "));
         csvlog.then(|| csvlog_message(line)).flatten()
     });
     if let Some((p, m)) = structured {
@@ -413,18 +415,18 @@ fn find_log_marker(line: &str) -> Option<usize> {
         "Grand total: ",
         "logging memory contexts of PID ",
     ] {
-        let mut from = 0;
-        while let Some(off) = line[from..].find(marker) {
-            let at = from + off;
-            let ok_start = at == 0 || line.as_bytes()[at - 1] == b' ';
-            let ok_tail = marker != "level: " || {
-                let r = &line[at + marker.len()..];
-                number(r).is_some_and(|(_, r)| r.starts_with("; "))
+        // Candidates are found by a byte search for the marker's first character (cheaper on
+        // short lines than a substring search), then must start a word: the prefix ends in a
+        // space.
+        let first = char::from(marker.as_bytes()[0]);
+        for (at, _) in line.match_indices(first) {
+            let word_start = at == 0 || line.as_bytes()[at - 1] == b' ';
+            let Some(r) = line[at..].strip_prefix(marker).filter(|_| word_start) else {
+                continue;
             };
-            if ok_start && ok_tail {
+            if marker != "level: " || number(r).is_some_and(|(_, r)| r.starts_with("; ")) {
                 return Some(at);
             }
-            from = at + 1;
         }
     }
     None
