@@ -50,9 +50,10 @@ pub fn load_series<P: AsRef<Path>>(paths: &[P]) -> Result<Series, ParseError> {
     Ok(Series { dumps, skipped })
 }
 
-/// Reads a series as [`load_series`] does, but hands each dump to `sink` as soon as its file is
-/// read, so that a caller that folds dumps into something smaller (a [`crate::leak::DiffStream`])
-/// never holds more than one file's dumps. Returns the warnings [`Series::skipped`] holds.
+/// Reads a series as [`load_series`] does, but hands each dump to `sink` as soon as it is read
+/// ([`super::visit_file`]), so that a caller that folds dumps into something smaller (a
+/// [`crate::leak::DiffStream`]) never holds the series. Returns the warnings [`Series::skipped`]
+/// holds.
 ///
 /// # Errors
 ///
