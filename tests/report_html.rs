@@ -11,13 +11,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A PostgreSQL server log with four dumps of backend 42, an hour apart: CacheMemoryContext
-/// grows by exactly 1 MiB per hour (1, 2, 3, 4 MiB), MessageContext holds 8 kB.
-fn growing_log() -> String {
+/// A PostgreSQL server log with four dumps of backend 42, `step` seconds apart:
+/// CacheMemoryContext grows by exactly 1 MiB a step (1, 2, 3, 4 MiB), MessageContext holds 8 kB.
+fn growing_log(step: u64) -> String {
     let mut log = String::new();
     for h in 0..4u64 {
         let cache = (h + 1) << 20;
-        let p = format!("2026-12-03 0{h}:00:00.000 UTC [42] LOG:  ");
+        let t = h * step;
+        let (hh, mm, ss) = (t / 3600, t / 60 % 60, t % 60);
+        let p = format!("2026-12-03 {hh:02}:{mm:02}:{ss:02}.000 UTC [42] LOG:  ");
         let _ = write!(
             log,
             "{p}logging memory contexts of PID 42\n\
@@ -57,7 +59,7 @@ fn report(log: &Path, out: &Path) -> String {
 fn the_page_states_the_growth_rate_fit_and_projection() {
     let dir = temp_dir("numbers");
     let log = dir.join("server.log");
-    std::fs::write(&log, growing_log()).unwrap();
+    std::fs::write(&log, growing_log(3600)).unwrap();
     let page = report(&log, &dir.join("report.html"));
     assert!(
         page.contains(
@@ -71,6 +73,25 @@ fn the_page_states_the_growth_rate_fit_and_projection() {
     for outside in ["src=\"http", "href=\"http", "src=\"//", "<link"] {
         assert!(!page.contains(outside), "the page loads {outside}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A short series (a watch of half a minute) is drawn in seconds, and its rate is still per hour.
+#[test]
+fn a_short_series_is_drawn_in_seconds_with_its_rate_per_hour() {
+    let dir = temp_dir("short");
+    let log = dir.join("server.log");
+    std::fs::write(&log, growing_log(10)).unwrap();
+    let page = report(&log, &dir.join("report.html"));
+    assert!(page.contains(" over 30 s; "), "{page}");
+    assert!(
+        page.contains(
+            "growth +360.0 MB per hour (least-squares fit, R² = 1.000); reaches 10.0 MB in 60 s \
+             after the last dump"
+        ),
+        "{page}"
+    );
+    assert!(page.contains(">30 s<"), "the x axis ends at 30 s: {page}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -116,7 +137,7 @@ fn the_charts_draw_in_a_real_browser() {
     };
     let dir = temp_dir("browser");
     let log = dir.join("server.log");
-    std::fs::write(&log, growing_log()).unwrap();
+    std::fs::write(&log, growing_log(3600)).unwrap();
     let html = dir.join("report.html");
     let page = report(&log, &html);
     let charts = page.matches("<svg class=\"chart\"").count();

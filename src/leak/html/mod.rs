@@ -76,18 +76,56 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((value * 1024f64.powi(power)) as u64)
 }
 
-/// The x of each dump: hours since the first when every dump has a time, else the dump's
-/// number; and the unit's name.
-fn x_axis(dumps: &[Dump]) -> (Vec<f64>, &'static str) {
+/// The charts' x axis: time since the first dump, in a unit that suits the series' span (a
+/// watch of a few seconds is drawn in seconds, a day in hours), or the dump's number when some
+/// dump carries no time. Growth rates are stated per hour whatever the unit.
+#[derive(Clone, Copy)]
+struct Axis {
+    /// The unit's name on the axis.
+    name: &'static str,
+    /// Seconds per unit; `None` when x is the dump's number.
+    seconds: Option<f64>,
+}
+
+impl Axis {
+    const DUMPS: Axis = Axis {
+        name: "dump",
+        seconds: None,
+    };
+
+    /// The unit for a span of `secs` seconds.
+    fn for_span(secs: f64) -> Axis {
+        let (name, seconds) = match secs {
+            s if s < 120.0 => ("s", 1.0),
+            s if s < 7200.0 => ("min", 60.0),
+            _ => ("hours", 3600.0),
+        };
+        Axis {
+            name,
+            seconds: Some(seconds),
+        }
+    }
+
+    /// `+1.2 MB per hour` (or `per dump`) for a slope in bytes per unit of this axis.
+    fn rate(self, slope: f64) -> String {
+        match self.seconds {
+            Some(secs) => format!("{} per hour", signed(slope * 3600.0 / secs)),
+            None => format!("{} per dump", signed(slope)),
+        }
+    }
+}
+
+/// The x of each dump on the axis that suits the series.
+fn x_axis(dumps: &[Dump]) -> (Vec<f64>, Axis) {
     let times: Option<Vec<u64>> = dumps.iter().map(|d| d.timestamp_ms).collect();
     match times {
-        Some(t) if t.last() > t.first() => (
-            t.iter()
-                .map(|&ms| (ms - t[0]) as f64 / 3_600_000.0)
-                .collect(),
-            "hours",
-        ),
-        _ => ((1..=dumps.len()).map(|i| i as f64).collect(), "dump"),
+        Some(t) if t.last() > t.first() => {
+            let axis = Axis::for_span((t[t.len() - 1] - t[0]) as f64 / 1000.0);
+            let per_unit = 1000.0 * axis.seconds.unwrap_or(1.0);
+            let xs = t.iter().map(|&ms| (ms - t[0]) as f64 / per_unit).collect();
+            (xs, axis)
+        }
+        _ => ((1..=dumps.len()).map(|i| i as f64).collect(), Axis::DUMPS),
     }
 }
 
@@ -104,27 +142,31 @@ fn signed(v: f64) -> String {
     format!("{sign}{}", human_bytes(v.abs() as u64))
 }
 
-/// `in 6.0 hours`, `in 12 min`, `in 40 s`, or `after 3.5 more dumps`.
-fn time_to(unit: &str, x: f64) -> String {
-    if unit != "hours" {
+/// `in 6.0 hours`, `in 12 min`, `in 40 s`, or `after 3.5 more dumps`, for `x` units of `axis`.
+fn time_to(axis: Axis, x: f64) -> String {
+    let Some(secs) = axis.seconds else {
         return format!("after {x:.1} more dumps");
-    }
-    match x * 3600.0 {
+    };
+    duration_text(x * secs)
+}
+
+/// `in 40 s`, `in 12 min`, `in 6.0 hours`.
+fn duration_text(s: f64) -> String {
+    match s {
         s if s < 120.0 => format!("in {s:.0} s"),
         s if s < 7200.0 => format!("in {:.0} min", s / 60.0),
-        _ => format!("in {x:.1} hours"),
+        s => format!("in {:.1} hours", s / 3600.0),
     }
 }
 
 /// The sentence on a fit: its rate, R², and the projection to the limit.
-fn fit_text(fit: Option<Fit>, unit: &str, last: (f64, f64), limit: Option<u64>) -> String {
+fn fit_text(fit: Option<Fit>, axis: Axis, last: (f64, f64), limit: Option<u64>) -> String {
     let Some(f) = fit else {
         return "too few points for a fit".into();
     };
-    let per = if unit == "hours" { "hour" } else { "dump" };
     let mut s = format!(
-        "growth {} per {per} (least-squares fit, R² = {:.3})",
-        signed(f.slope),
+        "growth {} (least-squares fit, R² = {:.3})",
+        axis.rate(f.slope),
         f.r2
     );
     if let Some(limit) = limit {
@@ -134,7 +176,7 @@ fn fit_text(fit: Option<Fit>, unit: &str, last: (f64, f64), limit: Option<u64>) 
                 s,
                 "; reaches {} {} after the last dump",
                 human_bytes(limit),
-                time_to(unit, (x - last.0).max(0.0))
+                time_to(axis, (x - last.0).max(0.0))
             ),
             None => write!(s, "; not rising: never reaches {}", human_bytes(limit)),
         };
@@ -143,7 +185,7 @@ fn fit_text(fit: Option<Fit>, unit: &str, last: (f64, f64), limit: Option<u64>) 
 }
 
 /// One context's section: a chart of total and used bytes with the metric's fit.
-fn entry_section(e: &EntryReport, xs: &[f64], unit: &str, opts: &HtmlOptions) -> String {
+fn entry_section(e: &EntryReport, xs: &[f64], axis: Axis, opts: &HtmlOptions) -> String {
     let metric_pts = points(xs, e.series());
     let f = fit::fit(&metric_pts);
     let mut lines = vec![Line {
@@ -181,14 +223,14 @@ fn entry_section(e: &EntryReport, xs: &[f64], unit: &str, opts: &HtmlOptions) ->
         escape(&path),
         e.verdict,
         escape(&path),
-        chart::svg(&title, unit, range, &lines),
+        chart::svg(&title, axis.name, range, &lines),
         escape(&format!("{} bytes", opts.metric)),
-        escape(&fit_text(f, unit, last, opts.limit))
+        escape(&fit_text(f, axis, last, opts.limit))
     )
 }
 
 /// The per-site table (debug-build snapshots), largest growth first.
-fn sites_section(report: &Report, xs: &[f64], unit: &str, n: usize) -> String {
+fn sites_section(report: &Report, xs: &[f64], axis: Axis, n: usize) -> String {
     if report.sites.is_empty() {
         return "<p>No allocation sites: the snapshots were not taken by a debug build \
                 (<code>--features debug-contexts</code>).</p>"
@@ -196,7 +238,7 @@ fn sites_section(report: &Report, xs: &[f64], unit: &str, n: usize) -> String {
     }
     let mut rows = String::new();
     for s in report.sites.iter().take(n) {
-        let rate = fit::fit(&points(xs, &s.bytes)).map_or("?".into(), |f| signed(f.slope));
+        let rate = fit::fit(&points(xs, &s.bytes)).map_or("?".into(), |f| axis.rate(f.slope));
         let first = s.bytes.iter().flatten().next().copied().unwrap_or(0);
         let last = s.bytes.iter().rev().flatten().next().copied().unwrap_or(0);
         let _ = write!(
@@ -212,8 +254,7 @@ fn sites_section(report: &Report, xs: &[f64], unit: &str, n: usize) -> String {
     }
     format!(
         "<table id=\"sites\"><tr><th>context</th><th>verdict</th><th>live bytes</th>\
-         <th>per {}</th><th>allocated from</th></tr>{rows}</table>",
-        if unit == "hours" { "hour" } else { "dump" }
+         <th>growth</th><th>allocated from</th></tr>{rows}</table>"
     )
 }
 
@@ -229,7 +270,7 @@ pub fn page(dumps: &[Dump], opts: &HtmlOptions) -> Result<String, DiffError> {
             metric: opts.metric,
         },
     )?;
-    let (xs, unit) = x_axis(dumps);
+    let (xs, axis) = x_axis(dumps);
     let mut body = String::new();
     let _ = write!(
         body,
@@ -238,18 +279,17 @@ pub fn page(dumps: &[Dump], opts: &HtmlOptions) -> Result<String, DiffError> {
         escape(&opts.title),
         dumps.len(),
         escape(&report.formats.join(", ")),
-        report.span_ms.map_or(String::new(), |ms| format!(
-            " over {:.2} hours",
-            ms as f64 / 3.6e6
-        )),
+        report.span_ms.map_or(String::new(), |ms| {
+            duration_text(ms as f64 / 1000.0).replacen("in ", " over ", 1)
+        }),
         opts.metric
     );
     body.push_str("<p id=\"render-check\">charts not checked yet</p>\n<h2>Top contexts</h2>\n");
     for e in report.entries.iter().take(opts.top) {
-        body.push_str(&entry_section(e, &xs, unit, opts));
+        body.push_str(&entry_section(e, &xs, axis, opts));
     }
     body.push_str("<h2>Allocation sites</h2>\n");
-    body.push_str(&sites_section(&report, &xs, unit, opts.sites));
+    body.push_str(&sites_section(&report, &xs, axis, opts.sites));
     body.push_str("<h2>Differential flame graph: last dump against the first</h2>\n");
     let svg = flame::differential(&dumps[0], &dumps[dumps.len() - 1], opts.metric)
         .map_err(|e| DiffError(format!("drawing the flame graph: {e}")))?;
