@@ -770,6 +770,17 @@ fn each_thread_has_its_own_top() {
     assert_eq!(MemoryContext::top().id(), main_id);
 }
 
+/// Depth of the deep-tree tests: deep enough that a recursive walk would overflow a thread's
+/// stack natively; under Valgrind (`valgrind/memcheck` sets `MEMCTX_UNDER_VALGRIND`), where each
+/// context's block is a mapping of its own and every step runs about 30 times slower, 2,000.
+fn deep() -> usize {
+    if std::env::var_os("MEMCTX_UNDER_VALGRIND").is_some() {
+        2_000
+    } else {
+        10_000
+    }
+}
+
 fn deep_chain(depth: usize) -> (MemoryContext, MemoryContext) {
     let root = MemoryContext::top().new_child("deep root", BlockSizes::SMALL);
     let mut leaf = root;
@@ -783,8 +794,8 @@ fn deep_chain(depth: usize) -> (MemoryContext, MemoryContext) {
 fn a_deep_tree_deletes_without_overflowing_the_stack() {
     let top = MemoryContext::top();
     let before = top.mem_allocated(false);
-    let (root, leaf) = deep_chain(10_000);
-    assert_eq!(leaf.path().len(), 10_002);
+    let (root, leaf) = deep_chain(deep());
+    assert_eq!(leaf.path().len(), deep() + 2);
     let _ = leaf.alloc(100);
     root.delete();
     assert!(!leaf.is_alive() && !root.is_alive());
@@ -792,10 +803,10 @@ fn a_deep_tree_deletes_without_overflowing_the_stack() {
     assert!(top.children().is_empty());
 
     // reset and delete_children of a deep tree too.
-    let (root, leaf) = deep_chain(10_000);
+    let (root, leaf) = deep_chain(deep());
     root.delete_children();
     assert!(!leaf.is_alive() && root.children().is_empty());
-    let (root2, leaf) = deep_chain(10_000);
+    let (root2, leaf) = deep_chain(deep());
     root2.reset();
     assert!(!leaf.is_alive() && root2.is_empty());
     root.delete();
@@ -804,7 +815,7 @@ fn a_deep_tree_deletes_without_overflowing_the_stack() {
 
 #[test]
 fn a_deep_tree_resets_children_and_sets_parent() {
-    let (root, leaf) = deep_chain(10_000);
+    let (root, leaf) = deep_chain(deep());
     let _ = leaf.alloc(100);
     root.reset_children();
     assert!(leaf.is_alive() && leaf.is_empty());
@@ -854,13 +865,13 @@ fn a_deep_tree_reports_memory_and_stats() {
         std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(|| {
-                let (root, leaf) = deep_chain(10_000);
+                let (root, leaf) = deep_chain(deep());
                 let _ = leaf.alloc(100);
                 let keeper = root.mem_allocated(false);
-                assert_eq!(root.mem_allocated(true), keeper * 10_001);
+                assert_eq!(root.mem_allocated(true), keeper * (deep() + 1));
                 let stats = root.stats();
                 let total = stats.total();
-                assert_eq!(total.total_nblocks, 10_001);
+                assert_eq!(total.total_nblocks, deep() as u64 + 1);
                 let text = memctx::format_stats(&stats, &Default::default());
                 assert!(text.ends_with(&format!(
                     "Grand total: {} bytes in 10001 blocks; {} free ({} chunks); {} used\n",
