@@ -324,9 +324,9 @@ fn every_valid_alignment_up_to_the_maximum() {
 
 /// A size the huge limit allows must fail the same with an alignment as without:
 /// `palloc_extended(MAX_ALLOC_HUGE_SIZE, HUGE | NO_OOM)` returns null, and so must
-/// `palloc_aligned`. (It used to panic with "invalid memory alloc request size N", N being the
-/// size plus its internal over-allocation, a number the caller never asked for; fixed in
-/// src/raw.rs `alloc_aligned_in`.)
+/// `palloc_aligned`, not panic with "invalid memory alloc request size N" for N the size plus
+/// its internal over-allocation, a number the caller never asked for (src/raw.rs
+/// `alloc_aligned_in` checks the caller's size).
 #[test]
 fn aligned_huge_request_fails_like_an_unaligned_one() {
     if !huge_malloc_ok() {
@@ -442,8 +442,8 @@ fn allocator_sizes_beyond_the_limit_are_errors_not_panics() {
 
 /// The safe API promises "a failure is an AllocError, never a panic inside the allocator": a
 /// `Layout` whose alignment exceeds `MAX_ALIGNMENT` (valid for `Layout`: any power of two) is an
-/// error. (It used to reach `alloc_aligned_in` and panic with "invalid alignment"; fixed in
-/// src/alloc_api.rs `allocate`.)
+/// error, refused by src/alloc_api.rs `allocate` before `alloc_aligned_in` could panic with
+/// "invalid alignment".
 #[test]
 fn allocator_alignment_beyond_the_maximum_is_an_error_not_a_panic() {
     let f = Fixture::new("LayoutAlign");
@@ -461,9 +461,8 @@ fn allocator_alignment_beyond_the_maximum_is_an_error_not_a_panic() {
 }
 
 /// An over-aligned `Layout` whose size is within the huge limit, but not once the alignment is
-/// added, is an `AllocError` too. (It used to panic inside `allocate`: `alloc_aligned_in` asked
-/// for `size + align + CHUNK_PREFIX`, which `check_size` rejected with a panic; fixed with the
-/// previous case.)
+/// added, is an `AllocError` too, not a panic from `check_size` on the `size + align +
+/// CHUNK_PREFIX` that `alloc_aligned_in` asks for.
 #[test]
 fn allocator_over_aligned_huge_size_is_an_error_not_a_panic() {
     let f = Fixture::new("LayoutAlignHuge");
@@ -884,8 +883,8 @@ mod debug_pointers {
     }
 
     /// For a pointer that is not a chunk, the debug build reports `invalid-pointer` and
-    /// `chunk_context` panics naming the pointer. (It used to panic with "GetMemoryChunkContext
-    /// called with a null pointer" for a pointer that was not null; fixed in src/raw.rs.)
+    /// `chunk_context` panics naming the pointer (never "GetMemoryChunkContext called with a null
+    /// pointer" for a pointer that is not null).
     #[test]
     fn chunk_context_of_a_foreign_pointer_names_the_pointer() {
         let f = Fixture::new("ForeignCtx");
@@ -942,10 +941,10 @@ mod debug_pointers {
 
     /// A second `pfree` of an aligned chunk and a `pfree` of a chunk a reset released are double
     /// frees; a `pfree` into unused block space is an invalid pointer. (Freed and unused memory
-    /// is filled with 0x7F, whose low four bits, 15, used to be the kind id of an aligned
-    /// redirect: such a header was taken for a redirect with an absurd offset and reported as
-    /// `corrupt-header`, with no chunk and no history. Fixed by moving the redirect's kind id to
-    /// 9, which no fill pattern has, src/chunk.rs, and by classifying frees of released memory.)
+    /// is filled with 0x7F, whose low four bits, 15, are no kind id: the aligned redirect's id is
+    /// 9, which no fill pattern has (src/chunk.rs), so such a header is never taken for a
+    /// redirect and reported as `corrupt-header` with no chunk and no history; frees of released
+    /// memory are classified as double frees.)
     #[test]
     fn pfree_of_freed_or_unused_memory_is_not_a_corrupt_header() {
         let f = Fixture::new("FreedTwice");

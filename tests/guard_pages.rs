@@ -227,6 +227,20 @@ fn sampled_chunks_are_external() {
 
 /// The child died of a guard fault: by SIGSEGV with memctx's report naming `class`, the
 /// 10,000-byte chunk, the faulting function and the allocating one.
+/// The first frame of the program's own code in a guard fault's symbolised stack
+/// (`ptr::write_volatile` is inlined into it, so `core::` frames come first).
+#[cfg(not(memctx_asan))]
+fn first_own_fault_frame(err: &str) -> &str {
+    let fault = err
+        .split("  fault:\n")
+        .nth(1)
+        .expect("a symbolised fault stack");
+    fault
+        .lines()
+        .find(|l| !l.contains(" in core::"))
+        .unwrap_or("")
+}
+
 #[cfg(not(memctx_asan))]
 fn assert_guard_fault(out: &Output, class: &str, function: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -236,15 +250,7 @@ fn assert_guard_fault(out: &Output, class: &str, function: &str) {
         "{err}"
     );
     assert!(err.contains("10000-byte chunk"), "{err}");
-    let fault = err
-        .split("  fault:\n")
-        .nth(1)
-        .expect("a symbolised fault stack");
-    // The first frame of the program's own code (`ptr::write_volatile` is inlined into it).
-    let first = fault
-        .lines()
-        .find(|l| !l.contains(" in core::"))
-        .unwrap_or("");
+    let first = first_own_fault_frame(&err);
     assert!(
         first.contains(&format!("guard_pages::{function} at tests/guard_pages.rs:")),
         "{err}"
@@ -375,14 +381,7 @@ fn sampled_small_chunk_overrun_faults_at_the_write() {
         err.contains("76 bytes past the end of the 24-byte chunk"),
         "{err}"
     );
-    let fault = err
-        .split("  fault:\n")
-        .nth(1)
-        .expect("a symbolised fault stack");
-    let first = fault
-        .lines()
-        .find(|l| !l.contains(" in core::"))
-        .unwrap_or("");
+    let first = first_own_fault_frame(&err);
     assert!(
         first.contains("guard_pages::write_past at tests/guard_pages.rs:"),
         "{err}"

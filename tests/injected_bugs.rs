@@ -385,12 +385,11 @@ fn reports_of(f: impl FnOnce() + Send + 'static) -> Vec<Report> {
     .expect("no panic")
 }
 
-/// Bug (a), fixed. An overrun found when its context is deleted must be reported once, naming
-/// the context's path from Top. `delete_one` (src/context.rs) runs `context_deleting`'s full
-/// check, then, because the context goes onto a recycle list, `aset::reset`, whose
-/// `context_resetting` hook (src/debug/hooks.rs) used to check it again: a second report, found
-/// at "reset of ..." with the path `["Victim"]` (the context already unlinked). The hook now
-/// skips contexts marked dead.
+/// An overrun found when its context is deleted is reported once, naming the context's path from
+/// Top. `delete_one` (src/context.rs) runs `context_deleting`'s full check, then, because the
+/// context goes onto a recycle list, `aset::reset`, whose `context_resetting` hook
+/// (src/debug/hooks.rs) skips contexts marked dead: this test guards against a second report,
+/// found at "reset of ..." with the path `["Victim"]` (the context already unlinked).
 #[test]
 fn one_bug_one_report_at_delete() {
     let reports = reports_of(|| {
@@ -406,12 +405,11 @@ fn one_bug_one_report_at_delete() {
     assert_eq!(reports[0].context_path, ["TopMemoryContext", "Victim"]);
 }
 
-/// Bug (b), first half, fixed. A write after reset must stay a `write-after-free` of the chunk it
-/// hit, however many resets pass before it is found. The keeper block's ghosts (the chunks a reset
-/// released, src/debug/blocks.rs) used to be replaced at every reset, while the damage, beyond the
-/// new free pointer, is not checked by a reset (ResetCheck::Chunks): once another reset had
-/// passed, the carve that found it called it a `wild-write` with no chunk. Ghosts past the free
-/// pointer are now kept.
+/// A write after reset stays a `write-after-free` of the chunk it hit, however many resets pass
+/// before it is found. The keeper block keeps the ghosts (the chunks a reset released,
+/// src/debug/blocks.rs) past its free pointer across resets, because a reset does not check that
+/// space (ResetCheck::Chunks): this test guards that the carve that finds the damage after a
+/// second reset still names the chunk, not a `wild-write` with no chunk.
 #[test]
 fn write_after_reset_keeps_its_chunk_across_resets() {
     let (p, reports) = std::thread::spawn(|| {
@@ -443,11 +441,10 @@ fn write_after_reset_keeps_its_chunk_across_resets() {
     }
 }
 
-/// Bug (b), second half, fixed. A bug found and reported at a delete must not be reported again
-/// in the next context that recycles the deleted one's keeper block. The recycling reset used to
-/// clobber only the keeper's used space (and only when something had been allocated since the
-/// last reset), so damage beyond the free pointer stayed, and the next life's first carve reported
-/// it under the new context's name. A recycled keeper is now clobbered whole.
+/// A bug found and reported at a delete is not reported again in the next context that recycles
+/// the deleted one's keeper block: the recycling reset clobbers the whole keeper, not only its
+/// used space, so damage beyond the free pointer cannot reach the next life's first carve and be
+/// reported under the new context's name.
 #[test]
 fn damage_is_not_carried_into_a_recycled_context() {
     let reports = reports_of(|| {
@@ -465,10 +462,10 @@ fn damage_is_not_carried_into_a_recycled_context() {
     assert_eq!(reports[0].context, "Victim");
 }
 
-/// Bug (c), fixed. A write after reset into the bytes where a later carve puts a chunk's header
-/// word was never reported: the carve (src/aset.rs) wrote the header before the
-/// `chunk_carved`/`leftover_carved` hooks checked the space, from `chunk + 8`, so the damage was
-/// overwritten and lost. A `space_carving` hook now checks the header word first.
+/// A write after reset into the bytes where a later carve puts a chunk's header word is
+/// reported: the carve (src/aset.rs) writes the header before the `chunk_carved` /
+/// `leftover_carved` hooks check the space from `chunk + 8`, so the `space_carving` hook checks
+/// the header word first; without it the damage would be overwritten and lost.
 #[test]
 fn write_after_reset_into_a_new_chunk_header_is_reported() {
     let reports = reports_of(|| {
