@@ -115,13 +115,10 @@ mod off {
     /// A block was taken from the system and linked into `ctx`.
     #[inline(always)]
     pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {}
-    /// A block is about to go back to the system; returns whether the allocator gives it back now
-    /// (the debug build keeps blocks a reset or delete released in a quarantine and frees them
-    /// later).
+    /// A block, already unlinked, leaves its context (the debug build forgets its range and
+    /// tells the tools); [`block_release`] then says where its memory goes.
     #[inline(always)]
-    pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) -> bool {
-        true
-    }
+    pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {}
     /// `ctx` is about to be reset.
     #[inline(always)]
     pub(crate) fn context_resetting(ctx: *mut ContextHeader) {}
