@@ -16,6 +16,7 @@
 //! | `uninit` | branches on a fresh chunk's unwritten bytes |
 //! | `leak` | loses the only pointer to a chunk of a long-lived context, while a list spread over many blocks (and a block with no live chunk between them) stays referenced from a static, on a thread that exits with its context alive and deleted headers on its recycle lists |
 //! | `clean` | a small correct workload (no report expected) |
+//! | `quarantine-overflow` | a correct workload whose resets and delete release more than the quarantine holds (no report expected) |
 
 use std::hint::black_box;
 use std::ptr;
@@ -234,6 +235,26 @@ fn clean(ctx: MemoryContext) {
     ctx.delete();
 }
 
+/// Resets and a delete that each release more blocks than a small quarantine holds, so blocks
+/// leave it while the context's pool still holds their chunks.
+#[inline(never)]
+fn quarantine_overflow(ctx: MemoryContext) {
+    #[cfg(feature = "debug-contexts")]
+    memctx::debug::set_quarantine(1 << 20);
+    // About 6 MB a round, in blocks of up to 1 MiB.
+    for round in 0..2 {
+        for i in 0..10_000 {
+            let p = ctx.alloc(200 + i % 800).as_ptr();
+            // SAFETY: at least 200 writable bytes.
+            unsafe { p.write_bytes(1, 200) };
+        }
+        if round == 0 {
+            ctx.reset();
+        }
+    }
+    ctx.delete();
+}
+
 fn main() {
     #[cfg(feature = "debug-contexts")]
     memctx::debug::set_default_policy(memctx::debug::Policy::Log);
@@ -261,10 +282,11 @@ fn main() {
             black_box(uninit(ctx));
         }
         "clean" => clean(ctx),
+        "quarantine-overflow" => quarantine_overflow(ctx),
         _ => {
             eprintln!(
                 "usage: bugs overrun|overrun-slack|underrun|large-overrun|read-after-pfree|\
-                 read-after-reset|read-after-delete|uninit|leak|clean"
+                 read-after-reset|read-after-delete|uninit|leak|clean|quarantine-overflow"
             );
             std::process::exit(2);
         }

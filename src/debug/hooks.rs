@@ -448,7 +448,7 @@ pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
     } else {
         quarantine::admit(block, size) || {
             // Under memcheck every block is a mapping of its own.
-            sanitizer::pools() && release_to_system(block, size)
+            sanitizer::pools() && quarantine::give_back(block, size)
         }
     };
     quarantine::unstage_if_done();
@@ -711,7 +711,6 @@ unsafe fn name_the_operation(found: &mut [Report], op: &str, ctx: *mut ContextHe
 /// trim the pool to the keeper's header, which frees every chunk's pool chunk at once (memcheck
 /// then reports a stale access with the reset's stack as the free stack).
 pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
-    quarantine::unstage();
     // SAFETY: `ctx` is live and was just reset.
     let keeper = unsafe { (*ctx).set.keeper };
     if !keeper.is_null() {
@@ -719,6 +718,8 @@ pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
         forget_redirects(keeper as usize, unsafe { (*keeper).end_ptr } as usize);
         sanitizer::pool_trim(ctx, keeper as *mut u8, BLOCK_HEADER_SIZE);
     }
+    // After the trim: the blocks that leave the process hold no pool chunk any more.
+    quarantine::unstage();
 }
 
 /// A context was created: when it took a deleted context's keeper, that keeper's space is its

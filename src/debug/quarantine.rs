@@ -111,6 +111,8 @@ struct Quarantine {
     bytes: usize,
     stage: Option<Stage>,
     recycled: Vec<Recycled>,
+    /// Blocks (start, size) the staged reset or delete gives back to the system once it is done.
+    leaving: Vec<(usize, usize)>,
 }
 
 thread_local! {
@@ -150,24 +152,96 @@ pub(crate) fn stage_named(
     });
 }
 
-/// The reset or delete under way is done releasing.
+/// The reset or delete under way is done releasing, and its context's pool no longer holds
+/// chunks in the memory it released (trimmed or destroyed): the blocks that leave go now.
 pub(crate) fn unstage() {
-    let _ = QUARANTINE.try_with(|q| q.borrow_mut().stage = None);
+    let leave = QUARANTINE
+        .try_with(|q| {
+            let mut q = q.borrow_mut();
+            q.stage = None;
+            q.leave()
+        })
+        .unwrap_or_default();
+    leave.go();
 }
 
 /// [`unstage`] once the staged context has no block left (a delete released its last).
 pub(crate) fn unstage_if_done() {
-    let _ = QUARANTINE.try_with(|q| {
-        let mut q = q.borrow_mut();
-        let done = q.stage.as_ref().is_some_and(|s| {
-            // SAFETY: context headers are never freed (deleted ones are recycled), so the staged
-            // one is readable; its block list is consistent between two releases.
-            unsafe { (*s.ctx).set.blocks.is_null() }
-        });
-        if done {
-            q.stage = None;
+    let done = QUARANTINE
+        .try_with(|q| {
+            q.borrow().stage.as_ref().is_some_and(|s| {
+                // SAFETY: context headers are never freed (deleted ones are recycled), so the
+                // staged one is readable; its block list is consistent between two releases.
+                unsafe { (*s.ctx).set.blocks.is_null() }
+            })
+        })
+        .unwrap_or(false);
+    if done {
+        unstage();
+    }
+}
+
+/// What leaves when a stage ends: the oldest quarantined blocks past the quarantine's size, and
+/// the blocks the stage gave back.
+#[derive(Default)]
+struct Leave {
+    evicted: Vec<Released>,
+    to_system: Vec<(usize, usize)>,
+}
+
+impl Quarantine {
+    /// Takes out what leaves now the stage is over.
+    fn leave(&mut self) -> Leave {
+        let limit = settings::quarantine();
+        let mut evicted = Vec::new();
+        while self.bytes > limit {
+            let old = self.blocks.pop_front().expect("bytes count blocks");
+            self.bytes -= old.len();
+            evicted.push(old);
         }
-    });
+        Leave {
+            evicted,
+            to_system: core::mem::take(&mut self.leaving),
+        }
+    }
+}
+
+impl Leave {
+    /// Verifies the evicted blocks (their findings are queued) and gives everything back.
+    fn go(self) {
+        let mut found = Vec::new();
+        for old in self.evicted {
+            verify(&old, "eviction from quarantine", &mut found);
+            free(&old);
+        }
+        for (start, size) in self.to_system {
+            super::hooks::release_to_system(start as *mut Block, size);
+        }
+        super::report::defer_all(found);
+    }
+}
+
+/// Under memcheck, gives a block the quarantine did not take back to the system: at once, or when
+/// a reset or delete under way is done. Memcheck keeps the context's pool chunks in a released
+/// block until the pool is trimmed (at the reset's end) or destroyed (with its last block), and
+/// trimming or destroying marks each one NOACCESS (`MC_(mempool_trim)` in memcheck's sources):
+/// unmapped before that, the range could be mapped again — by `malloc` — and the program's live
+/// memory there would be closed behind its back.
+pub(crate) fn give_back(block: *mut Block, size: usize) -> bool {
+    let now = QUARANTINE
+        .try_with(|q| {
+            let mut q = q.borrow_mut();
+            if q.stage.is_none() {
+                return true;
+            }
+            q.leaving.push((block as usize, size));
+            false
+        })
+        .unwrap_or(true);
+    if now {
+        super::hooks::release_to_system(block, size);
+    }
+    true
 }
 
 /// Takes the staged ghosts of `[start, end)` out of the stage, with the staged context's name.
@@ -185,9 +259,10 @@ fn take_staged(q: &mut Quarantine, start: usize, end: usize) -> Option<(Vec<Ghos
     Some((mine, former))
 }
 
-/// A block of `size` bytes was released (unlinked and unregistered). Returns whether the quarantine took it (a
-/// reset or delete released it); otherwise it goes back to the system now. Findings of blocks it
-/// evicted are queued.
+/// A block of `size` bytes was released (unlinked and unregistered). Returns whether the
+/// quarantine took it (a reset or delete released it); otherwise the caller gives it back.
+/// The blocks it pushes past the quarantine's size leave when the reset or delete is done
+/// ([`unstage`]), after the context's pool let go of their chunks (see [`give_back`]).
 pub(crate) fn admit(block: *mut Block, size: usize) -> bool {
     // Not from the header: to the tools it is no pool chunk any more.
     let (start, end) = (block as usize, block as usize + size);
@@ -195,7 +270,6 @@ pub(crate) fn admit(block: *mut Block, size: usize) -> bool {
     if end - start > limit {
         return false;
     }
-    let mut evicted = Vec::new();
     let taken = QUARANTINE
         .try_with(|q| {
             let mut q = q.borrow_mut();
@@ -212,11 +286,6 @@ pub(crate) fn admit(block: *mut Block, size: usize) -> bool {
             clobber(&memory);
             q.bytes += memory.len();
             q.blocks.push_back(memory);
-            while q.bytes > limit {
-                let old = q.blocks.pop_front().expect("bytes count blocks");
-                q.bytes -= old.len();
-                evicted.push(old);
-            }
             true
         })
         .unwrap_or(false);
@@ -226,12 +295,6 @@ pub(crate) fn admit(block: *mut Block, size: usize) -> bool {
             unsafe { libc::atexit(verify_at_process_exit) };
         });
     }
-    let mut found = Vec::new();
-    for old in evicted {
-        verify(&old, "eviction from quarantine", &mut found);
-        free(&old);
-    }
-    super::report::defer_all(found);
     taken
 }
 

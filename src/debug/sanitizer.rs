@@ -52,6 +52,19 @@ use crate::context::ContextHeader;
 /// Largest range a [`Peek`] can restore exactly.
 const MAX_PEEK: usize = 64;
 
+/// Redzone memcheck assumes around each pool chunk: the bytes before a chunk's data are its
+/// front redzone and at least as many after its request are its rear redzone, so an access
+/// just outside a chunk is described relative to the chunk ("0 bytes after a block of size
+/// 10 client-defined") rather than to the malloc'd block that holds it.
+pub(crate) const POOL_REDZONE: usize = {
+    use crate::debug::layout::{DEFAULT_REDZONE, FRONT_REDZONE};
+    if FRONT_REDZONE < DEFAULT_REDZONE {
+        FRONT_REDZONE
+    } else {
+        DEFAULT_REDZONE
+    }
+};
+
 /// Whether any tool wants to hear from the allocator.
 #[inline(always)]
 pub(crate) fn active() -> bool {
@@ -232,24 +245,11 @@ mod valgrind {
         on
     }
 
-    /// Redzone memcheck assumes around each pool chunk: the bytes before a chunk's data are its
-    /// front redzone and at least as many after its request are its rear redzone, so an access
-    /// just outside a chunk is described relative to the chunk ("0 bytes after a block of size
-    /// 10 client-defined") rather than to the malloc'd block that holds it.
-    const POOL_REDZONE: usize = {
-        use crate::debug::layout::{DEFAULT_REDZONE, FRONT_REDZONE};
-        if FRONT_REDZONE < DEFAULT_REDZONE {
-            FRONT_REDZONE
-        } else {
-            DEFAULT_REDZONE
-        }
-    };
-
     pub(super) fn pool_create(pool: *const c_void) {
         // Creating a pool twice aborts Valgrind; a context header is never freed, so its pool
         // can only exist already if a previous life's last block was not given back.
         if !vg::mempool_exists(pool) {
-            vg::create_mempool(pool, POOL_REDZONE, false, None);
+            vg::create_mempool(pool, super::POOL_REDZONE, false, None);
         }
     }
 

@@ -16,12 +16,24 @@
 //! headers; freed chunks and unused space are NOACCESS and skipped. A chunk nothing points to is
 //! still "definitely lost"; what changes is that the chunks a lost chunk points to count as
 //! reachable (the search scans the lost chunk's bytes as a root), not "indirectly lost".
+//!
+//! A block starts [`LEAD`] bytes into its mapping. Its header is a pool chunk, and memcheck marks
+//! a pool chunk's redzones NOACCESS whenever the chunk is allocated or freed
+//! (`MC_(mempool_alloc)` and `die_and_free_mem` in `memcheck/mc_malloc_wrappers.c`), the front one
+//! too: a header at the mapping's first byte would put that redzone in whatever memory lies just
+//! below the mapping — another program's `malloc`'d bytes, as likely as not.
 
 use super::guard::page;
 
+/// Bytes of the mapping before the block: the header's pool redzone (see the module docs),
+/// rounded up to the block alignment.
+const LEAD: usize = crate::chunk::CHUNK_ALIGN;
+
+const _: () = assert!(LEAD >= super::sanitizer::POOL_REDZONE);
+
 /// Bytes a block of `size` bytes maps.
 fn mapped_len(size: usize) -> usize {
-    size.next_multiple_of(page())
+    (LEAD + size).next_multiple_of(page())
 }
 
 /// Maps memory for a block of `size` bytes; null when the system refuses (the allocation fails,
@@ -42,7 +54,7 @@ pub(crate) fn map(size: usize) -> *mut u8 {
     if p == libc::MAP_FAILED {
         core::ptr::null_mut()
     } else {
-        p as *mut u8
+        (p as *mut u8).wrapping_add(LEAD)
     }
 }
 
@@ -51,6 +63,8 @@ pub(crate) fn map(size: usize) -> *mut u8 {
 /// # Safety
 /// `block` must come from [`map`] with this `size`, and nothing may use its memory any more.
 pub(crate) unsafe fn unmap(block: *mut u8, size: usize) {
-    // SAFETY: per the contract, the mapping is ours and unused.
-    unsafe { libc::munmap(block as *mut libc::c_void, mapped_len(size)) };
+    let mapping = block.wrapping_sub(LEAD);
+    // SAFETY: per the contract, the mapping (which starts `LEAD` bytes before the block) is ours
+    // and unused.
+    unsafe { libc::munmap(mapping as *mut libc::c_void, mapped_len(size)) };
 }
