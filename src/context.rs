@@ -1132,6 +1132,7 @@ impl MemoryContext {
             unlink_child(ctx);
             link_child(np, ctx);
             add_subtree_pins(np, pins);
+            crate::hooks::context_moved(ctx);
         }
         Ok(())
     }

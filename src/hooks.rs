@@ -156,6 +156,9 @@ mod off {
     /// `ctx` was created (or recycled) and linked into the tree.
     #[inline(always)]
     pub(crate) fn context_created(ctx: *mut ContextHeader) {}
+    /// `ctx` was moved to another parent (`set_parent`).
+    #[inline(always)]
+    pub(crate) fn context_moved(ctx: *mut ContextHeader) {}
     /// `ctx` is about to be deleted; its children are gone and its callbacks have run.
     #[inline(always)]
     pub(crate) fn context_deleting(ctx: *mut ContextHeader) {}

@@ -115,6 +115,69 @@ fn write_into_deleted_context_found_by_check() {
     parent.delete();
 }
 
+/// Deletes `ctx` after filling blocks past its keeper, writes into its last chunk and returns
+/// the one report `check` makes of it.
+fn write_after_delete_report(ctx: MemoryContext) -> Report {
+    let stale = *fill(ctx, 40, 200).last().unwrap();
+    one(collect(|| {
+        ctx.delete();
+        unsafe { stale.add(5).write(0) };
+        assert_eq!(MemoryContext::top().check(), 1);
+    }))
+}
+
+/// Every context of a deleted chain is named by its own path, as it was: the paths a delete
+/// remembers share their ancestors' names.
+#[test]
+fn a_deleted_chain_names_each_context_by_its_path() {
+    let root = MemoryContext::top().new_child("ChainRoot", BlockSizes::SMALL);
+    let mut chain = vec![root];
+    for _ in 0..50 {
+        chain.push(chain.last().unwrap().new_child("Link", BlockSizes::SMALL));
+    }
+    let leaf = chain
+        .last()
+        .unwrap()
+        .new_child("ChainLeaf", BlockSizes::SMALL);
+    let r = write_after_delete_report(leaf);
+    let mut want = vec!["TopMemoryContext", "ChainRoot"];
+    want.extend(["Link"; 50]);
+    want.push("ChainLeaf");
+    assert_eq!(r.context, "ChainLeaf");
+    assert_eq!(r.context_path, want);
+    // The 25th link, deleted with the rest: its path is its own.
+    let middle = chain[25];
+    let stale = *fill(middle, 40, 200).last().unwrap();
+    let r = one(collect(|| {
+        root.delete();
+        unsafe { stale.add(5).write(0) };
+        assert_eq!(MemoryContext::top().check(), 1);
+    }));
+    assert_eq!(r.context_path, want[..27]);
+}
+
+/// A context moved by `set_parent` after an earlier delete named its subtree: a context deleted
+/// under it later is named by the path it has now.
+#[test]
+fn a_deleted_context_is_named_by_its_path_after_a_move() {
+    let old = MemoryContext::top().new_child("OldParent", BlockSizes::SMALL);
+    let new = MemoryContext::top().new_child("NewParent", BlockSizes::SMALL);
+    let mid = old.new_child("Middle", BlockSizes::SMALL);
+    let r = write_after_delete_report(mid.new_child("First", BlockSizes::SMALL));
+    assert_eq!(
+        r.context_path,
+        ["TopMemoryContext", "OldParent", "Middle", "First"]
+    );
+    mid.set_parent(new);
+    let r = write_after_delete_report(mid.new_child("Second", BlockSizes::SMALL));
+    assert_eq!(
+        r.context_path,
+        ["TopMemoryContext", "NewParent", "Middle", "Second"]
+    );
+    old.delete();
+    new.delete();
+}
+
 /// `pfree` of a chunk of a deleted context, whose block waits in the quarantine: a `double-free`
 /// naming the deleted context, not a pointer "no context allocated".
 #[test]

@@ -729,6 +729,11 @@ pub(crate) fn context_created(ctx: *mut ContextHeader) {
     quarantine::keeper_taken(unsafe { (*ctx).set.keeper });
 }
 
+/// A context was moved to another parent: the paths kept for naming released memory changed.
+pub(crate) fn context_moved(_ctx: *mut ContextHeader) {
+    super::lineage::context_moved();
+}
+
 /// A context is about to be deleted: full verification, in a walk that also stages its chunks and
 /// its name (as it is now, linked) for the quarantine that takes its blocks.
 pub(crate) fn context_deleting(ctx: *mut ContextHeader) {

@@ -46,6 +46,7 @@ mod fault;
 mod guard;
 pub(crate) mod hooks;
 pub(crate) mod layout;
+mod lineage;
 mod quarantine;
 mod report;
 mod sample;

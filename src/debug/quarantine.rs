@@ -31,7 +31,8 @@ use crate::context::ContextHeader;
 
 use super::blocks::Ghost;
 use super::layout::FREED_BYTE;
-use super::report::{context_names, BugClass, Report};
+use super::lineage::{self, Lineage};
+use super::report::{BugClass, Report};
 use super::sanitizer;
 use super::settings;
 use super::verify;
@@ -44,10 +45,8 @@ const MAX_REPORTS_PER_BLOCK: usize = 8;
 
 /// The context a released block belonged to, as it was.
 pub(crate) struct Former {
-    /// Its name.
-    pub(crate) name: String,
-    /// Names from Top down to it.
-    pub(crate) path: Vec<String>,
+    /// Its name and its ancestors'.
+    lineage: Rc<Lineage>,
     /// What released the memory: `reset` or `delete`.
     pub(crate) op: &'static str,
 }
@@ -59,8 +58,19 @@ impl Former {
     /// `ctx` must be a live context.
     pub(crate) unsafe fn of(ctx: *mut ContextHeader, op: &'static str) -> Rc<Former> {
         // SAFETY: per the contract.
-        let (name, path) = unsafe { context_names(ctx) };
-        Rc::new(Former { name, path, op })
+        let lineage = unsafe { lineage::of(ctx, op == "delete") };
+        Rc::new(Former { lineage, op })
+    }
+
+    /// Its name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.lineage.name()
+    }
+
+    /// Makes `r` name the context, and its path, as it was.
+    pub(crate) fn name_in(&self, r: &mut Report) {
+        r.context = self.name().to_owned();
+        r.context_path = self.lineage.path();
     }
 }
 
@@ -373,10 +383,10 @@ pub(crate) fn freed_again(addr: usize, op: &str) -> Option<Report> {
                 .stacks(g.alloc_stack, g.free_stack)
                 .detail(format!(
                     "{op} of a chunk the {} of \"{}\" already released",
-                    m.former.op, m.former.name
+                    m.former.op,
+                    m.former.name()
                 ));
-            r.context = m.former.name.clone();
-            r.context_path = m.former.path.clone();
+            m.former.name_in(&mut r);
             Some(r)
         })
         .ok()
@@ -522,7 +532,8 @@ unsafe fn all_freed(p: *const u8, len: usize) -> bool {
 unsafe fn released_report(m: &Released, first: usize, last: usize, at: &str) -> (Report, usize) {
     let how = format!(
         "memory released by the {} of \"{}\" was written through a pointer kept past it",
-        m.former.op, m.former.name
+        m.former.op,
+        m.former.name()
     );
     let r = Report::at(BugClass::WriteAfterFree, at);
     // SAFETY: per the contract.
@@ -556,7 +567,6 @@ unsafe fn released_report(m: &Released, first: usize, last: usize, at: &str) -> 
             }
         }
     };
-    r.context = m.former.name.clone();
-    r.context_path = m.former.path.clone();
+    m.former.name_in(&mut r);
     (r, upto)
 }

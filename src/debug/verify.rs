@@ -502,10 +502,9 @@ pub(crate) unsafe fn check_unused(
             let r = ghost_report(&g, first, last.min(g.end() - 1), found_at, "a reset");
             out.push(r.context(ctx));
         } else if let Some((g, former)) = super::quarantine::former_ghost(block, first) {
-            let by = format!("the delete of \"{}\"", former.name);
+            let by = format!("the delete of \"{}\"", former.name());
             let mut r = ghost_report(&g, first, last.min(g.end() - 1), found_at, &by);
-            r.context = former.name.clone();
-            r.context_path = former.path.clone();
+            former.name_in(&mut r);
             out.push(r);
         } else {
             unowned_damage(ctx, block, first, last, found_at, out);
