@@ -212,7 +212,8 @@ impl Drop for AltStack {
 /// `uctx` must be the `ucontext_t` the kernel passed to a `SA_SIGINFO` handler.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 unsafe fn registers(uctx: *mut libc::c_void) -> (usize, usize, usize, Option<bool>) {
-    // SAFETY: per the contract.
+    // SAFETY: `uctx` is the `ucontext_t` the kernel passed to this SA_SIGINFO handler (caller),
+    // valid and aligned for the handler's duration; only its register array is read.
     let g = unsafe { &(*(uctx as *const libc::ucontext_t)).uc_mcontext.gregs };
     let reg = |r: libc::c_int| g[r as usize] as usize;
     // Bit 1 of the page-fault error code: the access was a write.

@@ -94,7 +94,8 @@ impl DebugRecord {
     #[inline(always)]
     pub(crate) unsafe fn load(p: *const DebugRecord) -> DebugRecord {
         let w = p as *const u64;
-        // SAFETY: per the contract.
+        // SAFETY: `p` is readable for `RECORD_SIZE` (three words) and 8-aligned (caller), so each
+        // of the three word loads is in bounds and aligned.
         let (a, b, requested) = unsafe { (w.read(), w.add(1).read(), w.add(2).read()) };
         DebugRecord {
             state: a as u32,

@@ -67,14 +67,14 @@ thread_local! {
 pub(crate) unsafe fn of(ctx: *mut ContextHeader, dying: bool) -> Rc<Lineage> {
     KEPT.try_with(|kept| {
         let mut kept = kept.borrow_mut();
-        // SAFETY: per the contract.
+        // SAFETY: `ctx` is live (caller), and so are its ancestors, which `node_of` walks.
         let node = unsafe { node_of(&mut kept, ctx) };
         if dying {
             kept.remove(&(ctx as usize));
         }
         node
     })
-    // SAFETY: per the contract (thread exit: name it without the kept nodes).
+    // SAFETY: as above; at thread exit the kept nodes are gone, so the walk starts afresh.
     .unwrap_or_else(|_| unsafe { node_of(&mut HashMap::new(), ctx) })
 }
 
@@ -92,7 +92,7 @@ unsafe fn kept_node(
     c: *mut ContextHeader,
 ) -> Option<Rc<Lineage>> {
     let (generation, node) = kept.get(&(c as usize))?;
-    // SAFETY: per the contract.
+    // SAFETY: `c` is live (caller): headers are never freed, so its generation is readable.
     (*generation == unsafe { (*c).generation }).then(|| node.clone())
 }
 

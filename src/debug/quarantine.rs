@@ -57,7 +57,7 @@ impl Former {
     /// # Safety
     /// `ctx` must be a live context.
     pub(crate) unsafe fn of(ctx: *mut ContextHeader, op: &'static str) -> Rc<Former> {
-        // SAFETY: per the contract.
+        // SAFETY: `ctx` is live (caller), as `lineage::of` requires.
         let lineage = unsafe { lineage::of(ctx, op == "delete") };
         Rc::new(Former { lineage, op })
     }
@@ -536,7 +536,8 @@ unsafe fn released_report(m: &Released, first: usize, last: usize, at: &str) -> 
         m.former.name()
     );
     let r = Report::at(BugClass::WriteAfterFree, at);
-    // SAFETY: per the contract.
+    // SAFETY: `[first, last]` lies in `m` and is readable (caller); the damage read below stays
+    // within it (`last` is clipped to the ghost's end).
     let (mut r, upto) = unsafe {
         match m.ghosts.iter().find(|g| g.covers(first)) {
             Some(g) => {

@@ -56,7 +56,8 @@ pub(crate) unsafe fn collect(ctx: *mut ContextHeader, acc: &mut SiteTotals) {
 /// # Safety
 /// `block` must be a block of a live context of the calling thread.
 unsafe fn collect_block(block: *mut Block, acc: &mut SiteTotals) {
-    // SAFETY: per the contract; reads are bounded as described in `collect`.
+    // SAFETY: `block` is a block of a live context of this thread (the caller's promise), so its
+    // header and chunk headers are ours to read; reads stop at `free_ptr` as `collect` describes.
     unsafe {
         let free = (*block).free_ptr;
         let end = (*block).end_ptr as usize;

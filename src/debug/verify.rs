@@ -256,7 +256,8 @@ mod stripes {
         /// `[p, p + 16)` must be writable.
         #[inline(always)]
         pub(super) unsafe fn store(self, p: *mut u8) {
-            // SAFETY: per the contract; both stores are unaligned.
+            // SAFETY: `[p, p + 16)` is writable (caller), exactly the 16 bytes one store writes;
+            // both stores are the unaligned kind, so `p` needs no alignment.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 _mm_storeu_si128(p as *mut __m128i, self.0)
@@ -305,7 +306,8 @@ pub(crate) unsafe fn fill(ptr: *mut u8, len: usize, byte: u8) {
 #[inline(always)]
 pub(crate) unsafe fn fill_live(data: *mut u8, size: usize, cap: usize, fresh: u8, redzone: u8) {
     debug_assert!(size <= cap);
-    // SAFETY: per the contract.
+    // SAFETY: `[data, data + cap)` is writable and `size <= cap` (caller), so every store below
+    // lands in the chunk; a `cap` of at most 256 is a multiple of 16, as the stripes need.
     unsafe {
         if cap > BY_STRIPES_MAX {
             core::ptr::write_bytes(data, fresh, size);
@@ -527,7 +529,8 @@ unsafe fn unowned_damage(
     found_at: &str,
     out: &mut Vec<Report>,
 ) {
-    // SAFETY: per the contract.
+    // SAFETY: `[first, last]` lies in `block`, a block of the live context `ctx`, and is
+    // readable (caller); `chunk_before` and the report read only that block's headers.
     unsafe {
         let near = chunk_before(block, first);
         if let Some(n) = near.filter(|n| n.live && n.end == first && n.rear_damaged) {

@@ -64,7 +64,7 @@ pub(crate) fn map(size: usize) -> *mut u8 {
 /// `block` must come from [`map`] with this `size`, and nothing may use its memory any more.
 pub(crate) unsafe fn unmap(block: *mut u8, size: usize) {
     let mapping = block.wrapping_sub(LEAD);
-    // SAFETY: per the contract, the mapping (which starts `LEAD` bytes before the block) is ours
-    // and unused.
+    // SAFETY: `block` came from `map` with this `size` (caller), so `LEAD` bytes before it starts
+    // a mapping of `mapped_len(size)` bytes that is ours, and nothing uses it any more.
     unsafe { libc::munmap(mapping as *mut libc::c_void, mapped_len(size)) };
 }
