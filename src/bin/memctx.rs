@@ -269,17 +269,6 @@ fn read_process(file: &Path, pid: Option<u32>) -> Result<Vec<Dump>, String> {
     Ok(selection.dumps)
 }
 
-/// The dumps of one process in files and directories (files there that hold no dump are skipped
-/// with a warning), by the rule every command follows.
-fn read_series(paths: &[PathBuf], pid: Option<u32>) -> Result<Vec<Dump>, String> {
-    let series = leak::load_series(paths).map_err(|e| e.to_string())?;
-    warn_all(&series.skipped);
-    let selection = leak::select_pid(series.dumps, pid).map_err(|e| e.to_string())?;
-    warn_all(&selection.skipped);
-    warn(&selection.dumps);
-    Ok(selection.dumps)
-}
-
 /// The dump `--index` names, or the last one, named on standard error when there are several.
 fn pick(dumps: Vec<Dump>, index: Option<usize>, file: &Path) -> Result<Dump, String> {
     let n = dumps.len();
@@ -330,7 +319,7 @@ fn joined(paths: &[PathBuf]) -> String {
 }
 
 fn report(args: &ReportArgs) -> Result<Outcome, String> {
-    let dumps = read_series(&args.paths, args.pid)?;
+    let series = stream_series(&args.paths, args.pid, true)?;
     let what = joined(&args.paths);
     let opts = leak::html::HtmlOptions {
         metric: args.metric,
@@ -342,7 +331,23 @@ fn report(args: &ReportArgs) -> Result<Outcome, String> {
             .clone()
             .unwrap_or_else(|| format!("memctx report: {what}")),
     };
-    let page = leak::html::page(&dumps, &opts).map_err(|e| format!("{what}: {e}"))?;
+    let diff = DiffOptions {
+        metric: args.metric,
+    };
+    let report = series
+        .stream
+        .finish(&diff)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let (Some(first), Some(last)) = (&series.first, &series.last) else {
+        unreachable!("a series of two dumps or more was compared");
+    };
+    let input = leak::html::PageInput {
+        report: &report,
+        dumps: &series.dumps,
+        first,
+        last,
+    };
+    let page = leak::html::page_of(&input, &opts).map_err(|e| format!("{what}: {e}"))?;
     write_output(&args.output, "the report", |w| w.write_all(page.as_bytes()))?;
     Ok(Outcome::Done)
 }
@@ -394,39 +399,62 @@ fn stats(args: &StatsArgs) -> Result<Outcome, String> {
     Ok(Outcome::Done)
 }
 
-/// The dumps of one process in files and directories, by the rule [`read_series`] follows, each
-/// folded into a [`DiffStream`] as soon as its file is read: only the dumps' headers are kept.
-fn stream_series(paths: &[PathBuf], pid: Option<u32>) -> Result<(DiffStream, Vec<Dump>), String> {
+/// A series of one process read as a stream.
+struct Streamed {
+    /// Every dump of the process, folded in as it was read.
+    stream: DiffStream,
+    /// Their headers.
+    dumps: Vec<Dump>,
+    /// The first and the last dump in full, when asked for (and there are two).
+    first: Option<Dump>,
+    last: Option<Dump>,
+}
+
+/// The dumps of one process in files and directories (files there that hold no dump are skipped
+/// with a warning), by the rule every command follows, each folded into a [`DiffStream`] as soon
+/// as its file is read: only the dumps' headers are kept, and with `keep_ends` the first and the
+/// last dump.
+fn stream_series(paths: &[PathBuf], pid: Option<u32>, keep_ends: bool) -> Result<Streamed, String> {
     let mut stream = DiffStream::default();
-    let mut heads = Vec::new();
+    let (mut heads, mut first, mut last) = (Vec::new(), None, None);
     let skipped = leak::visit_series(paths, &mut |d| {
+        heads.push(d.header());
         if pid.map_or(true, |p| d.pid == Some(p)) {
             stream.push(&d);
+            match &first {
+                None if keep_ends => first = Some(d),
+                Some(_) => last = Some(d),
+                None => {}
+            }
         }
-        heads.push(d.header());
     })
     .map_err(|e| e.to_string())?;
     warn_all(&skipped);
     let selection = leak::select_pid(heads, pid).map_err(|e| e.to_string())?;
     warn_all(&selection.skipped);
     warn(&selection.dumps);
-    Ok((stream, selection.dumps))
+    Ok(Streamed {
+        stream,
+        dumps: selection.dumps,
+        first,
+        last,
+    })
 }
 
 fn diff(args: &DiffArgs) -> Result<Outcome, String> {
-    let (stream, dumps) = stream_series(&args.paths, args.pid)?;
-    if dumps.len() < 2 {
+    let series = stream_series(&args.paths, args.pid, false)?;
+    if series.dumps.len() < 2 {
         return Err(format!(
             "{}: holds {} dump; diff needs two snapshots (memctx diff OLD NEW), a \
              directory of snapshots, or a log holding several dumps",
             joined(&args.paths),
-            dumps.len()
+            series.dumps.len()
         ));
     }
     let opts = DiffOptions {
         metric: args.metric,
     };
-    let report = stream.finish(&opts).map_err(|e| e.to_string())?;
+    let report = series.stream.finish(&opts).map_err(|e| e.to_string())?;
     if args.json {
         print_out(&format!("{:#}\n", report.to_json()))?;
     } else {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{delta, first_last, EntryKind, EntryReport, Report, SiteReport, Verdict};
+use super::{delta, EntryKind, EntryReport, Report, SiteReport, Verdict};
 use crate::leak::Metric;
 
 /// How [`Report::format`] prints.
@@ -134,7 +134,7 @@ impl Report {
             }
             Metric::Used => extra.push(format!("total {}", fmt_delta(e.growth(), exact))),
         }
-        if let Some((a, b)) = first_last(&e.count) {
+        if let Some((a, b)) = e.count.first_last() {
             if a != b || a > 1 {
                 let what = if e.kind == EntryKind::Folded {
                     "folded contexts"
@@ -277,8 +277,8 @@ impl Report {
         }
         let mut out = "per-site growth (live chunks by allocation site):\n".to_string();
         for s in site_grew.iter().take(opts.sites) {
-            let (b0, b1) = first_last(&s.bytes).unwrap_or((0, 0));
-            let (c0, c1) = first_last(&s.count).unwrap_or((0, 0));
+            let (b0, b1) = s.bytes.first_last().unwrap_or((0, 0));
+            let (c0, c1) = s.count.first_last().unwrap_or((0, 0));
             let thread = s
                 .thread
                 .as_ref()
@@ -325,8 +325,8 @@ fn ranked_table(metric: Metric, grew: &[&EntryReport], opts: &ReportOptions) -> 
         "count"
     );
     for (i, e) in grew.iter().take(opts.top).enumerate() {
-        let (v0, v1) = first_last(e.series()).unwrap_or((0, 0));
-        let (c0, c1) = first_last(&e.count).unwrap_or((0, 0));
+        let (v0, v1) = e.series().first_last().unwrap_or((0, 0));
+        let (c0, c1) = e.count.first_last().unwrap_or((0, 0));
         let _ = writeln!(
             out,
             "{:>3}  {:<9} {:>12} {:>25} {:>13}  {}",

@@ -21,9 +21,10 @@
 //! shows it. Total bytes move in blocks that double in size, so a steady leak shows as a staircase
 //! in the total but as a ramp in the used bytes; the verdict's plateau rule tells the two apart.
 //!
-//! The phases: the `series` module interns each context's path and accumulates its bytes per dump,
-//! then folds the sums into series and judges them; [`diff_with`] ranks the entries; the
-//! report's text, JSON and the CI gate ([`check_growth`]) read the result.
+//! The phases: the `series` module interns each context's path and accumulates its bytes per dump
+//! into one `track` per path, written into compact [`Samples`] as the dumps go by; the `judge`
+//! module brings the tracks to the end of the series and judges them; [`diff_with`] ranks the
+//! entries; the report's text, JSON and the CI gate ([`check_growth`]) read the result.
 //!
 //! Per-site growth: when snapshots carry allocation sites (memctx's debug build), sites are
 //! matched by their context's group path and their frames, and ranked the same way.
@@ -31,19 +32,24 @@
 mod format;
 mod gate;
 mod json;
+mod judge;
 mod processes;
+mod samples;
 mod series;
+mod track;
 mod verdict;
 
 use std::fmt::{self, Write as _};
 
 use super::parse::Dump;
 use super::Metric;
-use series::{Accumulated, Judge};
+use judge::Judge;
+use series::Accumulated;
 
 pub use format::{human_bytes, ReportOptions};
 pub use gate::{check_growth, GrowthError, GrowthGate};
 pub use processes::{select_pid, Selection};
+pub use samples::{Iter as SamplesIter, Samples};
 pub use verdict::{verdict, Verdict};
 
 /// What an entry of a [`Report`] stands for.
@@ -77,13 +83,13 @@ pub struct EntryReport {
     /// What the entry stands for.
     pub kind: EntryKind,
     /// Own `total_bytes` per dump (`None` where the thread did not answer the dump).
-    pub total: Vec<Option<u64>>,
+    pub total: Samples,
     /// Own `used_bytes` per dump (`None` also where the dump does not record it).
-    pub used: Vec<Option<u64>>,
+    pub used: Samples,
     /// Number of contexts per dump (for folded lines: the `N` they print).
-    pub count: Vec<Option<u64>>,
+    pub count: Samples,
     /// Bytes of the contexts with all their descendants, per dump.
-    pub subtree: Vec<Option<u64>>,
+    pub subtree: Samples,
     /// The verdict over the series.
     pub verdict: Verdict,
     /// The metric the verdict, the ranking and [`EntryReport::change`] are made on.
@@ -92,14 +98,9 @@ pub struct EntryReport {
     pub note: Option<String>,
 }
 
-fn first_last(v: &[Option<u64>]) -> Option<(u64, u64)> {
-    let first = v.iter().flatten().next()?;
-    let last = v.iter().rev().flatten().next()?;
-    Some((*first, *last))
-}
-
-fn delta(v: &[Option<u64>]) -> i128 {
-    first_last(v).map_or(0, |(a, b)| i128::from(b) - i128::from(a))
+fn delta(v: &Samples) -> i128 {
+    v.first_last()
+        .map_or(0, |(a, b)| i128::from(b) - i128::from(a))
 }
 
 impl EntryReport {
@@ -137,7 +138,7 @@ impl EntryReport {
 
     /// The series of the entry's [`EntryReport::metric`].
     #[must_use]
-    pub fn series(&self) -> &[Option<u64>] {
+    pub fn series(&self) -> &Samples {
         match self.metric {
             Metric::Total => &self.total,
             Metric::Used => &self.used,
@@ -154,9 +155,7 @@ impl EntryReport {
     /// Growth of own `used_bytes`, when recorded.
     #[must_use]
     pub fn used_growth(&self) -> Option<i128> {
-        if self.used.iter().all(Option::is_none) {
-            return None;
-        }
+        self.used.last_known()?;
         Some(delta(&self.used))
     }
 }
@@ -171,9 +170,9 @@ pub struct SiteReport {
     /// The allocation backtrace, user frames first.
     pub frames: Vec<String>,
     /// Live bytes per dump.
-    pub bytes: Vec<Option<u64>>,
+    pub bytes: Samples,
     /// Live chunks per dump.
-    pub count: Vec<Option<u64>>,
+    pub count: Samples,
     /// The verdict on `bytes`.
     pub verdict: Verdict,
 }
@@ -251,29 +250,20 @@ pub fn diff_with(dumps: &[Dump], opts: &DiffOptions) -> Result<Report, DiffError
     check_comparable(dumps, opts)?;
     let acc = Accumulated::from_dumps(dumps);
     let totals = dumps.iter().map(|d| d.total().total_bytes).collect();
-    Ok(judge_and_rank(&acc, dumps, totals, opts))
+    Ok(judge_and_rank(acc, dumps, totals, opts))
 }
 
 /// A diff fed one dump at a time, oldest first, for series too large to hold: each dump
-/// [`DiffStream::push`]ed is folded into per-path sums at once (its paths interned, its bytes
-/// added to one slot per dump), and only its header (source, format, PID, time, warnings, grand
-/// total) is kept, so memory grows with the number of distinct paths times the number of dumps,
-/// not with the dumps' text. [`DiffStream::finish`] gives the report [`diff_with`] gives on the
-/// same dumps.
+/// [`DiffStream::push`]ed is folded into per-path series at once (its paths interned, its bytes
+/// summed and written into compact [`Samples`]), and only its header (source, format, PID, time,
+/// warnings, grand total) is kept, so memory grows with the number of distinct paths and with how
+/// often their sizes change, not with the dumps' text. [`DiffStream::finish`] gives the report
+/// [`diff_with`] gives on the same dumps; [`DiffStream::report`] gives it so far and goes on.
+#[derive(Clone, Default)]
 pub struct DiffStream {
     acc: Accumulated,
     heads: Vec<Dump>,
     totals: Vec<u64>,
-}
-
-impl Default for DiffStream {
-    fn default() -> Self {
-        DiffStream {
-            acc: Accumulated::new(),
-            heads: Vec::new(),
-            totals: Vec::new(),
-        }
-    }
 }
 
 impl DiffStream {
@@ -301,10 +291,24 @@ impl DiffStream {
     /// # Errors
     ///
     /// As [`diff_with`].
-    pub fn finish(mut self, opts: &DiffOptions) -> Result<Report, DiffError> {
+    pub fn finish(self, opts: &DiffOptions) -> Result<Report, DiffError> {
         check_comparable(&self.heads, opts)?;
-        self.acc.pad();
-        Ok(judge_and_rank(&self.acc, &self.heads, self.totals, opts))
+        Ok(judge_and_rank(self.acc, &self.heads, self.totals, opts))
+    }
+
+    /// Compares the dumps pushed so far, by `opts.metric`; more can be pushed afterwards.
+    ///
+    /// # Errors
+    ///
+    /// As [`diff_with`].
+    pub fn report(&self, opts: &DiffOptions) -> Result<Report, DiffError> {
+        self.clone().finish(opts)
+    }
+
+    /// The headers of the dumps pushed (their source, format, PID, time, warnings).
+    #[must_use]
+    pub fn headers(&self) -> &[Dump] {
+        &self.heads
     }
 }
 
@@ -333,17 +337,16 @@ fn check_comparable(dumps: &[Dump], opts: &DiffOptions) -> Result<(), DiffError>
     Ok(())
 }
 
-/// The report from the accumulated sums; `dumps` are read for their headers only, `totals` are
-/// their grand totals.
+/// The report from the accumulated series; `dumps` are read for their headers only, `totals`
+/// are their grand totals.
 fn judge_and_rank(
-    acc: &Accumulated,
+    acc: Accumulated,
     dumps: &[Dump],
     totals: Vec<u64>,
     opts: &DiffOptions,
 ) -> Report {
-    let judge = Judge {
+    let mut judge = Judge {
         acc,
-        dumps,
         metric: opts.metric,
     };
     let mut entries = judge.entries();
@@ -367,13 +370,15 @@ fn rank_entries(entries: &mut [EntryReport], metric: Metric) {
     });
 }
 
-/// Largest growth of live bytes first.
+/// Largest growth of live bytes first, then by context, frames and thread (a total order: the
+/// sites are gathered in no particular order).
 fn rank_sites(sites: &mut [SiteReport]) {
     sites.sort_by(|a, b| {
         b.growth()
             .cmp(&a.growth())
             .then_with(|| a.context.cmp(&b.context))
             .then_with(|| a.frames.cmp(&b.frames))
+            .then_with(|| a.thread.cmp(&b.thread))
     });
 }
 

@@ -1,55 +1,78 @@
-//! The phases of [`super::diff`] before ranking: intern each context's path, accumulate its
-//! bytes per dump (same-named siblings summed into one group), then fold the sums into series and
-//! judge them.
+//! The phases of [`super::diff`] before ranking: intern each context's path and accumulate its
+//! bytes per dump (same-named siblings summed into one group) into one [`Track`] per path; the
+//! `judge` module then folds the tracks into series and judges them.
 
 use std::collections::{HashMap, HashSet};
 
-use super::verdict::verdict;
-use super::{EntryKind, EntryReport, Segment, SiteReport};
+use hashbrown::{Equivalent, HashMap as PathMap};
+
+use super::track::{Facts, Sums, Track};
+use super::Segment;
 use crate::leak::parse::{Context, Dump, Tree};
-use crate::leak::Metric;
+
+/// One interned path node: its parent's key and its segment.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Node {
+    parent: usize,
+    seg: Segment,
+}
+
+/// A [`Node`] looked up without building one: it hashes as the node does (the same fields in the
+/// same order, `str` hashing as `String`), so no string is copied for a path already interned.
+#[derive(Hash)]
+struct NodeRef<'a> {
+    parent: usize,
+    name: &'a str,
+    ident: Option<&'a str>,
+}
+
+impl Equivalent<Node> for NodeRef<'_> {
+    fn equivalent(&self, n: &Node) -> bool {
+        self.parent == n.parent && self.name == n.seg.name && self.ident == n.seg.ident.as_deref()
+    }
+}
 
 /// Interned paths: each node is (parent key, segment); the root of every path is a thread segment.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct PathKeys {
-    map: HashMap<(usize, Segment), usize>,
-    nodes: Vec<(usize, Segment)>,
+    map: PathMap<Node, usize>,
+    nodes: Vec<Node>,
 }
 
 /// The parent key of a thread segment.
 const ROOT: usize = usize::MAX;
 
 impl PathKeys {
-    fn intern(&mut self, parent: usize, seg: Segment) -> usize {
-        if let Some(&k) = self.map.get(&(parent, seg.clone())) {
+    fn intern(&mut self, parent: usize, name: &str, ident: Option<&str>) -> usize {
+        if let Some(&k) = self.map.get(&NodeRef {
+            parent,
+            name,
+            ident,
+        }) {
             return k;
         }
-        self.nodes.push((parent, seg.clone()));
-        let k = self.nodes.len() - 1;
-        self.map.insert((parent, seg), k);
-        k
+        let seg = Segment {
+            name: name.to_string(),
+            ident: ident.map(str::to_string),
+        };
+        let node = Node { parent, seg };
+        self.nodes.push(node.clone());
+        self.map.insert(node, self.nodes.len() - 1);
+        self.nodes.len() - 1
     }
 
     /// The path of `key` without its thread segment, and the thread name.
-    fn path(&self, key: usize) -> (String, Vec<Segment>) {
+    pub(super) fn path(&self, key: usize) -> (String, Vec<Segment>) {
         let mut segs = Vec::new();
         let mut at = key;
         while at != ROOT {
-            let (p, seg) = &self.nodes[at];
-            segs.push(seg.clone());
-            at = *p;
+            let node = &self.nodes[at];
+            segs.push(node.seg.clone());
+            at = node.parent;
         }
         segs.reverse();
         let thread = segs.remove(0).name;
         (thread, segs)
-    }
-
-    /// The key of the thread segment `key` descends from.
-    fn thread_of(&self, mut key: usize) -> usize {
-        while self.nodes[key].0 != ROOT {
-            key = self.nodes[key].0;
-        }
-        key
     }
 }
 
@@ -77,8 +100,38 @@ impl Acc {
     }
 }
 
-/// Live (bytes, chunks) of one site per dump.
-type SiteSeries = Vec<Option<(u64, u64)>>;
+/// An entry's columns: total, used, count, subtree (see [`super::EntryReport`]).
+impl Sums for Acc {
+    type Row = [Option<u64>; 4];
+
+    fn row(sums: Option<&Acc>, known: bool, detail: bool) -> [Option<u64>; 4] {
+        match sums {
+            _ if !known => [None; 4],
+            Some(a) => [Some(a.total), a.used, Some(a.count), Some(a.subtree)],
+            None => [Some(0), detail.then_some(0), Some(0), Some(0)],
+        }
+    }
+}
+
+/// A site's live bytes and chunks in one dump.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Live {
+    bytes: u64,
+    count: u64,
+}
+
+/// A site's columns: live bytes, live chunks (an absent site has none).
+impl Sums for Live {
+    type Row = [Option<u64>; 2];
+
+    fn row(sums: Option<&Live>, known: bool, _detail: bool) -> [Option<u64>; 2] {
+        match sums {
+            _ if !known => [None; 2],
+            Some(l) => [Some(l.bytes), Some(l.count)],
+            None => [Some(0); 2],
+        }
+    }
+}
 
 /// A context's keys: its group (path of names) and its single (path of names and identifiers),
 /// and whether it or an ancestor has an identifier.
@@ -89,53 +142,47 @@ struct ContextKeys {
     has_ident: bool,
 }
 
+/// A single context's track, with the key of its group.
+pub(super) type SingleTrack = (usize, Track<Acc>);
+
 /// Everything [`super::diff`] gathers from the dumps before it builds entries.
+#[derive(Clone, Default)]
 pub(super) struct Accumulated {
-    n: usize,
+    pub(super) n: usize,
     /// Paths of names: the groups.
-    groups: PathKeys,
+    pub(super) groups: PathKeys,
     /// Paths of names and identifiers: single contexts.
-    singles: PathKeys,
-    group_sums: HashMap<usize, Vec<Acc>>,
-    single_sums: HashMap<usize, Vec<Acc>>,
-    group_of_single: HashMap<usize, usize>,
+    pub(super) singles: PathKeys,
+    /// The track of each group, by key (`None` for thread segments).
+    pub(super) group_tracks: Vec<Option<Track<Acc>>>,
+    /// The track of each single context that has an identifier (or an ancestor with one).
+    pub(super) single_tracks: Vec<Option<SingleTrack>>,
     /// Groups that are `N more child contexts` lines.
-    folded: HashSet<usize>,
+    pub(super) folded: HashSet<usize>,
     /// Groups some of whose members are folded away in some dump.
-    partial: HashSet<usize>,
-    notes: HashMap<usize, String>,
-    /// (thread group key, dump) where the thread did not answer.
-    missing: HashSet<(usize, usize)>,
-    sites: HashMap<(usize, Vec<String>), SiteSeries>,
-    threads: Vec<String>,
+    pub(super) partial: HashSet<usize>,
+    pub(super) notes: HashMap<usize, String>,
+    /// The dumps each thread did not answer, those without used bytes.
+    pub(super) facts: Facts,
+    pub(super) sites: HashMap<(usize, Vec<String>), Track<Live>>,
+    pub(super) threads: Vec<String>,
+}
+
+/// The slot of `key` in `v`, grown to hold it.
+fn slot<T>(v: &mut Vec<Option<T>>, key: usize) -> &mut Option<T> {
+    if v.len() <= key {
+        v.resize_with(key + 1, || None);
+    }
+    &mut v[key]
 }
 
 impl Accumulated {
-    /// Nothing accumulated yet.
-    pub(super) fn new() -> Self {
-        Accumulated {
-            n: 0,
-            groups: PathKeys::default(),
-            singles: PathKeys::default(),
-            group_sums: HashMap::new(),
-            single_sums: HashMap::new(),
-            group_of_single: HashMap::new(),
-            folded: HashSet::new(),
-            partial: HashSet::new(),
-            notes: HashMap::new(),
-            missing: HashSet::new(),
-            sites: HashMap::new(),
-            threads: Vec::new(),
-        }
-    }
-
     /// Interns every context's path and sums its bytes per dump.
     pub(super) fn from_dumps(dumps: &[Dump]) -> Self {
-        let mut acc = Self::new();
+        let mut acc = Self::default();
         for dump in dumps {
             acc.add_dump(dump);
         }
-        acc.pad();
         acc
     }
 
@@ -143,52 +190,45 @@ impl Accumulated {
     pub(super) fn add_dump(&mut self, dump: &Dump) {
         let d = self.n;
         self.n += 1;
+        if !dump.has_detail {
+            self.facts.without_detail(d);
+        }
         for tree in &dump.trees {
             self.add_tree(d, tree);
         }
     }
 
-    /// Gives every series one slot per dump: a path absent from the last dumps has none there
-    /// until now (an absent context sums to nothing; an absent site has no live bytes).
-    pub(super) fn pad(&mut self) {
-        let n = self.n;
-        let sums = self.group_sums.values_mut();
-        for v in sums.chain(self.single_sums.values_mut()) {
-            v.resize(n, Acc::default());
-        }
-        for v in self.sites.values_mut() {
-            v.resize(n, Some((0, 0)));
-        }
-    }
-
     fn add_tree(&mut self, d: usize, tree: &Tree) {
-        let label = tree.thread.clone().unwrap_or_default();
-        if !self.threads.contains(&label) {
-            self.threads.push(label.clone());
+        let label = tree.thread.as_deref().unwrap_or_default();
+        if !self.threads.iter().any(|t| t == label) {
+            self.threads.push(label.to_string());
         }
-        let seg = Segment {
-            name: label,
-            ident: None,
-        };
         let thread = ContextKeys {
-            group: self.groups.intern(ROOT, seg.clone()),
-            single: self.singles.intern(ROOT, seg),
+            group: self.groups.intern(ROOT, label, None),
+            single: self.singles.intern(ROOT, label, None),
             has_ident: false,
         };
         if tree.missing {
-            self.missing.insert((thread.group, d));
+            self.facts.thread_missing(thread.group, d);
             return;
         }
         let keys = self.intern_tree(tree, thread);
         let subtree = tree.subtree_totals();
         for (i, c) in tree.contexts.iter().enumerate() {
-            self.add_context(d, c, keys[i], subtree[i]);
+            self.add_context(d, c, thread.group, keys[i], subtree[i]);
         }
         self.note_folds(tree, &keys);
         for s in &tree.sites {
             let key = (keys[s.context].group, s.frames.clone());
-            let series = self.sites.entry(key).or_default();
-            *slot(series, d, Some((0, 0))) = Some((s.bytes, s.count));
+            let facts = &self.facts;
+            let track = self
+                .sites
+                .entry(key)
+                .or_insert_with(|| Track::new(thread.group, d, facts));
+            *track.sums(d, facts) = Live {
+                bytes: s.bytes,
+                count: s.count,
+            };
         }
     }
 
@@ -197,33 +237,27 @@ impl Accumulated {
         let mut keys: Vec<ContextKeys> = Vec::with_capacity(tree.contexts.len());
         for c in &tree.contexts {
             let parent = c.parent.map_or(thread, |p| keys[p]);
-            let name = c.display_name().to_string();
-            let ident = c.display_ident().map(str::to_string);
-            let has_ident = parent.has_ident || ident.is_some();
-            let group = self.groups.intern(
-                parent.group,
-                Segment {
-                    name: name.clone(),
-                    ident: None,
-                },
-            );
-            let single = self.singles.intern(parent.single, Segment { name, ident });
+            let name = c.display_name();
+            let ident = c.display_ident();
             keys.push(ContextKeys {
-                group,
-                single,
-                has_ident,
+                group: self.groups.intern(parent.group, name, None),
+                single: self.singles.intern(parent.single, name, ident),
+                has_ident: parent.has_ident || ident.is_some(),
             });
         }
         keys
     }
 
-    fn add_context(&mut self, d: usize, c: &Context, keys: ContextKeys, subtree: u64) {
-        let sums = self.group_sums.entry(keys.group).or_default();
-        slot(sums, d, Acc::default()).add(c, subtree);
+    fn add_context(&mut self, d: usize, c: &Context, thread: usize, keys: ContextKeys, sub: u64) {
+        let facts = &self.facts;
+        let group = slot(&mut self.group_tracks, keys.group);
+        let track = group.get_or_insert_with(|| Track::new(thread, d, facts));
+        track.sums(d, facts).add(c, sub);
         if keys.has_ident {
-            let sums = self.single_sums.entry(keys.single).or_default();
-            slot(sums, d, Acc::default()).add(c, subtree);
-            self.group_of_single.insert(keys.single, keys.group);
+            let single = slot(&mut self.single_tracks, keys.single);
+            let (_, track) =
+                single.get_or_insert_with(|| (keys.group, Track::new(thread, d, facts)));
+            track.sums(d, facts).add(c, sub);
         }
     }
 
@@ -251,139 +285,6 @@ impl Accumulated {
             }
         }
     }
-}
-
-/// Builds entries from the accumulated sums: folds each entry's sums into its series (unknown
-/// where its thread did not answer) and judges them.
-pub(super) struct Judge<'a> {
-    pub(super) acc: &'a Accumulated,
-    pub(super) dumps: &'a [Dump],
-    pub(super) metric: Metric,
-}
-
-impl Judge<'_> {
-    fn show_thread(&self) -> bool {
-        self.acc.threads.len() > 1
-    }
-
-    fn known(&self, thread_key: usize, d: usize) -> bool {
-        !self.acc.missing.contains(&(thread_key, d))
-    }
-
-    /// One entry per group, plus one per single context worth following on its own.
-    pub(super) fn entries(&self) -> Vec<EntryReport> {
-        let acc = self.acc;
-        let mut entries = Vec::new();
-        for (&k, sums) in &acc.group_sums {
-            let kind = if acc.folded.contains(&k) {
-                EntryKind::Folded
-            } else {
-                EntryKind::Group
-            };
-            let note = acc.notes.get(&k).cloned().or_else(|| {
-                acc.partial.contains(&k).then(|| {
-                    "partial: some of these contexts are folded into an `N more child contexts` \
-                     line in some dumps, and counted there"
-                        .to_string()
-                })
-            });
-            let thread = acc.groups.thread_of(k);
-            entries.push(self.entry(&acc.groups, k, thread, sums, kind, note));
-        }
-        for (&k, sums) in &acc.single_sums {
-            let g = acc.group_of_single[&k];
-            if self.followed_alone(g, sums) {
-                let thread = acc.groups.thread_of(g);
-                entries.push(self.entry(&acc.singles, k, thread, sums, EntryKind::Context, None));
-            }
-        }
-        entries
-    }
-
-    /// A single context with an identifier is followed on its own when its group holds others,
-    /// it is in the first and the last dump, and its group is not a folded line.
-    fn followed_alone(&self, group: usize, sums: &[Acc]) -> bool {
-        let group_is_larger = self.acc.group_sums[&group].iter().any(|a| a.count > 1);
-        let persistent = sums[0].present && sums[self.acc.n - 1].present;
-        group_is_larger && persistent && !self.acc.folded.contains(&group)
-    }
-
-    /// Folds an entry's per-dump sums into its series and judges them.
-    fn entry(
-        &self,
-        keys: &PathKeys,
-        k: usize,
-        thread_key: usize,
-        sums: &[Acc],
-        kind: EntryKind,
-        note: Option<String>,
-    ) -> EntryReport {
-        let known = |d: usize| self.known(thread_key, d);
-        let series = |f: fn(&Acc) -> u64| -> Vec<Option<u64>> {
-            sums.iter()
-                .enumerate()
-                .map(|(d, a)| known(d).then(|| f(a)))
-                .collect()
-        };
-        let total = series(|a| a.total);
-        let used: Vec<Option<u64>> = sums
-            .iter()
-            .enumerate()
-            .map(|(d, a)| match () {
-                () if !known(d) => None,
-                () if a.present => a.used,
-                () => self.dumps[d].has_detail.then_some(0),
-            })
-            .collect();
-        let judged: Vec<u64> = match self.metric {
-            Metric::Total => total.iter().flatten().copied().collect(),
-            Metric::Used => used.iter().flatten().copied().collect(),
-        };
-        let (thread, path) = keys.path(k);
-        EntryReport {
-            thread: self.show_thread().then_some(thread),
-            path,
-            kind,
-            total,
-            used,
-            count: series(|a| a.count),
-            subtree: series(|a| a.subtree),
-            verdict: verdict(&judged),
-            metric: self.metric,
-            note,
-        }
-    }
-
-    /// One report per allocation site, its live bytes judged like an entry's.
-    pub(super) fn sites(&self) -> Vec<SiteReport> {
-        let acc = self.acc;
-        let mut out = Vec::new();
-        for ((g, frames), vals) in &acc.sites {
-            let (thread, path) = acc.groups.path(*g);
-            let tk = acc.groups.thread_of(*g);
-            let at = |d: usize| vals[d].filter(|_| self.known(tk, d));
-            let bytes: Vec<Option<u64>> = (0..acc.n).map(|d| at(d).map(|v| v.0)).collect();
-            let count = (0..acc.n).map(|d| at(d).map(|v| v.1)).collect();
-            let series: Vec<u64> = bytes.iter().flatten().copied().collect();
-            out.push(SiteReport {
-                thread: self.show_thread().then_some(thread),
-                context: path.into_iter().map(|s| s.name).collect(),
-                frames: frames.clone(),
-                verdict: verdict(&series),
-                bytes,
-                count,
-            });
-        }
-        out
-    }
-}
-
-/// Dump `d`'s slot of a series, the dumps before it that lacked the path filled with `fill`.
-fn slot<T: Clone>(series: &mut Vec<T>, d: usize, fill: T) -> &mut T {
-    if series.len() <= d {
-        series.resize(d + 1, fill);
-    }
-    &mut series[d]
 }
 
 /// What the printed siblings of a folded line are: `probably CachedPlanSource: all 100 printed

@@ -15,7 +15,9 @@ mod flame;
 
 use std::fmt::Write as _;
 
-use crate::leak::diff::{diff_with, human_bytes, DiffError, DiffOptions, EntryReport, Report};
+use crate::leak::diff::{
+    diff_with, human_bytes, DiffError, DiffOptions, EntryReport, Report, Samples,
+};
 use crate::leak::parse::Dump;
 use crate::leak::Metric;
 use chart::Line;
@@ -129,7 +131,7 @@ fn x_axis(dumps: &[Dump]) -> (Vec<f64>, Axis) {
     }
 }
 
-fn points(xs: &[f64], series: &[Option<u64>]) -> Vec<(f64, f64)> {
+fn points(xs: &[f64], series: &Samples) -> Vec<(f64, f64)> {
     xs.iter()
         .zip(series)
         .filter_map(|(&x, v)| v.map(|v| (x, v as f64)))
@@ -194,7 +196,7 @@ fn entry_section(e: &EntryReport, xs: &[f64], axis: Axis, opts: &HtmlOptions) ->
         points: points(xs, &e.total),
         dashed: false,
     }];
-    if e.used.iter().any(Option::is_some) {
+    if e.used.last_known().is_some() {
         lines.push(Line {
             label: "used bytes",
             colour: "#2ca02c",
@@ -239,8 +241,7 @@ fn sites_section(report: &Report, xs: &[f64], axis: Axis, n: usize) -> String {
     let mut rows = String::new();
     for s in report.sites.iter().take(n) {
         let rate = fit::fit(&points(xs, &s.bytes)).map_or("?".into(), |f| axis.rate(f.slope));
-        let first = s.bytes.iter().flatten().next().copied().unwrap_or(0);
-        let last = s.bytes.iter().rev().flatten().next().copied().unwrap_or(0);
+        let (first, last) = s.bytes.first_last().unwrap_or((0, 0));
         let _ = write!(
             rows,
             "<tr class=\"site\"><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td><td><pre>{}</pre></td></tr>",
@@ -258,7 +259,20 @@ fn sites_section(report: &Report, xs: &[f64], axis: Axis, n: usize) -> String {
     )
 }
 
-/// The page.
+/// What a page is drawn from: the diff, the dumps' headers (their times), and the first and the
+/// last dump in full (the flame graph) — so a series read as a stream need not be held.
+pub struct PageInput<'a> {
+    /// The diff of the series, by the page's metric.
+    pub report: &'a Report,
+    /// The dumps compared, oldest first (headers suffice: only their times are read).
+    pub dumps: &'a [Dump],
+    /// The first dump, with its trees.
+    pub first: &'a Dump,
+    /// The last dump, with its trees.
+    pub last: &'a Dump,
+}
+
+/// The page of a series held in memory.
 ///
 /// # Errors
 /// What [`diff_with`] refuses (fewer than two dumps, used bytes the dumps do not record), or a
@@ -270,14 +284,29 @@ pub fn page(dumps: &[Dump], opts: &HtmlOptions) -> Result<String, DiffError> {
             metric: opts.metric,
         },
     )?;
-    let (xs, axis) = x_axis(dumps);
+    let input = PageInput {
+        report: &report,
+        dumps,
+        first: &dumps[0],
+        last: &dumps[dumps.len() - 1],
+    };
+    page_of(&input, opts)
+}
+
+/// The page of a series already compared (read as a stream: see [`PageInput`]).
+///
+/// # Errors
+/// A flame graph that cannot be drawn.
+pub fn page_of(input: &PageInput<'_>, opts: &HtmlOptions) -> Result<String, DiffError> {
+    let report = input.report;
+    let (xs, axis) = x_axis(input.dumps);
     let mut body = String::new();
     let _ = write!(
         body,
         "<h1>{}</h1><p class=\"summary\">{} dumps ({}){}; verdicts, ranking, fits and the flame \
          graph by <b>{} bytes</b>.</p>",
         escape(&opts.title),
-        dumps.len(),
+        input.dumps.len(),
         escape(&report.formats.join(", ")),
         report.span_ms.map_or(String::new(), |ms| {
             duration_text(ms as f64 / 1000.0).replacen("in ", " over ", 1)
@@ -289,9 +318,9 @@ pub fn page(dumps: &[Dump], opts: &HtmlOptions) -> Result<String, DiffError> {
         body.push_str(&entry_section(e, &xs, axis, opts));
     }
     body.push_str("<h2>Allocation sites</h2>\n");
-    body.push_str(&sites_section(&report, &xs, axis, opts.sites));
+    body.push_str(&sites_section(report, &xs, axis, opts.sites));
     body.push_str("<h2>Differential flame graph: last dump against the first</h2>\n");
-    let svg = flame::differential(&dumps[0], &dumps[dumps.len() - 1], opts.metric)
+    let svg = flame::differential(input.first, input.last, opts.metric)
         .map_err(|e| DiffError(format!("drawing the flame graph: {e}")))?;
     let _ = write!(
         body,

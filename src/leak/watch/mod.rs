@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::parse::{parse_file, Dump};
+use super::diff::DiffStream;
+use super::parse::parse_file;
 
 /// An error that ends the watch, with a message for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +201,8 @@ fn sleep_until(until: Instant) -> bool {
 }
 
 /// Runs the loop: dumps through `source` into `opts.out` until a stop condition, drawing the
-/// ranking on `w`. Returns the series read so far.
+/// ranking on `w`. Returns the series read so far, each dump folded into the diff as it came (the
+/// dumps themselves are not kept: they are on disk).
 ///
 /// # Errors
 /// A dump that could not be taken or read; writing to `w`.
@@ -208,10 +210,10 @@ pub fn watch(
     source: &mut dyn Source,
     opts: &WatchOptions,
     w: &mut dyn Write,
-) -> Result<Vec<Dump>, WatchError> {
+) -> Result<DiffStream, WatchError> {
     let io = |e: std::io::Error| WatchError(format!("writing the view: {e}"));
     let start = Instant::now();
-    let mut dumps: Vec<Dump> = Vec::new();
+    let mut dumps = DiffStream::default();
     let mut status = vec![source.describe()];
     if !opts.live {
         writeln!(w, "{}", status[0]).map_err(io)?;
@@ -220,7 +222,7 @@ pub fn watch(
         let begun = Instant::now();
         let taken = source.take(n, &opts.out)?;
         let parsed = parse_file(&taken.path).map_err(|e| WatchError(e.to_string()))?;
-        dumps.extend(parsed);
+        parsed.iter().for_each(|d| dumps.push(d));
         status.push(stop_line(n, &taken, opts.every));
         let done = opts.count.is_some_and(|c| n >= c)
             || opts

@@ -4,8 +4,7 @@
 use std::io::{self, Write};
 
 use super::WatchOptions;
-use crate::leak::diff::{diff_with, human_bytes, DiffOptions, EntryReport, Verdict};
-use crate::leak::parse::Dump;
+use crate::leak::diff::{human_bytes, DiffOptions, DiffStream, EntryReport, Verdict};
 use crate::leak::Metric;
 
 /// The eight heights of a sparkline.
@@ -48,12 +47,12 @@ fn ranked(entries: &[EntryReport], top: usize) -> Vec<&EntryReport> {
     rows
 }
 
-/// The ranking as lines of text.
-pub fn ranking(dumps: &[Dump], top: usize, metric: Metric) -> Vec<String> {
+/// The ranking of the series so far as lines of text.
+pub fn ranking(dumps: &DiffStream, top: usize, metric: Metric) -> Vec<String> {
     if dumps.len() < 2 {
         return vec!["(the ranking starts with the second dump)".to_owned()];
     }
-    let report = match diff_with(dumps, &DiffOptions { metric }) {
+    let report = match dumps.report(&DiffOptions { metric }) {
         Ok(r) => r,
         Err(e) => return vec![format!("memctx: cannot compare the dumps: {e}")],
     };
@@ -62,20 +61,16 @@ pub fn ranking(dumps: &[Dump], top: usize, metric: Metric) -> Vec<String> {
         "verdict", "+/-", "now", "size over the last dumps"
     )];
     for e in ranked(&report.entries, top) {
-        let now = e
-            .series()
-            .iter()
-            .rev()
-            .flatten()
-            .next()
-            .copied()
-            .unwrap_or(0);
+        let now = e.series().last_known().unwrap_or(0);
+        let tail: Vec<Option<u64>> = (e.series().iter())
+            .skip(e.series().len().saturating_sub(SPARK_WIDTH))
+            .collect();
         lines.push(format!(
             "{:<9} {:>11} {:>10}  {:<SPARK_WIDTH$}  {}",
             e.verdict,
             signed(e.change()),
             human_bytes(now),
-            sparkline(e.series()),
+            sparkline(&tail),
             e.display_path()
         ));
     }
@@ -89,7 +84,7 @@ pub fn ranking(dumps: &[Dump], top: usize, metric: Metric) -> Vec<String> {
 /// Writing to `w`.
 pub fn draw(
     w: &mut dyn Write,
-    dumps: &[Dump],
+    dumps: &DiffStream,
     status: &[String],
     opts: &WatchOptions,
 ) -> io::Result<()> {
