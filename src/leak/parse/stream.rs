@@ -12,6 +12,7 @@
 //! [`super::parse_str`]; everything else is text. A first pass looks for NUL bytes, so that a
 //! binary file is refused before any of its "dumps" is handed on.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::Path;
@@ -101,10 +102,15 @@ struct Lines {
 impl Lines {
     /// Reads up to the first non-blank line and returns it (`None`: the file is blank).
     fn first_dump_line(&mut self, r: &mut impl BufRead) -> std::io::Result<Option<String>> {
-        while let Some(line) = self.next(r)? {
-            let line = match self.read {
-                1 => line.strip_prefix('\u{feff}').unwrap_or(&line).to_string(),
-                _ => line,
+        loop {
+            let first = self.read == 0;
+            let Some(line) = self.next(r)? else {
+                return Ok(None);
+            };
+            let line = if first {
+                line.strip_prefix('\u{feff}').unwrap_or(&line).to_string()
+            } else {
+                line.into_owned()
             };
             self.head.push_str(&line);
             self.head.push('\n');
@@ -112,10 +118,10 @@ impl Lines {
                 return Ok(Some(line));
             }
         }
-        Ok(None)
     }
 
-    fn next(&mut self, r: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    /// The next line, borrowed from the buffer unless invalid UTF-8 had to be replaced.
+    fn next(&mut self, r: &mut impl BufRead) -> std::io::Result<Option<Cow<'_, str>>> {
         self.buf.clear();
         if r.read_until(b'\n', &mut self.buf)? == 0 {
             return Ok(None);
@@ -124,7 +130,11 @@ impl Lines {
         let mut line: &[u8] = &self.buf;
         line = line.strip_suffix(b"\n").unwrap_or(line);
         line = line.strip_suffix(b"\r").unwrap_or(line);
-        Ok(Some(String::from_utf8_lossy(line).into_owned()))
+        // A valid line (the usual case) is checked at full speed and not copied.
+        Ok(Some(match std::str::from_utf8(line) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        }))
     }
 }
 
