@@ -14,12 +14,17 @@ use std::process::Command;
 /// A PostgreSQL server log with four dumps of backend 42, `step` seconds apart:
 /// CacheMemoryContext grows by exactly 1 MiB a step (1, 2, 3, 4 MiB), MessageContext holds 8 kB.
 fn growing_log(step: u64) -> String {
+    growing_log_ms(step * 1000)
+}
+
+/// [`growing_log`] with the dumps `step_ms` milliseconds apart.
+fn growing_log_ms(step_ms: u64) -> String {
     let mut log = String::new();
     for h in 0..4u64 {
         let cache = (h + 1) << 20;
-        let t = h * step;
+        let (t, ms) = (h * step_ms / 1000, h * step_ms % 1000);
         let (hh, mm, ss) = (t / 3600, t / 60 % 60, t % 60);
-        let p = format!("2026-12-03 {hh:02}:{mm:02}:{ss:02}.000 UTC [42] LOG:  ");
+        let p = format!("2026-12-03 {hh:02}:{mm:02}:{ss:02}.{ms:03} UTC [42] LOG:  ");
         let _ = write!(
             log,
             "{p}logging memory contexts of PID 42\n\
@@ -92,6 +97,27 @@ fn a_short_series_is_drawn_in_seconds_with_its_rate_per_hour() {
         "{page}"
     );
     assert!(page.contains(">30 s<"), "the x axis ends at 30 s: {page}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A series shorter than a second (a demo's dumps) gives its span in milliseconds, and only a
+/// growing context's verdict is marked as an alarm.
+#[test]
+fn a_sub_second_series_gives_its_span_in_ms_and_marks_only_growth() {
+    let dir = temp_dir("subsecond");
+    let log = dir.join("server.log");
+    std::fs::write(&log, growing_log_ms(10)).unwrap();
+    let page = report(&log, &dir.join("report.html"));
+    assert!(page.contains(" over 30 ms; "), "{page}");
+    assert!(
+        page.contains("<span class=\"verdict growing\">growing</span>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<span class=\"verdict stable\">stable</span>"),
+        "{page}"
+    );
+    assert!(page.contains(".verdict.growing{color:#a00}"), "{page}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -152,9 +152,11 @@ fn time_to(axis: Axis, x: f64) -> String {
     duration_text(x * secs)
 }
 
-/// `in 40 s`, `in 12 min`, `in 6.0 hours`.
+/// `in 30 ms`, `in 2.5 s`, `in 40 s`, `in 12 min`, `in 6.0 hours`.
 fn duration_text(s: f64) -> String {
     match s {
+        s if s < 1.0 => format!("in {:.0} ms", s * 1000.0),
+        s if s < 10.0 => format!("in {s:.1} s"),
         s if s < 120.0 => format!("in {s:.0} s"),
         s if s < 7200.0 => format!("in {:.0} min", s / 60.0),
         s => format!("in {:.1} hours", s / 3600.0),
@@ -220,9 +222,10 @@ fn entry_section(e: &EntryReport, xs: &[f64], axis: Axis, opts: &HtmlOptions) ->
     let title = format!("{path}: {} bytes over time", opts.metric);
     let last = metric_pts.last().copied().unwrap_or((range.1, 0.0));
     format!(
-        "<section class=\"context\"><h3>{} <span class=\"verdict\">{}</span></h3>\
+        "<section class=\"context\"><h3>{} <span class=\"verdict {}\">{}</span></h3>\
          <figure data-context=\"{}\">{}<figcaption>{}: {}</figcaption></figure></section>\n",
         escape(&path),
+        e.verdict,
         e.verdict,
         escape(&path),
         chart::svg(&title, axis.name, range, &lines),
@@ -336,7 +339,7 @@ pub fn page_of(input: &PageInput<'_>, opts: &HtmlOptions) -> Result<String, Diff
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 section.context{display:inline-block;vertical-align:top;margin:0 1em 1em 0}\
-h3{font-size:1em;margin:.2em 0}.verdict{font-weight:normal;color:#a00}\
+h3{font-size:1em;margin:.2em 0}.verdict{font-weight:normal;color:#555}.verdict.growing{color:#a00}\
 figure{margin:0}figcaption{font-size:.85em;max-width:560px}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}\
 pre{margin:0;font-size:.8em}iframe#flame{width:100%;height:520px;border:1px solid #ccc}";
