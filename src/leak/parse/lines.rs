@@ -27,13 +27,18 @@ impl Stats {
     }
 }
 
-/// Reads leading ASCII digits as a number; returns it and the rest.
+/// Reads leading ASCII digits as a number; returns it and the rest (`None` without a digit, or
+/// past `u64::MAX`).
 pub(super) fn number(s: &str) -> Option<(u64, &str)> {
-    let n = s.bytes().take_while(u8::is_ascii_digit).count();
-    if n == 0 {
-        return None;
+    // Every line of a dump holds five numbers: read them digit by digit, without `str::parse`'s
+    // sign and radix handling.
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for b in s.bytes().take_while(u8::is_ascii_digit) {
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        n += 1;
     }
-    Some((s[..n].parse().ok()?, &s[n..]))
+    (n > 0).then(|| (v, &s[n..]))
 }
 
 /// Parses `T <word> in B blocks; F free (C chunks); U used` at the start of `s`.
@@ -66,13 +71,15 @@ pub(super) fn block_stats<'a>(s: &'a str, word: &str) -> Option<(Stats, &'a str)
 /// Finds the first `: T total in ...; U used` in `s`: returns the name before it, the stats and
 /// the rest after `used`.
 pub(super) fn context_stats(s: &str) -> Option<(&str, Stats, &str)> {
-    let mut from = 0;
-    while let Some(off) = s[from..].find(": ") {
-        let at = from + off;
-        if let Some((st, rest)) = block_stats(&s[at + 2..], "total") {
+    // A byte search for the colon: names are short, and a substring searcher costs more to set
+    // up than it saves.
+    for (at, _) in s.match_indices(':') {
+        let Some(after) = s[at + 1..].strip_prefix(' ') else {
+            continue;
+        };
+        if let Some((st, rest)) = block_stats(after, "total") {
             return Some((&s[..at], st, rest));
         }
-        from = at + 1;
     }
     None
 }
@@ -415,9 +422,12 @@ fn find_log_marker(line: &str) -> Option<usize> {
         "Grand total: ",
         "logging memory contexts of PID ",
     ] {
-        // Candidates are found by a byte search for the marker's first character (cheaper on
-        // short lines than a substring search), then must start a word: the prefix ends in a
-        // space.
+        // Most lines (every line of `MemoryContextStats` output) hold no marker at all: a
+        // substring test rules them out at once. Otherwise candidates are found by a byte search
+        // for the marker's first character, and must start a word: the prefix ends in a space.
+        if !line.contains(marker) {
+            continue;
+        }
         let first = char::from(marker.as_bytes()[0]);
         for (at, _) in line.match_indices(first) {
             let word_start = at == 0 || line.as_bytes()[at - 1] == b' ';
