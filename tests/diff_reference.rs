@@ -253,8 +253,8 @@ fn reference(dumps: &[Dump]) -> BTreeMap<Key, [Vec<Option<u64>>; 4]> {
     out
 }
 
-/// The reference's live (bytes, chunks) per site: by thread, context names and frames; the
-/// last row of a dump wins where same-named contexts share a site.
+/// The reference's live bytes per site: by thread, context names and frames, summed over
+/// same-named contexts that share a site.
 fn reference_sites(dumps: &[Dump]) -> BTreeMap<SiteKey, Vec<Option<u64>>> {
     let n = dumps.len();
     let mut live: BTreeMap<SiteKey, Vec<Option<u64>>> = BTreeMap::new();
@@ -269,7 +269,8 @@ fn reference_sites(dumps: &[Dump]) -> BTreeMap<SiteKey, Vec<Option<u64>>> {
                 let path = t.path(s.context);
                 let names = path.iter().map(|c| c.display_name().to_string()).collect();
                 let key = (label.clone(), names, s.frames.clone());
-                live.entry(key).or_insert_with(|| vec![Some(0); n])[d] = Some(s.bytes);
+                let bytes = &mut live.entry(key).or_insert_with(|| vec![Some(0); n])[d];
+                *bytes = bytes.map(|b| b + s.bytes);
             }
         }
     }

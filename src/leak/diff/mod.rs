@@ -438,6 +438,34 @@ mod tests {
         parse_str(&text, "d").unwrap().remove(0)
     }
 
+    /// Two same-named siblings allocating from one line are one site, as they are one entry:
+    /// their live bytes and chunks add up in each dump.
+    #[test]
+    fn a_site_sums_its_groups_contexts() {
+        let mut dumps = vec![
+            dump(&[("Plan", 1024), ("Plan", 1024)]),
+            dump(&[("Plan", 2048), ("Plan", 2048)]),
+        ];
+        for (k, d) in dumps.iter_mut().enumerate() {
+            let k = k as u64 + 1;
+            for (context, bytes) in [(1, 100 * k), (2, 200 * k)] {
+                d.trees[0].sites.push(crate::leak::parse::Site {
+                    context,
+                    count: bytes / 100,
+                    bytes,
+                    frames: vec!["plan::build at src/plan.rs:7".to_string()],
+                });
+            }
+        }
+        let report = diff(&dumps).unwrap();
+        assert_eq!(report.sites.len(), 1);
+        let site = &report.sites[0];
+        assert_eq!(site.context, ["TopMemoryContext", "Plan"]);
+        assert_eq!(site.bytes, [Some(300), Some(600)]);
+        assert_eq!(site.count, [Some(3), Some(6)]);
+        assert_eq!(site.growth(), 300);
+    }
+
     /// The stream pads the series of paths missing from the first or the last dumps, so its
     /// report is the one `diff_with` makes on the whole series.
     #[test]

@@ -113,7 +113,8 @@ impl Sums for Acc {
     }
 }
 
-/// A site's live bytes and chunks in one dump.
+/// A site's live bytes and chunks in one dump, summed over the contexts of its group (same-named
+/// siblings allocating from one line are one site, as they are one entry).
 #[derive(Clone, Copy, Default)]
 pub(super) struct Live {
     bytes: u64,
@@ -225,10 +226,9 @@ impl Accumulated {
                 .sites
                 .entry(key)
                 .or_insert_with(|| Track::new(thread.group, d, facts));
-            *track.sums(d, facts) = Live {
-                bytes: s.bytes,
-                count: s.count,
-            };
+            let live = track.sums(d, facts);
+            live.bytes = live.bytes.saturating_add(s.bytes);
+            live.count = live.count.saturating_add(s.count);
         }
     }
 
