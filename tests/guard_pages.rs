@@ -225,22 +225,28 @@ fn sampled_chunks_are_external() {
     .unwrap();
 }
 
-/// The child died of a guard fault: by SIGSEGV with memctx's report naming `class`, the
-/// 10,000-byte chunk, the faulting function and the allocating one.
-/// The first frame of the program's own code in a guard fault's symbolised stack
-/// (`ptr::write_volatile` is inlined into it, so `core::` frames come first).
+/// Asserts that the first frame of a guard fault's symbolised stack is `function` of this file,
+/// with its line: the frames of `core`, `std` and memctx are trimmed (here `ptr::write_volatile`,
+/// where an unoptimised build faults).
 #[cfg(not(memctx_asan))]
-fn first_own_fault_frame(err: &str) -> &str {
+fn assert_first_fault_frame(err: &str, function: &str) {
     let fault = err
         .split("  fault:\n")
         .nth(1)
         .expect("a symbolised fault stack");
-    fault
-        .lines()
-        .find(|l| !l.contains(" in core::"))
-        .unwrap_or("")
+    let first = fault.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("    #0 ")
+            && first.contains(&format!(
+                " in guard_pages::{function} at tests/guard_pages.rs:"
+            )),
+        "{err}"
+    );
 }
 
+/// The child died of a guard fault: by SIGSEGV with memctx's report naming `class`, the
+/// 10,000-byte chunk, the faulting function (first, with its file and line) and the allocating
+/// one.
 #[cfg(not(memctx_asan))]
 fn assert_guard_fault(out: &Output, class: &str, function: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -250,11 +256,7 @@ fn assert_guard_fault(out: &Output, class: &str, function: &str) {
         "{err}"
     );
     assert!(err.contains("10000-byte chunk"), "{err}");
-    let first = first_own_fault_frame(&err);
-    assert!(
-        first.contains(&format!("guard_pages::{function} at tests/guard_pages.rs:")),
-        "{err}"
-    );
+    assert_first_fault_frame(&err, function);
     let alloc = err
         .split("  allocated at:\n")
         .nth(1)
@@ -381,11 +383,7 @@ fn sampled_small_chunk_overrun_faults_at_the_write() {
         err.contains("76 bytes past the end of the 24-byte chunk"),
         "{err}"
     );
-    let first = first_own_fault_frame(&err);
-    assert!(
-        first.contains("guard_pages::write_past at tests/guard_pages.rs:"),
-        "{err}"
-    );
+    assert_first_fault_frame(&err, "write_past");
 }
 
 /// The sampled chunks printed by the `sample-which` child.
