@@ -478,11 +478,6 @@ fn free(m: &Released) {
 fn verify(m: &Released, at: &str, out: &mut Vec<Report>) {
     let (p, len) = m.pattern();
     sanitizer::open(p, len);
-    // SAFETY: the pattern's bytes are ours and open.
-    if unsafe { all_freed(p, len) } {
-        sanitizer::close(p, len);
-        return;
-    }
     let mut from = m.from;
     for _ in 0..MAX_REPORTS_PER_BLOCK {
         // SAFETY: `[from, end)` lies in the released memory, open to the tools.
@@ -501,27 +496,6 @@ fn verify(m: &Released, at: &str, out: &mut Vec<Report>) {
         }
     }
     sanitizer::close(p, len);
-}
-
-/// Whether `[p, p + len)` holds only the freed pattern: compared with `memcmp` against a page of
-/// it, whose speed does not depend on how this crate was optimised (tests run unoptimised, and a
-/// check verifies megabytes of quarantine).
-///
-/// # Safety
-/// The range must be readable.
-unsafe fn all_freed(p: *const u8, len: usize) -> bool {
-    const PAGE: usize = 4096;
-    static FREED: [u8; PAGE] = [FREED_BYTE; PAGE];
-    let mut at = 0;
-    while at < len {
-        let n = PAGE.min(len - at);
-        // SAFETY: `[p + at, p + at + n)` lies in the range (caller), `FREED` has `n` bytes.
-        if unsafe { libc::memcmp(p.add(at).cast(), FREED.as_ptr().cast(), n) } != 0 {
-            return false;
-        }
-        at += n;
-    }
-    true
 }
 
 /// The report for damage from `first` to at most `last` in released memory, and where the next
