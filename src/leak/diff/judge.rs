@@ -32,15 +32,15 @@ impl Judge {
         {
             let Some(track) = track else { continue };
             let done = track.finish(n, &acc.facts);
-            several[k] = done.cols[2].iter().flatten().any(|c| c > 1);
             let (kind, note) = if acc.folded.contains(&k) {
                 (EntryKind::Folded, acc.notes.get(&k).cloned())
             } else {
                 let partial = acc.partial.contains(&k).then(|| PARTIAL.to_string());
                 (EntryKind::Group, partial)
             };
-            let e = (kind, note, done);
-            entries.push(entry(&acc.groups, k, e, show_thread, self.metric));
+            let e = entry(&acc.groups, k, (kind, note, done), show_thread, self.metric);
+            several[k] = e.count.iter().flatten().any(|c| c > 1);
+            entries.push(e);
         }
         for (k, single) in std::mem::take(&mut acc.single_tracks)
             .into_iter()

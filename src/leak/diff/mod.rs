@@ -304,12 +304,6 @@ impl DiffStream {
     pub fn report(&self, opts: &DiffOptions) -> Result<Report, DiffError> {
         self.clone().finish(opts)
     }
-
-    /// The headers of the dumps pushed (their source, format, PID, time, warnings).
-    #[must_use]
-    pub fn headers(&self) -> &[Dump] {
-        &self.heads
-    }
 }
 
 /// At least two dumps, all recording used bytes when `opts` compares by them.
