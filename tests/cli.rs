@@ -811,6 +811,9 @@ fn flame_writes_an_svg() {
     assert!(text.trim_end().ends_with("</svg>"));
     assert!(text.contains("CacheMemoryContext"));
     assert!(text.contains("(166 more child contexts)"));
+    // The root frame names the dump and the metric (the graph's root, not inferno's `all`).
+    let root = format!("{}#3 (total bytes)", data("pg15_server.log").display());
+    assert!(text.contains(&format!("<title>{root} (")), "{root}");
 
     // Folded stacks merge same-named siblings unless asked not to.
     let dumps = leak::parse_file(&data("pg15_server.log")).unwrap();

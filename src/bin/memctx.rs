@@ -489,6 +489,7 @@ fn flame(args: &FlameArgs) -> Result<Outcome, String> {
         idents: args.idents,
     };
     let lines = render::folded_stacks(&dump, &flame);
+    let lines = render::under_root(&lines, &format!("{} ({metric} bytes)", dump.source));
     if lines.is_empty() {
         return Err(format!(
             "{}: nothing to draw: every context holds 0 bytes",

@@ -177,6 +177,14 @@ fn frame(s: &str) -> String {
         .collect()
 }
 
+/// Folded stacks under one root frame named `root`, so that the graph's root says what it shows
+/// (inferno's own root above it is `all`).
+#[must_use]
+pub fn under_root(lines: &[String], root: &str) -> Vec<String> {
+    let root = frame(root);
+    lines.iter().map(|l| format!("{root};{l}")).collect()
+}
+
 /// The dump as folded stacks, one line per context with its own bytes:
 /// `TopMemoryContext;CacheMemoryContext;CachedPlanSource 4096`, the input of
 /// `inferno::flamegraph::from_lines` (and of `flamegraph.pl`). Same-named siblings merge into one

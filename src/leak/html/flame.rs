@@ -4,7 +4,7 @@
 use std::io::BufReader;
 
 use crate::leak::parse::Dump;
-use crate::leak::render::{folded_stacks, FlameOptions};
+use crate::leak::render::{folded_stacks, under_root, FlameOptions};
 use crate::leak::Metric;
 
 /// The folded stacks of a dump under a root frame that names what the graph shows.
@@ -13,10 +13,8 @@ fn stacks(dump: &Dump, metric: Metric, root: &str) -> String {
         metric,
         idents: false,
     };
-    folded_stacks(dump, &opts)
-        .into_iter()
-        .map(|line| format!("{root};{line}\n"))
-        .collect()
+    let lines = under_root(&folded_stacks(dump, &opts), root);
+    lines.iter().map(|line| format!("{line}\n")).collect()
 }
 
 /// The SVG of the differential flame graph of `last` against `first`.
