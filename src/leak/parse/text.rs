@@ -150,12 +150,7 @@ impl TextParser<'_> {
                 indent,
                 count,
                 stats,
-            } => {
-                if let Some(b) = self.other.as_mut().filter(|b| b.kind == Kind::Stderr) {
-                    // Indented like the children it stands for.
-                    b.push_folded(indent / 2, count, stats, lineno, self.source)?;
-                }
-            }
+            } => return self.stderr_folded(lineno, indent, count, stats),
             Line::StderrGrand { stats } => self.stderr_grand(stats),
             Line::Gdb {
                 indent,
@@ -165,6 +160,21 @@ impl TextParser<'_> {
             Line::WalkerRegistry { pid } => self.walker_registry(lineno, pid),
             Line::WalkerThread { label, exited } => self.walker_thread(lineno, label, exited),
             Line::WalkerWarning(w) => self.walker_warning(w),
+        }
+        Ok(())
+    }
+
+    /// A `N more child contexts` line of `MemoryContextStats` output, indented like the children
+    /// it stands for.
+    fn stderr_folded(
+        &mut self,
+        lineno: usize,
+        indent: usize,
+        count: u64,
+        stats: Stats,
+    ) -> Result<(), ParseError> {
+        if let Some(b) = self.other.as_mut().filter(|b| b.kind == Kind::Stderr) {
+            b.push_folded(indent / 2, count, stats, lineno, self.source)?;
         }
         Ok(())
     }
