@@ -259,7 +259,8 @@ fn start_dumper(args: &Args) -> Dumper {
         std::process::exit(1)
     };
     if args.dir.is_dir() {
-        let old = memctx::dump::list_snapshots(&args.dir).unwrap_or_else(|e| fail("listing", e));
+        let old =
+            memctx::snapshot::list_snapshots(&args.dir).unwrap_or_else(|e| fail("listing", e));
         for (_, path) in &old {
             std::fs::remove_file(path).unwrap_or_else(|e| fail("cleaning", e));
         }

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! * the **kind id** says which context kind carved the chunk, so the free functions dispatch on it
-//!   without knowing the context (AllocSet today; Generation, Slab and Bump later). Zero is never a
-//!   valid kind, so a zeroed or wiped header is recognisably not a chunk;
+//!   without knowing the context (see `crate::kinds`). The ids are chosen off every bit pattern a
+//!   pointer memctx never handed out is likely to show there (see [`RESERVED_IDS`]), so that such a
+//!   pointer decodes as no kind and is a clean panic instead of a wild free;
 //! * the **external** bit marks a chunk that has a block of its own (a request above the chunk
 //!   limit); such a block is returned to the system when the chunk is freed;
 //! * the **value** is the kind's own: AllocSet keeps the freelist index (the size class) there;
@@ -37,15 +38,10 @@ pub(crate) const CHUNK_ALIGN: usize = 16;
 /// Size of the header word in front of every chunk.
 pub(crate) const CHUNK_HEADER_SIZE: usize = size_of::<u64>();
 
-/// Bytes between the start of a chunk (its header word) and its data.
-///
-/// Release: the header word alone. Debug: header word, the chunk's debug record and the redzone that
-/// guards them (see `debug::layout`).
-#[cfg(not(feature = "debug-contexts"))]
-pub(crate) const CHUNK_PREFIX: usize = CHUNK_HEADER_SIZE;
-/// Bytes between the start of a chunk (its header word) and its data.
-#[cfg(feature = "debug-contexts")]
-pub(crate) const CHUNK_PREFIX: usize = crate::debug::layout::DEBUG_CHUNK_PREFIX;
+/// Bytes between the start of a chunk (its header word) and its data: the hook side decides
+/// (`crate::hooks::CHUNK_PREFIX`) — the header word alone in a release build; header word, the
+/// chunk's debug record and the redzone that guards them in the debug build.
+pub(crate) const CHUNK_PREFIX: usize = crate::hooks::CHUNK_PREFIX;
 
 /// Number of bits of the kind id.
 const KIND_BITS: u32 = 4;
@@ -60,26 +56,49 @@ const OFFSET_SHIFT: u32 = VALUE_SHIFT + VALUE_BITS;
 /// capped below it.
 pub(crate) const MAX_BLOCK_OFFSET: usize = (1 << (64 - OFFSET_SHIFT)) - 1;
 
-/// The context kinds a chunk header can name. Ids are stable: external tools read them.
+/// Kind ids no chunk header carries, because memory memctx did not carve shows them in the word
+/// in front of a pointer:
+///
+/// * 0: zeroed or never-written memory;
+/// * 1 to 7: glibc's `malloc` size word, whose low three bits are its flags (PREV_INUSE = 1,
+///   IS_MMAPPED = 2, NON_MAIN_ARENA = 4 — the last set on every chunk of a thread other than
+///   main) and whose bit 3 is clear, because glibc's chunk sizes are multiples of 16 on 64-bit
+///   targets;
+/// * 14 and 15: the low nibbles of the debug build's fill patterns 0x7E and 0x7F (0xA5's, 5, is
+///   among glibc's), so freed or unused memory taken for a chunk decodes as no kind.
+///
+/// PostgreSQL reserves 0, 1, 2 and 15 for the same reasons (`memutils_internal.h`); a thread's
+/// arena makes glibc's 4 and 5 appear here as well.
+pub(crate) const RESERVED_IDS: [u64; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 14, 15];
+
+const _: () = {
+    let mut i = 0;
+    while i < RESERVED_IDS.len() {
+        let id = RESERVED_IDS[i];
+        assert!(id != ChunkKind::AllocSet as u64 && id != ChunkKind::AlignedRedirect as u64);
+        i += 1;
+    }
+};
+
+/// What a chunk header's kind id names. Ids are stable: external tools read them (the registry
+/// publishes them, see `crate::registry`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChunkKind {
-    /// Carved by an AllocSet context.
-    AllocSet = 1,
     /// Not a real chunk: a header written in front of an over-aligned pointer, whose offset leads
     /// back to the data of the real chunk that holds it (PostgreSQL's "aligned redirect").
-    /// Its id is chosen so that no fill pattern of the debug build (0xA5, 0x7E, 0x7F: low nibbles
-    /// 5, 14, 15) reads as a redirect header when freed or unused memory is taken for a chunk.
     AlignedRedirect = 9,
+    /// Carved by an AllocSet context.
+    AllocSet = 10,
 }
 
 impl ChunkKind {
     /// Decodes a kind id, `None` for ids no kind uses (a corrupt or foreign header).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn from_id(id: u64) -> Option<ChunkKind> {
         match id {
-            1 => Some(ChunkKind::AllocSet),
             9 => Some(ChunkKind::AlignedRedirect),
+            10 => Some(ChunkKind::AllocSet),
             _ => None,
         }
     }
@@ -192,6 +211,54 @@ pub(crate) const fn footprint(class: usize) -> usize {
     align_up(CHUNK_PREFIX + class, CHUNK_ALIGN)
 }
 
+/// The block header every kind's block starts with (a kind that needs more per block puts its
+/// fields after it): the kind-neutral description of a block that the hooks, the debug build and
+/// the gdb walker read.
+///
+/// `#[repr(C)]` and stable: the gdb walker and the debug build read it. `context` comes first so a
+/// chunk's owner is one load away from its block.
+#[repr(C, align(16))]
+pub(crate) struct Block {
+    /// The owning context.
+    pub(crate) context: *mut crate::context::ContextHeader,
+    /// Previous block in the context's list (null for the head).
+    pub(crate) prev: *mut Block,
+    /// Next block in the context's list.
+    pub(crate) next: *mut Block,
+    /// Start of the unused space at the block's end.
+    pub(crate) free_ptr: *mut u8,
+    /// One past the block's last byte; `end_ptr - block` is the size given to the system allocator.
+    pub(crate) end_ptr: *mut u8,
+    /// The debug build's mark: space below it was handed out before and released by a reset, so
+    /// carving it again verifies it (the release build leaves it null). It lies in what was the
+    /// header's alignment padding, so the header's size and the other fields' offsets are the same.
+    pub(crate) released: *mut u8,
+}
+
+/// Size of the block header.
+pub(crate) const BLOCK_HEADER_SIZE: usize = core::mem::size_of::<Block>();
+const _: () = assert!(BLOCK_HEADER_SIZE == 48);
+
+impl Block {
+    /// Size of the block as allocated from the system.
+    #[inline]
+    pub(crate) fn size(&self) -> usize {
+        self.end_ptr as usize - self as *const Block as usize
+    }
+
+    /// First chunk start in a block.
+    #[inline]
+    pub(crate) fn first_chunk(block: *mut Block) -> *mut u8 {
+        (block as *mut u8).wrapping_add(BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD)
+    }
+}
+
+/// The block of a chunk whose data starts at `data`, through the header's offset.
+#[inline(always)]
+pub(crate) fn block_of(data: *mut u8, hdr: ChunkHeader) -> *mut Block {
+    chunk_of(data).wrapping_sub(hdr.offset()) as *mut Block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +279,26 @@ mod tests {
         assert_eq!(h.value() as u64, VALUE_MASK);
         assert_eq!(h.offset(), 64);
         assert_eq!(ChunkKind::from_id(0), None);
+    }
+
+    #[test]
+    fn kind_ids_avoid_reserved_patterns() {
+        for id in 0..16u64 {
+            let reserved = RESERVED_IDS.contains(&id);
+            if let Some(kind) = ChunkKind::from_id(id) {
+                assert!(!reserved, "{kind:?} uses reserved id {id}");
+                assert_eq!(kind as u64, id);
+                // Bit 3 set: never a glibc size word's low nibble on a 64-bit target.
+                assert_ne!(id & 8, 0, "{kind:?}");
+            }
+        }
+        for pattern in [0xA5u64, 0x7E, 0x7F, 0x00] {
+            assert_eq!(
+                ChunkKind::from_id(pattern & KIND_MASK),
+                None,
+                "{pattern:#x}"
+            );
+        }
     }
 
     #[test]

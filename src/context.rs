@@ -61,8 +61,10 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::aset::{self, AllocSetState, BlockSizes};
+use crate::chunk::Block;
 use crate::error::{out_of_memory_message, ContextError};
+use crate::kinds::aset::{self, BlockSizes};
+use crate::kinds::{self, KindId, KindState};
 use crate::registry;
 use crate::stats::{Counters, StatsNode};
 
@@ -72,12 +74,9 @@ pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXHD");
 pub(crate) const DEAD_CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXDD");
 /// Version of the `#[repr(C)]` layout of the context header and the block header; external tools
 /// (the gdb walker) refuse layouts they do not know.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Deleted contexts kept with their keeper block, per keeper size (PostgreSQL keeps 100).
 pub(crate) const MAX_RECYCLED: usize = 100;
-
-/// Context kind ids stored in the header (the same ids as in chunk headers).
-pub(crate) const KIND_ALLOC_SET: u32 = crate::chunk::ChunkKind::AllocSet as u32;
 
 /// The header of a memory context.
 ///
@@ -88,7 +87,8 @@ pub(crate) const KIND_ALLOC_SET: u32 = crate::chunk::ChunkKind::AllocSet as u32;
 pub struct ContextHeader {
     pub(crate) magic: u64,
     pub(crate) layout_version: u32,
-    pub(crate) kind: u32,
+    /// The context's kind (`crate::kinds`); `state` holds that kind's fields.
+    pub(crate) kind: KindId,
     pub(crate) generation: u64,
     pub(crate) id: u64,
     pub(crate) name_ptr: *const u8,
@@ -109,7 +109,12 @@ pub struct ContextHeader {
     pub(crate) is_reset: bool,
     /// A reset or delete of this context is running.
     pub(crate) busy: bool,
-    pub(crate) set: AllocSetState,
+    /// Head of the block list (for AllocSet the active block, that new chunks are carved from).
+    pub(crate) blocks: *mut Block,
+    /// The block kept across resets (null while the context has none).
+    pub(crate) keeper: *mut Block,
+    /// The kind's own fields.
+    pub(crate) state: KindState,
     ident: Option<Box<str>>,
     callbacks: Vec<Box<dyn FnOnce()>>,
 }
@@ -119,7 +124,7 @@ impl ContextHeader {
         ContextHeader {
             magic: DEAD_CONTEXT_MAGIC,
             layout_version: LAYOUT_VERSION,
-            kind: KIND_ALLOC_SET,
+            kind: KindId::AllocSet,
             generation: 0,
             id: 0,
             name_ptr: ptr::null(),
@@ -135,7 +140,9 @@ impl ContextHeader {
             subtree_pins: 0,
             is_reset: true,
             busy: false,
-            set: AllocSetState::empty(),
+            blocks: ptr::null_mut(),
+            keeper: ptr::null_mut(),
+            state: KindState::empty(),
             ident: None,
             callbacks: Vec::new(),
         }
@@ -327,7 +334,6 @@ pub(crate) fn create(
     unsafe {
         let c = &mut *ctx;
         c.magic = CONTEXT_MAGIC;
-        c.kind = KIND_ALLOC_SET;
         c.id = NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed);
         c.name_ptr = name.as_ptr();
         c.name_len = name.len();
@@ -685,11 +691,14 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
         (*ctx).ident_ptr = ptr::null();
         (*ctx).ident_len = 0;
         let t = thread_tree();
-        if let Some(slot) = recycle_slot(&(*ctx).set.sizes) {
+        let slot = match (*ctx).kind {
+            KindId::AllocSet => recycle_slot(&(*ctx).state.aset.sizes),
+        };
+        if let Some(slot) = slot {
             if t.recycled_len[slot].get() < MAX_RECYCLED {
                 // Always, even when nothing was allocated since the last reset: the debug
                 // build clobbers the keeper here so nothing of this life reaches the next.
-                aset::reset(ctx);
+                kinds::reset(ctx);
                 (*ctx).is_reset = true;
                 (*ctx).next_sibling = t.recycled[slot].get();
                 t.recycled[slot].set(ctx);
@@ -697,7 +706,7 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
                 return;
             }
         }
-        aset::release_all(ctx);
+        kinds::release_all(ctx);
         (*ctx).next_sibling = t.spare.get();
         t.spare.set(ctx);
     }
@@ -952,14 +961,13 @@ impl MemoryContext {
                 delete_descendants(ctx);
                 call_callbacks(ctx);
             }
-            if !(*ctx).is_reset {
-                aset::reset(ctx);
+            if !kinds::is_empty(ctx) {
+                kinds::reset(ctx);
                 (*ctx).is_reset = true;
             }
-            crate::hooks::context_reset(ctx);
         }
         crate::hooks::raise_pending();
-        crate::dump::safe_point(); // a user reset: the tree is consistent (see crate::dump)
+        crate::hooks::safe_point(); // a user reset: the tree is consistent
         Ok(())
     }
 
@@ -1183,7 +1191,7 @@ impl MemoryContext {
     pub fn is_empty(self) -> bool {
         let ctx = self.raw();
         // SAFETY: live header.
-        unsafe { (*ctx).first_child.is_null() && (*ctx).is_reset }
+        unsafe { (*ctx).first_child.is_null() && kinds::is_empty(ctx) }
     }
 
     /// Bytes this context holds from the system, optionally with its descendants
@@ -1209,7 +1217,7 @@ impl MemoryContext {
     /// If the context was deleted.
     pub fn counters(self) -> Counters {
         // SAFETY: live context.
-        unsafe { aset::counters(self.raw()) }
+        unsafe { kinds::counters(self.raw()) }
     }
 
     /// The stats tree of this context and its descendants.
@@ -1236,8 +1244,8 @@ impl MemoryContext {
                     id: (*c).id,
                     name: (*c).name().to_owned(),
                     ident: (*c).ident.as_deref().map(str::to_owned),
-                    kind: "AllocSet".to_owned(),
-                    counters: aset::counters(c),
+                    kind: (*c).kind.name().to_owned(),
+                    counters: kinds::counters(c),
                     children,
                 };
                 pending.push(((*c).parent, node));
@@ -1281,11 +1289,10 @@ unsafe fn reset_subtree_keeping(ctx: *mut ContextHeader) {
     unsafe {
         for_each_post_order(ctx, |c| {
             call_callbacks(c);
-            if !(*c).is_reset {
-                aset::reset(c);
+            if !kinds::is_empty(c) {
+                kinds::reset(c);
                 (*c).is_reset = true;
             }
-            crate::hooks::context_reset(c);
         });
     }
 }

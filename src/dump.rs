@@ -9,7 +9,8 @@
 //! pid and the thread's name and OS id, and in the debug build the live chunks of every context
 //! grouped by allocation site ([`SiteRow`], the largest [`DEFAULT_SITES_PER_CONTEXT`] per context;
 //! see [`crate::MemoryContext::sites`]).
-//! [`to_json`] and [`write_snapshot`] store it; [`from_json`] and [`read_snapshot`] read it back.
+//! [`crate::snapshot::to_json`] and [`crate::snapshot::write_snapshot`] store it;
+//! [`crate::snapshot::from_json`] and [`crate::snapshot::read_snapshot`] read it back.
 //!
 //! # Dumps of every thread: the [`Dumper`]
 //!
@@ -78,14 +79,13 @@
 //! let cache = MemoryContext::top().new_child("CacheMemoryContext", BlockSizes::DEFAULT);
 //! let _leak = cache.alloc(1000);
 //! let path = dumper.dump_now().unwrap();
-//! let snap = memctx::dump::read_snapshot(&path).unwrap();
+//! let snap = memctx::snapshot::read_snapshot(&path).unwrap();
 //! let me = snap.threads.iter().find(|t| !t.missing).unwrap();
 //! assert!(me.contexts.iter().any(|c| c.name == "CacheMemoryContext" && c.used_bytes >= 1000));
 //! dumper.stop();
 //! std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
-use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::cell::Cell;
 use std::fs;
@@ -97,7 +97,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::registry::{ThreadEntry, MEMCTX_REGISTRY, THREAD_EXITED, THREAD_LIVE};
 use crate::snapshot::{
-    SiteRow, Snapshot, ThreadSnapshot, Trigger, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
+    list_snapshots, snapshot_file_name, write_snapshot, SiteRow, Snapshot, ThreadSnapshot, Trigger,
+    SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
 };
 use crate::MemoryContext;
 
@@ -108,125 +109,6 @@ pub const SIGNAL_POLL: Duration = Duration::from_millis(20);
 /// How often the writer re-reads the registry while waiting for answers, to notice threads that
 /// exit instead of answering.
 const ANSWER_POLL: Duration = Duration::from_millis(10);
-
-// ---------------------------------------------------------------------------------------------
-// Sites.
-
-/// One frame of an allocation site's backtrace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SiteFrame {
-    /// The function, demangled without its hash, if the symbol was found.
-    pub function: Option<String>,
-    /// The source file, if debug info has it.
-    pub file: Option<String>,
-    /// The line, if debug info has it.
-    pub line: Option<u32>,
-}
-
-impl fmt::Display for SiteFrame {
-    /// `function at file:line`, with `??` for an unknown function; a file under the current
-    /// directory is shown relative to it (as the debug build's reports show it).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.function.as_deref().unwrap_or("??"))?;
-        if let Some(file) = &self.file {
-            let cwd = std::env::current_dir().ok();
-            let shown = cwd
-                .as_deref()
-                .and_then(|d| Path::new(file).strip_prefix(d).ok())
-                .map_or_else(|| file.clone(), |p| p.display().to_string());
-            write!(f, " at {shown}")?;
-            if let Some(line) = self.line {
-                write!(f, ":{line}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Live chunks allocated from one site (one allocation backtrace): LeakSanitizer's
-/// "N bytes in M objects allocated from".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Site {
-    /// Number of live chunks.
-    pub count: u64,
-    /// Their requested bytes (not the size classes' slack, nor the chunk headers).
-    pub bytes: u64,
-    /// The allocation backtrace, the allocator's own frames trimmed: the frame that called the
-    /// allocator first. Empty when no backtrace was captured (backtraces turned off).
-    pub frames: Vec<SiteFrame>,
-    /// The stack depot's id of the backtrace (0: none captured). Equal ids, equal sites — within
-    /// one process.
-    pub stack_id: u32,
-}
-
-impl fmt::Display for Site {
-    /// LeakSanitizer's form: `N bytes in M objects allocated from:` and one `#i frame` line per
-    /// frame, each line ending in a newline.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} bytes in {} objects allocated from:",
-            self.bytes, self.count
-        )?;
-        if self.frames.is_empty() {
-            writeln!(f, "    (no backtrace captured)")?;
-        }
-        for (i, frame) in self.frames.iter().enumerate() {
-            writeln!(f, "    #{i} {frame}")?;
-        }
-        Ok(())
-    }
-}
-
-impl MemoryContext {
-    /// The live chunks of this context (and of its descendants when `recursive`) grouped by
-    /// allocation site, largest first (by requested bytes, then count), at most `top_n` of them,
-    /// with their backtraces resolved — as LeakSanitizer reports leaks, but for memory that is
-    /// still reachable: the question it answers is "which line of code holds this context's
-    /// memory?".
-    ///
-    /// Debug build (`debug-contexts`) only: the sites come from the allocation backtrace recorded
-    /// in every chunk. **A release build records nothing and returns an empty list.** The walk costs
-    /// time proportional to the live chunks, plus a symbolisation the first time a backtrace is
-    /// seen. Backtraces that differ only inside the allocator are one site: sites are keyed by
-    /// their user frames.
-    ///
-    /// # Panics
-    /// If the context was deleted.
-    ///
-    /// # Examples
-    /// ```
-    /// use memctx::{BlockSizes, MemoryContext};
-    /// let cache = MemoryContext::top().new_child("cache", BlockSizes::DEFAULT);
-    /// for _ in 0..3 {
-    ///     cache.alloc(40);
-    /// }
-    /// let sites = cache.sites(false, 10);
-    /// if cfg!(feature = "debug-contexts") {
-    ///     assert_eq!((sites[0].count, sites[0].bytes), (3, 120));
-    /// } else {
-    ///     assert!(sites.is_empty());
-    /// }
-    /// cache.delete();
-    /// ```
-    pub fn sites(self, recursive: bool, top_n: usize) -> Vec<Site> {
-        self.raw(); // a stale handle panics in both builds
-        #[cfg(feature = "debug-contexts")]
-        {
-            use crate::debug::sites;
-            // SAFETY: a live context of this thread, outside any allocator operation.
-            let acc = unsafe { sites::raw_sites(self, recursive) };
-            let mut all = sites::merge(&acc);
-            all.truncate(top_n);
-            all
-        }
-        #[cfg(not(feature = "debug-contexts"))]
-        {
-            let _ = (recursive, top_n);
-            Vec::new()
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Snapshots of the calling thread.
@@ -377,97 +259,6 @@ pub fn snapshot_with_sites(sites_per_context: usize) -> Snapshot {
         threads: vec![thread],
         trigger: Some(Trigger::Direct),
     }
-}
-
-/// The snapshot as pretty-printed JSON (the file format of [`crate::snapshot`]).
-///
-/// # Panics
-/// Never in practice: the document is plain data with string keys.
-pub fn to_json(snapshot: &Snapshot) -> String {
-    serde_json::to_string_pretty(snapshot).expect("serialising a snapshot cannot fail")
-}
-
-/// Reads a snapshot written by [`to_json`].
-///
-/// # Errors
-/// A JSON syntax or shape error, or a `format`/`version` this build does not read.
-pub fn from_json(s: &str) -> Result<Snapshot, serde_json::Error> {
-    use serde::de::Error as _;
-    let snap: Snapshot = serde_json::from_str(s)?;
-    if snap.format != SNAPSHOT_FORMAT {
-        return Err(serde_json::Error::custom(format!(
-            "not a memctx snapshot: format is {:?}, expected {SNAPSHOT_FORMAT:?}",
-            snap.format
-        )));
-    }
-    if snap.version != SNAPSHOT_VERSION {
-        return Err(serde_json::Error::custom(format!(
-            "unsupported memctx snapshot version {} (this build reads version {SNAPSHOT_VERSION})",
-            snap.version
-        )));
-    }
-    Ok(snap)
-}
-
-/// Writes `snapshot` as JSON to `path`, through a temporary file in the same directory renamed
-/// into place, so a reader never sees a partial file.
-///
-/// # Errors
-/// Any I/O error creating, writing or renaming the file.
-pub fn write_snapshot(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "snapshot path has no name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    fs::write(&tmp, to_json(snapshot))?;
-    fs::rename(&tmp, path)
-}
-
-/// Reads a snapshot file.
-///
-/// # Errors
-/// An I/O error, or what [`from_json`] refuses (as `InvalidData`, naming the file).
-pub fn read_snapshot(path: &Path) -> io::Result<Snapshot> {
-    let text = fs::read_to_string(path)?;
-    from_json(&text).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
-        )
-    })
-}
-
-/// The file name of snapshot number `seq` in a dumper's directory: `snapshot-000042.json`.
-pub fn snapshot_file_name(seq: u64) -> String {
-    format!("snapshot-{seq:06}.json")
-}
-
-/// The sequence number in a snapshot file name, if it is one.
-fn seq_of_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".json")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// The numbered snapshot files in `dir`, in sequence order.
-///
-/// # Errors
-/// An I/O error listing the directory.
-pub fn list_snapshots(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(seq) = entry.file_name().to_str().and_then(seq_of_file_name) {
-            out.push((seq, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1242,16 +1033,6 @@ mod signal {
 mod tests {
     use super::*;
 
-    #[test]
-    fn file_names_round_trip() {
-        assert_eq!(snapshot_file_name(42), "snapshot-000042.json");
-        assert_eq!(seq_of_file_name("snapshot-000042.json"), Some(42));
-        assert_eq!(seq_of_file_name("snapshot-1234567.json"), Some(1234567));
-        assert_eq!(seq_of_file_name("snapshot-.json"), None);
-        assert_eq!(seq_of_file_name(".snapshot-000001.json.tmp"), None);
-        assert_eq!(seq_of_file_name("snapshot-00a.json"), None);
-    }
-
     /// A config with an interval and no signal: `Due::next` then reads no signal flag of its own,
     /// and the tests set `Due::signal` as the handler's flag would.
     fn periodic_config() -> DumperConfig {
@@ -1282,23 +1063,5 @@ mod tests {
         assert_eq!(due.next(&config, true), Some(Trigger::Signal));
         assert_eq!(due.next(&config, true), Some(Trigger::Request));
         assert_eq!(due.next(&config, false), None);
-    }
-
-    #[test]
-    fn site_display_is_lsan_style() {
-        let s = Site {
-            count: 3,
-            bytes: 120,
-            frames: vec![SiteFrame {
-                function: Some("app::cache_insert".into()),
-                file: Some("src/cache.rs".into()),
-                line: Some(42),
-            }],
-            stack_id: 7,
-        };
-        assert_eq!(
-            s.to_string(),
-            "120 bytes in 3 objects allocated from:\n    #0 app::cache_insert at src/cache.rs:42\n"
-        );
     }
 }

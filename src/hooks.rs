@@ -8,7 +8,17 @@
 //! fills and verifies patterns, records backtraces and talks to Valgrind and ASan.
 //!
 //! Keeping the calls here, rather than `cfg` blocks inside the allocator, leaves one allocator whose
-//! algorithm reads the same in both builds.
+//! algorithm reads the same in both builds. It is also the allocator core's only way out: the core
+//! (`chunk`, `kinds`, `context`, `raw`) names neither the debug build, nor the dumper, nor
+//! snapshots or the leak tools — what it needs of them is a hook here, such as [`safe_point`]
+//! and the chunk prefix.
+
+/// The allocator's safe points, in both builds: where a pending snapshot request is answered
+/// (see `crate::dump`), at the cost of one relaxed atomic load when none is.
+#[inline(always)]
+pub(crate) fn safe_point() {
+    crate::dump::safe_point();
+}
 
 #[cfg(feature = "debug-contexts")]
 pub(crate) use crate::debug::hooks::*;
@@ -19,8 +29,11 @@ pub(crate) use off::*;
 #[cfg(not(feature = "debug-contexts"))]
 #[allow(unused_variables)]
 mod off {
-    use crate::aset::Block;
+    use crate::chunk::{Block, ChunkHeader, CHUNK_HEADER_SIZE};
     use crate::context::ContextHeader;
+
+    /// Bytes between a chunk's start and its data: the header word alone.
+    pub(crate) const CHUNK_PREFIX: usize = CHUNK_HEADER_SIZE;
 
     /// Data bytes a request of `size` needs from its size class (the debug build adds a redzone).
     #[inline(always)]
@@ -40,6 +53,17 @@ mod off {
     /// The allocator is done with a chunk's header word.
     #[inline(always)]
     pub(crate) fn header_close(chunk: *mut u8) {}
+    /// Reads the header word at `chunk` for a walk over a block's chunks (the debug build leaves
+    /// what Valgrind and ASan think of the word as it was).
+    ///
+    /// # Safety
+    /// `chunk` must be an 8-aligned address inside a block of this thread.
+    #[inline(always)]
+    #[allow(dead_code)] // the block walk runs in the debug build only
+    pub(crate) unsafe fn header_peek(chunk: *mut u8) -> ChunkHeader {
+        // SAFETY: per the contract.
+        ChunkHeader(unsafe { (chunk as *const u64).read() })
+    }
     /// Unused space of `block` at `chunk` is about to become a chunk (its header word is written
     /// next).
     #[inline(always)]
@@ -119,12 +143,12 @@ mod off {
     /// tells the tools); [`block_release`] then says where its memory goes.
     #[inline(always)]
     pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {}
-    /// `ctx` is about to be reset.
+    /// A reset of `ctx` begins: no block has been released yet.
     #[inline(always)]
-    pub(crate) fn context_resetting(ctx: *mut ContextHeader) {}
-    /// `ctx` was reset.
+    pub(crate) fn reset_begin(ctx: *mut ContextHeader) {}
+    /// The reset of `ctx` ends: its other blocks are gone and its keeper is empty.
     #[inline(always)]
-    pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {}
+    pub(crate) fn reset_end(ctx: *mut ContextHeader) {}
     /// Checks that `ptr` is a live chunk before its header is trusted; false means "do nothing"
     /// (the debug build has reported why). Release builds trust the caller, as PostgreSQL does,
     /// except for a null pointer, which is a clean panic.
@@ -176,7 +200,4 @@ mod off {
     pub(crate) fn check_released() -> usize {
         0
     }
-    /// A reset of `ctx` (requested by the user, not a recycling reset) finished.
-    #[inline(always)]
-    pub(crate) fn context_reset(ctx: *mut ContextHeader) {}
 }

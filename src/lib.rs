@@ -47,12 +47,12 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod alloc_api;
-mod aset;
 mod chunk;
 mod context;
 pub mod dump;
 mod error;
 mod hooks;
+mod kinds;
 #[cfg(feature = "cli")]
 pub mod leak;
 mod raw;
@@ -64,15 +64,15 @@ pub mod stats;
 pub mod debug;
 
 pub use alloc_api::{PString, PinnedContext};
-pub use aset::BlockSizes;
 pub use context::{switch_to, MemoryContext, SwitchGuard, LAYOUT_VERSION};
-pub use dump::{Site, SiteFrame};
 pub use error::ContextError;
+pub use kinds::aset::BlockSizes;
 pub use raw::{
     chunk_context, chunk_space, palloc, palloc0, palloc_aligned, palloc_extended, pfree, pstrdup,
     repalloc, repalloc_extended, repalloc_huge, AllocFlags, MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE,
     MAX_ALLOC_SIZE,
 };
+pub use snapshot::{Site, SiteFrame};
 pub use stats::format_stats;
 
 /// Bytes of the chunk header in front of every chunk (8, as in PostgreSQL; the debug build adds

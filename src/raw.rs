@@ -18,11 +18,11 @@
 
 use core::ptr::{self, NonNull};
 
-use crate::aset;
 use crate::chunk::{self, align_up, ChunkHeader, ChunkKind, CHUNK_ALIGN, CHUNK_PREFIX};
 use crate::context::{current_ptr, ContextHeader, MemoryContext};
 use crate::error::{invalid_size_message, out_of_memory_message};
 use crate::hooks;
+use crate::kinds::{self, Target};
 
 /// Largest request without [`AllocFlags::HUGE`]: PostgreSQL's `MaxAllocSize`, 1 GB − 1.
 pub const MAX_ALLOC_SIZE: usize = 0x3fff_ffff;
@@ -91,7 +91,7 @@ fn check_huge_size(size: usize, flags: AllocFlags) {
 #[inline(always)]
 pub(crate) unsafe fn alloc_unchecked(ctx: *mut ContextHeader, size: usize, zero: bool) -> *mut u8 {
     // SAFETY: per the contract.
-    let p = unsafe { aset::alloc(ctx, size) };
+    let p = unsafe { kinds::alloc(ctx, size) };
     if zero && !p.is_null() {
         // SAFETY: `p` has at least `size` writable bytes.
         unsafe { ptr::write_bytes(p, 0, size) };
@@ -240,11 +240,22 @@ pub unsafe fn pfree(ptr: *mut u8) {
         if !hooks::validate_pointer(ptr, "pfree", None) {
             return;
         }
+        free_unvalidated(ptr, "pfree");
+    }
+}
+
+/// The free both `pfree` and the safe API's `deallocate` end in, once the pointer was validated.
+///
+/// # Safety
+/// As [`pfree`].
+#[inline(always)]
+unsafe fn free_unvalidated(ptr: *mut u8, op: &str) {
+    // SAFETY: per the contract.
+    unsafe {
         let hdr = chunk::read_header(ptr);
-        match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AllocSet) => aset::free(aset::owner(ptr, hdr), ptr, hdr),
-            Some(ChunkKind::AlignedRedirect) => pfree(redirect_base(ptr, hdr)),
-            None => invalid_pointer("pfree", ptr, hdr),
+        match kinds::target(ptr, hdr, op) {
+            Target::Chunk(kind) => kinds::free(kind, ptr, hdr),
+            Target::Redirect(base) => pfree(base),
         }
     }
 }
@@ -259,28 +270,8 @@ pub(crate) unsafe fn pfree_in(expected: *mut ContextHeader, ptr: *mut u8) {
         if !hooks::validate_pointer(ptr, "deallocate", Some(expected)) {
             return;
         }
-        let hdr = chunk::read_header(ptr);
-        match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AllocSet) => aset::free(aset::owner(ptr, hdr), ptr, hdr),
-            Some(ChunkKind::AlignedRedirect) => pfree(redirect_base(ptr, hdr)),
-            None => invalid_pointer("deallocate", ptr, hdr),
-        }
+        free_unvalidated(ptr, "deallocate");
     }
-}
-
-/// The base chunk of an aligned redirect.
-#[inline]
-fn redirect_base(ptr: *mut u8, hdr: ChunkHeader) -> *mut u8 {
-    ptr.wrapping_sub(hdr.offset())
-}
-
-#[cold]
-#[inline(never)]
-fn invalid_pointer(op: &str, ptr: *mut u8, hdr: ChunkHeader) -> ! {
-    panic!(
-        "{op} called with invalid pointer {ptr:p} (header 0x{:016x})",
-        hdr.0
-    )
 }
 
 /// Resizes a chunk (`repalloc`), keeping it in its own context. Returns the new pointer; the old
@@ -344,15 +335,13 @@ pub(crate) unsafe fn realloc_in(
             return ptr::null_mut();
         }
         let hdr = chunk::read_header(ptr);
-        let new = match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AllocSet) => {
-                let ctx = aset::owner(ptr, hdr);
-                let cap = aset::chunk_capacity(ptr, hdr);
+        let new = match kinds::target(ptr, hdr, "repalloc") {
+            Target::Chunk(kind) => {
+                let cap = kinds::capacity(kind, ptr, hdr);
                 let old = known_old.unwrap_or_else(|| hooks::requested_size(ptr, cap));
-                aset::realloc(ctx, ptr, hdr, size, old)
+                kinds::realloc(kind, ptr, hdr, size, old)
             }
-            Some(ChunkKind::AlignedRedirect) => realloc_redirect(ptr, hdr, size, flags, known_old),
-            None => invalid_pointer("repalloc", ptr, hdr),
+            Target::Redirect(base) => realloc_redirect(ptr, base, hdr, size, flags, known_old),
         };
         if new.is_null() && !flags.contains(AllocFlags::NO_OOM) {
             out_of_memory(size, (*chunk_context_ptr(ptr)).name());
@@ -364,21 +353,24 @@ pub(crate) unsafe fn realloc_in(
 /// repalloc of an over-aligned chunk: a new aligned chunk in the same context, contents copied.
 ///
 /// # Safety
-/// `ptr` must be a live aligned-redirect pointer.
+/// `ptr` must be a live aligned-redirect pointer with header `hdr`, `base` the chunk holding it.
 unsafe fn realloc_redirect(
     ptr: *mut u8,
+    base: *mut u8,
     hdr: ChunkHeader,
     size: usize,
     flags: AllocFlags,
     known_old: Option<usize>,
 ) -> *mut u8 {
-    let base = redirect_base(ptr, hdr);
     let align = 1usize << hdr.value();
     // SAFETY: `base` is the live chunk holding `ptr` (caller).
     unsafe {
         let bh = chunk::read_header(base);
-        let ctx = aset::owner(base, bh);
-        let base_cap = aset::chunk_capacity(base, bh);
+        let Target::Chunk(kind) = kinds::target(base, bh, "repalloc") else {
+            kinds::invalid_pointer("repalloc", base, bh);
+        };
+        let ctx = kinds::owner(kind, base, bh);
+        let base_cap = kinds::capacity(kind, base, bh);
         let old = known_old.unwrap_or_else(|| hooks::requested_size(base, base_cap) - hdr.offset());
         let new = alloc_aligned_in(ctx, size, align, AllocFlags(flags.0 | AllocFlags::NO_OOM.0));
         if new.is_null() {
@@ -398,10 +390,9 @@ pub(crate) unsafe fn chunk_context_ptr(ptr: *mut u8) -> *mut ContextHeader {
     // SAFETY: per the contract.
     unsafe {
         let hdr = chunk::read_header(ptr);
-        match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AllocSet) => aset::owner(ptr, hdr),
-            Some(ChunkKind::AlignedRedirect) => chunk_context_ptr(redirect_base(ptr, hdr)),
-            None => invalid_pointer("GetMemoryChunkContext", ptr, hdr),
+        match kinds::target(ptr, hdr, "GetMemoryChunkContext") {
+            Target::Chunk(kind) => kinds::owner(kind, ptr, hdr),
+            Target::Redirect(base) => chunk_context_ptr(base),
         }
     }
 }
@@ -437,13 +428,9 @@ pub unsafe fn chunk_space(ptr: *mut u8) -> usize {
     // SAFETY: per the contract.
     unsafe {
         let hdr = chunk::read_header(ptr);
-        match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AllocSet) if hdr.is_external() => {
-                aset::chunk_capacity(ptr, hdr) + CHUNK_PREFIX
-            }
-            Some(ChunkKind::AllocSet) => chunk::footprint(aset::chunk_capacity(ptr, hdr)),
-            Some(ChunkKind::AlignedRedirect) => chunk_space(redirect_base(ptr, hdr)),
-            None => invalid_pointer("GetMemoryChunkSpace", ptr, hdr),
+        match kinds::target(ptr, hdr, "GetMemoryChunkSpace") {
+            Target::Chunk(kind) => kinds::space(kind, ptr, hdr),
+            Target::Redirect(base) => chunk_space(base),
         }
     }
 }

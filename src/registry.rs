@@ -16,7 +16,7 @@
 //! malloc, is reachable only while something points to it.
 //!
 //! The registry also publishes the layout a walker needs: the size and field offsets of the
-//! context header and block header. A walker that reads those offsets instead of debug info works
+//! context header and block header, and the kind ids chunk headers and context headers carry. A walker that reads those offsets instead of debug info works
 //! on a release build without debug info too: only the `MEMCTX_REGISTRY` symbol is required.
 
 use core::ffi::c_void;
@@ -24,8 +24,9 @@ use core::mem::offset_of;
 use core::ptr;
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
-use crate::aset::Block;
+use crate::chunk::{Block, ChunkKind};
 use crate::context::{ContextHeader, LAYOUT_VERSION};
+use crate::kinds::aset::AllocSetState;
 
 /// Magic at the start of [`MEMCTX_REGISTRY`] ("MCTXREG1" as little-endian bytes).
 pub const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"MCTXREG1");
@@ -58,9 +59,10 @@ pub struct LayoutInfo {
     pub next_sibling: u32,
     /// Offset of `mem_allocated` (usize).
     pub mem_allocated: u32,
-    /// Offset of the AllocSet's block-list head.
+    /// Offset of the block-list head (every kind's).
     pub blocks: u32,
-    /// Offset of the AllocSet's eleven freelist heads.
+    /// Offset of the AllocSet's eleven freelist heads (in the kind state, valid when the
+    /// context's kind is AllocSet).
     pub freelist: u32,
     /// `size_of` the block header.
     pub block_size: u32,
@@ -72,6 +74,12 @@ pub struct LayoutInfo {
     pub block_end_ptr: u32,
     /// Bytes from a chunk's start to its data (chunk prefix), for walking freelists.
     pub chunk_prefix: u32,
+    /// Offset of the context's kind id (u32), the id its chunks' headers carry.
+    pub kind: u32,
+    /// The kind id of AllocSet contexts and chunks.
+    pub alloc_set_id: u32,
+    /// The kind id of an aligned-redirect chunk header.
+    pub redirect_id: u32,
 }
 
 /// The registry a debugger reads. See the module docs.
@@ -189,15 +197,16 @@ pub static MEMCTX_REGISTRY: Registry = Registry {
         first_child: offset_of!(ContextHeader, first_child) as u32,
         next_sibling: offset_of!(ContextHeader, next_sibling) as u32,
         mem_allocated: offset_of!(ContextHeader, mem_allocated) as u32,
-        blocks: (offset_of!(ContextHeader, set) + offset_of!(crate::aset::AllocSetState, blocks))
-            as u32,
-        freelist: (offset_of!(ContextHeader, set)
-            + offset_of!(crate::aset::AllocSetState, freelist)) as u32,
+        blocks: offset_of!(ContextHeader, blocks) as u32,
+        freelist: (offset_of!(ContextHeader, state) + offset_of!(AllocSetState, freelist)) as u32,
         block_size: core::mem::size_of::<Block>() as u32,
         block_next: offset_of!(Block, next) as u32,
         block_free_ptr: offset_of!(Block, free_ptr) as u32,
         block_end_ptr: offset_of!(Block, end_ptr) as u32,
         chunk_prefix: crate::chunk::CHUNK_PREFIX as u32,
+        kind: offset_of!(ContextHeader, kind) as u32,
+        alloc_set_id: ChunkKind::AllocSet as u32,
+        redirect_id: ChunkKind::AlignedRedirect as u32,
     },
     dumper: DumperInfo {
         state: AtomicU32::new(DUMPER_OFF),

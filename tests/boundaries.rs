@@ -5,7 +5,7 @@
 //! where it was found and the allocation backtrace's first frame (function and line).
 //!
 //! The off-by-one mutants of the redzone checks (`src/debug/hooks.rs` `classify`,
-//! `src/debug/verify.rs` `verify_block`) and of `aset::realloc`'s in-place rule are what these tests
+//! `src/debug/verify.rs` `verify_block`) and of `kinds::aset::realloc`'s in-place rule are what these tests
 //! kill; MUTANTS.md lists them.
 //!
 //! These tests write out of bounds on purpose, so the sanitizer legs leave this file out

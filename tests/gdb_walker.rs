@@ -313,7 +313,7 @@ fn check_profile(profile: &str) {
             "memctx-stats --registry '(char *)&MEMCTX_REGISTRY + 8'",
             &format!("set var {version} = 99"),
             "memctx-stats",
-            &format!("set var {version} = 1"),
+            &format!("set var {version} = {}", memctx::LAYOUT_VERSION),
             "echo @@again\\n",
             "memctx-stats",
         ],

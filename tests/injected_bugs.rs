@@ -387,7 +387,7 @@ fn reports_of(f: impl FnOnce() + Send + 'static) -> Vec<Report> {
 
 /// An overrun found when its context is deleted is reported once, naming the context's path from
 /// Top. `delete_one` (src/context.rs) runs `context_deleting`'s full check, then, because the
-/// context goes onto a recycle list, `aset::reset`, whose `context_resetting` hook
+/// context goes onto a recycle list, `kinds::aset::reset`, whose `reset_begin` hook
 /// (src/debug/hooks.rs) skips contexts marked dead: this test guards against a second report,
 /// found at "reset of ..." with the path `["Victim"]` (the context already unlinked).
 #[test]
@@ -463,7 +463,7 @@ fn damage_is_not_carried_into_a_recycled_context() {
 }
 
 /// A write after reset into the bytes where a later carve puts a chunk's header word is
-/// reported: the carve (src/aset.rs) writes the header before the `chunk_carved` /
+/// reported: the carve (src/kinds/aset.rs) writes the header before the `chunk_carved` /
 /// `leftover_carved` hooks check the space from `chunk + 8`, so the `space_carving` hook checks
 /// the header word first; without it the damage would be overwritten and lost.
 #[test]

@@ -308,7 +308,7 @@ fn leaked_chunk_is_definitely_lost_and_referenced_memory_is_not() {
     // depot's hash table, are not what this test is about.)
     for e in errors.iter().filter(|e| e.kind.starts_with("Leak_")) {
         let chunk_or_block = e.mentions("memctx::debug::sanitizer::valgrind::pool_alloc")
-            || e.mentions("memctx::aset::new_block");
+            || e.mentions("memctx::kinds::aset::new_block");
         if !chunk_or_block {
             continue;
         }

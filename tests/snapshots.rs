@@ -16,7 +16,9 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memctx::dump::{self, Dumper, DumperConfig};
-use memctx::snapshot::{Snapshot, ThreadSnapshot, Trigger, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use memctx::snapshot::{
+    self, Snapshot, ThreadSnapshot, Trigger, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
+};
 use memctx::stats::rows;
 use memctx::{BlockSizes, MemoryContext};
 
@@ -108,10 +110,10 @@ fn snapshot_matches_stats_rows() {
     }
 
     // JSON round trip, and refusal of what is not a snapshot.
-    let json = dump::to_json(&snap);
-    assert_eq!(dump::from_json(&json).unwrap(), snap);
+    let json = snapshot::to_json(&snap);
+    assert_eq!(snapshot::from_json(&json).unwrap(), snap);
     let wrong = json.replace(SNAPSHOT_FORMAT, "memctx-stats");
-    assert!(dump::from_json(&wrong).is_err());
+    assert!(snapshot::from_json(&wrong).is_err());
 
     portal.delete();
     cache.delete();
@@ -144,7 +146,7 @@ fn periodic_dumper_writes_a_growing_numbered_series() {
     }
     dumper.stop();
 
-    let files = dump::list_snapshots(&dir).unwrap();
+    let files = snapshot::list_snapshots(&dir).unwrap();
     assert!(files.len() as u64 >= STEPS, "{files:?}");
     let mut totals = Vec::new();
     for (i, (seq, path)) in files.iter().enumerate() {
@@ -153,7 +155,7 @@ fn periodic_dumper_writes_a_growing_numbered_series() {
             path.file_name().unwrap().to_str().unwrap(),
             format!("snapshot-{:06}.json", i + 1)
         );
-        let snap = dump::read_snapshot(path).unwrap();
+        let snap = snapshot::read_snapshot(path).unwrap();
         assert_eq!(snap.seq, *seq);
         let t = me(&snap);
         assert!(!t.missing);
@@ -169,7 +171,7 @@ fn periodic_dumper_writes_a_growing_numbered_series() {
     let next = files.last().unwrap().0 + 1;
     assert_eq!(
         path.file_name().unwrap().to_str().unwrap(),
-        dump::snapshot_file_name(next)
+        snapshot::snapshot_file_name(next)
     );
     drop(dumper);
     cache.delete();
@@ -202,7 +204,7 @@ fn every_safe_point_answers_a_pending_dump() {
         assert!(!dump::dump_pending(), "{what} did not answer");
         let written = dumper.wait_written(n as u64 + 1, allow(Duration::from_secs(10)));
         assert_eq!(written, n as u64 + 1, "no snapshot after the {what}");
-        let snap = dump::read_snapshot(&dumper.last_path().unwrap()).unwrap();
+        let snap = snapshot::read_snapshot(&dumper.last_path().unwrap()).unwrap();
         assert!(!me(&snap).missing);
         assert!(me(&snap).contexts.iter().any(|c| c.name == "SafePoints"));
     }
@@ -254,7 +256,7 @@ fn signal_dumps_at_a_safe_point_and_lists_a_silent_thread_missing() {
     silent.join().unwrap();
     dumper.stop();
 
-    let snap = dump::read_snapshot(&dir.join("snapshot-000001.json")).unwrap();
+    let snap = snapshot::read_snapshot(&dir.join("snapshot-000001.json")).unwrap();
     assert_eq!(snap.seq, 1);
     assert_eq!(snap.trigger, Some(Trigger::Signal));
     let t = me(&snap);
@@ -355,7 +357,7 @@ fn exited_threads_keep_their_trees_and_are_not_waited_for() {
     wait_pending();
     dump::poll();
     assert_eq!(dumper.wait_written(1, allow(Duration::from_secs(10))), 1);
-    let snap = dump::read_snapshot(&dumper.last_path().unwrap()).unwrap();
+    let snap = snapshot::read_snapshot(&dumper.last_path().unwrap()).unwrap();
     let gone = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
     assert!(gone.exited && !gone.missing && !gone.exiting, "{gone:?}");
     assert_eq!(gone.name.as_deref(), Some("short-lived"));
@@ -447,7 +449,7 @@ fn an_exiting_thread_is_listed_without_its_tree_until_it_is_gone() {
     );
     let dumper =
         Dumper::start(DumperConfig::new(&dir).deadline(allow(Duration::from_secs(120)))).unwrap();
-    let snap = dump::read_snapshot(&dumper.dump_now().unwrap()).unwrap();
+    let snap = snapshot::read_snapshot(&dumper.dump_now().unwrap()).unwrap();
     let t = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
     assert!(
         t.exiting && t.missing && !t.exited && t.contexts.is_empty(),
@@ -464,7 +466,7 @@ fn an_exiting_thread_is_listed_without_its_tree_until_it_is_gone() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let snap = dump::read_snapshot(&dumper.dump_now().unwrap()).unwrap();
+    let snap = snapshot::read_snapshot(&dumper.dump_now().unwrap()).unwrap();
     let t = snap.threads.iter().find(|t| t.os_tid == tid).unwrap();
     assert!(t.exited && !t.missing && !t.exiting, "{t:?}");
     assert!(total_of(t, "Lingering") > 0);
@@ -497,7 +499,7 @@ fn a_thread_without_a_tree_answers_nothing_and_gets_none() {
         before
     );
     let path = dumper.dump_now().unwrap();
-    let snap = dump::read_snapshot(&path).unwrap();
+    let snap = snapshot::read_snapshot(&path).unwrap();
     assert!(!me(&snap).missing);
     dumper.stop();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -521,13 +523,13 @@ fn keep_holds_the_directory_to_the_newest_files() {
         dumper.dump_now().unwrap();
     }
     dumper.stop();
-    let seqs: Vec<u64> = dump::list_snapshots(&dir)
+    let seqs: Vec<u64> = snapshot::list_snapshots(&dir)
         .unwrap()
         .into_iter()
         .map(|(seq, _)| seq)
         .collect();
     assert_eq!(seqs, [3, 4]);
-    let snap = dump::read_snapshot(&dir.join("snapshot-000004.json")).unwrap();
+    let snap = snapshot::read_snapshot(&dir.join("snapshot-000004.json")).unwrap();
     assert_eq!(snap.trigger, Some(Trigger::Request));
     ctx.delete();
     std::fs::remove_dir_all(&dir).unwrap();

@@ -327,7 +327,7 @@ fn many_threads_churn_while_the_dumper_asks_for_snapshots() {
     let mut snapshots = Vec::new();
     for _ in 0..2 {
         let path = dumper.dump_now().expect("dump");
-        snapshots.push(memctx::dump::read_snapshot(&path).expect("read snapshot"));
+        snapshots.push(memctx::snapshot::read_snapshot(&path).expect("read snapshot"));
     }
     stop.store(true, Ordering::Relaxed);
     let results: Vec<WorkerResult> = handles

@@ -122,7 +122,8 @@ fn the_demos_leak_is_found_through_its_dump_signal() {
     assert!(host.alive(), "the signal must not end the demo");
     for n in 1..=4 {
         let snap =
-            memctx::dump::read_snapshot(&series.join(memctx::dump::snapshot_file_name(n))).unwrap();
+            memctx::snapshot::read_snapshot(&series.join(memctx::snapshot::snapshot_file_name(n)))
+                .unwrap();
         assert_eq!(snap.trigger, Some(Trigger::Signal));
         assert_eq!(snap.pid, host.pid());
     }

@@ -43,10 +43,10 @@ REGISTRY_MAGIC = b"MCTXREG1"
 CONTEXT_MAGIC = b"MEMCTXHD"
 DEAD_CONTEXT_MAGIC = b"MEMCTXDD"
 # Layout versions this script knows (memctx::LAYOUT_VERSION).
-KNOWN_LAYOUT_VERSIONS = (1,)
+KNOWN_LAYOUT_VERSIONS = (2,)
 THREAD_STATES = {1: "live", 2: "exited"}
 
-# Facts of layout version 1 that the registry does not publish.
+# Facts of layout version 2 that the registry does not publish (the kind ids it does publish).
 NUM_FREELISTS = 11
 MIN_CLASS = 8
 CHUNK_ALIGN = 16
@@ -54,7 +54,6 @@ KIND_MASK = 0xF
 EXTERNAL_BIT = 0x10
 VALUE_SHIFT = 5
 VALUE_MASK = (1 << 29) - 1
-KIND_ALLOC_SET = 1
 BLOCK_CONTEXT_OFFSET = 0  # the block header's first word names the owning context
 
 # Registry (repr(C), 64-bit): magic u64, layout_version u32, nthreads u32, head ptr, LayoutInfo.
@@ -79,6 +78,9 @@ LAYOUT_FIELDS = (
     "block_free_ptr",
     "block_end_ptr",
     "chunk_prefix",
+    "kind",
+    "alloc_set_id",
+    "redirect_id",
 )
 REG_SIZE = REG_LAYOUT + 4 * len(LAYOUT_FIELDS)
 # ThreadEntry (repr(C), 64-bit): next ptr, top ptr, state u32, os_tid u32, name [u8; 64], then
@@ -154,6 +156,11 @@ class Layout:
             self.blocks,
         ]
         bad = [w for w in words if w + 8 > cs]
+        if self.kind + 4 > cs:
+            bad.append(self.kind)
+        ids = (self.alloc_set_id, self.redirect_id)
+        if len(set(ids)) != len(ids) or not all(0 < i <= KIND_MASK for i in ids):
+            bad.append(ids)
         if self.freelist + 8 * NUM_FREELISTS > cs:
             bad.append(self.freelist)
         for w in (self.block_next, self.block_free_ptr, self.block_end_ptr):
@@ -197,7 +204,7 @@ class Registry:
                 "(gdb PROGRAM CORE) first"
             )
         if gdb.lookup_type("void").pointer().sizeof != 8:
-            raise gdb.GdbError("memctx: only 64-bit programs are supported (layout version 1)")
+            raise gdb.GdbError("memctx: only 64-bit programs are supported (layout version 2)")
         self.how = "given"
         if addr is None:
             addr, self.how = find_registry(self.inferior)
@@ -342,6 +349,7 @@ def read_context(reg, addr, max_chunks, warnings):
             raise WalkError("context 0x%x: ident length %d is implausible" % (addr, ident_len))
         node.ident = mem.read(ident_ptr, ident_len) if ident_len else b""
     label = "context 0x%x (%s)" % (addr, node.name.decode("utf-8", "replace"))
+    kind = mem.u32(buf, lay.kind)
 
     # Blocks.
     blocks, seen = [], set()
@@ -400,7 +408,11 @@ def read_context(reg, addr, max_chunks, warnings):
 
     prefix = lay.chunk_prefix
     counted = 0
-    for idx in range(NUM_FREELISTS):
+    if kind != lay.alloc_set_id:
+        warnings.append(
+            "%s: kind id %d is not one this script walks; free chunks not counted" % (label, kind)
+        )
+    for idx in range(NUM_FREELISTS if kind == lay.alloc_set_id else 0):
         p = mem.u64(buf, lay.freelist + 8 * idx)
         fp = lay.footprint(idx)
         seen = set()
@@ -417,7 +429,7 @@ def read_context(reg, addr, max_chunks, warnings):
                     raw = chunk_bytes(p - prefix, prefix + 8)
                     header = mem.u64(raw, 0)
                     if (
-                        header & KIND_MASK != KIND_ALLOC_SET
+                        header & KIND_MASK != lay.alloc_set_id
                         or header & EXTERNAL_BIT
                         or (header >> VALUE_SHIFT) & VALUE_MASK != idx
                     ):

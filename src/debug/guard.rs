@@ -1,6 +1,6 @@
 //! Guard pages: chunks with a block of their own end at an inaccessible page.
 //!
-//! A request above the chunk limit gets a block of its own (see `aset.rs`). Natively (not under
+//! A request above the chunk limit gets a block of its own (see `kinds/aset.rs`). Natively (not under
 //! memcheck or ASan, which watch those bytes themselves) the debug build takes that block from a
 //! *guarded mapping* of its own instead of `malloc`:
 //!
@@ -33,7 +33,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::aset::Block;
+use crate::chunk::Block;
 use crate::chunk::CHUNK_PREFIX;
 
 use super::settings;

@@ -15,12 +15,15 @@
 //! Functions of `verify` never open anything themselves: their callers open the bytes they check.
 
 use core::cell::{Cell, RefCell};
+use core::ops::ControlFlow;
 use core::ptr;
 use std::collections::BTreeMap;
 
-use crate::aset::{self, Block, BLOCK_HEADER_SIZE};
-use crate::chunk::{self, align_up, ChunkHeader, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
+use crate::chunk::{
+    self, align_up, Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, CHUNK_HEADER_SIZE,
+};
 use crate::context::ContextHeader;
+use crate::kinds::{self, Damage, Target};
 
 use super::blocks::{self, Ghost, Lookup};
 use super::guard;
@@ -36,6 +39,10 @@ use super::settings;
 use super::stack;
 use super::verify::{self, ResetCheck};
 use super::vgmap;
+
+/// Bytes between a chunk's start and its data in the debug build: header word, debug record and
+/// front redzone (`layout.rs`). The allocator core's chunk prefix is this (through `crate::hooks`).
+pub(crate) const CHUNK_PREFIX: usize = super::layout::DEBUG_CHUNK_PREFIX;
 
 /// Bytes of the prefix after the header word: the debug record and the front redzone.
 const RECORD_AND_FRONT: usize = CHUNK_PREFIX - CHUNK_HEADER_SIZE;
@@ -122,7 +129,7 @@ pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
     // its header's offset leads to that block's header.
     unsafe {
         let hdr = chunk::read_header(data);
-        let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+        let block = chunk::block_of(data, hdr);
         if hdr.is_external() || !must_verify(block, chunk::chunk_of(data)) {
             // A block of its own, fresh from the system, has nothing to check; nor does space
             // never handed out at the default depth (see `verify`'s docs): it is only filled.
@@ -455,11 +462,11 @@ pub(crate) fn block_release(block: *mut Block, size: usize) -> bool {
     taken
 }
 
-/// Gives a block that is not guarded back to where `aset::new_block` took it: under memcheck its
+/// Gives a block that is not guarded back to where `kinds::aset::new_block` took it: under memcheck its
 /// mapping, else the system allocator. Returns true (it is gone).
 pub(crate) fn release_to_system(block: *mut Block, size: usize) -> bool {
     // SAFETY: the block is unlinked and unregistered, `size` its size; under memcheck it was
-    // mapped by `block_memory`, else allocated by `aset::new_block` with `CHUNK_ALIGN`.
+    // mapped by `block_memory`, else allocated by `kinds::aset::new_block` with `CHUNK_ALIGN`.
     unsafe {
         if sanitizer::pools() {
             vgmap::unmap(block as *mut u8, size);
@@ -570,8 +577,8 @@ pub(crate) fn large_chunk_moved(
 pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {
     // SAFETY: `block` was just allocated for `ctx`, its header written.
     unsafe {
-        if (*ctx).set.keeper.is_null() {
-            // Only the keeper is taken while the context has no keeper (see `aset::init`).
+        if (*ctx).keeper.is_null() {
+            // Only the keeper is taken while the context has no keeper (see `kinds::aset::init`).
             sanitizer::pool_create(ctx);
         }
         sanitizer::block_header_alloc(ctx, block as *mut u8, BLOCK_HEADER_SIZE);
@@ -600,17 +607,17 @@ pub(crate) fn block_freed(ctx: *mut ContextHeader, block: *mut Block) {
     sanitizer::block_header_free(ctx, block as *mut u8);
     quarantine::forget_keeper(block);
     // SAFETY: `ctx` is live; only `release_all` unlinks its last block.
-    if unsafe { (*ctx).set.blocks.is_null() } {
+    if unsafe { (*ctx).blocks.is_null() } {
         sanitizer::pool_destroy(ctx);
     }
 }
 
 /// A context is about to be reset: verify it, remember what its chunks were (in the same walk),
 /// stage them for the quarantine that takes its other blocks, and clobber the keeper's used space.
-pub(crate) fn context_resetting(ctx: *mut ContextHeader) {
+pub(crate) fn reset_begin(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live; its blocks are walked before any is freed.
     unsafe {
-        let keeper = (*ctx).set.keeper;
+        let keeper = (*ctx).keeper;
         if keeper.is_null() {
             return;
         }
@@ -626,7 +633,7 @@ pub(crate) fn context_resetting(ctx: *mut ContextHeader) {
         let (mut ghosts, clean) = reset_walk(ctx, keeper);
         // The keeper's ghosts stay in the registry; the other blocks' go to the quarantine.
         let (start, end) = (keeper as usize, (*keeper).end_ptr as usize);
-        let others: Vec<Ghost> = if (*keeper).next.is_null() && (*ctx).set.blocks == keeper {
+        let others: Vec<Ghost> = if (*keeper).next.is_null() && (*ctx).blocks == keeper {
             Vec::new()
         } else {
             let (mine, others) = ghosts
@@ -710,9 +717,9 @@ unsafe fn name_the_operation(found: &mut [Report], op: &str, ctx: *mut ContextHe
 /// A context was reset: its other blocks are gone, and every chunk with them. Like PostgreSQL,
 /// trim the pool to the keeper's header, which frees every chunk's pool chunk at once (memcheck
 /// then reports a stale access with the reset's stack as the free stack).
-pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
+pub(crate) fn reset_end(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live and was just reset.
-    let keeper = unsafe { (*ctx).set.keeper };
+    let keeper = unsafe { (*ctx).keeper };
     if !keeper.is_null() {
         // SAFETY: the keeper is a live block of `ctx`.
         forget_redirects(keeper as usize, unsafe { (*keeper).end_ptr } as usize);
@@ -726,7 +733,7 @@ pub(crate) fn context_reset_done(ctx: *mut ContextHeader) {
 /// own now.
 pub(crate) fn context_created(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is a live context with a keeper.
-    quarantine::keeper_taken(unsafe { (*ctx).set.keeper });
+    quarantine::keeper_taken(unsafe { (*ctx).keeper });
 }
 
 /// A context was moved to another parent: the paths kept for naming released memory changed.
@@ -751,11 +758,6 @@ pub(crate) fn context_deleting(ctx: *mut ContextHeader) {
         let former = quarantine::Former::of(ctx, "delete");
         quarantine::stage_named(ctx, "delete", ghosts, Some(former));
     }
-}
-
-/// A user-requested reset finished.
-pub(crate) fn context_reset(ctx: *mut ContextHeader) {
-    let _ = ctx;
 }
 
 /// Raises what the operation queued.
@@ -846,42 +848,28 @@ fn classify(
             return not_a_live_chunk(owner, block, addr, op);
         }
         let hdr = peek_header(ptr);
-        match ChunkKind::from_id(hdr.kind_id()) {
-            Some(ChunkKind::AlignedRedirect) => {
-                let base = ptr.wrapping_sub(hdr.offset());
-                if (base as usize) < first_data || base >= ptr {
-                    return Err(verify::header_damage(owner, ptr, hdr.offset(), op));
-                }
-                return classify(base, op, expected);
+        if ChunkKind::from_id(hdr.kind_id()) == Some(ChunkKind::AlignedRedirect) {
+            let base = ptr.wrapping_sub(hdr.offset());
+            if (base as usize) < first_data || base >= ptr {
+                return Err(verify::header_damage(owner, ptr, hdr.offset(), op));
             }
-            Some(ChunkKind::AllocSet) => {}
-            None => {
-                // A real chunk whose header word alone was overwritten still has its record.
-                return if chunk_starts_at(block, addr) || peek_record(ptr).is_valid() {
+            return classify(base, op, expected);
+        }
+        let cap = match kinds::decode_chunk((*owner).kind, block, chunk::chunk_of(ptr), hdr) {
+            Ok(w) => w.cap,
+            // A real chunk whose header word alone was overwritten still has its record.
+            Err(bad) if matches!(bad.why, Damage::Offset | Damage::Kind) => {
+                return if chunk_starts_at(owner, block, addr) || peek_record(ptr).is_valid() {
                     Err(verify::header_damage(owner, ptr, hdr.offset(), op))
                 } else {
                     not_a_live_chunk(owner, block, addr, op)
                 };
             }
-        }
-        let chunk_start = chunk::chunk_of(ptr) as usize;
-        if hdr.offset() != chunk_start - start {
-            return if chunk_starts_at(block, addr) || peek_record(ptr).is_valid() {
-                Err(verify::header_damage(owner, ptr, hdr.offset(), op))
-            } else {
-                not_a_live_chunk(owner, block, addr, op)
-            };
-        }
-        let cap = if hdr.is_external() {
-            end - addr
-        } else if (hdr.value() as usize) < aset::NUM_FREELISTS {
-            aset::class_size(hdr.value() as usize)
-        } else {
-            return Err(verify::header_damage(owner, ptr, hdr.offset(), op));
+            Err(_) => return Err(verify::header_damage(owner, ptr, hdr.offset(), op)),
         };
         let rec = peek_record(ptr);
         if !rec.is_valid() {
-            if !chunk_starts_at(block, addr) {
+            if !chunk_starts_at(owner, block, addr) {
                 return not_a_live_chunk(owner, block, addr, op);
             }
             let mut r = verify::header_damage(owner, ptr, hdr.offset(), op);
@@ -969,7 +957,7 @@ unsafe fn not_a_live_chunk(
 ) -> Result<Option<Report>, Report> {
     // SAFETY: per the contract; records are read only for chunks the walk decoded.
     unsafe {
-        let freed = match chunk_containing(block, addr) {
+        let freed = match chunk_containing(owner, block, addr) {
             Some((data, _)) => {
                 let rec = peek_record(data as *mut u8);
                 (rec.is_valid() && rec.state == STATE_FREE).then(|| {
@@ -1009,46 +997,35 @@ unsafe fn not_a_live_chunk(
 /// Whether a chunk of `block` starts (has its data) exactly at `addr`, walking the block.
 ///
 /// # Safety
-/// `block` must be a registered block.
-unsafe fn chunk_starts_at(block: *mut Block, addr: usize) -> bool {
-    // SAFETY: per the contract; the walk stops at the free pointer or an undecodable header.
-    unsafe { chunk_containing(block, addr).is_some_and(|(data, _)| data == addr) }
+/// `block` must be a registered block of `owner`.
+unsafe fn chunk_starts_at(owner: *mut ContextHeader, block: *mut Block, addr: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe { chunk_containing(owner, block, addr).is_some_and(|(data, _)| data == addr) }
 }
 
 /// The chunk of `block` whose extent holds `addr`: (data address, capacity).
 ///
 /// # Safety
-/// `block` must be a registered block.
-unsafe fn chunk_containing(block: *mut Block, addr: usize) -> Option<(usize, usize)> {
-    // SAFETY: per the contract; headers are validated before their footprint is used.
-    unsafe {
-        let free = (*block).free_ptr as usize;
-        let mut c = Block::first_chunk(block) as usize;
-        while c < free {
-            let data = c + CHUNK_PREFIX;
-            let hdr = peek_header(data as *mut u8);
-            if hdr.offset() != c - block as usize {
-                return None;
+/// `block` must be a registered block of `owner`.
+unsafe fn chunk_containing(
+    owner: *mut ContextHeader,
+    block: *mut Block,
+    addr: usize,
+) -> Option<(usize, usize)> {
+    let mut found = None;
+    // SAFETY: per the contract; the walk stops at the free pointer or an undecodable header, and
+    // reads header words without changing what the tools think of them.
+    let _ = unsafe {
+        kinds::walk_block((*owner).kind, block, |w| {
+            let data = w.data as usize;
+            if addr >= w.start as usize && addr < (data + w.cap).max(data + 1) {
+                found = Some((data, w.cap));
+                return ControlFlow::Break(());
             }
-            let cap = if hdr.is_external() {
-                (*block).end_ptr as usize - data
-            } else if (hdr.value() as usize) < aset::NUM_FREELISTS {
-                aset::class_size(hdr.value() as usize)
-            } else {
-                return None;
-            };
-            let end = c + CHUNK_PREFIX + cap;
-            if addr >= c && addr < end.max(data + 1) {
-                return Some((data, cap));
-            }
-            c = if hdr.is_external() {
-                free
-            } else {
-                c + chunk::footprint(cap)
-            };
-        }
-        None
-    }
+            ControlFlow::Continue(())
+        })
+    };
+    found
 }
 
 /// The `invalid-pointer` report for `addr`, inside `block` of `owner` but not at a chunk's data:
@@ -1066,7 +1043,7 @@ unsafe fn interior_report(
     // SAFETY: `owner` is registered, so live; the walk reads only inside `block` (caller).
     let r = unsafe { Report::at(BugClass::InvalidPointer, op).context(owner) };
     // SAFETY: per the contract.
-    match unsafe { chunk_containing(block, addr) } {
+    match unsafe { chunk_containing(owner, block, addr) } {
         Some((data, _)) => {
             // SAFETY: `data` is a chunk the walk decoded, its prefix inside the block.
             let rec = unsafe { peek_record(data as *mut u8) };
@@ -1124,7 +1101,10 @@ pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {
     // SAFETY: `base` is a live chunk holding `[aligned, aligned + size)`.
     unsafe {
         let hdr = chunk::read_header(base);
-        let cap = aset::chunk_capacity(base, hdr);
+        let Target::Chunk(kind) = kinds::target(base, hdr, "palloc_aligned") else {
+            unreachable!("an aligned allocation's base is a chunk of its context's kind")
+        };
+        let cap = kinds::capacity(kind, base, hdr);
         let req = aligned as usize - base as usize + size;
         sanitizer::open(record_start(base), RECORD_SIZE);
         let rec = &mut *record_ptr(base);
@@ -1139,7 +1119,7 @@ pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {
                 .try_with(|r| r.borrow_mut().insert(base as usize, offset))
                 .is_ok()
         {
-            sanitizer::chunk_change(aset::owner(base, hdr), base, aligned, size);
+            sanitizer::chunk_change(kinds::owner(kind, base, hdr), base, aligned, size);
         }
         sanitizer::close(base, offset);
     }
@@ -1185,9 +1165,18 @@ fn forget_redirects(start: usize, end: usize) {
 /// # Safety
 /// The header word must lie inside one of this thread's blocks.
 unsafe fn peek_header(data: *mut u8) -> ChunkHeader {
-    let chunk = chunk::chunk_of(data);
-    let _peek = sanitizer::peek(chunk, CHUNK_HEADER_SIZE);
     // SAFETY: inside a registered block (caller); 8-aligned because `data` is 16-aligned.
+    unsafe { header_peek(chunk::chunk_of(data)) }
+}
+
+/// Reads the header word at `chunk` for a walk over a block's chunks, without changing what the
+/// tools think of those bytes (a walk may pass over damage, and must not disturb it).
+///
+/// # Safety
+/// `chunk` must be an 8-aligned address inside one of this thread's blocks.
+pub(crate) unsafe fn header_peek(chunk: *mut u8) -> ChunkHeader {
+    let _peek = sanitizer::peek(chunk, CHUNK_HEADER_SIZE);
+    // SAFETY: per the contract.
     ChunkHeader(unsafe { (chunk as *const u64).read() })
 }
 

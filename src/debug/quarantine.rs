@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Once;
 
-use crate::aset::Block;
+use crate::chunk::Block;
 use crate::context::ContextHeader;
 
 use super::blocks::Ghost;
@@ -182,7 +182,7 @@ pub(crate) fn unstage_if_done() {
             q.borrow().stage.as_ref().is_some_and(|s| {
                 // SAFETY: context headers are never freed (deleted ones are recycled), so the
                 // staged one is readable; its block list is consistent between two releases.
-                unsafe { (*s.ctx).set.blocks.is_null() }
+                unsafe { (*s.ctx).blocks.is_null() }
             })
         })
         .unwrap_or(false);

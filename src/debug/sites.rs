@@ -4,12 +4,13 @@
 //! Every live chunk of the debug build carries a record with its requested size and the id of its
 //! allocation backtrace in the stack depot. Walking a context's blocks and adding up the records by
 //! stack id tells which line of code holds how much of the context's memory — the step after the
-//! snapshot diff has named the context that grows. The walk reads the blocks the way the
-//! verification walk does (`verify.rs`) and never writes; it costs time proportional to the chunks
-//! in the context, plus one symbolisation per distinct site when the frames are resolved.
+//! snapshot diff has named the context that grows. The walk is the kind's block walk
+//! (`kinds::walk_block`), the one the verification walk (`verify.rs`) uses, and never writes; it
+//! costs time proportional to the chunks in the context, plus one symbolisation per distinct site
+//! when the frames are resolved.
 //!
-//! Under Valgrind or ASan, chunk headers and records are closed to the program; the walk opens each
-//! record around its read (the header word is opened by `chunk::read_header`), and never touches a
+//! Under Valgrind or ASan, chunk headers and records are closed to the program; the block walk
+//! peeks at each header word, this walk opens each record around its read, and neither touches a
 //! chunk's data.
 //!
 //! The API is [`crate::MemoryContext::sites`] (which exists in a release build too and returns an
@@ -19,10 +20,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::aset::{self, Block, NUM_FREELISTS};
-use crate::chunk::{self, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
+use core::ops::ControlFlow;
+
+use crate::chunk::{Block, CHUNK_HEADER_SIZE};
 use crate::context::ContextHeader;
-use crate::dump::{Site, SiteFrame};
+use crate::kinds;
+use crate::snapshot::{Site, SiteFrame};
 use crate::MemoryContext;
 
 use super::layout::{record_ptr, RECORD_SIZE, STATE_LIVE};
@@ -38,66 +41,31 @@ pub(crate) type SiteTotals = HashMap<u32, (u64, u64)>;
 /// `ctx` must be a live context of the calling thread, not in the middle of an allocator operation
 /// that leaves a block half-carved (every safe point of `crate::dump` qualifies).
 pub(crate) unsafe fn collect(ctx: *mut ContextHeader, acc: &mut SiteTotals) {
-    // SAFETY: walking the context's own block list; every chunk start is checked to lie before
-    // its block's free pointer, and every footprint to end inside the block, before the chunk's
-    // header and record are read. A header or record that does not decode ends the walk of its
-    // block (the verification walk reports such damage; attribution only skips it).
+    // SAFETY: walking the context's own block list with its kind's block walk, which decodes every
+    // chunk's header (offset, kind, extent inside the block) before the chunk's record is read. A
+    // header or record that does not decode ends the walk of its block (the verification walk
+    // reports such damage; attribution only skips it).
     unsafe {
-        let mut block = (*ctx).set.blocks;
+        let mut block = (*ctx).blocks;
         while !block.is_null() {
-            collect_block(block, acc);
+            let (free, end) = ((*block).free_ptr, (*block).end_ptr);
+            if free >= Block::first_chunk(block) && free <= end {
+                let _ = kinds::walk_block((*ctx).kind, block, |w| {
+                    // Under Valgrind or ASan the record is closed to everyone but the allocator:
+                    // open it around the read, as the verification walk does.
+                    let meta = w.start.add(CHUNK_HEADER_SIZE);
+                    sanitizer::open(meta, RECORD_SIZE);
+                    let rec = *record_ptr(w.data);
+                    sanitizer::close(meta, RECORD_SIZE);
+                    if rec.is_valid() && rec.state == STATE_LIVE {
+                        let e = acc.entry(rec.alloc_stack).or_insert((0, 0));
+                        e.0 += 1;
+                        e.1 += rec.requested;
+                    }
+                    ControlFlow::Continue(())
+                });
+            }
             block = (*block).next;
-        }
-    }
-}
-
-/// Adds the live chunks of one block to `acc`.
-///
-/// # Safety
-/// `block` must be a block of a live context of the calling thread.
-unsafe fn collect_block(block: *mut Block, acc: &mut SiteTotals) {
-    // SAFETY: `block` is a block of a live context of this thread (the caller's promise), so its
-    // header and chunk headers are ours to read; reads stop at `free_ptr` as `collect` describes.
-    unsafe {
-        let free = (*block).free_ptr;
-        let end = (*block).end_ptr as usize;
-        if free as usize > end {
-            return;
-        }
-        let mut c = Block::first_chunk(block);
-        while c < free {
-            if c as usize + CHUNK_PREFIX > end {
-                return;
-            }
-            let data = chunk::data_of(c);
-            let hdr = chunk::read_header(data);
-            if hdr.offset() != c as usize - block as usize
-                || ChunkKind::from_id(hdr.kind_id()) != Some(ChunkKind::AllocSet)
-            {
-                return;
-            }
-            let fp = if hdr.is_external() {
-                end - c as usize
-            } else if (hdr.value() as usize) < NUM_FREELISTS {
-                chunk::footprint(aset::class_size(hdr.value() as usize))
-            } else {
-                return;
-            };
-            if c as usize + fp > end {
-                return;
-            }
-            // Under Valgrind or ASan the record is closed to everyone but the allocator: open it
-            // around the read, as the verification walk does.
-            let meta = c.add(CHUNK_HEADER_SIZE);
-            sanitizer::open(meta, RECORD_SIZE);
-            let rec = *record_ptr(data);
-            sanitizer::close(meta, RECORD_SIZE);
-            if rec.is_valid() && rec.state == STATE_LIVE {
-                let e = acc.entry(rec.alloc_stack).or_insert((0, 0));
-                e.0 += 1;
-                e.1 += rec.requested;
-            }
-            c = c.add(fp);
         }
     }
 }

@@ -39,9 +39,11 @@
 //! caller opened; the walks below open each region around its check and close it again, and never
 //! touch a live chunk's requested bytes, whose state (defined or not) belongs to the program.
 
-use crate::aset::{self, Block, BLOCK_HEADER_SIZE, NUM_FREELISTS};
-use crate::chunk::{self, ChunkKind, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
+use core::ops::ControlFlow;
+
+use crate::chunk::{self, Block, BLOCK_HEADER_SIZE, CHUNK_HEADER_SIZE, CHUNK_PREFIX};
 use crate::context::ContextHeader;
+use crate::kinds::{self, Walked};
 
 use super::blocks::{self, Ghost};
 use super::layout::{
@@ -571,7 +573,7 @@ unsafe fn unowned_damage(
     // SAFETY: `[first, last]` lies in `block`, a block of the live context `ctx`, and is
     // readable (caller); `chunk_before` and the report read only that block's headers.
     unsafe {
-        let near = chunk_before(block, first);
+        let near = chunk_before(ctx, block, first);
         if let Some(n) = near.filter(|n| n.live && n.end == first && n.rear_damaged) {
             let end = (last + 1 - n.data) as isize;
             // The walk already reported the redzone's part: one report for the whole overrun.
@@ -645,51 +647,54 @@ struct Near {
     rear_damaged: bool,
 }
 
-/// The last chunk of `block` whose data starts before `addr`, walking the chunks below the free
-/// pointer; `None` when a header does not decode before reaching it (the walk reported that).
+/// The last chunk of `block` (of `ctx`) whose data starts before `addr`, walking the chunks below
+/// the free pointer; `None` when a header does not decode before reaching it (the walk reported
+/// that).
 ///
 /// # Safety
-/// `block` must be a sane block of a live context.
-unsafe fn chunk_before(block: *mut Block, addr: usize) -> Option<Near> {
+/// `block` must be a sane block of the live context `ctx`.
+unsafe fn chunk_before(ctx: *mut ContextHeader, block: *mut Block, addr: usize) -> Option<Near> {
     let mut near = None;
-    // SAFETY: headers are validated before their footprints are trusted; every record and byte
-    // read lies before the free pointer, inside the block, and is opened around the read.
-    unsafe {
-        let free = (*block).free_ptr;
-        let mut c = Block::first_chunk(block);
-        while c < free && (c as usize) < addr {
-            let data = chunk::data_of(c);
-            let hdr = chunk::read_header(data);
-            if hdr.offset() != c as usize - block as usize
-                || hdr.is_external()
-                || hdr.value() as usize >= NUM_FREELISTS
-            {
-                break;
+    // SAFETY: the walk decodes every chunk before its record is read; every record and byte read
+    // lies before the free pointer, inside the block, and is opened around the read.
+    let _ = unsafe {
+        kinds::walk_block((*ctx).kind, block, |w| {
+            if w.start as usize >= addr {
+                return ControlFlow::Break(());
             }
-            let cap = aset::class_size(hdr.value() as usize);
-            let meta = c.add(CHUNK_HEADER_SIZE);
-            sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
-            let rec = DebugRecord::load(record_ptr(data));
-            sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+            let rec = load_record(w);
             if !rec.is_valid() {
-                break;
+                return ControlFlow::Break(());
             }
-            let last = data.add(cap - 1);
+            let last = w.data.add(w.cap - 1);
             sanitizer::open(last, 1);
             let rear_damaged = *last != REDZONE_BYTE;
             sanitizer::close(last, 1);
             near = Some(Near {
-                data: data as usize,
-                end: data as usize + cap,
-                requested: (rec.requested as usize).min(cap),
+                data: w.data as usize,
+                end: w.data as usize + w.cap,
+                requested: (rec.requested as usize).min(w.cap),
                 alloc_stack: rec.alloc_stack,
                 live: rec.state == STATE_LIVE,
                 rear_damaged,
             });
-            c = c.add(chunk::footprint(cap));
-        }
-    }
+            ControlFlow::Continue(())
+        })
+    };
     near
+}
+
+/// The debug record of a walked chunk, opened around the read.
+///
+/// # Safety
+/// `w` must be a chunk a block walk decoded.
+unsafe fn load_record(w: &Walked) -> DebugRecord {
+    let meta = w.start.wrapping_add(CHUNK_HEADER_SIZE);
+    sanitizer::open(meta, RECORD_SIZE);
+    // SAFETY: the record lies in the chunk's prefix, inside its block (caller).
+    let rec = unsafe { DebugRecord::load(record_ptr(w.data)) };
+    sanitizer::close(meta, RECORD_SIZE);
+    rec
 }
 
 /// A write-after-free report for damage in memory released by `by` (`a reset`, `the delete of
@@ -724,6 +729,26 @@ pub(crate) struct GhostSink<'a> {
     pub(crate) ghosts: &'a mut Vec<Ghost>,
 }
 
+impl GhostSink<'_> {
+    /// Remembers the walked chunk `w` with record `rec` (a chunk whose record does not check
+    /// out has no history to remember).
+    fn add(&mut self, w: &Walked, rec: &DebugRecord) {
+        if rec.is_valid() && w.cap <= u32::MAX as usize {
+            self.ghosts.push(Ghost {
+                start: w.start as usize,
+                cap: w.cap as u32,
+                requested: rec.requested.min(w.cap as u64) as u32,
+                alloc_stack: rec.alloc_stack,
+                free_stack: if rec.state == STATE_FREE {
+                    rec.free_stack
+                } else {
+                    self.free_stack
+                },
+            });
+        }
+    }
+}
+
 /// Walks every block and chunk of `ctx`, appending findings to `out`, and every chunk to `sink`.
 /// Never modifies memory.
 ///
@@ -739,7 +764,7 @@ pub(crate) unsafe fn verify_context(
     // SAFETY: walking the context's own blocks; every read is bounded by the block's extent,
     // which is checked against the registry before the block's contents are trusted.
     unsafe {
-        let mut block = (*ctx).set.blocks;
+        let mut block = (*ctx).blocks;
         while !block.is_null() {
             if !block_header_sane(ctx, block, found_at, out) {
                 return; // the list itself cannot be trusted past this block
@@ -802,79 +827,73 @@ unsafe fn verify_block(
     out: &mut Vec<Report>,
     mut sink: Option<&mut GhostSink<'_>>,
 ) {
-    // SAFETY: every chunk start is checked to lie before the block's free pointer before its
-    // header is read; footprints come from validated headers.
+    // SAFETY: the walk decodes each chunk inside the block before it is checked; the unused
+    // space checked lies between the sane free pointer and the block's end.
     unsafe {
-        let free = (*block).free_ptr;
-        let mut c = Block::first_chunk(block);
-        while c < free {
-            let data = chunk::data_of(c);
-            let hdr = chunk::read_header(data);
-            let offset_ok = hdr.offset() == c as usize - block as usize;
-            let kind_ok = ChunkKind::from_id(hdr.kind_id()) == Some(ChunkKind::AllocSet);
-            let (cap, fp) = if hdr.is_external() {
-                let cap = (*block).end_ptr as usize - data as usize;
-                (cap, CHUNK_PREFIX + cap)
-            } else if (hdr.value() as usize) < NUM_FREELISTS {
-                let cap = aset::class_size(hdr.value() as usize);
-                (cap, chunk::footprint(cap))
-            } else {
-                (0, 0)
-            };
-            if !offset_ok || !kind_ok || fp == 0 || c as usize + fp > (*block).end_ptr as usize {
-                out.push(header_damage(ctx, data, hdr.offset(), found_at));
-                return;
-            }
-            // The record and front redzone, open for this chunk's checks.
-            let meta = c.add(CHUNK_HEADER_SIZE);
-            sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
-            let rec = DebugRecord::load(record_ptr(data));
-            let front_ok = intact(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE);
-            if !rec.is_valid() {
-                out.push(record_damage(ctx, data, found_at));
-            } else if rec.state == STATE_LIVE {
-                // Only the rear redzone: the requested bytes are the program's.
-                let req = (rec.requested as usize).min(cap);
-                sanitizer::open(data.add(req), cap - req);
-                if !(front_ok && intact(data.add(req), cap - req, REDZONE_BYTE)) {
-                    check_live(ctx, data, &rec, cap, found_at, out);
-                }
-                sanitizer::close(data.add(req), cap - req);
-            } else {
-                sanitizer::open(data, cap);
-                if !(front_ok && intact(data.add(LINK), cap - LINK, FREED_BYTE)) {
-                    check_free(ctx, data, &rec, cap, LINK, found_at, out);
-                }
-                sanitizer::close(data, cap);
-            }
-            sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+        let walked = kinds::walk_block((*ctx).kind, block, |w| {
+            let rec = verify_chunk(ctx, w, found_at, out);
             if let Some(s) = sink.as_deref_mut() {
-                if rec.is_valid() && cap <= u32::MAX as usize {
-                    s.ghosts.push(Ghost {
-                        start: c as usize,
-                        cap: cap as u32,
-                        requested: rec.requested.min(cap as u64) as u32,
-                        alloc_stack: rec.alloc_stack,
-                        free_stack: if rec.state == STATE_FREE {
-                            rec.free_stack
-                        } else {
-                            s.free_stack
-                        },
-                    });
-                }
+                s.add(w, &rec);
             }
-            c = c.add(fp);
+            ControlFlow::Continue(())
+        });
+        if let Err(bad) = walked {
+            out.push(header_damage(ctx, bad.data, bad.hdr.offset(), found_at));
+            return;
         }
         // Under Valgrind or ASan the unused space is closed to the program: the tool reported
         // any write into it at the instruction, and comparing it at every delete and check cost
         // those runs more than the rest of the walk (memcheck runs `memcmp` byte by byte).
-        if depth == ResetCheck::Full && free < (*block).end_ptr && !sanitizer::active() {
-            let len = (*block).end_ptr as usize - free as usize;
+        let (free, end) = ((*block).free_ptr, (*block).end_ptr);
+        if depth == ResetCheck::Full && free < end && !sanitizer::active() {
+            let len = end as usize - free as usize;
             sanitizer::open(free, len);
             let ghosts = sink.as_deref().map(|s| &s.ghosts[..]);
-            check_unused(ctx, block, free, (*block).end_ptr, found_at, out, ghosts);
+            check_unused(ctx, block, free, end, found_at, out, ghosts);
             sanitizer::close(free, len);
         }
+    }
+}
+
+/// Checks one walked chunk of `ctx`: its record, and the redzones of a live chunk or the pattern
+/// of a free one. Returns its record (as read, valid or not).
+///
+/// # Safety
+/// `w` must be a chunk a walk of a sane block of the live context `ctx` decoded.
+unsafe fn verify_chunk(
+    ctx: *mut ContextHeader,
+    w: &Walked,
+    found_at: &str,
+    out: &mut Vec<Report>,
+) -> DebugRecord {
+    let (data, cap) = (w.data, w.cap);
+    // SAFETY: the prefix and the chunk's capacity lie in its block (caller); each region is
+    // opened around its check.
+    unsafe {
+        // The record and front redzone, open for this chunk's checks.
+        let meta = w.start.add(CHUNK_HEADER_SIZE);
+        sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+        let rec = DebugRecord::load(record_ptr(data));
+        let front_ok = intact(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE);
+        if !rec.is_valid() {
+            out.push(record_damage(ctx, data, found_at));
+        } else if rec.state == STATE_LIVE {
+            // Only the rear redzone: the requested bytes are the program's.
+            let req = (rec.requested as usize).min(cap);
+            sanitizer::open(data.add(req), cap - req);
+            if !(front_ok && intact(data.add(req), cap - req, REDZONE_BYTE)) {
+                check_live(ctx, data, &rec, cap, found_at, out);
+            }
+            sanitizer::close(data.add(req), cap - req);
+        } else {
+            sanitizer::open(data, cap);
+            if !(front_ok && intact(data.add(LINK), cap - LINK, FREED_BYTE)) {
+                check_free(ctx, data, &rec, cap, LINK, found_at, out);
+            }
+            sanitizer::close(data, cap);
+        }
+        sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+        rec
     }
 }
 
@@ -889,7 +908,7 @@ pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
     // SAFETY: as `verify_block`'s walk; each range written lies in its chunk or the block's
     // unused space, opened around the write, and a live chunk's requested bytes are not touched.
     unsafe {
-        let mut block = (*ctx).set.blocks;
+        let mut block = (*ctx).blocks;
         while !block.is_null() {
             let (free, end) = ((*block).free_ptr, (*block).end_ptr);
             let registered = matches!(blocks::lookup(block as usize),
@@ -897,45 +916,44 @@ pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
             if !registered || free < Block::first_chunk(block) || free > end {
                 return; // a damaged block header: the list cannot be trusted
             }
-            let mut c = Block::first_chunk(block);
-            while c < free {
-                let data = chunk::data_of(c);
-                let hdr = chunk::read_header(data);
-                let cap = if hdr.is_external() {
-                    end as usize - data as usize
-                } else if (hdr.value() as usize) < NUM_FREELISTS {
-                    aset::class_size(hdr.value() as usize)
-                } else {
-                    break;
-                };
-                if hdr.offset() != c as usize - block as usize {
-                    break;
-                }
-                let meta = c.add(CHUNK_HEADER_SIZE);
-                sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
-                let rec = DebugRecord::load(record_ptr(data));
-                if rec.is_valid() {
-                    fill(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE);
-                    let (from, byte) = if rec.state == STATE_LIVE {
-                        ((rec.requested as usize).min(cap), REDZONE_BYTE)
-                    } else {
-                        (LINK.min(cap), FREED_BYTE)
-                    };
-                    sanitizer::open(data.add(from), cap - from);
-                    fill(data.add(from), cap - from, byte);
-                    sanitizer::close(data.add(from), cap - from);
-                }
-                sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
-                if !rec.is_valid() || hdr.is_external() {
-                    break;
-                }
-                c = c.add(chunk::footprint(cap));
-            }
+            let _ = kinds::walk_block((*ctx).kind, block, |w| restore_chunk(w));
             let len = end as usize - free as usize;
             sanitizer::open(free, len);
             fill(free, len, FREED_BYTE);
             sanitizer::close(free, len);
             block = (*block).next;
+        }
+    }
+}
+
+/// Writes the patterns back over a walked chunk's front redzone and its rear redzone (live) or
+/// freed bytes (free); breaks the walk at a record that does not decode.
+///
+/// # Safety
+/// `w` must be a chunk a walk of a sane block decoded.
+unsafe fn restore_chunk(w: &Walked) -> ControlFlow<()> {
+    let (data, cap) = (w.data, w.cap);
+    // SAFETY: the prefix and capacity lie in the chunk's block (caller), opened around writes.
+    unsafe {
+        let meta = w.start.add(CHUNK_HEADER_SIZE);
+        sanitizer::open(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+        let rec = DebugRecord::load(record_ptr(data));
+        if rec.is_valid() {
+            fill(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE);
+            let (from, byte) = if rec.state == STATE_LIVE {
+                ((rec.requested as usize).min(cap), REDZONE_BYTE)
+            } else {
+                (LINK.min(cap), FREED_BYTE)
+            };
+            sanitizer::open(data.add(from), cap - from);
+            fill(data.add(from), cap - from, byte);
+            sanitizer::close(data.add(from), cap - from);
+        }
+        sanitizer::close(meta, CHUNK_PREFIX - CHUNK_HEADER_SIZE);
+        if rec.is_valid() {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
         }
     }
 }

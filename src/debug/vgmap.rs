@@ -6,7 +6,7 @@
 //! recently freed blocks — where a freed pool chunk waits with its allocation and free stacks. A
 //! context's block from `malloc` is such a live block around every chunk in it, so a read or
 //! write through a pointer kept past `pfree` or a reset would be described as "N bytes inside a
-//! block of size 8,192 alloc'd" at `aset::new_block`: the context's block, not the chunk. With
+//! block of size 8,192 alloc'd" at `kinds::aset::new_block`: the context's block, not the chunk. With
 //! the block mapped, memcheck knows no block around the chunk and names the freed chunk itself:
 //! "0 bytes inside a block of size 10 free'd", with the `pfree`'s (or the reset's) stack and the
 //! chunk's allocation stack.

@@ -110,7 +110,7 @@ fn snapshot_dump(doc: serde_json::Value, source: &str, line: usize) -> Result<Du
 
 impl Dump {
     /// A snapshot taken in this process ([`crate::dump::snapshot`], or read with
-    /// [`crate::dump::read_snapshot`]) as a dump, so that a host's own test can compare
+    /// [`crate::snapshot::read_snapshot`]) as a dump, so that a host's own test can compare
     /// snapshots with [`crate::leak::check_growth`] without writing files; `source` names it.
     ///
     /// # Errors

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::procmem::{catches_signal, dumper_entry, read_registry, DumperEntry};
 use super::{Source, Taken, WatchError};
-use crate::dump::{list_snapshots, read_snapshot, snapshot_file_name};
 use crate::snapshot::Trigger;
+use crate::snapshot::{list_snapshots, read_snapshot, snapshot_file_name};
 
 /// The gdb walker, carried inside the binary: an installed `memctx` has no `valgrind/` folder.
 pub const WALKER: &str = include_str!("../../../valgrind/memctx_gdb.py");

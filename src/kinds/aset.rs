@@ -28,11 +28,12 @@ use core::ptr;
 use std::alloc::{self, Layout};
 
 use crate::chunk::{
-    self, align_up, footprint, ChunkHeader, ChunkKind, CHUNK_ALIGN, CHUNK_PREFIX, FIRST_CHUNK_PAD,
-    MAX_BLOCK_OFFSET,
+    self, align_up, footprint, Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, CHUNK_ALIGN,
+    CHUNK_PREFIX, FIRST_CHUNK_PAD, MAX_BLOCK_OFFSET,
 };
 use crate::context::ContextHeader;
 use crate::hooks;
+use crate::kinds::{self, BadChunk, ContextKind, Damage, KindId, KindState, Walked};
 
 /// Number of freelists: size classes 8, 16, ..., 8192 (PostgreSQL's ALLOCSET_NUM_FREELISTS).
 pub(crate) const NUM_FREELISTS: usize = 11;
@@ -45,46 +46,6 @@ const MAX_CHUNK_LIMIT: usize = 1 << (MIN_CLASS_SHIFT as usize + NUM_FREELISTS - 
 const CHUNK_FRACTION: usize = 4;
 /// Smallest initial block size accepted (PostgreSQL asserts the same).
 const MIN_INIT_BLOCK_SIZE: usize = 1024;
-
-/// The block header, at the start of every block.
-///
-/// `#[repr(C)]` and stable: the gdb walker and the debug build read it. `context` comes first so a
-/// chunk's owner is one load away from its block.
-#[repr(C, align(16))]
-pub(crate) struct Block {
-    /// The owning context.
-    pub(crate) context: *mut ContextHeader,
-    /// Previous block in the context's list (null for the head).
-    pub(crate) prev: *mut Block,
-    /// Next block in the context's list.
-    pub(crate) next: *mut Block,
-    /// Start of the unused space at the block's end.
-    pub(crate) free_ptr: *mut u8,
-    /// One past the block's last byte; `end_ptr - block` is the size given to the system allocator.
-    pub(crate) end_ptr: *mut u8,
-    /// The debug build's mark: space below it was handed out before and released by a reset, so
-    /// carving it again verifies it (the release build leaves it null). It lies in what was the
-    /// header's alignment padding, so the header's size and the other fields' offsets are the same.
-    pub(crate) released: *mut u8,
-}
-
-/// Size of the block header.
-pub(crate) const BLOCK_HEADER_SIZE: usize = core::mem::size_of::<Block>();
-const _: () = assert!(BLOCK_HEADER_SIZE == 48);
-
-impl Block {
-    /// Size of the block as allocated from the system.
-    #[inline]
-    pub(crate) fn size(&self) -> usize {
-        self.end_ptr as usize - self as *const Block as usize
-    }
-
-    /// First chunk start in a block.
-    #[inline]
-    pub(crate) fn first_chunk(block: *mut Block) -> *mut u8 {
-        (block as *mut u8).wrapping_add(BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD)
-    }
-}
 
 /// Block sizes of an AllocSet: PostgreSQL's `minContextSize`, `initBlockSize`, `maxBlockSize`.
 ///
@@ -172,13 +133,11 @@ impl BlockSizes {
     }
 }
 
-/// AllocSet's part of the context header.
+/// AllocSet's part of the context header (its block list and keeper are the header's own
+/// fields): the head of the block list is the active block that new chunks are carved from.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct AllocSetState {
-    /// Head of the block list; the head is the active block that new chunks are carved from.
-    pub(crate) blocks: *mut Block,
-    /// The keeper block, kept across reset.
-    pub(crate) keeper: *mut Block,
     /// Freelist heads: data pointers of free chunks, linked through their first word.
     pub(crate) freelist: [*mut u8; NUM_FREELISTS],
     /// Largest data size served from the freelists.
@@ -193,8 +152,6 @@ impl AllocSetState {
     /// An empty state, before `init`.
     pub(crate) const fn empty() -> AllocSetState {
         AllocSetState {
-            blocks: ptr::null_mut(),
-            keeper: ptr::null_mut(),
             freelist: [ptr::null_mut(); NUM_FREELISTS],
             chunk_limit: 0,
             next_block_size: 0,
@@ -286,29 +243,7 @@ unsafe fn new_block(
     }
     // SAFETY: `ctx` is live (caller); `block` is a fresh allocation large enough for its header.
     unsafe {
-        let set = &mut (*ctx).set;
-        let (prev, next) = if as_head || set.blocks.is_null() {
-            (ptr::null_mut(), set.blocks)
-        } else {
-            (set.blocks, (*set.blocks).next)
-        };
-        block.write(Block {
-            context: ctx,
-            prev,
-            next,
-            free_ptr: Block::first_chunk(block),
-            end_ptr: (block as *mut u8).add(size),
-            released: ptr::null_mut(),
-        });
-        if prev.is_null() {
-            set.blocks = block;
-        } else {
-            (*prev).next = block;
-        }
-        if !next.is_null() {
-            (*next).prev = block;
-        }
-        (*ctx).mem_allocated += size;
+        kinds::link_block(ctx, block, size, as_head);
         hooks::block_allocated(ctx, block, external);
     }
     block
@@ -321,16 +256,7 @@ unsafe fn new_block(
 unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
     // SAFETY: the caller guarantees `block` belongs to `ctx`; its neighbours are its list mates.
     unsafe {
-        let (prev, next, size) = ((*block).prev, (*block).next, (*block).size());
-        if prev.is_null() {
-            (*ctx).set.blocks = next;
-        } else {
-            (*prev).next = next;
-        }
-        if !next.is_null() {
-            (*next).prev = prev;
-        }
-        (*ctx).mem_allocated -= size;
+        let size = kinds::unlink_block(ctx, block);
         hooks::block_freed(ctx, block);
         if !hooks::block_release(block, size) {
             alloc::dealloc(
@@ -345,12 +271,16 @@ unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
 /// keeper block. Returns false when the system allocator fails.
 ///
 /// # Safety
-/// `ctx` must point to a context header whose `set` holds no blocks.
+/// `ctx` must point to a context header that holds no blocks.
 pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
     // SAFETY: the caller guarantees `ctx` is valid and owns no blocks yet.
     unsafe {
-        let set = &mut (*ctx).set;
-        debug_assert!(set.blocks.is_null() && set.keeper.is_null());
+        debug_assert!((*ctx).blocks.is_null() && (*ctx).keeper.is_null());
+        (*ctx).kind = KindId::AllocSet;
+        (*ctx).state = KindState {
+            aset: AllocSetState::empty(),
+        };
+        let set = &mut (*ctx).state.aset;
         set.sizes = sizes;
         set.chunk_limit = sizes.chunk_limit();
         set.next_block_size = sizes.init_block_size;
@@ -359,7 +289,7 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
         if keeper.is_null() {
             return false;
         }
-        (*ctx).set.keeper = keeper;
+        (*ctx).keeper = keeper;
         true
     }
 }
@@ -372,8 +302,8 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
 pub(crate) unsafe fn reinit(ctx: *mut ContextHeader, sizes: BlockSizes) {
     // SAFETY: caller guarantees `ctx` is a valid, reset AllocSet.
     unsafe {
-        let set = &mut (*ctx).set;
-        debug_assert!(set.blocks == set.keeper && (*set.keeper).next.is_null());
+        debug_assert!((*ctx).blocks == (*ctx).keeper && (*(*ctx).keeper).next.is_null());
+        let set = &mut (*ctx).state.aset;
         set.sizes = sizes;
         set.chunk_limit = sizes.chunk_limit();
         set.next_block_size = sizes.init_block_size;
@@ -390,16 +320,16 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
     let need = hooks::class_request(size);
     // SAFETY: `ctx` is live (caller).
     unsafe {
-        if need > (*ctx).set.chunk_limit || hooks::sample_chunk() {
+        if need > (*ctx).state.aset.chunk_limit || hooks::sample_chunk() {
             (*ctx).is_reset = false;
             return alloc_large(ctx, size, need);
         }
         let idx = small_class_index(need);
         // A freelist is empty right after a reset, so popping never needs to clear `is_reset`.
-        let head = *(*ctx).set.freelist.get_unchecked(idx);
+        let head = *(*ctx).state.aset.freelist.get_unchecked(idx);
         if !head.is_null() {
             hooks::freelist_open(head);
-            *(*ctx).set.freelist.get_unchecked_mut(idx) = (head as *mut *mut u8).read();
+            *(*ctx).state.aset.freelist.get_unchecked_mut(idx) = (head as *mut *mut u8).read();
             hooks::chunk_reused(ctx, head, size, class_size(idx));
             return head;
         }
@@ -407,7 +337,7 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
         // path. (The keeper block is always on the list, so `blocks` is never null here.)
         (*ctx).is_reset = false;
         let fp = *FOOTPRINTS.get_unchecked(idx);
-        let block = (*ctx).set.blocks;
+        let block = (*ctx).blocks;
         debug_assert!(!block.is_null());
         if ((*block).end_ptr as usize - (*block).free_ptr as usize) >= fp {
             return carve(ctx, block, size, idx, fp);
@@ -455,7 +385,7 @@ unsafe fn alloc_from_new_block(ctx: *mut ContextHeader, size: usize, idx: usize)
     let fp = FOOTPRINTS[idx];
     // SAFETY: `ctx` is live; its head block is the active block.
     unsafe {
-        carve_leftover(ctx, (*ctx).set.blocks);
+        carve_leftover(ctx, (*ctx).blocks);
         let block = grow(ctx, fp);
         if block.is_null() {
             return ptr::null_mut();
@@ -491,9 +421,9 @@ unsafe fn carve_leftover(ctx: *mut ContextHeader, block: *mut Block) {
             );
             let data = chunk::data_of(chunk);
             hooks::leftover_carved(ctx, data, class_size(idx));
-            (data as *mut *mut u8).write((*ctx).set.freelist[idx]);
+            (data as *mut *mut u8).write((*ctx).state.aset.freelist[idx]);
             hooks::freelist_close(data);
-            (*ctx).set.freelist[idx] = data;
+            (*ctx).state.aset.freelist[idx] = data;
         }
     }
 }
@@ -506,7 +436,7 @@ unsafe fn carve_leftover(ctx: *mut ContextHeader, block: *mut Block) {
 unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
     // SAFETY: `ctx` is live.
     unsafe {
-        let set = &mut (*ctx).set;
+        let set = &mut (*ctx).state.aset;
         let mut size = set.next_block_size;
         set.next_block_size = (size * 2).min(set.sizes.max_block_size);
         let required = BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + fp;
@@ -515,7 +445,7 @@ unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
         }
         let block = new_block(ctx, size, true, ptr::null_mut());
         if !block.is_null() {
-            crate::dump::safe_point(); // a new block, linked and consistent (see crate::dump)
+            hooks::safe_point(); // a new block, linked and consistent
         }
         block
     }
@@ -570,7 +500,7 @@ pub(crate) unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHead
     // SAFETY: the caller guarantees `data` is a live chunk of `ctx`.
     unsafe {
         if hdr.is_external() {
-            let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+            let block = chunk::block_of(data, hdr);
             hooks::chunk_freed(ctx, data, (*block).end_ptr as usize - data as usize);
             free_block(ctx, block);
             return;
@@ -578,9 +508,9 @@ pub(crate) unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHead
         let idx = hdr.value() as usize;
         debug_assert!(idx < NUM_FREELISTS);
         hooks::chunk_freed(ctx, data, class_size(idx));
-        (data as *mut *mut u8).write((*ctx).set.freelist[idx]);
+        (data as *mut *mut u8).write((*ctx).state.aset.freelist[idx]);
         hooks::freelist_close(data);
-        (*ctx).set.freelist[idx] = data;
+        (*ctx).state.aset.freelist[idx] = data;
     }
 }
 
@@ -593,7 +523,7 @@ pub(crate) unsafe fn chunk_capacity(data: *mut u8, hdr: ChunkHeader) -> usize {
     if hdr.is_external() {
         // SAFETY: an external chunk's offset leads to its block header (caller).
         unsafe {
-            let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+            let block = chunk::block_of(data, hdr);
             (*block).end_ptr as usize - data as usize
         }
     } else {
@@ -608,7 +538,7 @@ pub(crate) unsafe fn chunk_capacity(data: *mut u8, hdr: ChunkHeader) -> usize {
 #[inline(always)]
 pub(crate) unsafe fn owner(data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
     // SAFETY: the offset leads to the chunk's block, whose first word is its context (caller).
-    unsafe { (*(chunk::chunk_of(data).sub(hdr.offset()) as *mut Block)).context }
+    unsafe { (*chunk::block_of(data, hdr)).context }
 }
 
 /// Resizes the chunk at `data` to `size` bytes. Returns the (possibly moved) data pointer, or null
@@ -630,7 +560,10 @@ pub(crate) unsafe fn realloc(
     // SAFETY: `data` is a live chunk of `ctx` (caller).
     unsafe {
         (*ctx).is_reset = false;
-        if hdr.is_external() && need > (*ctx).set.chunk_limit && !hooks::large_chunk_pinned(data) {
+        if hdr.is_external()
+            && need > (*ctx).state.aset.chunk_limit
+            && !hooks::large_chunk_pinned(data)
+        {
             return realloc_large(ctx, data, hdr, size, need);
         }
         if !hdr.is_external() && need <= class_size(hdr.value() as usize) {
@@ -664,7 +597,7 @@ unsafe fn realloc_large(
     };
     // SAFETY: `block` is the chunk's own block (caller); after realloc only the new address is used.
     unsafe {
-        let block = chunk::chunk_of(data).sub(hdr.offset()) as *mut Block;
+        let block = chunk::block_of(data, hdr);
         let old_size = (*block).size();
         let old_cap = (*block).end_ptr as usize - data as usize;
         hooks::large_chunk_moving(ctx, data, old_cap);
@@ -676,14 +609,7 @@ unsafe fn realloc_large(
         }
         (*moved).end_ptr = (moved as *mut u8).add(new_size);
         (*moved).free_ptr = (*moved).end_ptr;
-        if (*moved).prev.is_null() {
-            (*ctx).set.blocks = moved;
-        } else {
-            (*(*moved).prev).next = moved;
-        }
-        if !(*moved).next.is_null() {
-            (*(*moved).next).prev = moved;
-        }
+        kinds::relink_moved_block(ctx, moved);
         (*ctx).mem_allocated = (*ctx).mem_allocated - old_size + new_size;
         let new_data = (moved as *mut u8).add(hdr.offset() + CHUNK_PREFIX);
         hooks::large_chunk_moved(
@@ -706,9 +632,9 @@ unsafe fn realloc_large(
 pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live and its memory unused (caller).
     unsafe {
-        hooks::context_resetting(ctx);
-        let keeper = (*ctx).set.keeper;
-        let mut block = (*ctx).set.blocks;
+        hooks::reset_begin(ctx);
+        let keeper = (*ctx).keeper;
+        let mut block = (*ctx).blocks;
         while !block.is_null() {
             let next = (*block).next;
             if block != keeper {
@@ -716,12 +642,12 @@ pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
             }
             block = next;
         }
-        debug_assert!((*ctx).set.blocks == keeper && (*keeper).prev.is_null());
+        debug_assert!((*ctx).blocks == keeper && (*keeper).prev.is_null());
         (*keeper).next = ptr::null_mut();
         (*keeper).free_ptr = Block::first_chunk(keeper);
-        (*ctx).set.freelist = [ptr::null_mut(); NUM_FREELISTS];
-        (*ctx).set.next_block_size = (*ctx).set.sizes.init_block_size;
-        hooks::context_reset_done(ctx);
+        (*ctx).state.aset.freelist = [ptr::null_mut(); NUM_FREELISTS];
+        (*ctx).state.aset.next_block_size = (*ctx).state.aset.sizes.init_block_size;
+        hooks::reset_end(ctx);
     }
 }
 
@@ -732,11 +658,11 @@ pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
 pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
     // SAFETY: as `reset`.
     unsafe {
-        while !(*ctx).set.blocks.is_null() {
-            free_block(ctx, (*ctx).set.blocks);
+        while !(*ctx).blocks.is_null() {
+            free_block(ctx, (*ctx).blocks);
         }
-        (*ctx).set.keeper = ptr::null_mut();
-        (*ctx).set.freelist = [ptr::null_mut(); NUM_FREELISTS];
+        (*ctx).keeper = ptr::null_mut();
+        (*ctx).state.aset.freelist = [ptr::null_mut(); NUM_FREELISTS];
         debug_assert_eq!((*ctx).mem_allocated, 0);
     }
 }
@@ -750,14 +676,14 @@ pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters
     let mut c = crate::stats::Counters::default();
     // SAFETY: walking the context's own lists.
     unsafe {
-        let mut block = (*ctx).set.blocks;
+        let mut block = (*ctx).blocks;
         while !block.is_null() {
             c.total_nblocks += 1;
             c.total_bytes += (*block).size() as u64;
             c.free_bytes += ((*block).end_ptr as usize - (*block).free_ptr as usize) as u64;
             block = (*block).next;
         }
-        for (idx, &head) in (*ctx).set.freelist.iter().enumerate() {
+        for (idx, &head) in (*ctx).state.aset.freelist.iter().enumerate() {
             let mut chunk = head;
             while !chunk.is_null() {
                 c.free_chunks += 1;
@@ -771,6 +697,101 @@ pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters
         debug_assert_eq!(c.total_bytes, (*ctx).mem_allocated as u64);
     }
     c
+}
+
+/// AllocSet behind the kind interface (see `crate::kinds`).
+pub(crate) struct AllocSet;
+
+impl ContextKind for AllocSet {
+    #[inline(always)]
+    unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { alloc(ctx, size) }
+    }
+    #[inline(always)]
+    unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { free(ctx, data, hdr) }
+    }
+    #[inline]
+    unsafe fn realloc(
+        ctx: *mut ContextHeader,
+        data: *mut u8,
+        hdr: ChunkHeader,
+        size: usize,
+        old_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { realloc(ctx, data, hdr, size, old_size) }
+    }
+    unsafe fn reset(ctx: *mut ContextHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { reset(ctx) }
+    }
+    unsafe fn release_all(ctx: *mut ContextHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { release_all(ctx) }
+    }
+    #[inline(always)]
+    unsafe fn owner(data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
+        // SAFETY: forwarded contract.
+        unsafe { owner(data, hdr) }
+    }
+    #[inline]
+    unsafe fn capacity(data: *mut u8, hdr: ChunkHeader) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { chunk_capacity(data, hdr) }
+    }
+    unsafe fn space(data: *mut u8, hdr: ChunkHeader) -> usize {
+        // SAFETY: forwarded contract.
+        let cap = unsafe { chunk_capacity(data, hdr) };
+        if hdr.is_external() {
+            cap + CHUNK_PREFIX
+        } else {
+            footprint(cap)
+        }
+    }
+    unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters {
+        // SAFETY: forwarded contract.
+        unsafe { counters(ctx) }
+    }
+
+    /// An AllocSet chunk: its offset leads back to its block, its value is a size class (its
+    /// footprint follows) unless it is external, when it fills the rest of its block.
+    fn decode_chunk(
+        block: *mut Block,
+        start: *mut u8,
+        hdr: ChunkHeader,
+    ) -> Result<Walked, BadChunk> {
+        // SAFETY: only the block header's end pointer is read; the caller passes a live block.
+        let end = unsafe { (*block).end_ptr } as usize;
+        let data = chunk::data_of(start);
+        let bad = |why| Err(BadChunk { data, hdr, why });
+        if hdr.offset() != start as usize - block as usize {
+            return bad(Damage::Offset);
+        }
+        if ChunkKind::from_id(hdr.kind_id()) != Some(ChunkKind::AllocSet) {
+            return bad(Damage::Kind);
+        }
+        let (cap, fp) = if hdr.is_external() {
+            let cap = end.saturating_sub(data as usize);
+            (cap, CHUNK_PREFIX + cap)
+        } else if (hdr.value() as usize) < NUM_FREELISTS {
+            let cap = class_size(hdr.value() as usize);
+            (cap, footprint(cap))
+        } else {
+            return bad(Damage::Value);
+        };
+        if start as usize + fp > end {
+            return bad(Damage::Extent);
+        }
+        Ok(Walked {
+            start,
+            data,
+            cap,
+            footprint: fp,
+        })
+    }
 }
 
 #[cfg(test)]

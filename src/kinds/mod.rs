@@ -1,0 +1,431 @@
+//! The context kinds and the one interface they share.
+//!
+//! PostgreSQL has several context kinds because workloads differ: AllocSet for general use,
+//! Generation for chunks freed in roughly the order they were allocated, Slab for objects of one
+//! size, Bump for memory that is only ever freed all at once. Its pointer operations (`pfree`,
+//! `repalloc`, `GetMemoryChunkContext`, `GetMemoryChunkSpace`) read a method id from the chunk
+//! header and index a method table (`mcxt_methods[]` in `mcxt.c`); its context operations (alloc,
+//! reset, delete, stats, check) go through the context's own method pointer.
+//!
+//! memctx keeps that split and replaces the tables with a `match`:
+//!
+//! * every kind implements [`ContextKind`] — alloc, free, realloc, reset, release, chunk → context,
+//!   chunk capacity and space, is-empty, the stats counters, and `decode_chunk`, the one place that
+//!   knows how the kind lays out a block's chunks;
+//! * a context header holds the fields every kind uses (the tree links, `mem_allocated`, the block
+//!   list and the keeper block) and a [`KindId`]; the kind's own fields live in [`KindState`], a
+//!   `#[repr(C)]` union whose layout the registry publishes (see `crate::registry`);
+//! * the free functions below dispatch: context operations on the header's kind id, pointer
+//!   operations on the chunk header's. Each `match` arm calls the kind's function directly, so
+//!   with `#[inline(always)]` on both the fast path is the kind's own code with a compare in front
+//!   (none while AllocSet is the only kind), where a table of function pointers would be an
+//!   indirect call the compiler cannot inline;
+//! * every kind's block starts with [`Block`], so a block is described the same way to the hooks,
+//!   the debug build and the gdb walker whatever its kind;
+//! * [`walk_block`] walks a block's chunks through its kind's `decode_chunk`. The debug build's
+//!   verification, site attribution and pointer classification all walk through it, so a kind's
+//!   chunk layout is written down once; the gdb walker reads what it needs through the layout the
+//!   registry publishes.
+//!
+//! Kind ids are chosen off the bit patterns a pointer memctx never handed out shows in the word
+//! in front of it (glibc's size word, the debug build's fill patterns): see
+//! `chunk::RESERVED_IDS`.
+
+use core::ptr;
+
+use crate::chunk::{Block, ChunkHeader, ChunkKind};
+use crate::context::ContextHeader;
+use crate::stats::Counters;
+
+pub(crate) mod aset;
+mod walk;
+
+#[cfg(feature = "debug-contexts")]
+pub(crate) use walk::{decode_chunk, walk_block};
+pub(crate) use walk::{BadChunk, Damage, Walked};
+
+use aset::{AllocSet, AllocSetState};
+
+/// The kind of a context, as its header stores it (the same ids as in chunk headers).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KindId {
+    /// PostgreSQL's general-purpose kind (`kinds/aset.rs`).
+    AllocSet = ChunkKind::AllocSet as u32,
+}
+
+impl KindId {
+    /// The kind's name as PostgreSQL's `pg_backend_memory_contexts` prints it in `type`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            KindId::AllocSet => "AllocSet",
+        }
+    }
+}
+
+/// The per-kind part of a context header: the fields of the header's kind.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) union KindState {
+    /// An AllocSet's freelists and block sizes.
+    pub(crate) aset: AllocSetState,
+}
+
+impl KindState {
+    /// The state of a header that belongs to no context yet.
+    pub(crate) const fn empty() -> KindState {
+        KindState {
+            aset: AllocSetState::empty(),
+        }
+    }
+}
+
+/// The interface every context kind implements (PostgreSQL's `MemoryContextMethods`).
+///
+/// Pointer operations take the chunk's data pointer and its header word, already read and
+/// dispatched on; context operations take a live context of the kind.
+pub(crate) trait ContextKind {
+    /// Allocates `size` bytes; null when the system allocator fails (limits are checked by the
+    /// caller).
+    ///
+    /// # Safety
+    /// `ctx` must be a live context of this kind, of the calling thread.
+    unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8;
+
+    /// Frees the chunk at `data`.
+    ///
+    /// # Safety
+    /// `data` must be a live chunk of `ctx`, a live context of this kind; `hdr` its header.
+    unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader);
+
+    /// Resizes the chunk at `data`, preserving `old_size` bytes; null (the chunk untouched) when
+    /// the system allocator fails.
+    ///
+    /// # Safety
+    /// As [`ContextKind::free`].
+    unsafe fn realloc(
+        ctx: *mut ContextHeader,
+        data: *mut u8,
+        hdr: ChunkHeader,
+        size: usize,
+        old_size: usize,
+    ) -> *mut u8;
+
+    /// Frees every chunk, keeping what the kind keeps across a reset (the keeper block).
+    ///
+    /// # Safety
+    /// `ctx` must be a live context of this kind whose memory nothing uses any more.
+    unsafe fn reset(ctx: *mut ContextHeader);
+
+    /// Gives every block back, the keeper included (the delete of a context not recycled).
+    ///
+    /// # Safety
+    /// As [`ContextKind::reset`].
+    unsafe fn release_all(ctx: *mut ContextHeader);
+
+    /// The context owning the chunk at `data`.
+    ///
+    /// # Safety
+    /// `data` must be a live chunk of this kind with header `hdr`.
+    unsafe fn owner(data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader;
+
+    /// Data bytes the chunk at `data` can hold.
+    ///
+    /// # Safety
+    /// As [`ContextKind::owner`].
+    unsafe fn capacity(data: *mut u8, hdr: ChunkHeader) -> usize;
+
+    /// Bytes the chunk occupies in its block, prefix and padding included
+    /// (`GetMemoryChunkSpace`).
+    ///
+    /// # Safety
+    /// As [`ContextKind::owner`].
+    unsafe fn space(data: *mut u8, hdr: ChunkHeader) -> usize;
+
+    /// Whether nothing was allocated since the last reset (`MemoryContextIsEmpty`'s own part; the
+    /// tree adds "and no children").
+    ///
+    /// # Safety
+    /// `ctx` must be a live context of this kind.
+    unsafe fn is_empty(ctx: *mut ContextHeader) -> bool {
+        // SAFETY: per the contract.
+        unsafe { (*ctx).is_reset }
+    }
+
+    /// The context's own counters for stats.
+    ///
+    /// # Safety
+    /// `ctx` must be a live context of this kind.
+    unsafe fn counters(ctx: *mut ContextHeader) -> Counters;
+
+    /// Decodes the chunk starting at `start` in `block`, whose header word reads `hdr`: its
+    /// extent if the header is one this kind writes there, else what is wrong with it. Reads
+    /// nothing but the block header. The block walk ([`walk_block`]) is built on it.
+    #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+    fn decode_chunk(
+        block: *mut Block,
+        start: *mut u8,
+        hdr: ChunkHeader,
+    ) -> Result<Walked, BadChunk>;
+}
+
+/// Runs `$call` with `$k` bound to the kind type named by the context kind id `$id`.
+macro_rules! with_kind {
+    ($id:expr, $k:ident => $call:expr) => {
+        match $id {
+            KindId::AllocSet => {
+                type $k = AllocSet;
+                $call
+            }
+        }
+    };
+}
+
+/// Allocates `size` bytes in `ctx`, through its kind.
+///
+/// # Safety
+/// As [`ContextKind::alloc`], for the kind of `ctx`.
+#[inline(always)]
+pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
+    // SAFETY: per the contract; the header's kind id names the kind that set it up.
+    unsafe { with_kind!((*ctx).kind, K => K::alloc(ctx, size)) }
+}
+
+/// Resets `ctx` through its kind.
+///
+/// # Safety
+/// As [`ContextKind::reset`].
+pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
+    // SAFETY: per the contract.
+    unsafe { with_kind!((*ctx).kind, K => K::reset(ctx)) }
+}
+
+/// Gives every block of `ctx` back, through its kind.
+///
+/// # Safety
+/// As [`ContextKind::release_all`].
+pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
+    // SAFETY: per the contract.
+    unsafe { with_kind!((*ctx).kind, K => K::release_all(ctx)) }
+}
+
+/// Whether `ctx` holds no chunk, through its kind.
+///
+/// # Safety
+/// As [`ContextKind::is_empty`].
+pub(crate) unsafe fn is_empty(ctx: *mut ContextHeader) -> bool {
+    // SAFETY: per the contract.
+    unsafe { with_kind!((*ctx).kind, K => K::is_empty(ctx)) }
+}
+
+/// The counters of `ctx`, through its kind.
+///
+/// # Safety
+/// As [`ContextKind::counters`].
+pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
+    // SAFETY: per the contract.
+    unsafe { with_kind!((*ctx).kind, K => K::counters(ctx)) }
+}
+
+/// What the kind id of a chunk header names.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    /// A chunk of a context of this kind.
+    Chunk(KindId),
+    /// An aligned redirect: the real chunk's data pointer.
+    Redirect(*mut u8),
+}
+
+/// Dispatches on the chunk header `hdr` read in front of `ptr`; an id no kind uses is the clean
+/// panic `<op> called with invalid pointer`.
+#[inline(always)]
+pub(crate) fn target(ptr: *mut u8, hdr: ChunkHeader, op: &str) -> Target {
+    match ChunkKind::from_id(hdr.kind_id()) {
+        Some(ChunkKind::AllocSet) => Target::Chunk(KindId::AllocSet),
+        Some(ChunkKind::AlignedRedirect) => Target::Redirect(ptr.wrapping_sub(hdr.offset())),
+        None => invalid_pointer(op, ptr, hdr),
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_pointer(op: &str, ptr: *mut u8, hdr: ChunkHeader) -> ! {
+    panic!(
+        "{op} called with invalid pointer {ptr:p} (header 0x{:016x})",
+        hdr.0
+    )
+}
+
+/// Frees the chunk at `data` of kind `kind` in its own context.
+///
+/// # Safety
+/// As [`ContextKind::free`], the context being the chunk's owner.
+#[inline(always)]
+pub(crate) unsafe fn free(kind: KindId, data: *mut u8, hdr: ChunkHeader) {
+    // SAFETY: per the contract.
+    unsafe { with_kind!(kind, K => K::free(K::owner(data, hdr), data, hdr)) }
+}
+
+/// Resizes the chunk at `data` of kind `kind` in its own context.
+///
+/// # Safety
+/// As [`ContextKind::realloc`], the context being the chunk's owner.
+#[inline]
+pub(crate) unsafe fn realloc(
+    kind: KindId,
+    data: *mut u8,
+    hdr: ChunkHeader,
+    size: usize,
+    old_size: usize,
+) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe { with_kind!(kind, K => K::realloc(K::owner(data, hdr), data, hdr, size, old_size)) }
+}
+
+/// The context owning the chunk at `data` of kind `kind`.
+///
+/// # Safety
+/// As [`ContextKind::owner`].
+#[inline(always)]
+pub(crate) unsafe fn owner(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
+    // SAFETY: per the contract.
+    unsafe { with_kind!(kind, K => K::owner(data, hdr)) }
+}
+
+/// Data bytes the chunk at `data` of kind `kind` can hold.
+///
+/// # Safety
+/// As [`ContextKind::capacity`].
+#[inline]
+pub(crate) unsafe fn capacity(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> usize {
+    // SAFETY: per the contract.
+    unsafe { with_kind!(kind, K => K::capacity(data, hdr)) }
+}
+
+/// Bytes the chunk at `data` of kind `kind` occupies in its block.
+///
+/// # Safety
+/// As [`ContextKind::space`].
+pub(crate) unsafe fn space(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> usize {
+    // SAFETY: per the contract.
+    unsafe { with_kind!(kind, K => K::space(data, hdr)) }
+}
+
+/// Links a fresh block of `size` bytes into `ctx`'s block list — as the head (the active block)
+/// or right after it — and writes its header.
+///
+/// # Safety
+/// `ctx` must be live; `block` a fresh allocation of `size` bytes, at least a block header.
+pub(crate) unsafe fn link_block(
+    ctx: *mut ContextHeader,
+    block: *mut Block,
+    size: usize,
+    as_head: bool,
+) {
+    // SAFETY: per the contract; the neighbours are blocks of `ctx`.
+    unsafe {
+        let head = (*ctx).blocks;
+        let (prev, next) = if as_head || head.is_null() {
+            (ptr::null_mut(), head)
+        } else {
+            (head, (*head).next)
+        };
+        block.write(Block {
+            context: ctx,
+            prev,
+            next,
+            free_ptr: Block::first_chunk(block),
+            end_ptr: (block as *mut u8).add(size),
+            released: ptr::null_mut(),
+        });
+        relink_moved_block(ctx, block);
+        (*ctx).mem_allocated += size;
+    }
+}
+
+/// Points `block`'s neighbours (or the list head) at it: after it was written or moved.
+///
+/// # Safety
+/// `block` must be a block of the live context `ctx` whose `prev` and `next` are right.
+pub(crate) unsafe fn relink_moved_block(ctx: *mut ContextHeader, block: *mut Block) {
+    // SAFETY: per the contract.
+    unsafe {
+        if (*block).prev.is_null() {
+            (*ctx).blocks = block;
+        } else {
+            (*(*block).prev).next = block;
+        }
+        if !(*block).next.is_null() {
+            (*(*block).next).prev = block;
+        }
+    }
+}
+
+/// Unlinks `block` from `ctx`'s block list and its bytes from `mem_allocated`; returns its size.
+///
+/// # Safety
+/// `block` must be a block of the live context `ctx`.
+pub(crate) unsafe fn unlink_block(ctx: *mut ContextHeader, block: *mut Block) -> usize {
+    // SAFETY: per the contract; its neighbours are its list mates.
+    unsafe {
+        let (prev, next, size) = ((*block).prev, (*block).next, (*block).size());
+        if prev.is_null() {
+            (*ctx).blocks = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*ctx).mem_allocated -= size;
+        size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The allocator core reaches the debug build, the dumper, snapshots and the leak tools only
+    /// through `crate::hooks`: it names none of them itself.
+    #[test]
+    fn core_imports_only_through_hooks() {
+        let core = [
+            ("chunk.rs", include_str!("../chunk.rs")),
+            ("context.rs", include_str!("../context.rs")),
+            ("raw.rs", include_str!("../raw.rs")),
+            ("kinds/mod.rs", include_str!("mod.rs")),
+            ("kinds/aset.rs", include_str!("aset.rs")),
+        ];
+        let banned = ["dump", "snapshot", "leak", "debug"];
+        for (file, text) in core {
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                // The modules a line names from the crate root: `crate::x` and `crate::{x, y}`.
+                for (at, _) in line.match_indices("crate::") {
+                    let rest = &line[at + "crate::".len()..];
+                    let ident = |p: &str| {
+                        p.trim()
+                            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                            .next()
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    let named: Vec<String> = match rest.strip_prefix('{') {
+                        Some(group) => group
+                            .split('}')
+                            .next()
+                            .unwrap_or("")
+                            .split(',')
+                            .map(ident)
+                            .collect(),
+                        None => vec![ident(rest)],
+                    };
+                    for name in named {
+                        assert!(
+                            !banned.contains(&name.as_str()),
+                            "{file} names crate::{name} outside the hooks: {line}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

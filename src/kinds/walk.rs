@@ -1,0 +1,94 @@
+//! The block walk: the chunks of one block, decoded by their kind. The debug build's verification
+//! (`debug/verify.rs`), site attribution (`debug/sites.rs`) and pointer classification
+//! (`debug/hooks.rs`) walk blocks through it alone; a release build has no use for it.
+#![cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+
+use core::ops::ControlFlow;
+
+use super::aset::AllocSet;
+use super::{ContextKind, KindId};
+use crate::chunk::{Block, ChunkHeader};
+
+/// A chunk as a block walk decodes it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Walked {
+    /// The chunk's start (its header word).
+    pub(crate) start: *mut u8,
+    /// Its data.
+    pub(crate) data: *mut u8,
+    /// Data bytes it can hold.
+    pub(crate) cap: usize,
+    /// Bytes from its start to the next chunk's start.
+    pub(crate) footprint: usize,
+}
+
+/// What is wrong with a chunk header a walk could not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// Its offset does not lead back to its block.
+    Offset,
+    /// Its kind id is not the block's kind.
+    Kind,
+    /// Its kind-specific value is out of range.
+    Value,
+    /// Its footprint runs past the block's end.
+    Extent,
+}
+
+/// A chunk header a walk could not decode: where, what it read, and why it refused it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BadChunk {
+    /// The data pointer of the chunk the header would belong to.
+    pub(crate) data: *mut u8,
+    /// The header word read.
+    pub(crate) hdr: ChunkHeader,
+    /// Why it does not decode.
+    pub(crate) why: Damage,
+}
+
+/// Decodes the chunk of `block` (of kind `kind`) starting at `start`, whose header reads `hdr`.
+pub(crate) fn decode_chunk(
+    kind: KindId,
+    block: *mut Block,
+    start: *mut u8,
+    hdr: ChunkHeader,
+) -> Result<Walked, BadChunk> {
+    match kind {
+        KindId::AllocSet => AllocSet::decode_chunk(block, start, hdr),
+    }
+}
+
+/// Walks the chunks of `block`, a block of a context of kind `kind`, from its first chunk to its
+/// free pointer, calling `visit` on each until it breaks. A header that does not decode ends the
+/// walk with `Err` (nothing past it can be trusted).
+///
+/// Header words are read through `hooks::header_peek`, which leaves what Valgrind and ASan think
+/// of the bytes as it was: a walk may pass over damage, and must not disturb it.
+///
+/// # Safety
+/// `block` must be a block of a live context of kind `kind` whose header fields are sane: its
+/// free pointer lies between its first chunk and its end.
+pub(crate) unsafe fn walk_block<F>(
+    kind: KindId,
+    block: *mut Block,
+    mut visit: F,
+) -> Result<(), BadChunk>
+where
+    F: FnMut(&Walked) -> ControlFlow<()>,
+{
+    // SAFETY: per the contract every chunk start below the free pointer lies in the block; a
+    // header is read there only once the previous chunk decoded with a footprint inside it.
+    unsafe {
+        let free = (*block).free_ptr;
+        let mut c = Block::first_chunk(block);
+        while c < free {
+            let hdr = crate::hooks::header_peek(c);
+            let w = decode_chunk(kind, block, c, hdr)?;
+            if visit(&w).is_break() {
+                break;
+            }
+            c = c.add(w.footprint);
+        }
+    }
+    Ok(())
+}
