@@ -61,7 +61,8 @@ mod off {
     #[inline(always)]
     #[allow(dead_code)] // the block walk runs in the debug build only
     pub(crate) unsafe fn header_peek(chunk: *mut u8) -> ChunkHeader {
-        // SAFETY: per the contract.
+        // SAFETY: the caller promises an 8-aligned address inside one of this thread's blocks,
+        // which are allocated and readable.
         ChunkHeader(unsafe { (chunk as *const u64).read() })
     }
     /// Unused space of `block` at `chunk` is about to become a chunk (its header word is written

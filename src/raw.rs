@@ -250,7 +250,8 @@ pub unsafe fn pfree(ptr: *mut u8) {
 /// As [`pfree`].
 #[inline(always)]
 unsafe fn free_unvalidated(ptr: *mut u8, op: &str) {
-    // SAFETY: per the contract.
+    // SAFETY: the caller promises a live chunk of this thread's tree (the debug build has
+    // validated it), so its header is readable and names its kind, or a redirect to its base.
     unsafe {
         let hdr = chunk::read_header(ptr);
         match kinds::target(ptr, hdr, op) {

@@ -826,22 +826,39 @@ fn classify(
     if ptr.is_null() {
         return invalid(format!("{op} called with a null pointer"));
     }
-    let (start, end, owner) = match blocks::lookup(addr) {
-        Lookup::Unavailable => return Ok(None),
-        Lookup::NotFound => {
-            if let Some(r) = quarantine::freed_again(addr, op) {
-                return Err(r);
-            }
-            return invalid(format!(
+    match blocks::lookup(addr) {
+        Lookup::Unavailable => Ok(None),
+        Lookup::NotFound => match quarantine::freed_again(addr, op) {
+            Some(r) => Err(r),
+            None => invalid(format!(
                 "{op} called with {ptr:p}, which no context of this thread allocated \
                      (a foreign pointer, or a chunk of another thread's tree)"
-            ));
-        }
-        Lookup::Found { start, end, ctx } => (start, end, ctx),
-    };
-    let block = start as *mut Block;
-    // SAFETY: `block` is a registered block of this thread, so its header is readable, and every
-    // address read below is checked to lie inside [start, end) first.
+            )),
+        },
+        // SAFETY: the registry found the block holding `addr`, a block of `ctx` on this thread.
+        Lookup::Found { start, end, ctx } => unsafe {
+            classify_in_block(ctx, start as *mut Block, end, ptr, op, expected)
+        },
+    }
+}
+
+/// [`classify`] of a pointer inside a block of `owner` ending at `end`: decodes the chunk it
+/// would be the data of (following an aligned redirect), then checks it as a live chunk.
+///
+/// # Safety
+/// `block` must be a registered block of `owner` holding `ptr`.
+#[allow(clippy::result_large_err)] // as `classify`, whose result it is
+unsafe fn classify_in_block(
+    owner: *mut ContextHeader,
+    block: *mut Block,
+    end: usize,
+    ptr: *mut u8,
+    op: &'static str,
+    expected: Option<*mut ContextHeader>,
+) -> Result<Option<Report>, Report> {
+    let addr = ptr as usize;
+    // SAFETY: `block` is a registered block of this thread (caller), so its header is readable,
+    // and the header and record read below lie between its first chunk's data and `end`.
     unsafe {
         let first_data = Block::first_chunk(block) as usize + CHUNK_PREFIX;
         if addr % crate::chunk::CHUNK_ALIGN != 0 || addr < first_data || addr >= end {
@@ -877,40 +894,63 @@ fn classify(
             r.detail = "the chunk's debug record was overwritten".into();
             return Err(r);
         }
-        if rec.state == STATE_FREE {
-            return Err(Report::at(BugClass::DoubleFree, op)
-                .context(owner)
+        classify_chunk(owner, ptr, &rec, cap, op, expected)
+    }
+}
+
+/// [`classify`] of a chunk whose header and record decoded: freed already, passed through the
+/// wrong context (raised, the operation goes on), or live with its redzones checked.
+///
+/// # Safety
+/// `data` must be a chunk of `owner` with capacity `cap` and the valid record `rec`.
+#[allow(clippy::result_large_err)] // as `classify`, whose result it is
+unsafe fn classify_chunk(
+    owner: *mut ContextHeader,
+    data: *mut u8,
+    rec: &DebugRecord,
+    cap: usize,
+    op: &'static str,
+    expected: Option<*mut ContextHeader>,
+) -> Result<Option<Report>, Report> {
+    let addr = data as usize;
+    if rec.state == STATE_FREE {
+        // SAFETY: `owner` is a registered context, so live (caller).
+        return Err(
+            unsafe { Report::at(BugClass::DoubleFree, op).context(owner) }
                 .chunk(addr, Some(rec.requested as usize))
                 .stacks(rec.alloc_stack, rec.free_stack)
-                .detail(format!("{op} of a chunk that was already freed")));
-        }
-        if let Some(exp) = expected {
-            if exp != owner {
-                let (exp_name, _) = report::context_names(exp);
-                let r = Report::at(BugClass::WrongContext, op)
-                    .context(owner)
-                    .chunk(addr, Some(rec.requested as usize))
-                    .stacks(rec.alloc_stack, 0)
-                    .detail(format!(
-                        "{op} through context \"{exp_name}\", but the chunk belongs to \"{}\"",
-                        (*owner).name()
-                    ));
-                report::raise(r);
-            }
-        }
-        // A sound live chunk: its redzones are closed, and open only for the check.
-        let req = (rec.requested as usize).min(cap);
-        sanitizer::open(front_redzone(ptr), FRONT_REDZONE);
-        sanitizer::open(ptr.add(req), cap - req);
-        let intact = verify::intact(front_redzone(ptr), FRONT_REDZONE, REDZONE_BYTE)
-            && verify::intact(ptr.add(req), cap - req, REDZONE_BYTE);
+                .detail(format!("{op} of a chunk that was already freed")),
+        );
+    }
+    if let Some(exp) = expected.filter(|&e| e != owner) {
+        // SAFETY: `expected` is the context the safe API holds a pinned handle of, so live.
+        let (exp_name, _) = unsafe { report::context_names(exp) };
+        // SAFETY: `owner` is a registered context, so live (caller).
+        let r = unsafe { Report::at(BugClass::WrongContext, op).context(owner) }
+            .chunk(addr, Some(rec.requested as usize))
+            .stacks(rec.alloc_stack, 0)
+            .detail(format!(
+                "{op} through context \"{exp_name}\", but the chunk belongs to \"{}\"",
+                // SAFETY: as above.
+                unsafe { (*owner).name() }
+            ));
+        report::raise(r);
+    }
+    // A sound live chunk: its redzones are closed, and open only for the check.
+    let req = (rec.requested as usize).min(cap);
+    // SAFETY: the front redzone and `[req, cap)` lie in the chunk's prefix and capacity (caller).
+    unsafe {
+        sanitizer::open(front_redzone(data), FRONT_REDZONE);
+        sanitizer::open(data.add(req), cap - req);
+        let intact = verify::intact(front_redzone(data), FRONT_REDZONE, REDZONE_BYTE)
+            && verify::intact(data.add(req), cap - req, REDZONE_BYTE);
         let found = if intact {
             Ok(None)
         } else {
-            redzones_damaged(owner, ptr, &rec, cap, op)
+            redzones_damaged(owner, data, rec, cap, op)
         };
-        sanitizer::close(front_redzone(ptr), FRONT_REDZONE);
-        sanitizer::close(ptr.add(req), cap - req);
+        sanitizer::close(front_redzone(data), FRONT_REDZONE);
+        sanitizer::close(data.add(req), cap - req);
         found
     }
 }
@@ -999,7 +1039,7 @@ unsafe fn not_a_live_chunk(
 /// # Safety
 /// `block` must be a registered block of `owner`.
 unsafe fn chunk_starts_at(owner: *mut ContextHeader, block: *mut Block, addr: usize) -> bool {
-    // SAFETY: per the contract.
+    // SAFETY: the caller promises a registered block of `owner`, which `chunk_containing` needs.
     unsafe { chunk_containing(owner, block, addr).is_some_and(|(data, _)| data == addr) }
 }
 
@@ -1013,8 +1053,9 @@ unsafe fn chunk_containing(
     addr: usize,
 ) -> Option<(usize, usize)> {
     let mut found = None;
-    // SAFETY: per the contract; the walk stops at the free pointer or an undecodable header, and
-    // reads header words without changing what the tools think of them.
+    // SAFETY: `block` is a registered block of `owner` (the caller's promise), so its header is
+    // readable and its chunks are `owner`'s kind; the walk stops at the free pointer or an
+    // undecodable header, and reads header words without changing what the tools think of them.
     let _ = unsafe {
         kinds::walk_block((*owner).kind, block, |w| {
             let data = w.data as usize;
@@ -1176,7 +1217,8 @@ unsafe fn peek_header(data: *mut u8) -> ChunkHeader {
 /// `chunk` must be an 8-aligned address inside one of this thread's blocks.
 pub(crate) unsafe fn header_peek(chunk: *mut u8) -> ChunkHeader {
     let _peek = sanitizer::peek(chunk, CHUNK_HEADER_SIZE);
-    // SAFETY: per the contract.
+    // SAFETY: the caller promises an 8-aligned address inside one of this thread's blocks, which
+    // are mapped and readable; the peek keeps the tools from reporting the read.
     ChunkHeader(unsafe { (chunk as *const u64).read() })
 }
 

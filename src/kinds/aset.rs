@@ -705,12 +705,12 @@ pub(crate) struct AllocSet;
 impl ContextKind for AllocSet {
     #[inline(always)]
     unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet context of this thread, as `alloc` asks.
         unsafe { alloc(ctx, size) }
     }
     #[inline(always)]
     unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader) {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live chunk of `ctx`, an AllocSet, with header `hdr`, as `free` asks.
         unsafe { free(ctx, data, hdr) }
     }
     #[inline]
@@ -721,29 +721,29 @@ impl ContextKind for AllocSet {
         size: usize,
         old_size: usize,
     ) -> *mut u8 {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live chunk of `ctx` with header `hdr`, as `realloc` asks.
         unsafe { realloc(ctx, data, hdr, size, old_size) }
     }
     unsafe fn reset(ctx: *mut ContextHeader) {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet whose memory nothing uses, as `reset` asks.
         unsafe { reset(ctx) }
     }
     unsafe fn release_all(ctx: *mut ContextHeader) {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet whose memory nothing uses, as `release_all` asks.
         unsafe { release_all(ctx) }
     }
     #[inline(always)]
     unsafe fn owner(data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `owner` asks.
         unsafe { owner(data, hdr) }
     }
     #[inline]
     unsafe fn capacity(data: *mut u8, hdr: ChunkHeader) -> usize {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `chunk_capacity` asks.
         unsafe { chunk_capacity(data, hdr) }
     }
     unsafe fn space(data: *mut u8, hdr: ChunkHeader) -> usize {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `chunk_capacity` asks.
         let cap = unsafe { chunk_capacity(data, hdr) };
         if hdr.is_external() {
             cap + CHUNK_PREFIX
@@ -752,7 +752,7 @@ impl ContextKind for AllocSet {
         }
     }
     unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters {
-        // SAFETY: forwarded contract.
+        // SAFETY: the caller promises a live AllocSet context, as `counters` asks.
         unsafe { counters(ctx) }
     }
 

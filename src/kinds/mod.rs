@@ -148,7 +148,7 @@ pub(crate) trait ContextKind {
     /// # Safety
     /// `ctx` must be a live context of this kind.
     unsafe fn is_empty(ctx: *mut ContextHeader) -> bool {
-        // SAFETY: per the contract.
+        // SAFETY: the caller promises a live context, whose header is readable.
         unsafe { (*ctx).is_reset }
     }
 
@@ -187,7 +187,8 @@ macro_rules! with_kind {
 /// As [`ContextKind::alloc`], for the kind of `ctx`.
 #[inline(always)]
 pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
-    // SAFETY: per the contract; the header's kind id names the kind that set it up.
+    // SAFETY: the header's kind id names the kind whose `init` set the context up, so the caller's
+    // promise (a live context of this thread) is the one `K::alloc` asks of a context of kind `K`.
     unsafe { with_kind!((*ctx).kind, K => K::alloc(ctx, size)) }
 }
 
@@ -196,7 +197,8 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
 /// # Safety
 /// As [`ContextKind::reset`].
 pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
-    // SAFETY: per the contract.
+    // SAFETY: the header's kind id names the kind that set the context up, so the caller's promise
+    // (live, its memory unused) is the one `K::reset` asks.
     unsafe { with_kind!((*ctx).kind, K => K::reset(ctx)) }
 }
 
@@ -205,7 +207,7 @@ pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
 /// # Safety
 /// As [`ContextKind::release_all`].
 pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
-    // SAFETY: per the contract.
+    // SAFETY: as `reset`: the kind id picks the kind whose promise the caller made.
     unsafe { with_kind!((*ctx).kind, K => K::release_all(ctx)) }
 }
 
@@ -214,7 +216,7 @@ pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
 /// # Safety
 /// As [`ContextKind::is_empty`].
 pub(crate) unsafe fn is_empty(ctx: *mut ContextHeader) -> bool {
-    // SAFETY: per the contract.
+    // SAFETY: the kind id picks the context's own kind; the caller promises it is live.
     unsafe { with_kind!((*ctx).kind, K => K::is_empty(ctx)) }
 }
 
@@ -223,7 +225,7 @@ pub(crate) unsafe fn is_empty(ctx: *mut ContextHeader) -> bool {
 /// # Safety
 /// As [`ContextKind::counters`].
 pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
-    // SAFETY: per the contract.
+    // SAFETY: the kind id picks the context's own kind; the caller promises it is live.
     unsafe { with_kind!((*ctx).kind, K => K::counters(ctx)) }
 }
 
@@ -262,7 +264,8 @@ pub(crate) fn invalid_pointer(op: &str, ptr: *mut u8, hdr: ChunkHeader) -> ! {
 /// As [`ContextKind::free`], the context being the chunk's owner.
 #[inline(always)]
 pub(crate) unsafe fn free(kind: KindId, data: *mut u8, hdr: ChunkHeader) {
-    // SAFETY: per the contract.
+    // SAFETY: `kind` is the id the chunk's header carries, so `K::owner` reads the chunk's own block
+    // and finds its context; the caller promises the chunk is live, which `K::free` asks.
     unsafe { with_kind!(kind, K => K::free(K::owner(data, hdr), data, hdr)) }
 }
 
@@ -278,7 +281,7 @@ pub(crate) unsafe fn realloc(
     size: usize,
     old_size: usize,
 ) -> *mut u8 {
-    // SAFETY: per the contract.
+    // SAFETY: as `free`: `kind` is the chunk's own, so `K::owner` finds the context `K::realloc` needs.
     unsafe { with_kind!(kind, K => K::realloc(K::owner(data, hdr), data, hdr, size, old_size)) }
 }
 
@@ -288,7 +291,7 @@ pub(crate) unsafe fn realloc(
 /// As [`ContextKind::owner`].
 #[inline(always)]
 pub(crate) unsafe fn owner(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
-    // SAFETY: per the contract.
+    // SAFETY: `kind` is the id the chunk's header carries; the caller promises a live chunk.
     unsafe { with_kind!(kind, K => K::owner(data, hdr)) }
 }
 
@@ -298,7 +301,7 @@ pub(crate) unsafe fn owner(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> *mu
 /// As [`ContextKind::capacity`].
 #[inline]
 pub(crate) unsafe fn capacity(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `kind` is the id the chunk's header carries; the caller promises a live chunk.
     unsafe { with_kind!(kind, K => K::capacity(data, hdr)) }
 }
 
@@ -307,7 +310,7 @@ pub(crate) unsafe fn capacity(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> 
 /// # Safety
 /// As [`ContextKind::space`].
 pub(crate) unsafe fn space(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `kind` is the id the chunk's header carries; the caller promises a live chunk.
     unsafe { with_kind!(kind, K => K::space(data, hdr)) }
 }
 
@@ -322,7 +325,8 @@ pub(crate) unsafe fn link_block(
     size: usize,
     as_head: bool,
 ) {
-    // SAFETY: per the contract; the neighbours are blocks of `ctx`.
+    // SAFETY: `block` is a fresh allocation of `size` bytes (the caller's promise), so its header
+    // and its end lie in it; the list head and its successor are blocks of the live `ctx`.
     unsafe {
         let head = (*ctx).blocks;
         let (prev, next) = if as_head || head.is_null() {
@@ -348,7 +352,8 @@ pub(crate) unsafe fn link_block(
 /// # Safety
 /// `block` must be a block of the live context `ctx` whose `prev` and `next` are right.
 pub(crate) unsafe fn relink_moved_block(ctx: *mut ContextHeader, block: *mut Block) {
-    // SAFETY: per the contract.
+    // SAFETY: the caller promises `prev` and `next` are blocks of `ctx` or null, so each store hits
+    // a live block header or `ctx`'s list head.
     unsafe {
         if (*block).prev.is_null() {
             (*ctx).blocks = block;
@@ -366,7 +371,8 @@ pub(crate) unsafe fn relink_moved_block(ctx: *mut ContextHeader, block: *mut Blo
 /// # Safety
 /// `block` must be a block of the live context `ctx`.
 pub(crate) unsafe fn unlink_block(ctx: *mut ContextHeader, block: *mut Block) -> usize {
-    // SAFETY: per the contract; its neighbours are its list mates.
+    // SAFETY: `block` is on `ctx`'s list (the caller's promise), so its neighbours are live blocks of
+    // `ctx` or null, and its size was added to `mem_allocated` when it was linked.
     unsafe {
         let (prev, next, size) = ((*block).prev, (*block).next, (*block).size());
         if prev.is_null() {

@@ -76,8 +76,9 @@ pub(crate) unsafe fn walk_block<F>(
 where
     F: FnMut(&Walked) -> ControlFlow<()>,
 {
-    // SAFETY: per the contract every chunk start below the free pointer lies in the block; a
-    // header is read there only once the previous chunk decoded with a footprint inside it.
+    // SAFETY: the caller promises a block of a live context with sane header fields. Every chunk
+    // start below the free pointer (and the end) lies in the block, and a header is read there only
+    // once the previous chunk decoded with a footprint inside the block.
     unsafe {
         let free = (*block).free_ptr;
         let mut c = Block::first_chunk(block);
