@@ -730,53 +730,13 @@ fn writer(config: &DumperConfig, first_seq: u64) {
     };
     let mut st = lock_state();
     loop {
-        // Idle: wait for a request, a signal, the next periodic dump, or stop.
-        let trigger = loop {
-            if st.stop {
-                return;
-            }
-            if let Some(t) = due.next(config, st.requested > st.served) {
-                break t;
-            }
-            st = CV
-                .wait_timeout(st, due.wait(config))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let Some((guard, trigger)) = wait_for_trigger(st, config, &mut due) else {
+            return;
         };
-
-        // Open the request and collect answers until everyone live answered or the deadline.
-        let covers = st.requested;
-        st.last_gen += 1;
-        let gen = st.last_gen;
-        st.open_gen = gen;
-        st.answers.clear();
-        REQUEST.store(gen, Ordering::Release);
-        CV.notify_all();
-        let deadline = Instant::now() + config.deadline;
-        loop {
-            if st.stop {
-                REQUEST.store(0, Ordering::Release);
-                st.open_gen = 0;
-                st.answers.clear();
-                return;
-            }
-            if all_answered(&st.answers) {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            st = CV
-                .wait_timeout(st, (deadline - now).min(ANSWER_POLL))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        REQUEST.store(0, Ordering::Release);
-        st.open_gen = 0;
-        let answers = core::mem::take(&mut st.answers);
-        drop(st);
-
+        let covers = guard.requested;
+        let Some(answers) = collect_answers(guard, config) else {
+            return;
+        };
         let mut snapshot = assemble(answers, seq);
         snapshot.trigger = Some(trigger);
         let path = config.dir.join(snapshot_file_name(seq));
@@ -784,7 +744,6 @@ fn writer(config: &DumperConfig, first_seq: u64) {
         if let (Ok(()), Some(n)) = (&result, config.keep) {
             prune(&config.dir, n);
         }
-
         st = lock_state();
         st.served = covers;
         match result {
@@ -802,6 +761,60 @@ fn writer(config: &DumperConfig, first_seq: u64) {
         }
         CV.notify_all();
     }
+}
+
+/// The writer idle: waits for a request, a signal, the next periodic dump, or stop (`None`).
+fn wait_for_trigger<'a>(
+    mut st: MutexGuard<'a, State>,
+    config: &DumperConfig,
+    due: &mut Due,
+) -> Option<(MutexGuard<'a, State>, Trigger)> {
+    loop {
+        if st.stop {
+            return None;
+        }
+        if let Some(t) = due.next(config, st.requested > st.served) {
+            return Some((st, t));
+        }
+        st = CV
+            .wait_timeout(st, due.wait(config))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
+/// Opens a request and collects the threads' answers until every live thread answered or the
+/// deadline passed; closes it and returns them with the state unlocked (`None` on stop).
+fn collect_answers(
+    mut st: MutexGuard<'_, State>,
+    config: &DumperConfig,
+) -> Option<Vec<ThreadCopy>> {
+    st.last_gen += 1;
+    let gen = st.last_gen;
+    st.open_gen = gen;
+    st.answers.clear();
+    REQUEST.store(gen, Ordering::Release);
+    CV.notify_all();
+    let deadline = Instant::now() + config.deadline;
+    loop {
+        if st.stop {
+            REQUEST.store(0, Ordering::Release);
+            st.open_gen = 0;
+            st.answers.clear();
+            return None;
+        }
+        let now = Instant::now();
+        if all_answered(&st.answers) || now >= deadline {
+            break;
+        }
+        st = CV
+            .wait_timeout(st, (deadline - now).min(ANSWER_POLL))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    REQUEST.store(0, Ordering::Release);
+    st.open_gen = 0;
+    Some(core::mem::take(&mut st.answers))
 }
 
 /// Builds the snapshot from the answers: answered threads with their trees, exited threads whose

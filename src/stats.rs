@@ -693,73 +693,79 @@ pub fn from_json(s: &str) -> Result<StatsNode, serde_json::Error> {
 
 /// Rebuilds a tree from rows linked by `parent_id`, without recursion.
 fn tree_from_rows(contexts: Vec<ContextRow>) -> Result<StatsNode, String> {
-    let n = contexts.len();
-    let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(n);
-    for (i, row) in contexts.iter().enumerate() {
-        if index_of.insert(row.id, i).is_some() {
-            return Err(format!("duplicate context id {} in snapshot", row.id));
-        }
-    }
-
-    let mut root = None;
-    let mut parent_of: Vec<Option<usize>> = Vec::with_capacity(n);
-    let mut child_count = vec![0usize; n];
-    for row in &contexts {
-        match row.parent_id {
-            None => {
-                if let Some(first) = root {
-                    let first: &ContextRow = &contexts[first];
-                    return Err(format!(
-                        "snapshot has more than one root context (ids {} and {})",
-                        first.id, row.id
-                    ));
-                }
-                root = Some(parent_of.len());
-                parent_of.push(None);
-            }
-            Some(pid) => {
-                let p = *index_of.get(&pid).ok_or_else(|| {
-                    format!(
-                        "context {} names parent {pid}, which is not in the snapshot",
-                        row.id
-                    )
-                })?;
-                child_count[p] += 1;
-                parent_of.push(Some(p));
-            }
-        }
-    }
-    let root = root.ok_or("snapshot has no root context (a row with parent_id null)")?;
-
-    // Turn the rows into childless nodes, then attach children bottom-up: a
-    // context is attached to its parent once all its own children have been.
-    let mut nodes: Vec<Option<StatsNode>> = contexts
-        .into_iter()
-        .map(|row| {
-            Some(StatsNode {
-                id: row.id,
-                name: row.name,
-                ident: row.ident,
-                kind: row.kind,
-                counters: Counters {
-                    total_bytes: row.total_bytes,
-                    total_nblocks: row.total_nblocks,
-                    free_bytes: row.free_bytes,
-                    free_chunks: row.free_chunks,
-                },
-                children: Vec::new(),
-            })
-        })
-        .collect();
-    let mut children_of: Vec<Vec<usize>> =
-        child_count.iter().map(|&c| Vec::with_capacity(c)).collect();
+    let (root, parent_of) = parents_of(&contexts)?;
+    let mut children_of: Vec<Vec<usize>> = vec![Vec::new(); contexts.len()];
     for (i, parent) in parent_of.iter().enumerate() {
         if let Some(p) = parent {
             children_of[*p].push(i);
         }
     }
+    // Turn the rows into childless nodes, then attach children bottom-up.
+    let nodes = contexts.into_iter().map(|row| Some(node_of(row))).collect();
+    attach_children(nodes, &children_of, root)
+}
 
-    // Post-order over the tree reachable from the root, iteratively.
+/// The root's index and each row's parent index, checking that ids are unique, that exactly one
+/// row has no parent, and that every parent id is a row of the snapshot.
+fn parents_of(contexts: &[ContextRow]) -> Result<(usize, Vec<Option<usize>>), String> {
+    let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(contexts.len());
+    for (i, row) in contexts.iter().enumerate() {
+        if index_of.insert(row.id, i).is_some() {
+            return Err(format!("duplicate context id {} in snapshot", row.id));
+        }
+    }
+    let mut root: Option<usize> = None;
+    let mut parent_of = Vec::with_capacity(contexts.len());
+    for (i, row) in contexts.iter().enumerate() {
+        let Some(pid) = row.parent_id else {
+            if let Some(first) = root {
+                return Err(format!(
+                    "snapshot has more than one root context (ids {} and {})",
+                    contexts[first].id, row.id
+                ));
+            }
+            root = Some(i);
+            parent_of.push(None);
+            continue;
+        };
+        let p = *index_of.get(&pid).ok_or_else(|| {
+            format!(
+                "context {} names parent {pid}, which is not in the snapshot",
+                row.id
+            )
+        })?;
+        parent_of.push(Some(p));
+    }
+    let root = root.ok_or("snapshot has no root context (a row with parent_id null)")?;
+    Ok((root, parent_of))
+}
+
+/// A row as a childless stats node.
+fn node_of(row: ContextRow) -> StatsNode {
+    StatsNode {
+        id: row.id,
+        name: row.name,
+        ident: row.ident,
+        kind: row.kind,
+        counters: Counters {
+            total_bytes: row.total_bytes,
+            total_nblocks: row.total_nblocks,
+            free_bytes: row.free_bytes,
+            free_chunks: row.free_chunks,
+        },
+        children: Vec::new(),
+    }
+}
+
+/// Attaches every node to its parent, post-order from `root` without recursion (a context is
+/// attached once all its own children are), and returns the root; an error when a node is
+/// reached twice or not at all.
+fn attach_children(
+    mut nodes: Vec<Option<StatsNode>>,
+    children_of: &[Vec<usize>],
+    root: usize,
+) -> Result<StatsNode, String> {
+    let n = nodes.len();
     let mut attached = 0usize;
     let mut stack: Vec<(usize, bool)> = vec![(root, false)];
     while let Some((i, expanded)) = stack.pop() {

@@ -23,6 +23,13 @@
 //! What is deliberately not here: chunk-level checks. In the debug build the hooks in `crate::hooks`
 //! see every carve, free and reset and do the checking; the algorithm below is identical in both
 //! builds, only the chunk prefix and the size class chosen for a request differ.
+//!
+//! The context header holds what every kind has — the block list, whose head is the active block,
+//! and the keeper — and [`AllocSetState`] the rest: the freelists and the block sizes. [`AllocSet`]
+//! puts the functions below behind the kind interface (`crate::kinds`), and its `decode_chunk` is
+//! the one description of how a block's chunks follow each other: a header whose value is a size
+//! class, a footprint of prefix plus class rounded to 16, and for a chunk with a block of its own,
+//! the rest of the block.
 
 use core::ptr;
 use std::alloc::{self, Layout};

@@ -66,8 +66,8 @@ pub(crate) fn decode_chunk(
 /// of the bytes as it was: a walk may pass over damage, and must not disturb it.
 ///
 /// # Safety
-/// `block` must be a block of a live context of kind `kind` whose header fields are sane: its
-/// free pointer lies between its first chunk and its end.
+/// `block` must be a block of a live context of kind `kind` whose end pointer is its own (the
+/// walk stops at the end pointer if the free pointer lies past it).
 pub(crate) unsafe fn walk_block<F>(
     kind: KindId,
     block: *mut Block,
@@ -76,13 +76,13 @@ pub(crate) unsafe fn walk_block<F>(
 where
     F: FnMut(&Walked) -> ControlFlow<()>,
 {
-    // SAFETY: the caller promises a block of a live context with sane header fields. Every chunk
-    // start below the free pointer (and the end) lies in the block, and a header is read there only
-    // once the previous chunk decoded with a footprint inside the block.
+    // SAFETY: the caller promises a block of a live context whose end pointer is right. Every
+    // chunk start below both the free and the end pointer lies in the block, and a header is read
+    // there only once the previous chunk decoded with a footprint inside the block.
     unsafe {
-        let free = (*block).free_ptr;
+        let limit = (*block).free_ptr.min((*block).end_ptr);
         let mut c = Block::first_chunk(block);
-        while c < free {
+        while c < limit {
             let hdr = crate::hooks::header_peek(c);
             let w = decode_chunk(kind, block, c, hdr)?;
             if visit(&w).is_break() {
