@@ -365,7 +365,23 @@ unsafe fn carve(
     idx: usize,
     fp: usize,
 ) -> *mut u8 {
-    // SAFETY: per the contract, `[free_ptr, free_ptr + fp)` is unused space of `block`.
+    // SAFETY: the caller promises `[free_ptr, free_ptr + fp)` is unused space of `block`.
+    unsafe {
+        let data = cut(ctx, block, idx, fp);
+        hooks::chunk_carved(ctx, data, size, class_size(idx));
+        data
+    }
+}
+
+/// Cuts a chunk of class `idx` (footprint `fp`) from the free space of `block` and writes its
+/// header; returns its data pointer. The caller tells the hooks what the chunk is for.
+///
+/// # Safety
+/// `block` must be a block of the live context `ctx` with at least `fp` free bytes.
+#[inline(always)]
+unsafe fn cut(ctx: *mut ContextHeader, block: *mut Block, idx: usize, fp: usize) -> *mut u8 {
+    // SAFETY: the caller promises `[free_ptr, free_ptr + fp)` is unused space of `block`, so the
+    // header written at its start lies in the block.
     unsafe {
         let chunk = (*block).free_ptr;
         (*block).free_ptr = chunk.add(fp);
@@ -375,9 +391,7 @@ unsafe fn carve(
             chunk,
             ChunkHeader::new(ChunkKind::AllocSet, false, idx as u32, offset),
         );
-        let data = chunk::data_of(chunk);
-        hooks::chunk_carved(ctx, data, size, class_size(idx));
-        data
+        chunk::data_of(chunk)
     }
 }
 
@@ -418,15 +432,7 @@ unsafe fn carve_leftover(ctx: *mut ContextHeader, block: *mut Block) {
             while FOOTPRINTS[idx] > avail {
                 idx -= 1;
             }
-            let chunk = (*block).free_ptr;
-            (*block).free_ptr = chunk.add(FOOTPRINTS[idx]);
-            let offset = chunk as usize - block as usize;
-            hooks::space_carving(ctx, block, chunk);
-            chunk::write_header(
-                chunk,
-                ChunkHeader::new(ChunkKind::AllocSet, false, idx as u32, offset),
-            );
-            let data = chunk::data_of(chunk);
+            let data = cut(ctx, block, idx, FOOTPRINTS[idx]);
             hooks::leftover_carved(ctx, data, class_size(idx));
             (data as *mut *mut u8).write((*ctx).state.aset.freelist[idx]);
             hooks::freelist_close(data);
@@ -602,7 +608,8 @@ unsafe fn realloc_large(
     let Some(new_size) = large_block_size(need) else {
         return ptr::null_mut();
     };
-    // SAFETY: `block` is the chunk's own block (caller); after realloc only the new address is used.
+    // SAFETY: `block` is the chunk's own block (caller); after realloc only the new address is
+    // used.
     unsafe {
         let block = chunk::block_of(data, hdr);
         let old_size = (*block).size();
@@ -717,7 +724,8 @@ impl ContextKind for AllocSet {
     }
     #[inline(always)]
     unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader) {
-        // SAFETY: the caller promises a live chunk of `ctx`, an AllocSet, with header `hdr`, as `free` asks.
+        // SAFETY: the caller promises a live chunk of `ctx`, an AllocSet, with header `hdr`, as
+        // `free` asks.
         unsafe { free(ctx, data, hdr) }
     }
     #[inline]
@@ -736,7 +744,8 @@ impl ContextKind for AllocSet {
         unsafe { reset(ctx) }
     }
     unsafe fn release_all(ctx: *mut ContextHeader) {
-        // SAFETY: the caller promises a live AllocSet whose memory nothing uses, as `release_all` asks.
+        // SAFETY: the caller promises a live AllocSet whose memory nothing uses, as `release_all`
+        // asks.
         unsafe { release_all(ctx) }
     }
     #[inline(always)]
@@ -746,11 +755,13 @@ impl ContextKind for AllocSet {
     }
     #[inline]
     unsafe fn capacity(data: *mut u8, hdr: ChunkHeader) -> usize {
-        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `chunk_capacity` asks.
+        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `chunk_capacity`
+        // asks.
         unsafe { chunk_capacity(data, hdr) }
     }
     unsafe fn space(data: *mut u8, hdr: ChunkHeader) -> usize {
-        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `chunk_capacity` asks.
+        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`, as `chunk_capacity`
+        // asks.
         let cap = unsafe { chunk_capacity(data, hdr) };
         if hdr.is_external() {
             cap + CHUNK_PREFIX

@@ -281,7 +281,8 @@ pub(crate) unsafe fn realloc(
     size: usize,
     old_size: usize,
 ) -> *mut u8 {
-    // SAFETY: as `free`: `kind` is the chunk's own, so `K::owner` finds the context `K::realloc` needs.
+    // SAFETY: as `free`: `kind` is the chunk's own, so `K::owner` finds the context
+    // `K::realloc` needs.
     unsafe { with_kind!(kind, K => K::realloc(K::owner(data, hdr), data, hdr, size, old_size)) }
 }
 
