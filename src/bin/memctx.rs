@@ -456,7 +456,7 @@ fn diff(args: &DiffArgs) -> Result<Outcome, String> {
     };
     let report = series.stream.finish(&opts).map_err(|e| e.to_string())?;
     if args.json {
-        print_out(&format!("{:#}\n", report.to_json()))?;
+        print_with(|w| report.write_json(w).and_then(|()| w.write_all(b"\n")))?;
     } else {
         let opts = ReportOptions {
             top: args.top,
@@ -538,9 +538,16 @@ fn write_output(
 }
 
 fn print_out(s: &str) -> Result<(), String> {
+    print_with(|w| w.write_all(s.as_bytes()))
+}
+
+/// Writes through `draw` to standard output.
+fn print_with(
+    draw: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), String> {
     let stdout = std::io::stdout();
-    let mut w = stdout.lock();
-    match w.write_all(s.as_bytes()).and_then(|()| w.flush()) {
+    let mut w = BufWriter::new(stdout.lock());
+    match draw(&mut w).and_then(|()| w.flush()) {
         Ok(()) => Ok(()),
         // `memctx ... | head` closing the pipe is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
