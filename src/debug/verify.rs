@@ -138,7 +138,7 @@ pub(crate) unsafe fn intact(ptr: *const u8, len: usize, byte: u8) -> bool {
 }
 
 /// Ranges at least this long are compared by [`intact_long`].
-const LONG: usize = 1024;
+const LONG: usize = 256;
 
 /// Bytes of each pattern page [`intact_long`] compares against.
 const PATTERN_PAGE: usize = 4096;
