@@ -269,35 +269,46 @@ fn read_process(file: &Path, pid: Option<u32>) -> Result<Vec<Dump>, String> {
     Ok(selection.dumps)
 }
 
-/// The dump `--index` names, or the last one, named on standard error when there are several.
-fn pick(dumps: Vec<Dump>, index: Option<usize>, file: &Path) -> Result<Dump, String> {
-    let n = dumps.len();
-    match index {
-        None => {
-            let last = dumps
-                .into_iter()
-                .last()
-                .expect("a selection is never empty");
-            if n > 1 {
-                eprintln!(
-                    "memctx: note: {} holds {n} dumps; showing the last, {}{} (--index N for \
-                     another)",
-                    file.display(),
-                    last.source,
-                    last.line
-                        .map(|l| format!(" at line {l}"))
-                        .unwrap_or_default()
-                );
+/// The dump `--index` names in a file (or the last, named on standard error when there are
+/// several), of one process by the rule every command follows. The file is read as a stream: only
+/// the dumps' headers and the chosen dump are kept.
+fn read_one(file: &Path, choice: &DumpChoice) -> Result<Dump, String> {
+    let (mut heads, mut chosen, mut n) = (Vec::new(), None, 0);
+    leak::parse::visit_file(file, &mut |d| {
+        heads.push(d.header());
+        if choice.pid.map_or(true, |p| d.pid == Some(p)) {
+            n += 1;
+            if choice.index.map_or(true, |i| i == n) {
+                chosen = Some(d);
             }
-            Ok(last)
         }
-        Some(i) if (1..=n).contains(&i) => Ok(dumps.into_iter().nth(i - 1).expect("in range")),
-        Some(i) => Err(format!(
+    })
+    .map_err(|e| e.to_string())?;
+    let selection = leak::select_pid(heads, choice.pid).map_err(|e| e.to_string())?;
+    warn_all(&selection.skipped);
+    warn(&selection.dumps);
+    let n = selection.dumps.len();
+    let Some(dump) = chosen.filter(|_| choice.index.map_or(true, |i| (1..=n).contains(&i))) else {
+        let i = choice
+            .index
+            .expect("without --index the last dump is chosen");
+        return Err(format!(
             "{}: --index {i}: the file holds {n} dump{}",
             file.display(),
             if n == 1 { "" } else { "s" }
-        )),
+        ));
+    };
+    if choice.index.is_none() && n > 1 {
+        eprintln!(
+            "memctx: note: {} holds {n} dumps; showing the last, {}{} (--index N for another)",
+            file.display(),
+            dump.source,
+            dump.line
+                .map(|l| format!(" at line {l}"))
+                .unwrap_or_default()
+        );
     }
+    Ok(dump)
 }
 
 fn run(cmd: Command) -> Result<Outcome, String> {
@@ -380,10 +391,9 @@ fn stats(args: &StatsArgs) -> Result<Outcome, String> {
         max_level: args.max_level,
         max_children: args.max_children,
     };
-    let dumps = read_process(&args.file, args.choice.pid)?;
     let mut out = String::new();
     if args.all {
-        for d in &dumps {
+        for d in &read_process(&args.file, args.choice.pid)? {
             out.push_str(&format!("== {} ({}", d.source, d.format.description()));
             if let Some(p) = d.pid {
                 out.push_str(&format!(", PID {p}"));
@@ -392,7 +402,7 @@ fn stats(args: &StatsArgs) -> Result<Outcome, String> {
             out.push_str(&render::stats_text(d, &opts));
         }
     } else {
-        let d = pick(dumps, args.choice.index, &args.file)?;
+        let d = read_one(&args.file, &args.choice)?;
         out.push_str(&render::stats_text(&d, &opts));
     }
     print_out(&out)?;
@@ -475,8 +485,7 @@ fn diff(args: &DiffArgs) -> Result<Outcome, String> {
 
 fn flame(args: &FlameArgs) -> Result<Outcome, String> {
     let metric = if args.used { Metric::Used } else { args.metric };
-    let dumps = read_process(&args.file, args.choice.pid)?;
-    let dump = pick(dumps, args.choice.index, &args.file)?;
+    let dump = read_one(&args.file, &args.choice)?;
     if metric == Metric::Used && !dump.has_detail {
         return Err(format!(
             "{}: {} records no used bytes: draw by total bytes (--metric total)",
