@@ -296,6 +296,23 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Runs pushed at once are the same series as their values pushed one by one.
+        #[test]
+        fn runs_are_their_values(runs in prop::collection::vec((value(), 0usize..4), 0..30)) {
+            let mut at_once = Samples::new();
+            let mut one_by_one = Samples::new();
+            for &(v, n) in &runs {
+                at_once.push_n(v, n);
+                (0..n).for_each(|_| one_by_one.push(v));
+            }
+            let values: Vec<Option<u64>> =
+                runs.iter().flat_map(|&(v, n)| std::iter::repeat(v).take(n)).collect();
+            prop_assert_eq!(at_once.to_vec(), values);
+            prop_assert_eq!(at_once, one_by_one);
+        }
+    }
+
     #[test]
     fn runs_cost_one_token() {
         let mut s = Samples::new();
