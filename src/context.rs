@@ -356,7 +356,8 @@ pub(crate) fn create(
 /// # Safety
 /// `ctx` must be live and unlinked; `parent` live or null.
 unsafe fn link_child(parent: *mut ContextHeader, ctx: *mut ContextHeader) {
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is live and unlinked, `parent` live or null (caller); the first child we
+    // link before is a live member of `parent`'s list.
     unsafe {
         (*ctx).parent = parent;
         (*ctx).prev_sibling = ptr::null_mut();
@@ -378,7 +379,8 @@ unsafe fn link_child(parent: *mut ContextHeader, ctx: *mut ContextHeader) {
 /// # Safety
 /// `ctx` must be live.
 unsafe fn unlink_child(ctx: *mut ContextHeader) {
-    // SAFETY: per the contract; siblings and parent are live members of the same tree.
+    // SAFETY: `ctx` is live (caller), and its siblings and parent are live members of the same
+    // tree: only `unlink_child` takes a context out, and it fixes their links first.
     unsafe {
         let (parent, prev, next) = ((*ctx).parent, (*ctx).prev_sibling, (*ctx).next_sibling);
         if !prev.is_null() {
@@ -584,7 +586,8 @@ impl BusyMark {
     /// # Safety
     /// `ctx` must be live and stay live until the mark is dropped.
     unsafe fn new(ctx: *mut ContextHeader) -> BusyMark {
-        // SAFETY: per the contract.
+        // SAFETY: `ctx` is live until the mark is dropped (caller), so its header and its
+        // ancestors' (whose pin counts `add_pins` raises) are writable.
         unsafe {
             (*ctx).busy = true;
             add_pins(ctx, 1);
@@ -679,7 +682,8 @@ unsafe fn leave_if_current(ctx: *mut ContextHeader) {
 /// # Safety
 /// `ctx` must be live, childless, unpinned, its callbacks already run.
 unsafe fn delete_one(ctx: *mut ContextHeader) {
-    // SAFETY: per the contract; the header goes onto a recycle list, never back to the system.
+    // SAFETY: `ctx` is live, childless and unpinned, its callbacks run (caller), so nothing
+    // reaches its blocks any more; the header goes onto a recycle list, never back to the system.
     unsafe {
         debug_assert!((*ctx).first_child.is_null() && (*ctx).subtree_pins == 0);
         crate::hooks::context_deleting(ctx);
@@ -1285,7 +1289,8 @@ impl MemoryContext {
 /// # Safety
 /// `ctx` must be live and nothing in its subtree pinned.
 unsafe fn reset_subtree_keeping(ctx: *mut ContextHeader) {
-    // SAFETY: per the contract; a reset never unlinks a context, so the walk stays valid.
+    // SAFETY: `ctx` is live and nothing under it pinned (caller); a reset never unlinks a
+    // context, so the post-order walk's links stay valid while it resets.
     unsafe {
         for_each_post_order(ctx, |c| {
             call_callbacks(c);

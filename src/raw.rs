@@ -90,7 +90,8 @@ fn check_huge_size(size: usize, flags: AllocFlags) {
 /// `ctx` must be a live context of the calling thread; `size` at most [`MAX_ALLOC_HUGE_SIZE`].
 #[inline(always)]
 pub(crate) unsafe fn alloc_unchecked(ctx: *mut ContextHeader, size: usize, zero: bool) -> *mut u8 {
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is a live context of this thread and `size` within the huge limit (caller),
+    // which is what every kind's alloc needs.
     let p = unsafe { kinds::alloc(ctx, size) };
     if zero && !p.is_null() {
         // SAFETY: `p` has at least `size` writable bytes.
@@ -106,7 +107,8 @@ pub(crate) unsafe fn alloc_unchecked(ctx: *mut ContextHeader, size: usize, zero:
 #[inline(always)]
 unsafe fn alloc_in(ctx: *mut ContextHeader, size: usize, flags: AllocFlags) -> *mut u8 {
     check_size(size, flags);
-    // SAFETY: per the contract; size checked.
+    // SAFETY: `ctx` is a live context of this thread (caller) and `check_size` just bounded
+    // `size` by the limit `flags` allow, at most the huge limit.
     let p = unsafe { alloc_unchecked(ctx, size, flags.contains(AllocFlags::ZERO)) };
     if p.is_null() && !flags.contains(AllocFlags::NO_OOM) {
         // SAFETY: live context.
@@ -185,14 +187,16 @@ pub(crate) unsafe fn alloc_aligned_in(
         panic!("invalid alignment {align} requested in palloc_aligned");
     }
     if align <= CHUNK_ALIGN {
-        // SAFETY: per the contract.
+        // SAFETY: `ctx` is a live context of this thread (caller); every chunk is already
+        // `CHUNK_ALIGN`-aligned, so the plain path serves this alignment.
         return unsafe { alloc_in(ctx, size, flags) };
     }
     check_size(size, flags);
     // The over-allocation is ours, not the caller's: a size the limit allows that cannot be padded
     // is out of memory for the request, never "invalid size" for a number nobody asked for.
     let base = match size.checked_add(align + CHUNK_PREFIX) {
-        // SAFETY: per the contract; the padded size is within the huge limit.
+        // SAFETY: `ctx` is a live context of this thread (caller); the guard bounds the padded
+        // size by the huge limit.
         Some(total) if total <= MAX_ALLOC_HUGE_SIZE => unsafe {
             alloc_unchecked(ctx, total, false)
         },
@@ -235,7 +239,9 @@ pub(crate) unsafe fn alloc_aligned_in(
 /// If `ptr` is null, or its header names no context kind (a pointer memctx never handed out).
 #[inline]
 pub unsafe fn pfree(ptr: *mut u8) {
-    // SAFETY: per the contract (validated first in the debug build).
+    // SAFETY: the caller promises `ptr` is a live chunk of this thread; the debug build checks
+    // that first and returns on a reported violation, so the header read and the kind's free
+    // below see a chunk header.
     unsafe {
         if !hooks::validate_pointer(ptr, "pfree", None) {
             return;
@@ -266,7 +272,8 @@ unsafe fn free_unvalidated(ptr: *mut u8, op: &str) {
 /// # Safety
 /// As [`pfree`].
 pub(crate) unsafe fn pfree_in(expected: *mut ContextHeader, ptr: *mut u8) {
-    // SAFETY: per the contract.
+    // SAFETY: as in `pfree`: `ptr` is a live chunk of this thread (caller), checked first in the
+    // debug build against `expected` too.
     unsafe {
         if !hooks::validate_pointer(ptr, "deallocate", Some(expected)) {
             return;
@@ -285,7 +292,7 @@ pub(crate) unsafe fn pfree_in(expected: *mut ContextHeader, ptr: *mut u8) {
 /// # Panics
 /// As [`palloc`] for the new size, and as [`pfree`] for the pointer.
 pub unsafe fn repalloc(ptr: *mut u8, size: usize) -> *mut u8 {
-    // SAFETY: per the contract.
+    // SAFETY: `repalloc_extended` asks what this function's caller promises: a live chunk.
     unsafe { repalloc_extended(ptr, size, AllocFlags::NONE) }
 }
 
@@ -297,7 +304,7 @@ pub unsafe fn repalloc(ptr: *mut u8, size: usize) -> *mut u8 {
 /// # Panics
 /// As [`repalloc`].
 pub unsafe fn repalloc_huge(ptr: *mut u8, size: usize) -> *mut u8 {
-    // SAFETY: per the contract.
+    // SAFETY: `repalloc_extended` asks what this function's caller promises: a live chunk.
     unsafe { repalloc_extended(ptr, size, AllocFlags::HUGE) }
 }
 
@@ -311,7 +318,7 @@ pub unsafe fn repalloc_huge(ptr: *mut u8, size: usize) -> *mut u8 {
 /// # Panics
 /// As [`repalloc`].
 pub unsafe fn repalloc_extended(ptr: *mut u8, size: usize, flags: AllocFlags) -> *mut u8 {
-    // SAFETY: per the contract.
+    // SAFETY: `realloc_in` asks what this function's caller promises: a live chunk.
     unsafe { realloc_in(ptr, size, flags, None, None) }
 }
 
@@ -330,7 +337,8 @@ pub(crate) unsafe fn realloc_in(
     expected: Option<*mut ContextHeader>,
 ) -> *mut u8 {
     check_size(size, flags);
-    // SAFETY: per the contract (validated first in the debug build).
+    // SAFETY: `ptr` is a live chunk of this thread (caller); the debug build checks that first
+    // and returns null on a reported violation, so the header reads below see a chunk header.
     unsafe {
         if !hooks::validate_pointer(ptr, "repalloc", expected) {
             return ptr::null_mut();
@@ -388,7 +396,8 @@ unsafe fn realloc_redirect(
 /// # Safety
 /// `ptr` must be a live chunk.
 pub(crate) unsafe fn chunk_context_ptr(ptr: *mut u8) -> *mut ContextHeader {
-    // SAFETY: per the contract.
+    // SAFETY: `ptr` is a live chunk (caller), so a chunk header precedes it and its kind's
+    // back-link leads to its block and context.
     unsafe {
         let hdr = chunk::read_header(ptr);
         match kinds::target(ptr, hdr, "GetMemoryChunkContext") {
@@ -406,7 +415,8 @@ pub(crate) unsafe fn chunk_context_ptr(ptr: *mut u8) -> *mut ContextHeader {
 /// # Panics
 /// As [`pfree`].
 pub unsafe fn chunk_context(ptr: *mut u8) -> MemoryContext {
-    // SAFETY: per the contract.
+    // SAFETY: `ptr` is a live chunk of this thread (caller), checked first in the debug build,
+    // so its header and the context it names are readable.
     unsafe {
         if !hooks::validate_pointer(ptr, "GetMemoryChunkContext", None) {
             // The debug build has reported what is wrong with the pointer; there is no context
@@ -426,7 +436,7 @@ pub unsafe fn chunk_context(ptr: *mut u8) -> MemoryContext {
 /// # Panics
 /// As [`pfree`].
 pub unsafe fn chunk_space(ptr: *mut u8) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `ptr` is a live chunk (caller), so a chunk header precedes it to be decoded.
     unsafe {
         let hdr = chunk::read_header(ptr);
         match kinds::target(ptr, hdr, "GetMemoryChunkSpace") {

@@ -151,7 +151,8 @@ pub(crate) fn chunk_carved(ctx: *mut ContextHeader, data: *mut u8, size: usize, 
 /// `block` must be a live block.
 #[inline(always)]
 unsafe fn must_verify(block: *mut Block, at: *mut u8) -> bool {
-    // SAFETY: per the contract; the header is open to the tools (a pool chunk).
+    // SAFETY: `block` is a live block (caller), so its header is readable, and open to the
+    // tools (a pool chunk).
     let released = unsafe { (*block).released };
     match settings::reset_check() {
         ResetCheck::Released => at < released,
@@ -199,7 +200,8 @@ unsafe fn carve_damaged(
     cap: usize,
 ) {
     let mut found = Vec::new();
-    // SAFETY: per the contract; the header's offset leads to the chunk's block.
+    // SAFETY: `data` is a chunk being set up in `ctx` with capacity `cap` and `from` inside its
+    // prefix or data (caller); its header's offset leads back to its block, where the check reads.
     unsafe {
         let chunk = chunk::chunk_of(data);
         let block = chunk.sub(chunk::read_header(data).offset()) as *mut Block;
@@ -302,7 +304,8 @@ unsafe fn reuse_damaged(
     cap: usize,
 ) {
     let mut found = Vec::new();
-    // SAFETY: per the contract.
+    // SAFETY: `data` is a chunk of `ctx` with capacity `cap` being reused, `rec` its record
+    // (caller), so the checks read only its prefix and data.
     unsafe {
         match from {
             Some(from) => verify::check_free(ctx, data, rec, cap, from, "reuse", &mut found),
@@ -662,7 +665,8 @@ pub(crate) fn reset_begin(ctx: *mut ContextHeader) {
 /// # Safety
 /// `ctx` must be live, `keeper` its keeper.
 unsafe fn reset_walk(ctx: *mut ContextHeader, keeper: *mut Block) -> (Vec<Ghost>, bool) {
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is live and `keeper` its keeper (caller); the walk reads only its blocks,
+    // none of which has been freed yet.
     unsafe {
         let mut ghosts = blocks::take_ghosts(keeper as usize);
         let free = (*keeper).free_ptr as usize;
@@ -689,7 +693,8 @@ unsafe fn reset_walk(ctx: *mut ContextHeader, keeper: *mut Block) -> (Vec<Ghost>
 /// # Safety
 /// `keeper` must be a live keeper block whose chunks are all released, `upto` inside it.
 unsafe fn release_keeper(keeper: *mut Block, upto: *mut u8) {
-    // SAFETY: per the contract; the space is the allocator's, opened around the fill.
+    // SAFETY: `keeper` is a live keeper whose chunks are all released and `upto` lies inside it
+    // (caller), so `[first chunk, upto)` is the allocator's to fill, opened around the fill.
     unsafe {
         let first = Block::first_chunk(keeper);
         let used = upto as usize - first as usize;
@@ -709,7 +714,7 @@ unsafe fn release_keeper(keeper: *mut Block, upto: *mut u8) {
 /// `ctx` must be live.
 unsafe fn name_the_operation(found: &mut [Report], op: &str, ctx: *mut ContextHeader) {
     for r in found {
-        // SAFETY: per the contract.
+        // SAFETY: `ctx` is live (caller), so its name is readable.
         r.found_at = format!("{op} of \"{}\"", unsafe { (*ctx).name() });
     }
 }
@@ -971,7 +976,8 @@ unsafe fn redzones_damaged(
     op: &'static str,
 ) -> Result<Option<Report>, Report> {
     let mut found = Vec::new();
-    // SAFETY: per the contract.
+    // SAFETY: `data` is a live chunk of `owner` with capacity `cap` and record `rec`, its
+    // redzones open (caller): what `check_live` reads.
     unsafe { verify::check_live(owner, data, rec, cap, op, &mut found) };
     if found.is_empty() {
         return Ok(None);
@@ -995,7 +1001,8 @@ unsafe fn not_a_live_chunk(
     addr: usize,
     op: &'static str,
 ) -> Result<Option<Report>, Report> {
-    // SAFETY: per the contract; records are read only for chunks the walk decoded.
+    // SAFETY: `block` is a registered block of `owner` (caller), so the walk reads inside it;
+    // records are read only for chunks the walk decoded.
     unsafe {
         let freed = match chunk_containing(owner, block, addr) {
             Some((data, _)) => {
@@ -1083,7 +1090,7 @@ unsafe fn interior_report(
 ) -> Report {
     // SAFETY: `owner` is registered, so live; the walk reads only inside `block` (caller).
     let r = unsafe { Report::at(BugClass::InvalidPointer, op).context(owner) };
-    // SAFETY: per the contract.
+    // SAFETY: `block` is a registered block of `owner` (caller), which the walk stays inside.
     match unsafe { chunk_containing(owner, block, addr) } {
         Some((data, _)) => {
             // SAFETY: `data` is a chunk the walk decoded, its prefix inside the block.
