@@ -575,20 +575,23 @@ pub(super) fn detail_context(name: String, ident: Option<String>, st: Stats) -> 
 
 /// True if `pid` occurs in `prefix` as a whole number (not part of a longer one).
 fn prefix_has_pid(prefix: &str, pid: u32) -> bool {
-    let p = pid.to_string();
-    let b = prefix.as_bytes();
-    let mut from = 0;
-    while let Some(off) = prefix[from..].find(&p) {
-        let at = from + off;
-        let end = at + p.len();
-        let before = at == 0 || !b[at - 1].is_ascii_digit();
-        let after = end == b.len() || !b[end].is_ascii_digit();
-        if before && after {
-            return true;
+    // Every line of a log dump is routed by this test: the PID's digits are written into a buffer
+    // on the stack and compared with each run of digits, with no allocation and no searcher.
+    let mut digits = [0u8; 10];
+    let (mut n, mut at) = (pid, digits.len());
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
-        from = at + 1;
     }
-    false
+    let want = &digits[at..];
+    prefix
+        .as_bytes()
+        .split(|b| !b.is_ascii_digit())
+        .any(|run| run == want)
 }
 
 /// Milliseconds since the epoch of the first `YYYY-MM-DD HH:MM:SS[.fff]` in `s` (read as UTC).
@@ -660,5 +663,10 @@ mod tests {
     fn pid_tokens() {
         assert!(prefix_has_pid("2026-01-01 UTC [9281] LOG:  ", 9281));
         assert!(!prefix_has_pid("2026-01-01 UTC [19281] LOG:  ", 9281));
+        assert!(!prefix_has_pid("2026-01-01 UTC [92810] LOG:  ", 9281));
+        assert!(!prefix_has_pid("[09281] ", 9281));
+        assert!(prefix_has_pid("9281 ", 9281));
+        assert!(prefix_has_pid("[4294967295] ", u32::MAX));
+        assert!(prefix_has_pid("a0b", 0));
     }
 }
