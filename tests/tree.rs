@@ -117,6 +117,29 @@ fn reset_deletes_children_frees_chunks_and_keeps_the_keeper() {
     ctx.delete();
 }
 
+/// `check()` over a sound tree finds nothing, in both builds: live chunks of every size class,
+/// freed chunks on the freelists, chunks of their own, a reset child and a deleted one. (The
+/// debug build's findings on damaged trees are counted in debug_reports.rs and
+/// released_memory.rs.)
+#[test]
+fn check_of_a_sound_tree_finds_nothing() {
+    let top = MemoryContext::top();
+    let root = top.new_child("sound", BlockSizes::DEFAULT);
+    let kid = root.new_child("kid", BlockSizes::SMALL);
+    let gone = kid.new_child("gone", BlockSizes::DEFAULT);
+    alloc_some(root, 40, 300);
+    alloc_some(kid, 20, 5000);
+    alloc_some(gone, 3, 20_000);
+    let freed = root.alloc(100);
+    unsafe { memctx::pfree(freed.as_ptr()) };
+    gone.delete();
+    assert_eq!(root.check(), 0);
+    kid.reset();
+    assert_eq!(kid.check(), 0);
+    assert_eq!(root.check(), 0);
+    root.delete();
+}
+
 #[test]
 fn reset_children_keeps_every_context_but_empties_them() {
     let top = MemoryContext::top();
