@@ -69,6 +69,13 @@ fn overrun_found_at_pfree() {
         "{text}"
     );
     assert!(text.contains("damaged bytes [10, 13)"), "{text}");
+    let chunk = format!(
+        "  chunk {:#x}, 10 bytes requested\n",
+        r.chunk.expect("a chunk")
+    );
+    assert!(text.contains(&chunk), "{text}");
+    assert!(text.contains("\n    expected: 7e 7e 7e\n"), "{text}");
+    assert!(text.contains("\n    found:    41 7e 43\n"), "{text}");
     ctx.delete();
 }
 
@@ -609,7 +616,47 @@ fn default_policy_panics_with_the_report() {
         msg.contains("overrun in memory context \"PanicCtx\""),
         "{msg}"
     );
+    assert!(!msg.contains("more reports"), "{msg}");
     let _ = debug::take_reports();
+}
+
+/// Under the panic policy, an operation that finds several bugs tells (and keeps) every report
+/// and panics once, with the first one's headline and how many more there are.
+#[test]
+fn several_findings_panic_once_naming_how_many_more() {
+    let ctx = new_ctx("ManyCtx");
+    for _ in 0..3 {
+        let p = ctx.alloc(16).as_ptr();
+        unsafe { p.add(16).write(0) };
+    }
+    let err = std::panic::catch_unwind(|| ctx.reset()).expect_err("must panic");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.starts_with(
+            "memctx: overrun in memory context \"ManyCtx\" (TopMemoryContext -> ManyCtx), \
+             found at reset of \"ManyCtx\" (and 2 more reports): "
+        ),
+        "{msg}"
+    );
+    let reports = debug::take_reports();
+    assert_eq!(reports.len(), 3, "{reports:#?}");
+    assert!(reports
+        .iter()
+        .all(|r| r.class == BugClass::Overrun && r.range == Some((16, 17))));
+    assert!(ctx.is_empty(), "the reset was carried out");
+    ctx.delete();
+}
+
+/// The benchmark's report-cost measurement raises its two overruns under its own policy, takes
+/// its reports back, and gives the thread its own policy back.
+#[test]
+fn report_cost_measurement_restores_the_thread_policy() {
+    debug::set_thread_policy(Some(debug::Policy::Log));
+    // Its own assertions check that each overrun was reported; its times are the bench's.
+    let _ = debug::__bench_report_cost();
+    assert_eq!(debug::thread_policy(), debug::Policy::Log);
+    assert!(debug::take_reports().is_empty());
+    debug::set_thread_policy(None);
 }
 
 #[test]

@@ -196,6 +196,48 @@ fn a_report_while_unwinding_fails_the_test_instead_of_aborting() {
     assert_eq!(stderr.matches(HEADLINE).count(), 1, "{stderr}");
 }
 
+/// `MEMCTX_ON_ERROR` sets the process-wide policy, read once and kept: `log` tells the report
+/// and goes on, `abort` tells it and aborts, anything else (or nothing) panics.
+/// `set_default_policy` overrides the variable.
+#[test]
+fn memctx_on_error_sets_the_default_policy() {
+    for (value, policy) in [
+        ("log", "Log"),
+        ("abort", "Abort"),
+        ("panic", "Panic"),
+        ("Log", "Panic"),
+    ] {
+        let (stdout, _) = passing_child("default-policy", &[("MEMCTX_ON_ERROR", value)]);
+        // Read twice: computed from the variable, then kept.
+        let want = format!("DEFAULT {policy} {policy}");
+        assert!(stdout.contains(&want), "{value}: {stdout}");
+    }
+    let (stdout, _) = passing_child("default-policy", &[]);
+    assert!(stdout.contains("DEFAULT Panic Panic"), "{stdout}");
+
+    let (stdout, stderr) = passing_child("overrun-by-default", &[("MEMCTX_ON_ERROR", "log")]);
+    assert!(stdout.contains("REPORTS 1"), "{stdout}");
+    assert_eq!(stderr.matches(HEADLINE).count(), 1, "{stderr}");
+
+    let out = run_child("overrun-by-default", &[("MEMCTX_ON_ERROR", "abort")]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(stderr.matches(HEADLINE).count(), 1, "{stderr}");
+    assert!(
+        !stdout.contains("REPORTS"),
+        "went on after the abort: {stdout}"
+    );
+
+    let (stdout, _) = passing_child("log-by-default", &[("MEMCTX_ON_ERROR", "abort")]);
+    assert!(stdout.contains("DEFAULT Log"), "{stdout}");
+    assert!(stdout.contains("REPORTS 1"), "{stdout}");
+}
+
 /// The child's side: does nothing unless `MEMCTX_TEST_CHILD` names a case.
 #[test]
 fn child() {
@@ -219,6 +261,20 @@ fn child() {
             println!("PAYLOAD {msg}");
         }
         "unwinding" => unwinding_with_a_damaged_chunk(),
+        "default-policy" => {
+            let first = debug::default_policy();
+            println!("DEFAULT {first:?} {:?}", debug::default_policy());
+        }
+        "overrun-by-default" => {
+            overrun_one_byte();
+            println!("REPORTS {}", debug::take_reports().len());
+        }
+        "log-by-default" => {
+            debug::set_default_policy(Policy::Log);
+            println!("DEFAULT {:?}", debug::default_policy());
+            overrun_one_byte();
+            println!("REPORTS {}", debug::take_reports().len());
+        }
         other => panic!("unknown case {other}"),
     }
 }

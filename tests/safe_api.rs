@@ -136,6 +136,62 @@ fn allocate_returns_exactly_the_requested_length() {
     ctx.delete();
 }
 
+/// grow and shrink within the alignment every chunk has (up to 16) go through repalloc: a new
+/// size that still fits the chunk keeps it where it is. A resize from or to zero bytes has no
+/// chunk on one side: it allocates (or frees) one, and the other side is the dangling pointer.
+#[test]
+fn resize_keeps_the_chunk_when_it_has_room() {
+    let ctx = child("resize");
+    let pinned = ctx.pin();
+    for align in [1usize, 8, 16] {
+        let layout = |size| Layout::from_size_align(size, align).unwrap();
+        let p = pinned.allocate(layout(100)).unwrap().cast::<u8>();
+        unsafe { p.as_ptr().write_bytes(0x5A, 100) };
+        // 100 and 101 bytes are both in the 128-byte class, redzone included.
+        let g = unsafe { pinned.grow(p, layout(100), layout(101)) }.unwrap();
+        assert_eq!(g.len(), 101);
+        assert_eq!(g.cast::<u8>(), p, "align {align}: 100 -> 101 bytes moved");
+        let s = unsafe { pinned.shrink(g.cast(), layout(101), layout(90)) }.unwrap();
+        assert_eq!(s.len(), 90);
+        assert_eq!(s.cast::<u8>(), p, "align {align}: 101 -> 90 bytes moved");
+        let kept = unsafe { std::slice::from_raw_parts(p.as_ptr(), 90) };
+        assert!(kept.iter().all(|&b| b == 0x5A), "align {align}");
+
+        // To zero bytes: the chunk is freed (onto its freelist), the result is dangling.
+        let free_before = ctx.counters().free_chunks;
+        let z = unsafe { pinned.shrink(p, layout(90), layout(0)) }.unwrap();
+        assert_eq!(z.len(), 0);
+        assert_eq!(z.cast::<u8>().as_ptr() as usize, align, "align {align}");
+        assert_eq!(ctx.counters().free_chunks, free_before + 1, "align {align}");
+        // From zero bytes: a new chunk; the dangling pointer is never read or freed.
+        let g = unsafe { pinned.grow(z.cast(), layout(0), layout(40)) }.unwrap();
+        assert_eq!(g.len(), 40);
+        let gp = g.cast::<u8>();
+        assert_eq!(unsafe { memctx::chunk_context(gp.as_ptr()) }, ctx);
+        unsafe { pinned.deallocate(gp, layout(40)) };
+    }
+    drop(pinned);
+    ctx.delete();
+}
+
+/// The largest alignment the allocator serves, `MAX_ALIGNMENT` itself, is served; one beyond it
+/// is an error.
+#[test]
+fn the_largest_alignment_is_served() {
+    let ctx = child("aligned");
+    let pinned = ctx.pin();
+    let layout = Layout::from_size_align(64, memctx::MAX_ALIGNMENT).unwrap();
+    let p = pinned.allocate(layout).unwrap();
+    assert_eq!(p.len(), 64);
+    assert_eq!(p.as_ptr() as *mut u8 as usize % memctx::MAX_ALIGNMENT, 0);
+    assert_eq!(unsafe { memctx::chunk_context(p.as_ptr() as *mut u8) }, ctx);
+    unsafe { pinned.deallocate(p.cast(), layout) };
+    let beyond = Layout::from_size_align(64, memctx::MAX_ALIGNMENT * 2).unwrap();
+    assert_eq!(pinned.allocate(beyond), Err(AllocError));
+    drop(pinned);
+    ctx.delete();
+}
+
 #[test]
 fn zero_size_layouts_take_no_memory() {
     let ctx = child("zst");
@@ -228,6 +284,7 @@ fn pstring_behaves_like_a_string() {
     let pinned = ctx.pin();
     let mut s = PString::new_in(&pinned);
     assert_eq!(s, "");
+    assert_eq!(s.capacity(), 0, "an empty PString holds no memory");
     s.push_str("relation ");
     s.push('"');
     s.push_str("pg_class");
@@ -235,6 +292,8 @@ fn pstring_behaves_like_a_string() {
     s.push('é');
     assert_eq!(s.as_str(), "relation \"pg_class\"é");
     assert_eq!(s.len(), 21); // Deref to str
+    assert!(s.capacity() >= 21);
+    assert!(unsafe { memctx::chunk_space(s.as_ptr() as *mut u8) } >= s.capacity());
     assert!(s.ends_with('é'));
     write!(s, " has {} rows, {:.1}% dead", 415, 2.5).unwrap();
     assert_eq!(s, "relation \"pg_class\"é has 415 rows, 2.5% dead");
@@ -254,6 +313,10 @@ fn pstring_behaves_like_a_string() {
     let t = PString::from_str_in(s.as_str(), &other_pin);
     assert_eq!(s, t);
     assert!(s != PString::from_str_in("x", &pinned));
+    // With str and &str, either way round the comparison reads.
+    assert!(s == *"relation \"pg_class\"é has 415 rows, 2.5% dead");
+    assert!(s != *"relation");
+    assert!(s != "relation");
     let hash = |h: &dyn Fn(&mut DefaultHasher)| {
         let mut st = DefaultHasher::new();
         h(&mut st);
