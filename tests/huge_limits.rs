@@ -53,22 +53,37 @@ fn requests_past_the_huge_limit_never_reach_the_system() {
     let pinned = ctx.pin();
     let _ = largest();
 
-    assert_eq!(pinned.allocate(layout(MAX_ALLOC_HUGE_SIZE)), Err(AllocError));
-    assert!(largest() > MAX_ALLOC_HUGE_SIZE, "the request at the limit was not tried");
+    assert_eq!(
+        pinned.allocate(layout(MAX_ALLOC_HUGE_SIZE)),
+        Err(AllocError)
+    );
+    assert!(
+        largest() > MAX_ALLOC_HUGE_SIZE,
+        "the request at the limit was not tried"
+    );
     for size in [MAX_ALLOC_HUGE_SIZE + 1, isize::MAX as usize - 7] {
         assert_eq!(pinned.allocate(layout(size)), Err(AllocError), "{size}");
     }
-    assert!(largest() < MAX_ALLOC_HUGE_SIZE, "a request past the limit was tried");
+    assert!(
+        largest() < MAX_ALLOC_HUGE_SIZE,
+        "a request past the limit was tried"
+    );
 
     let p = pinned.allocate(layout(100)).unwrap().cast::<u8>();
     unsafe { p.as_ptr().write_bytes(0x3C, 100) };
     let _ = largest();
     let grown = unsafe { pinned.grow(p, layout(100), layout(MAX_ALLOC_HUGE_SIZE)) };
     assert_eq!(grown, Err(AllocError));
-    assert!(largest() > MAX_ALLOC_HUGE_SIZE, "the grow to the limit was not tried");
+    assert!(
+        largest() > MAX_ALLOC_HUGE_SIZE,
+        "the grow to the limit was not tried"
+    );
     let grown = unsafe { pinned.grow(p, layout(100), layout(MAX_ALLOC_HUGE_SIZE + 1)) };
     assert_eq!(grown, Err(AllocError));
-    assert!(largest() < MAX_ALLOC_HUGE_SIZE, "a grow past the limit was tried");
+    assert!(
+        largest() < MAX_ALLOC_HUGE_SIZE,
+        "a grow past the limit was tried"
+    );
     // Refused grows leave the allocation where and as it was.
     assert_eq!(unsafe { memctx::chunk_context(p.as_ptr()) }, ctx);
     let kept = unsafe { std::slice::from_raw_parts(p.as_ptr(), 100) };
