@@ -264,3 +264,46 @@ fn underrun_found_at_repalloc_is_reported_once() {
     }
     ctx.delete();
 }
+
+/// The redzone comparison goes a word at a time; equal damage in two different words must not
+/// cancel out. For rear redzones of 32 and 64 bytes (32 bytes requested of a 64-byte class, 64 of
+/// 128: one stride, two strides) and every pair of bytes 8, 16 or 24 apart in them, both bytes
+/// written with the same value: one overrun, found at pfree, from the first byte to the second.
+#[test]
+fn equal_damage_in_two_words_of_a_redzone_is_found() {
+    let ctx = new_ctx("PairsCtx");
+    for req in [32usize, 64] {
+        let len = class_of(req) - req;
+        for gap in [8, 16, 24] {
+            for first in req..req + len - gap {
+                let second = first + gap;
+                let mut chunk = core::ptr::null_mut();
+                let r = collect(|| {
+                    let p = ctx.alloc(req).as_ptr();
+                    assert_class(p, req);
+                    // SAFETY (process): two bytes of the rear redzone, inside the class. The bug.
+                    unsafe {
+                        p.add(first).write(0x41);
+                        p.add(second).write(0x41);
+                        pfree(p);
+                    }
+                    chunk = p;
+                });
+                let what = format!("{req} bytes, damage at {first} and {second}");
+                assert_eq!(r.len(), 1, "{what}: {r:#?}");
+                let r = &r[0];
+                assert_eq!(r.class, BugClass::Overrun, "{what}: {r}");
+                assert_eq!(r.chunk, Some(chunk as usize), "{what}: {r}");
+                assert_eq!(
+                    r.range,
+                    Some((first as isize, second as isize + 1)),
+                    "{what}"
+                );
+                assert_eq!(r.found.first(), Some(&0x41), "{what}: {r}");
+                assert_eq!(r.found.last(), Some(&0x41), "{what}: {r}");
+                assert_eq!(r.found_at, "pfree", "{what}");
+            }
+        }
+    }
+    ctx.delete();
+}
