@@ -307,3 +307,47 @@ fn equal_damage_in_two_words_of_a_redzone_is_found() {
     }
     ctx.delete();
 }
+
+/// The same for a freed chunk checked at its reuse, which compares and refills it a stride of
+/// four words at a time: in a chunk of 100 bytes (a 128-byte class), for every pair of bytes 8, 16
+/// or 24 apart in its first two strides (data bytes 8 to 72; the first 8 hold the freelist link),
+/// both written with the same value after the free: one write-after-free, found at reuse, from
+/// the first byte to the second.
+#[test]
+fn equal_damage_in_two_words_of_a_freed_chunk_is_found_at_reuse() {
+    let ctx = new_ctx("ReusePairsCtx");
+    for gap in [8, 16, 24] {
+        for first in 8..72 - gap {
+            let second = first + gap;
+            let mut chunk = core::ptr::null_mut();
+            let r = collect(|| {
+                let p = ctx.alloc(100).as_ptr();
+                // SAFETY (process): two bytes of a freed chunk, through the stale pointer. The
+                // bug.
+                unsafe {
+                    pfree(p);
+                    p.add(first).write(0x42);
+                    p.add(second).write(0x42);
+                }
+                let q = ctx.alloc(100).as_ptr();
+                assert_eq!(q, p, "the freelist hands the same chunk out again");
+                unsafe { pfree(q) };
+                chunk = p;
+            });
+            let what = format!("damage at {first} and {second}");
+            assert_eq!(r.len(), 1, "{what}: {r:#?}");
+            let r = &r[0];
+            assert_eq!(r.class, BugClass::WriteAfterFree, "{what}: {r}");
+            assert_eq!(r.chunk, Some(chunk as usize), "{what}: {r}");
+            assert_eq!(
+                r.range,
+                Some((first as isize, second as isize + 1)),
+                "{what}"
+            );
+            assert_eq!(r.found.first(), Some(&0x42), "{what}: {r}");
+            assert_eq!(r.found.last(), Some(&0x42), "{what}: {r}");
+            assert_eq!(r.found_at, "reuse", "{what}");
+        }
+    }
+    ctx.delete();
+}
