@@ -177,15 +177,30 @@ fn stop_line(n: u64, taken: &Taken, every: Duration) -> String {
         taken.took.as_secs_f64(),
         taken.path.display()
     );
-    if taken.took > every / 10 {
-        line.push_str(&format!(
-            "\nmemctx: warning: dump {n} took {:.3} s, more than a tenth of --every ({:.3} s): \
-             the watch is disturbing the process; dump less often",
-            taken.took.as_secs_f64(),
-            every.as_secs_f64()
-        ));
+    if let Some(warning) = slow_dump_warning(n, taken, every) {
+        line.push('\n');
+        line.push_str(&warning);
     }
     line
+}
+
+/// A stopped process held for more than a tenth of `--every` is disturbed by the watch; a dump the
+/// running process answers is only late when it takes longer than `--every` itself.
+fn slow_dump_warning(n: u64, taken: &Taken, every: Duration) -> Option<String> {
+    let (took, every_s) = (taken.took.as_secs_f64(), every.as_secs_f64());
+    if taken.stopped && taken.took > every / 10 {
+        Some(format!(
+            "memctx: warning: dump {n} stopped the process for {took:.3} s, more than a tenth of \
+             --every ({every_s:.3} s): the watch is disturbing the process; dump less often"
+        ))
+    } else if !taken.stopped && taken.took > every {
+        Some(format!(
+            "memctx: warning: dump {n} took {took:.3} s, longer than --every ({every_s:.3} s): \
+             the dumps fall behind; dump less often"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Sleeps until `until`, waking early on Ctrl-C; returns false when interrupted.
@@ -250,4 +265,39 @@ pub fn watch(
     )
     .map_err(io)?;
     Ok(dumps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(ms: u64, stopped: bool) -> Taken {
+        Taken {
+            path: PathBuf::from("s.json"),
+            took: Duration::from_millis(ms),
+            stopped,
+        }
+    }
+
+    /// gdb holds the process: a stop over a tenth of the interval is the watch's disturbance. A
+    /// signal's dump leaves the process running: only one slower than the interval is late.
+    #[test]
+    fn a_slow_dump_is_warned_about_by_what_it_costs_the_process() {
+        let every = Duration::from_secs(2);
+        let stop = slow_dump_warning(3, &taken(250, true), every).unwrap();
+        assert!(
+            stop.contains("dump 3 stopped the process for 0.250 s")
+                && stop.contains("disturbing the process"),
+            "{stop}"
+        );
+        assert_eq!(slow_dump_warning(3, &taken(150, true), every), None);
+        assert_eq!(slow_dump_warning(3, &taken(250, false), every), None);
+        let late = slow_dump_warning(4, &taken(2500, false), every).unwrap();
+        assert!(
+            late.contains("dump 4 took 2.500 s, longer than --every (2.000 s)")
+                && !late.contains("disturbing"),
+            "{late}"
+        );
+        assert!(stop_line(3, &taken(250, false), every).ends_with("s.json"));
+    }
 }
