@@ -351,3 +351,47 @@ fn equal_damage_in_two_words_of_a_freed_chunk_is_found_at_reuse() {
     }
     ctx.delete();
 }
+
+/// Every byte of a freed chunk stays guarded until the freelist hands the chunk out again: its
+/// record (the requested size written over: the record no longer checks out), each byte of its
+/// front redzone and each data byte past the freelist link, up to the end of the class (a
+/// 100-byte chunk of the 128-byte class: the data it had and the rear redzone it had), each
+/// written alone after the free and found at the reuse with its exact place.
+#[test]
+fn every_byte_of_a_freed_chunk_is_guarded_until_reuse() {
+    let ctx = new_ctx("FreedBytesCtx");
+    let prefix = chunk_prefix_size() as isize;
+    // The record's requested size: the last 8 bytes of the record, before the front redzone.
+    let front = prefix - 8 - 24;
+    let requested_field = -front - 8;
+    let mut places: Vec<isize> = vec![requested_field];
+    places.extend(-front..0);
+    places.extend(8..class_of(100) as isize);
+    for at in places {
+        let mut chunk = core::ptr::null_mut();
+        let r = collect(|| {
+            let p = ctx.alloc(100).as_ptr();
+            // SAFETY (process): one byte of a freed chunk, through the stale pointer. The bug.
+            unsafe {
+                pfree(p);
+                p.offset(at).write(0x43);
+            }
+            let q = ctx.alloc(100).as_ptr();
+            assert_eq!(q, p, "the freelist hands the same chunk out again");
+            unsafe { pfree(q) };
+            chunk = p;
+        });
+        assert_eq!(r.len(), 1, "damage at {at}: {r:#?}");
+        let r = &r[0];
+        assert_eq!(r.chunk, Some(chunk as usize), "damage at {at}: {r}");
+        assert_eq!(r.found_at, "reuse", "damage at {at}");
+        if at == requested_field {
+            assert_eq!(r.class, BugClass::CorruptHeader, "{r}");
+        } else {
+            assert_eq!(r.class, BugClass::WriteAfterFree, "damage at {at}: {r}");
+            assert_eq!(r.range, Some((at, at + 1)), "damage at {at}");
+            assert_eq!(r.found, [0x43], "damage at {at}");
+        }
+    }
+    ctx.delete();
+}

@@ -401,6 +401,38 @@ fn write_after_reset_found_by_check_and_on_reuse() {
     ctx.delete();
 }
 
+/// At depth `Released`, carving verifies space a reset released: a write after the reset into a
+/// released chunk's data, or into its debug record, is found when the space is carved again.
+#[test]
+fn write_after_reset_at_depth_released_found_on_reuse() {
+    let ctx = new_ctx("PerRowReleased");
+    // Data byte 9, and a byte of the record (which starts 40 bytes before the data: 24 bytes of
+    // record, then the 16-byte front redzone).
+    for at in [9isize, -30] {
+        let mut chunk = core::ptr::null_mut();
+        let reports = collect(|| {
+            debug::set_thread_reset_check(Some(ResetCheck::Released));
+            let p = ctx.alloc(48).as_ptr();
+            ctx.reset();
+            unsafe { p.offset(at).write(0x47) }; // pointer kept past the reset
+            let q = ctx.alloc(48).as_ptr(); // the same space is carved again
+            assert_eq!(q, p);
+            chunk = p;
+            debug::set_thread_reset_check(None);
+        });
+        let r = one(reports);
+        assert_eq!(r.class, BugClass::WriteAfterFree, "damage at {at}: {r}");
+        assert_eq!(r.context, "PerRowReleased");
+        assert_eq!(r.found_at, "reuse", "damage at {at}");
+        assert_eq!(r.range, Some((at, at + 1)), "damage at {at}: {r}");
+        assert_eq!(r.found, [0x47]);
+        assert_eq!(r.chunk, Some(chunk as usize), "the released chunk: {r}");
+        assert_eq!(r.requested, Some(48), "{r}");
+        ctx.reset();
+    }
+    ctx.delete();
+}
+
 /// At the default depth (`Chunks`), carving released space fills it without verifying it (see
 /// `ResetCheck`): a write after reset is still found by `check` (and delete, and a reset at depth
 /// `Full`) while the space is unused, but not when the space is carved again first.
