@@ -395,3 +395,22 @@ fn every_byte_of_a_freed_chunk_is_guarded_until_reuse() {
     }
     ctx.delete();
 }
+
+/// An in-place `repalloc` that grows a chunk hands out the new bytes with the fresh pattern, as
+/// `palloc` does (0xA5), keeps the old ones, and moves the rear redzone (0x7E) to the new end.
+#[test]
+fn repalloc_in_place_grows_with_the_fresh_pattern() {
+    let ctx = new_ctx("GrowCtx");
+    let p = ctx.alloc(40).as_ptr();
+    unsafe { p.write_bytes(0x11, 40) };
+    let q = unsafe { repalloc(p, 44) };
+    assert_eq!(q, p, "44 bytes and the redzone still fit the 64-byte class");
+    assert_class(q, 44);
+    // SAFETY: the chunk's 64 data bytes lie in its block; reading the redzone is no bug.
+    let bytes = unsafe { std::slice::from_raw_parts(q, class_of(44)) };
+    assert!(bytes[..40].iter().all(|&b| b == 0x11), "{bytes:x?}");
+    assert!(bytes[40..44].iter().all(|&b| b == 0xA5), "{bytes:x?}");
+    assert!(bytes[44..].iter().all(|&b| b == 0x7E), "{bytes:x?}");
+    unsafe { pfree(q) };
+    ctx.delete();
+}
