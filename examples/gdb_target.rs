@@ -136,6 +136,13 @@ fn build_main_tree() {
         per_row.reset();
     }
     churn(per_row, 5, 11, 0);
+    // A Bump context (sort tuples, as PostgreSQL 17's tuplesort): no freelists, its free bytes
+    // are its blocks' unused tails, one of them a block of its own.
+    let tuples = executor.new_bump_child("Caller tuples", BlockSizes::DEFAULT);
+    for i in 0..300 {
+        tuples.alloc(24 + i % 40);
+    }
+    tuples.alloc(20_000);
 
     // Deleted before the dump: must not appear.
     let gone = top.new_child("deleted context", BlockSizes::DEFAULT);

@@ -35,6 +35,7 @@ use allocator_api2::vec::Vec;
 
 use crate::chunk::CHUNK_ALIGN;
 use crate::context::{add_pins, ContextHeader, MemoryContext};
+use crate::kinds::{bump, KindId};
 use crate::raw::{self, AllocFlags, MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE};
 
 /// A pinned memory context: the allocator of the safe API.
@@ -251,10 +252,22 @@ unsafe impl Allocator for PinnedContext {
 
     #[inline]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // SAFETY: `ptr` was allocated by this allocator (a clone shares the context) and is
-            // live (the trait's contract).
-            unsafe { raw::pfree_in(self.raw(), ptr.as_ptr()) }
+        if layout.size() == 0 {
+            return;
+        }
+        let ctx = self.raw();
+        // SAFETY: `ptr` was allocated by this allocator (a clone shares the context) with
+        // `layout` and is live (the trait's contract). A Bump chunk's header is never read: Bump
+        // takes the chunk back by its layout, and only an aligned one (whose redirect header
+        // leads to its base) goes through `pfree`, which the debug build refuses for Bump.
+        unsafe {
+            match (*ctx).kind {
+                KindId::Bump if layout.align() <= CHUNK_ALIGN => {
+                    bump::deallocate(ctx, ptr.as_ptr(), layout.size())
+                }
+                KindId::Bump => {}
+                KindId::AllocSet => raw::pfree_in(ctx, ptr.as_ptr()),
+            }
         }
     }
 
@@ -330,6 +343,24 @@ impl PinnedContext {
         }
         if new.size() > MAX_ALLOC_HUGE_SIZE {
             return Err(AllocError);
+        }
+        let ctx = self.raw();
+        // SAFETY: a pinned context is live; for a Bump context `ptr` is its live chunk of
+        // `old.size()` bytes (caller), which is all `grow_in_place` needs.
+        if unsafe { (*ctx).kind } == KindId::Bump {
+            if new.size() <= old.size()
+                || unsafe { bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size()) }
+            {
+                return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
+            }
+            let p = self.allocate(new)?;
+            // SAFETY: both regions are live and distinct; the old one waits for the reset (or is
+            // taken back if it is the last).
+            unsafe {
+                ptr::copy_nonoverlapping(ptr.as_ptr(), p.as_ptr() as *mut u8, old.size());
+                self.deallocate(ptr, old);
+            }
+            return Ok(p);
         }
         // SAFETY: `ptr` is a live chunk (caller); NO_OOM makes failure a null, leaving it valid.
         let p = unsafe {

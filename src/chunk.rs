@@ -75,7 +75,11 @@ const _: () = {
     let mut i = 0;
     while i < RESERVED_IDS.len() {
         let id = RESERVED_IDS[i];
-        assert!(id != ChunkKind::AllocSet as u64 && id != ChunkKind::AlignedRedirect as u64);
+        assert!(
+            id != ChunkKind::AllocSet as u64
+                && id != ChunkKind::AlignedRedirect as u64
+                && id != ChunkKind::Bump as u64
+        );
         i += 1;
     }
 };
@@ -90,6 +94,8 @@ pub(crate) enum ChunkKind {
     AlignedRedirect = 9,
     /// Carved by an AllocSet context.
     AllocSet = 10,
+    /// Carved by a Bump context (only the debug build writes Bump chunk headers).
+    Bump = 13,
 }
 
 impl ChunkKind {
@@ -99,6 +105,7 @@ impl ChunkKind {
         match id {
             9 => Some(ChunkKind::AlignedRedirect),
             10 => Some(ChunkKind::AllocSet),
+            13 => Some(ChunkKind::Bump),
             _ => None,
         }
     }

@@ -74,7 +74,7 @@ pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXHD");
 pub(crate) const DEAD_CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXDD");
 /// Version of the `#[repr(C)]` layout of the context header and the block header; external tools
 /// (the gdb walker) refuse layouts they do not know.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Deleted contexts kept with their keeper block, per keeper size (PostgreSQL keeps 100).
 pub(crate) const MAX_RECYCLED: usize = 100;
 
@@ -236,7 +236,12 @@ fn init_thread_tree() -> *mut ContextHeader {
         }
         l.tree.get()
     });
-    let top = create(ptr::null_mut(), "TopMemoryContext", BlockSizes::DEFAULT);
+    let top = create(
+        ptr::null_mut(),
+        "TopMemoryContext",
+        BlockSizes::DEFAULT,
+        KindId::AllocSet,
+    );
     LOCAL.with(|l| l.top.set(top));
     CURRENT.with(|c| c.set(top));
     let entry = registry::register_thread(
@@ -287,9 +292,9 @@ fn recycle_slot(sizes: &BlockSizes) -> Option<usize> {
 /// A header with blocks for a new context of `sizes`: a recycled one with a matching keeper, or
 /// a spare or new header given a keeper block. Panics with PostgreSQL's out-of-memory message if
 /// the keeper block cannot be allocated.
-fn take_header(name: &'static str, sizes: BlockSizes) -> *mut ContextHeader {
+fn take_header(name: &'static str, sizes: BlockSizes, kind: KindId) -> *mut ContextHeader {
     let t = thread_tree();
-    if let Some(slot) = recycle_slot(&sizes) {
+    if let Some(slot) = recycle_slot(&sizes).filter(|_| kind == KindId::AllocSet) {
         let head = t.recycled[slot].get();
         if !head.is_null() {
             // SAFETY: recycle lists hold valid, reset headers linked through next_sibling.
@@ -310,7 +315,7 @@ fn take_header(name: &'static str, sizes: BlockSizes) -> *mut ContextHeader {
         spare
     };
     // SAFETY: `ctx` is a valid header that owns no blocks.
-    if !unsafe { aset::init(ctx, sizes) } {
+    if !unsafe { kinds::init(ctx, kind, sizes) } {
         // SAFETY: as above; put it back for the next attempt.
         unsafe { (*ctx).next_sibling = t.spare.get() };
         t.spare.set(ctx);
@@ -325,11 +330,12 @@ pub(crate) fn create(
     parent: *mut ContextHeader,
     name: &'static str,
     sizes: BlockSizes,
+    kind: KindId,
 ) -> *mut ContextHeader {
     if let Err(e) = sizes.validate() {
         panic!("{e}");
     }
-    let ctx = take_header(name, sizes);
+    let ctx = take_header(name, sizes, kind);
     // SAFETY: `ctx` is ours and not linked anywhere; `parent` is a live context or null.
     unsafe {
         let c = &mut *ctx;
@@ -697,6 +703,9 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
         let t = thread_tree();
         let slot = match (*ctx).kind {
             KindId::AllocSet => recycle_slot(&(*ctx).state.aset.sizes),
+            // Recycling keeps a keeper for the next AllocSet of its size; other kinds' headers
+            // go to the spare list.
+            KindId::Bump => None,
         };
         if let Some(slot) = slot {
             if t.recycled_len[slot].get() < MAX_RECYCLED {
@@ -827,7 +836,35 @@ impl MemoryContext {
     pub fn new_child(self, name: &'static str, sizes: BlockSizes) -> MemoryContext {
         let parent = self.raw();
         // SAFETY: `create` returns a live context of this thread.
-        unsafe { MemoryContext::from_raw(create(parent, name, sizes)) }
+        unsafe { MemoryContext::from_raw(create(parent, name, sizes, KindId::AllocSet)) }
+    }
+
+    /// Creates a Bump child context (PostgreSQL 17's `BumpContextCreate`): memory handed out by
+    /// moving a pointer, with no chunk header in a release build, freed only by the context's
+    /// reset or delete. `pfree`, `repalloc`, `chunk_context` and `chunk_space` do not apply to
+    /// its chunks (see their `# Safety`); the safe API's `deallocate` takes back only the last
+    /// allocation, and its `grow` extends the last allocation in place.
+    ///
+    /// # Panics
+    /// If the context was deleted, the sizes are invalid (as for [`MemoryContext::new_child`]),
+    /// or the keeper block cannot be allocated.
+    ///
+    /// # Examples
+    /// ```
+    /// use memctx::{BlockSizes, MemoryContext};
+    /// let tuples = MemoryContext::top().new_bump_child("Caller tuples", BlockSizes::DEFAULT);
+    /// for i in 0..100u64 {
+    ///     let p = tuples.alloc(24).as_ptr() as *mut u64;
+    ///     unsafe { p.write(i) };
+    /// }
+    /// assert_eq!(tuples.stats().kind, "Bump");
+    /// tuples.reset(); // every tuple at once
+    /// tuples.delete();
+    /// ```
+    pub fn new_bump_child(self, name: &'static str, sizes: BlockSizes) -> MemoryContext {
+        let parent = self.raw();
+        // SAFETY: `create` returns a live context of this thread.
+        unsafe { MemoryContext::from_raw(create(parent, name, sizes, KindId::Bump)) }
     }
 
     /// Whether the context still exists (this handle is not stale).

@@ -34,6 +34,9 @@ mod off {
 
     /// Bytes between a chunk's start and its data: the header word alone.
     pub(crate) const CHUNK_PREFIX: usize = CHUNK_HEADER_SIZE;
+    /// Whether Bump chunks carry a chunk prefix: not in a release build, whose Bump chunks are
+    /// bare data.
+    pub(crate) const BUMP_CHUNK_HEADERS: bool = false;
 
     /// Data bytes a request of `size` needs from its size class (the debug build adds a redzone).
     #[inline(always)]
@@ -78,6 +81,12 @@ mod off {
     /// A block's leftover space was carved into a free chunk.
     #[inline(always)]
     pub(crate) fn leftover_carved(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}
+    /// The safe API gives back the last chunk of a Bump context: true when its space may be
+    /// taken back (the debug build keeps it as a freed chunk instead, to catch a use after free).
+    #[inline(always)]
+    pub(crate) fn bump_chunk_unwound(ctx: *mut ContextHeader, data: *mut u8, cap: usize) -> bool {
+        true
+    }
     /// A live chunk is being freed.
     #[inline(always)]
     pub(crate) fn chunk_freed(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}

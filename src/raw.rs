@@ -235,6 +235,12 @@ pub(crate) unsafe fn alloc_aligned_in(
 /// since, and its context not reset or deleted since. The debug build reports violations of this
 /// contract instead of corrupting memory; a release build trusts it.
 ///
+/// `ptr` must not be a chunk of a Bump context ([`MemoryContext::new_bump_child`]): a release
+/// build's Bump chunks have no header, so `pfree`, `repalloc`, `chunk_context` and `chunk_space`
+/// of one read whatever lies in front of it — undefined behaviour, as in PostgreSQL. The debug
+/// build gives Bump chunks a header, and these calls panic with `pfree is not supported by the
+/// bump memory allocator` (`repalloc`, `GetMemoryChunkContext`, `GetMemoryChunkSpace`).
+///
 /// # Panics
 /// If `ptr` is null, or its header names no context kind (a pointer memctx never handed out).
 #[inline]

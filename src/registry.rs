@@ -80,6 +80,8 @@ pub struct LayoutInfo {
     pub alloc_set_id: u32,
     /// The kind id of an aligned-redirect chunk header.
     pub redirect_id: u32,
+    /// The kind id of Bump contexts (their chunks carry it in the debug build only).
+    pub bump_id: u32,
 }
 
 /// The registry a debugger reads. See the module docs.
@@ -207,6 +209,7 @@ pub static MEMCTX_REGISTRY: Registry = Registry {
         kind: offset_of!(ContextHeader, kind) as u32,
         alloc_set_id: ChunkKind::AllocSet as u32,
         redirect_id: ChunkKind::AlignedRedirect as u32,
+        bump_id: ChunkKind::Bump as u32,
     },
     dumper: DumperInfo {
         state: AtomicU32::new(DUMPER_OFF),

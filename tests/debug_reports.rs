@@ -736,3 +736,28 @@ fn long_clean_workload_raises_nothing() {
     });
     assert!(reports.is_empty(), "{reports:#?}");
 }
+
+/// Bump chunks carry the debug build's prefix and redzones: the reset walk, through Bump's chunk
+/// decoding (`src/kinds/bump.rs`), finds an overrun of one and names its allocation.
+#[test]
+fn overrun_of_a_bump_chunk_found_at_reset() {
+    let ctx = MemoryContext::top().new_bump_child("BumpCtx", BlockSizes::DEFAULT);
+    let r = one(collect(|| {
+        let p = ctx.alloc(10).as_ptr();
+        ctx.alloc(10); // a neighbour after it
+        unsafe { p.add(11).write(b'B') };
+        ctx.reset();
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "BumpCtx");
+    assert_eq!(r.requested, Some(10));
+    assert_eq!(r.range, Some((11, 12)));
+    assert_eq!(r.found, [b'B']);
+    assert!(r.found_at.starts_with("reset"), "{}", r.found_at);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_of_a_bump_chunk_found_at_reset",
+        "allocation",
+    );
+    ctx.delete();
+}

@@ -43,10 +43,10 @@ REGISTRY_MAGIC = b"MCTXREG1"
 CONTEXT_MAGIC = b"MEMCTXHD"
 DEAD_CONTEXT_MAGIC = b"MEMCTXDD"
 # Layout versions this script knows (memctx::LAYOUT_VERSION).
-KNOWN_LAYOUT_VERSIONS = (2,)
+KNOWN_LAYOUT_VERSIONS = (3,)
 THREAD_STATES = {1: "live", 2: "exited"}
 
-# Facts of layout version 2 that the registry does not publish (the kind ids it does publish).
+# Facts of layout version 3 that the registry does not publish (the kind ids it does publish).
 NUM_FREELISTS = 11
 MIN_CLASS = 8
 CHUNK_ALIGN = 16
@@ -81,6 +81,7 @@ LAYOUT_FIELDS = (
     "kind",
     "alloc_set_id",
     "redirect_id",
+    "bump_id",
 )
 REG_SIZE = REG_LAYOUT + 4 * len(LAYOUT_FIELDS)
 # ThreadEntry (repr(C), 64-bit): next ptr, top ptr, state u32, os_tid u32, name [u8; 64], then
@@ -158,7 +159,7 @@ class Layout:
         bad = [w for w in words if w + 8 > cs]
         if self.kind + 4 > cs:
             bad.append(self.kind)
-        ids = (self.alloc_set_id, self.redirect_id)
+        ids = (self.alloc_set_id, self.redirect_id, self.bump_id)
         if len(set(ids)) != len(ids) or not all(0 < i <= KIND_MASK for i in ids):
             bad.append(ids)
         if self.freelist + 8 * NUM_FREELISTS > cs:
@@ -204,7 +205,7 @@ class Registry:
                 "(gdb PROGRAM CORE) first"
             )
         if gdb.lookup_type("void").pointer().sizeof != 8:
-            raise gdb.GdbError("memctx: only 64-bit programs are supported (layout version 2)")
+            raise gdb.GdbError("memctx: only 64-bit programs are supported (layout version 3)")
         self.how = "given"
         if addr is None:
             addr, self.how = find_registry(self.inferior)
@@ -408,7 +409,8 @@ def read_context(reg, addr, max_chunks, warnings):
 
     prefix = lay.chunk_prefix
     counted = 0
-    if kind != lay.alloc_set_id:
+    # A Bump context has no freelists: its free bytes are its blocks' unused tails.
+    if kind not in (lay.alloc_set_id, lay.bump_id):
         warnings.append(
             "%s: kind id %d is not one this script walks; free chunks not counted" % (label, kind)
         )

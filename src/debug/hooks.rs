@@ -44,6 +44,18 @@ use super::vgmap;
 /// front redzone (`layout.rs`). The allocator core's chunk prefix is this (through `crate::hooks`).
 pub(crate) const CHUNK_PREFIX: usize = super::layout::DEBUG_CHUNK_PREFIX;
 
+/// Bump chunks carry the whole prefix in the debug build, so its checks and walks cover them.
+pub(crate) const BUMP_CHUNK_HEADERS: bool = true;
+
+/// The safe API gives back the last chunk of a Bump context: the debug build keeps its space as a
+/// freed chunk (record, freed pattern, closed to the tools) so that a use after the free is
+/// reported; the space comes back with the context's reset.
+pub(crate) fn bump_chunk_unwound(ctx: *mut ContextHeader, data: *mut u8, cap: usize) -> bool {
+    chunk_freed(ctx, data, cap);
+    freelist_close(data);
+    false
+}
+
 /// Bytes of the prefix after the header word: the debug record and the front redzone.
 const RECORD_AND_FRONT: usize = CHUNK_PREFIX - CHUNK_HEADER_SIZE;
 

@@ -723,21 +723,15 @@ impl ContextKind for AllocSet {
         unsafe { alloc(ctx, size) }
     }
     #[inline(always)]
-    unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader) {
-        // SAFETY: the caller promises a live chunk of `ctx`, an AllocSet, with header `hdr`, as
-        // `free` asks.
-        unsafe { free(ctx, data, hdr) }
+    unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
+        // SAFETY: the caller promises a live AllocSet chunk with header `hdr`: its offset leads
+        // to its block, whose context is the one `free` asks for.
+        unsafe { free(owner(data, hdr), data, hdr) }
     }
     #[inline]
-    unsafe fn realloc(
-        ctx: *mut ContextHeader,
-        data: *mut u8,
-        hdr: ChunkHeader,
-        size: usize,
-        old_size: usize,
-    ) -> *mut u8 {
-        // SAFETY: the caller promises a live chunk of `ctx` with header `hdr`, as `realloc` asks.
-        unsafe { realloc(ctx, data, hdr, size, old_size) }
+    unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize, old_size: usize) -> *mut u8 {
+        // SAFETY: as `free`: the chunk's owner is the context `realloc` asks for.
+        unsafe { realloc(owner(data, hdr), data, hdr, size, old_size) }
     }
     unsafe fn reset(ctx: *mut ContextHeader) {
         // SAFETY: the caller promises a live AllocSet whose memory nothing uses, as `reset` asks.

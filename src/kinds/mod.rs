@@ -38,6 +38,7 @@ use crate::context::ContextHeader;
 use crate::stats::Counters;
 
 pub(crate) mod aset;
+pub(crate) mod bump;
 mod walk;
 
 #[cfg(feature = "debug-contexts")]
@@ -52,6 +53,8 @@ use aset::{AllocSet, AllocSetState};
 pub(crate) enum KindId {
     /// PostgreSQL's general-purpose kind (`kinds/aset.rs`).
     AllocSet = ChunkKind::AllocSet as u32,
+    /// Memory freed only all at once (`kinds/bump.rs`).
+    Bump = ChunkKind::Bump as u32,
 }
 
 impl KindId {
@@ -59,6 +62,7 @@ impl KindId {
     pub(crate) fn name(self) -> &'static str {
         match self {
             KindId::AllocSet => "AllocSet",
+            KindId::Bump => "Bump",
         }
     }
 }
@@ -69,6 +73,8 @@ impl KindId {
 pub(crate) union KindState {
     /// An AllocSet's freelists and block sizes.
     pub(crate) aset: AllocSetState,
+    /// A Bump context's block sizes.
+    pub(crate) bump: bump::BumpState,
 }
 
 impl KindState {
@@ -92,24 +98,19 @@ pub(crate) trait ContextKind {
     /// `ctx` must be a live context of this kind, of the calling thread.
     unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8;
 
-    /// Frees the chunk at `data`.
+    /// Frees the chunk at `data` in the context that owns it.
     ///
     /// # Safety
-    /// `data` must be a live chunk of `ctx`, a live context of this kind; `hdr` its header.
-    unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHeader);
+    /// `data` must be a live chunk of this kind, of a live context of this thread; `hdr` its
+    /// header.
+    unsafe fn free(data: *mut u8, hdr: ChunkHeader);
 
-    /// Resizes the chunk at `data`, preserving `old_size` bytes; null (the chunk untouched) when
-    /// the system allocator fails.
+    /// Resizes the chunk at `data` in the context that owns it, preserving `old_size` bytes; null
+    /// (the chunk untouched) when the system allocator fails.
     ///
     /// # Safety
     /// As [`ContextKind::free`].
-    unsafe fn realloc(
-        ctx: *mut ContextHeader,
-        data: *mut u8,
-        hdr: ChunkHeader,
-        size: usize,
-        old_size: usize,
-    ) -> *mut u8;
+    unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize, old_size: usize) -> *mut u8;
 
     /// Frees every chunk, keeping what the kind keeps across a reset (the keeper block).
     ///
@@ -177,6 +178,10 @@ macro_rules! with_kind {
                 type $k = AllocSet;
                 $call
             }
+            KindId::Bump => {
+                type $k = bump::Bump;
+                $call
+            }
         }
     };
 }
@@ -190,6 +195,21 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
     // SAFETY: the header's kind id names the kind whose `init` set the context up, so the caller's
     // promise (a live context of this thread) is the one `K::alloc` asks of a context of kind `K`.
     unsafe { with_kind!((*ctx).kind, K => K::alloc(ctx, size)) }
+}
+
+/// Sets up the fresh, block-less header `ctx` as a context of kind `kind` with `sizes`, its
+/// keeper block allocated; false when the system allocator fails.
+///
+/// # Safety
+/// `ctx` must point to a context header that holds no blocks.
+pub(crate) unsafe fn init(ctx: *mut ContextHeader, kind: KindId, sizes: aset::BlockSizes) -> bool {
+    // SAFETY: the caller's promise is the one both kinds' `init` ask.
+    unsafe {
+        match kind {
+            KindId::AllocSet => aset::init(ctx, sizes),
+            KindId::Bump => bump::init(ctx, sizes),
+        }
+    }
 }
 
 /// Resets `ctx` through its kind.
@@ -244,6 +264,7 @@ pub(crate) enum Target {
 pub(crate) fn target(ptr: *mut u8, hdr: ChunkHeader, op: &str) -> Target {
     match ChunkKind::from_id(hdr.kind_id()) {
         Some(ChunkKind::AllocSet) => Target::Chunk(KindId::AllocSet),
+        Some(ChunkKind::Bump) => Target::Chunk(KindId::Bump),
         Some(ChunkKind::AlignedRedirect) => Target::Redirect(ptr.wrapping_sub(hdr.offset())),
         None => invalid_pointer(op, ptr, hdr),
     }
@@ -264,9 +285,9 @@ pub(crate) fn invalid_pointer(op: &str, ptr: *mut u8, hdr: ChunkHeader) -> ! {
 /// As [`ContextKind::free`], the context being the chunk's owner.
 #[inline(always)]
 pub(crate) unsafe fn free(kind: KindId, data: *mut u8, hdr: ChunkHeader) {
-    // SAFETY: `kind` is the id the chunk's header carries, so `K::owner` reads the chunk's own block
-    // and finds its context; the caller promises the chunk is live, which `K::free` asks.
-    unsafe { with_kind!(kind, K => K::free(K::owner(data, hdr), data, hdr)) }
+    // SAFETY: `kind` is the id the chunk's header carries, and the caller promises the chunk is
+    // live, which `K::free` asks.
+    unsafe { with_kind!(kind, K => K::free(data, hdr)) }
 }
 
 /// Resizes the chunk at `data` of kind `kind` in its own context.
@@ -281,9 +302,8 @@ pub(crate) unsafe fn realloc(
     size: usize,
     old_size: usize,
 ) -> *mut u8 {
-    // SAFETY: as `free`: `kind` is the chunk's own, so `K::owner` finds the context
-    // `K::realloc` needs.
-    unsafe { with_kind!(kind, K => K::realloc(K::owner(data, hdr), data, hdr, size, old_size)) }
+    // SAFETY: as `free`: `kind` is the chunk's own, and the chunk is live (caller).
+    unsafe { with_kind!(kind, K => K::realloc(data, hdr, size, old_size)) }
 }
 
 /// The context owning the chunk at `data` of kind `kind`.

@@ -1,0 +1,217 @@
+//! The Bump context kind (`src/kinds/bump.rs`): allocation by a moving pointer, blocks that grow
+//! as an AllocSet's do, reset and delete as the only frees, its stats, the safe API's
+//! take-back-the-last `deallocate` and in-place `grow`, and — in the debug build — the clear
+//! errors of `pfree`, `repalloc`, `chunk_context` and `chunk_space` on a Bump chunk.
+//!
+//! Runs in both builds and commits no memory bug, so it runs under memcheck and ASan too.
+
+use core::alloc::Layout;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use allocator_api2::alloc::Allocator;
+use allocator_api2::vec::Vec as AVec;
+use memctx::{BlockSizes, MemoryContext};
+
+const DEBUG: bool = cfg!(feature = "debug-contexts");
+
+/// Block header size: where a release build's first Bump chunk starts in its block.
+const BLOCK_HEADER: usize = 48;
+
+fn bump(name: &'static str) -> MemoryContext {
+    MemoryContext::top().new_bump_child(name, BlockSizes::DEFAULT)
+}
+
+/// The panic message of `f`, which must panic.
+fn panic_message<R>(f: impl FnOnce() -> R) -> String {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(_) => panic!("expected a panic"),
+        Err(e) => e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+    }
+}
+
+#[test]
+fn chunks_are_aligned_distinct_and_freed_by_reset() {
+    let ctx = bump("Caller tuples");
+    let stats = ctx.stats();
+    assert_eq!(stats.kind, "Bump");
+    assert_eq!(
+        (stats.counters.total_nblocks, stats.counters.total_bytes),
+        (1, 8192)
+    );
+    assert!(ctx.is_empty());
+    let mut chunks = Vec::new();
+    for i in 0..2000usize {
+        let size = 1 + i % 200;
+        let p = ctx.alloc(size).as_ptr();
+        assert_eq!(p as usize % 16, 0, "chunk {i} misaligned");
+        unsafe { p.write_bytes(i as u8, size) };
+        chunks.push((p, size, i as u8));
+    }
+    for &(p, size, byte) in &chunks {
+        let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+        assert!(
+            bytes.iter().all(|&b| b == byte),
+            "a later chunk overlapped this one"
+        );
+    }
+    assert!(!ctx.is_empty());
+    let grown = ctx.counters();
+    assert!(grown.total_nblocks > 1, "{grown:?}");
+    // Blocks double from the initial size: 8 KiB keeper, then 8, 16, 32 KiB, ...
+    assert_eq!(ctx.mem_allocated(false) as u64, grown.total_bytes);
+    assert_eq!(grown.free_chunks, 0);
+    assert_eq!(ctx.check(), 0);
+    ctx.reset();
+    let after = ctx.counters();
+    assert_eq!((after.total_nblocks, after.total_bytes), (1, 8192));
+    assert!(ctx.is_empty());
+    // The keeper is rewound: the first chunk after the reset is where the first one was.
+    assert_eq!(ctx.alloc(1).as_ptr(), chunks[0].0);
+    ctx.delete();
+}
+
+/// A release build's Bump chunk is its size rounded to 16 and nothing else: the free bytes are
+/// the keeper's size less its header and the chunks.
+#[cfg(not(feature = "debug-contexts"))]
+#[test]
+fn release_chunks_have_no_header() {
+    let ctx = bump("bare");
+    let a = ctx.alloc(24).as_ptr();
+    let b = ctx.alloc(24).as_ptr();
+    assert_eq!(b as usize - a as usize, 32);
+    for _ in 0..8 {
+        ctx.alloc(24);
+    }
+    assert_eq!(
+        ctx.counters().free_bytes,
+        8192 - BLOCK_HEADER as u64 - 10 * 32
+    );
+    ctx.delete();
+}
+
+#[test]
+fn large_requests_get_a_block_of_their_own() {
+    let ctx = bump("large");
+    let small = ctx.alloc(64).as_ptr();
+    let big = ctx.alloc(100_000).as_ptr();
+    unsafe { big.write_bytes(7, 100_000) };
+    let c = ctx.counters();
+    assert_eq!(c.total_nblocks, 2);
+    assert!(c.total_bytes >= 8192 + 100_000, "{c:?}");
+    // The active block still serves small requests, right after the first one.
+    let next = ctx.alloc(64).as_ptr();
+    assert!(next > small && (next as usize) < small as usize + 8192);
+    assert_eq!(ctx.check(), 0);
+    ctx.reset();
+    assert_eq!(ctx.counters().total_nblocks, 1);
+    ctx.delete();
+}
+
+#[test]
+fn safe_api_takes_back_the_last_allocation() {
+    let ctx = bump("rows");
+    let pinned = ctx.pin();
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    let first = pinned.allocate(layout).unwrap().as_ptr() as *mut u8;
+    let last = pinned.allocate(layout).unwrap().as_ptr() as *mut u8;
+    let free_before = ctx.counters().free_bytes;
+    unsafe { pinned.deallocate(core::ptr::NonNull::new(last).unwrap(), layout) };
+    let again = pinned.allocate(layout).unwrap().as_ptr() as *mut u8;
+    if DEBUG {
+        // The debug build keeps the freed chunk (a use after the free is reported).
+        assert_ne!(again, last);
+    } else {
+        assert_eq!(again, last);
+        assert_eq!(ctx.counters().free_bytes, free_before);
+    }
+    // Not the last: it waits for the reset, and the space is not handed out again.
+    unsafe { pinned.deallocate(core::ptr::NonNull::new(first).unwrap(), layout) };
+    let other = pinned.allocate(layout).unwrap().as_ptr() as *mut u8;
+    assert_ne!(other, first);
+    assert_eq!(ctx.check(), 0);
+    drop(pinned);
+    ctx.delete();
+}
+
+#[test]
+fn safe_api_grows_the_last_allocation_in_place() {
+    let ctx = bump("sort tuples");
+    let pinned = ctx.pin();
+    let mut v: AVec<u32, _> = AVec::with_capacity_in(4, &pinned);
+    v.push(0);
+    let start = v.as_ptr();
+    for i in 1..1000u32 {
+        v.push(i);
+    }
+    assert_eq!(v.as_ptr(), start, "the last allocation grew in place");
+    // Another allocation after it: growing now moves and copies.
+    let mut w: AVec<u8, _> = AVec::with_capacity_in(16, &pinned);
+    w.push(1);
+    v.reserve(v.capacity() + 1);
+    assert_ne!(v.as_ptr(), start);
+    assert!(v.iter().copied().eq(0..1000u32));
+    assert_eq!(ctx.check(), 0);
+    drop((v, w));
+    drop(pinned);
+    ctx.reset();
+    assert!(ctx.is_empty());
+    ctx.delete();
+}
+
+#[test]
+fn a_deleted_bump_header_serves_an_allocset_next() {
+    let b = bump("short-lived");
+    b.alloc(100);
+    b.delete();
+    let a = MemoryContext::top().new_child("after", BlockSizes::SMALL);
+    assert_eq!(a.stats().kind, "AllocSet");
+    let p = a.alloc(100).as_ptr();
+    unsafe { memctx::pfree(p) };
+    assert_eq!(unsafe { memctx::chunk_context(a.alloc(8).as_ptr()) }, a);
+    a.delete();
+}
+
+/// The debug build gives Bump chunks a header: the pointer operations PostgreSQL's Bump does not
+/// support are clear errors there (a release build's are undefined, see `pfree`'s `# Safety`).
+#[cfg(feature = "debug-contexts")]
+#[test]
+fn pointer_operations_are_clear_errors_in_the_debug_build() {
+    let ctx = bump("no pfree");
+    let p = ctx.alloc(32).as_ptr();
+    let cases: [(&str, Box<dyn FnOnce()>); 4] = [
+        ("pfree", Box::new(move || unsafe { memctx::pfree(p) })),
+        (
+            "repalloc",
+            Box::new(move || unsafe {
+                memctx::repalloc(p, 64);
+            }),
+        ),
+        (
+            "GetMemoryChunkContext",
+            Box::new(move || unsafe {
+                memctx::chunk_context(p);
+            }),
+        ),
+        (
+            "GetMemoryChunkSpace",
+            Box::new(move || unsafe {
+                memctx::chunk_space(p);
+            }),
+        ),
+    ];
+    for (op, f) in cases {
+        assert_eq!(
+            panic_message(f),
+            format!("{op} is not supported by the bump memory allocator")
+        );
+    }
+    // The chunk is untouched and the context sound.
+    assert_eq!(ctx.check(), 0);
+    let sites = ctx.sites(false, 10);
+    assert_eq!((sites[0].count, sites[0].bytes), (1, 32));
+    ctx.delete();
+}
