@@ -345,12 +345,13 @@ impl PinnedContext {
             return Err(AllocError);
         }
         let ctx = self.raw();
-        // SAFETY: a pinned context is live; for a Bump context `ptr` is its live chunk of
-        // `old.size()` bytes (caller), which is all `grow_in_place` needs.
+        // SAFETY: a pinned context is live, its header readable.
         if unsafe { (*ctx).kind } == KindId::Bump {
-            if new.size() <= old.size()
-                || unsafe { bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size()) }
-            {
+            // SAFETY: `ptr` is a live chunk of this Bump context with `old.size()` bytes (the
+            // caller's promise), which is all `grow_in_place` needs.
+            let in_place = new.size() <= old.size()
+                || unsafe { bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size()) };
+            if in_place {
                 return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
             }
             let p = self.allocate(new)?;

@@ -6,7 +6,6 @@
 //! Runs in both builds and commits no memory bug, so it runs under memcheck and ASan too.
 
 use core::alloc::Layout;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use allocator_api2::alloc::Allocator;
 use allocator_api2::vec::Vec as AVec;
@@ -14,16 +13,14 @@ use memctx::{BlockSizes, MemoryContext};
 
 const DEBUG: bool = cfg!(feature = "debug-contexts");
 
-/// Block header size: where a release build's first Bump chunk starts in its block.
-const BLOCK_HEADER: usize = 48;
-
 fn bump(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_bump_child(name, BlockSizes::DEFAULT)
 }
 
 /// The panic message of `f`, which must panic.
+#[cfg(feature = "debug-contexts")]
 fn panic_message<R>(f: impl FnOnce() -> R) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(_) => panic!("expected a panic"),
         Err(e) => e
             .downcast_ref::<String>()
@@ -79,6 +76,8 @@ fn chunks_are_aligned_distinct_and_freed_by_reset() {
 #[cfg(not(feature = "debug-contexts"))]
 #[test]
 fn release_chunks_have_no_header() {
+    /// Block header size: where a release build's first Bump chunk starts in its block.
+    const BLOCK_HEADER: u64 = 48;
     let ctx = bump("bare");
     let a = ctx.alloc(24).as_ptr();
     let b = ctx.alloc(24).as_ptr();
@@ -86,10 +85,7 @@ fn release_chunks_have_no_header() {
     for _ in 0..8 {
         ctx.alloc(24);
     }
-    assert_eq!(
-        ctx.counters().free_bytes,
-        8192 - BLOCK_HEADER as u64 - 10 * 32
-    );
+    assert_eq!(ctx.counters().free_bytes, 8192 - BLOCK_HEADER - 10 * 32);
     ctx.delete();
 }
 
@@ -182,7 +178,8 @@ fn a_deleted_bump_header_serves_an_allocset_next() {
 fn pointer_operations_are_clear_errors_in_the_debug_build() {
     let ctx = bump("no pfree");
     let p = ctx.alloc(32).as_ptr();
-    let cases: [(&str, Box<dyn FnOnce()>); 4] = [
+    type Op = Box<dyn FnOnce()>;
+    let cases: [(&str, Op); 4] = [
         ("pfree", Box::new(move || unsafe { memctx::pfree(p) })),
         (
             "repalloc",
