@@ -222,58 +222,6 @@ const FOOTPRINTS: [usize; NUM_FREELISTS] = {
     f
 };
 
-/// Allocates a block of `size` bytes from the system (unless `mem`, or the hooks, provide memory
-/// for it) and links it as the head or after the head. Returns null when the system allocator
-/// fails.
-///
-/// # Safety
-/// `ctx` must be a live AllocSet context; `mem` null or `size` writable bytes, 16-aligned.
-unsafe fn new_block(
-    ctx: *mut ContextHeader,
-    size: usize,
-    as_head: bool,
-    mem: *mut u8,
-) -> *mut Block {
-    let external = !as_head;
-    debug_assert!(size >= BLOCK_HEADER_SIZE && size % CHUNK_ALIGN == 0);
-    let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
-        return ptr::null_mut();
-    };
-    let block = match (mem.is_null(), hooks::block_memory(size)) {
-        (false, _) => mem as *mut Block,
-        (true, Some(mem)) => mem as *mut Block,
-        // SAFETY: `layout` has a non-zero size (at least the block header).
-        (true, None) => unsafe { alloc::alloc(layout) as *mut Block },
-    };
-    if block.is_null() {
-        return block;
-    }
-    // SAFETY: `ctx` is live (caller); `block` is a fresh allocation large enough for its header.
-    unsafe {
-        kinds::link_block(ctx, block, size, as_head);
-        hooks::block_allocated(ctx, block, external);
-    }
-    block
-}
-
-/// Unlinks `block` from its context and gives it back to the system.
-///
-/// # Safety
-/// `block` must be a block of the live context `ctx`, and nothing may use its memory afterwards.
-unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
-    // SAFETY: the caller guarantees `block` belongs to `ctx`; its neighbours are its list mates.
-    unsafe {
-        let size = kinds::unlink_block(ctx, block);
-        hooks::block_freed(ctx, block);
-        if !hooks::block_release(block, size) {
-            alloc::dealloc(
-                block as *mut u8,
-                Layout::from_size_align_unchecked(size, CHUNK_ALIGN),
-            );
-        }
-    }
-}
-
 /// Sets up the AllocSet state of a fresh (or recycled, keeper-less) context and allocates its
 /// keeper block. Returns false when the system allocator fails.
 ///
@@ -292,7 +240,7 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
         set.chunk_limit = sizes.chunk_limit();
         set.next_block_size = sizes.init_block_size;
         set.freelist = [ptr::null_mut(); NUM_FREELISTS];
-        let keeper = new_block(ctx, sizes.keeper_size(), true, ptr::null_mut());
+        let keeper = kinds::new_block(ctx, sizes.keeper_size(), true, ptr::null_mut());
         if keeper.is_null() {
             return false;
         }
@@ -456,7 +404,7 @@ unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
         while size < required {
             size *= 2;
         }
-        let block = new_block(ctx, size, true, ptr::null_mut());
+        let block = kinds::new_block(ctx, size, true, ptr::null_mut());
         if !block.is_null() {
             hooks::safe_point(); // a new block, linked and consistent
         }
@@ -478,7 +426,7 @@ unsafe fn alloc_large(ctx: *mut ContextHeader, size: usize, need: usize) -> *mut
     // SAFETY: `ctx` is live; the new block is large enough for header, pad, prefix and `size`
     // (and `need`, unless the hooks placed it at a guard page).
     unsafe {
-        let block = new_block(ctx, block_size, false, mem);
+        let block = kinds::new_block(ctx, block_size, false, mem);
         if block.is_null() {
             return ptr::null_mut();
         }
@@ -515,7 +463,7 @@ pub(crate) unsafe fn free(ctx: *mut ContextHeader, data: *mut u8, hdr: ChunkHead
         if hdr.is_external() {
             let block = chunk::block_of(data, hdr);
             hooks::chunk_freed(ctx, data, (*block).end_ptr as usize - data as usize);
-            free_block(ctx, block);
+            kinds::free_block(ctx, block);
             return;
         }
         let idx = hdr.value() as usize;
@@ -652,7 +600,7 @@ pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
         while !block.is_null() {
             let next = (*block).next;
             if block != keeper {
-                free_block(ctx, block);
+                kinds::free_block(ctx, block);
             }
             block = next;
         }
@@ -673,7 +621,7 @@ pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
     // SAFETY: as `reset`.
     unsafe {
         while !(*ctx).blocks.is_null() {
-            free_block(ctx, (*ctx).blocks);
+            kinds::free_block(ctx, (*ctx).blocks);
         }
         (*ctx).keeper = ptr::null_mut();
         (*ctx).state.aset.freelist = [ptr::null_mut(); NUM_FREELISTS];

@@ -26,7 +26,6 @@
 //! allocates and copies.
 
 use core::ptr;
-use std::alloc::{self, Layout};
 
 use crate::chunk::{
     self, align_up, Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, CHUNK_ALIGN, CHUNK_PREFIX,
@@ -112,53 +111,23 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: BlockSizes) -> bool {
     }
 }
 
-/// Allocates a block of `size` bytes (from `mem` if given, else the hooks or the system) and links
-/// it as the head or after it. Null when the system allocator fails.
+/// [`kinds::new_block`], with the free pointer where Bump's first chunk starts.
 ///
 /// # Safety
-/// `ctx` must be a live Bump context; `mem` null or `size` writable bytes, 16-aligned.
+/// As [`kinds::new_block`].
 unsafe fn new_block(
     ctx: *mut ContextHeader,
     size: usize,
     as_head: bool,
     mem: *mut u8,
 ) -> *mut Block {
-    let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
-        return ptr::null_mut();
-    };
-    let block = match (mem.is_null(), hooks::block_memory(size)) {
-        (false, _) => mem as *mut Block,
-        (true, Some(mem)) => mem as *mut Block,
-        // SAFETY: `layout` has a non-zero size (at least the block header).
-        (true, None) => unsafe { alloc::alloc(layout) as *mut Block },
-    };
-    if !block.is_null() {
-        // SAFETY: `block` is a fresh allocation of `size` bytes and `ctx` is live (caller).
-        unsafe {
-            kinds::link_block(ctx, block, size, as_head);
-            (*block).free_ptr = first_start(block);
-            hooks::block_allocated(ctx, block, !as_head);
-        }
-    }
-    block
-}
-
-/// Unlinks `block` from `ctx` and gives it back.
-///
-/// # Safety
-/// `block` must be a block of the live context `ctx` whose memory nothing uses.
-unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
-    // SAFETY: the caller promises a block of `ctx`, unused: unlinking it and returning it to the
-    // allocator it came from (the hooks say whether they took it) is all that touches it.
+    // SAFETY: the caller's promise is `kinds::new_block`'s; a block it returns is ours to set up.
     unsafe {
-        let size = kinds::unlink_block(ctx, block);
-        hooks::block_freed(ctx, block);
-        if !hooks::block_release(block, size) {
-            alloc::dealloc(
-                block as *mut u8,
-                Layout::from_size_align_unchecked(size, CHUNK_ALIGN),
-            );
+        let block = kinds::new_block(ctx, size, as_head, mem);
+        if !block.is_null() {
+            (*block).free_ptr = first_start(block);
         }
+        block
     }
 }
 
@@ -361,7 +330,7 @@ impl ContextKind for Bump {
             while !block.is_null() {
                 let next = (*block).next;
                 if block != keeper {
-                    free_block(ctx, block);
+                    kinds::free_block(ctx, block);
                 }
                 block = next;
             }
@@ -375,7 +344,7 @@ impl ContextKind for Bump {
         // SAFETY: the caller promises a live Bump context whose memory nothing uses.
         unsafe {
             while !(*ctx).blocks.is_null() {
-                free_block(ctx, (*ctx).blocks);
+                kinds::free_block(ctx, (*ctx).blocks);
             }
             (*ctx).keeper = ptr::null_mut();
         }

@@ -33,8 +33,11 @@
 
 use core::ptr;
 
-use crate::chunk::{Block, ChunkHeader, ChunkKind};
+use std::alloc::{self, Layout};
+
+use crate::chunk::{Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, CHUNK_ALIGN};
 use crate::context::ContextHeader;
+use crate::hooks;
 use crate::stats::Counters;
 
 pub(crate) mod aset;
@@ -335,17 +338,69 @@ pub(crate) unsafe fn space(kind: KindId, data: *mut u8, hdr: ChunkHeader) -> usi
     unsafe { with_kind!(kind, K => K::space(data, hdr)) }
 }
 
+/// Takes a block of `size` bytes for `ctx` — `mem` if given, else what the hooks provide (the
+/// debug build maps blocks under memcheck), else the system allocator's — links it as the head
+/// (the active block) or right after it (a chunk's own block), and tells the hooks. Its free
+/// pointer is `Block::first_chunk`; a kind whose chunks start elsewhere moves it. Null when the
+/// system allocator fails.
+///
+/// # Safety
+/// `ctx` must be a live context of this thread; `mem` null or `size` writable bytes, 16-aligned;
+/// `size` a multiple of 16 and at least a block header.
+pub(crate) unsafe fn new_block(
+    ctx: *mut ContextHeader,
+    size: usize,
+    as_head: bool,
+    mem: *mut u8,
+) -> *mut Block {
+    debug_assert!(size >= BLOCK_HEADER_SIZE && size % CHUNK_ALIGN == 0);
+    let Ok(layout) = Layout::from_size_align(size, CHUNK_ALIGN) else {
+        return ptr::null_mut();
+    };
+    let block = match (mem.is_null(), hooks::block_memory(size)) {
+        (false, _) => mem as *mut Block,
+        (true, Some(mem)) => mem as *mut Block,
+        // SAFETY: `layout` has a non-zero size (at least the block header).
+        (true, None) => unsafe { alloc::alloc(layout) as *mut Block },
+    };
+    if !block.is_null() {
+        // SAFETY: `ctx` is live (caller); `block` is a fresh allocation of `size` bytes, large
+        // enough for its header.
+        unsafe {
+            link_block(ctx, block, size, as_head);
+            hooks::block_allocated(ctx, block, !as_head);
+        }
+    }
+    block
+}
+
+/// Unlinks `block` from `ctx` and gives it back: to the hooks if they take it (a guarded
+/// mapping, a block mapped under memcheck), else to the system allocator.
+///
+/// # Safety
+/// `block` must be a block of the live context `ctx` that [`new_block`] took, and nothing may use
+/// its memory afterwards.
+pub(crate) unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
+    // SAFETY: the caller promises a block of `ctx` that nothing uses: unlinking it touches its
+    // list mates only, and it goes back to where `new_block` took it with the layout it had.
+    unsafe {
+        let size = unlink_block(ctx, block);
+        hooks::block_freed(ctx, block);
+        if !hooks::block_release(block, size) {
+            alloc::dealloc(
+                block as *mut u8,
+                Layout::from_size_align_unchecked(size, CHUNK_ALIGN),
+            );
+        }
+    }
+}
+
 /// Links a fresh block of `size` bytes into `ctx`'s block list — as the head (the active block)
 /// or right after it — and writes its header.
 ///
 /// # Safety
 /// `ctx` must be live; `block` a fresh allocation of `size` bytes, at least a block header.
-pub(crate) unsafe fn link_block(
-    ctx: *mut ContextHeader,
-    block: *mut Block,
-    size: usize,
-    as_head: bool,
-) {
+unsafe fn link_block(ctx: *mut ContextHeader, block: *mut Block, size: usize, as_head: bool) {
     // SAFETY: `block` is a fresh allocation of `size` bytes (the caller's promise), so its header
     // and its end lie in it; the list head and its successor are blocks of the live `ctx`.
     unsafe {
@@ -391,7 +446,7 @@ pub(crate) unsafe fn relink_moved_block(ctx: *mut ContextHeader, block: *mut Blo
 ///
 /// # Safety
 /// `block` must be a block of the live context `ctx`.
-pub(crate) unsafe fn unlink_block(ctx: *mut ContextHeader, block: *mut Block) -> usize {
+unsafe fn unlink_block(ctx: *mut ContextHeader, block: *mut Block) -> usize {
     // SAFETY: `block` is on `ctx`'s list (the caller's promise), so its neighbours are live blocks of
     // `ctx` or null, and its size was added to `mem_allocated` when it was linked.
     unsafe {
