@@ -595,17 +595,7 @@ pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
     // SAFETY: `ctx` is live and its memory unused (caller).
     unsafe {
         hooks::reset_begin(ctx);
-        let keeper = (*ctx).keeper;
-        let mut block = (*ctx).blocks;
-        while !block.is_null() {
-            let next = (*block).next;
-            if block != keeper {
-                kinds::free_block(ctx, block);
-            }
-            block = next;
-        }
-        debug_assert!((*ctx).blocks == keeper && (*keeper).prev.is_null());
-        (*keeper).next = ptr::null_mut();
+        let keeper = kinds::free_all_but_keeper(ctx);
         (*keeper).free_ptr = Block::first_chunk(keeper);
         (*ctx).state.aset.freelist = [ptr::null_mut(); NUM_FREELISTS];
         (*ctx).state.aset.next_block_size = (*ctx).state.aset.sizes.init_block_size;
@@ -620,12 +610,8 @@ pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
 pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
     // SAFETY: as `reset`.
     unsafe {
-        while !(*ctx).blocks.is_null() {
-            kinds::free_block(ctx, (*ctx).blocks);
-        }
-        (*ctx).keeper = ptr::null_mut();
+        kinds::free_all_blocks(ctx);
         (*ctx).state.aset.freelist = [ptr::null_mut(); NUM_FREELISTS];
-        debug_assert_eq!((*ctx).mem_allocated, 0);
     }
 }
 

@@ -325,16 +325,7 @@ impl ContextKind for Bump {
         // but the keeper goes, the keeper is rewound.
         unsafe {
             hooks::reset_begin(ctx);
-            let keeper = (*ctx).keeper;
-            let mut block = (*ctx).blocks;
-            while !block.is_null() {
-                let next = (*block).next;
-                if block != keeper {
-                    kinds::free_block(ctx, block);
-                }
-                block = next;
-            }
-            (*keeper).next = ptr::null_mut();
+            let keeper = kinds::free_all_but_keeper(ctx);
             (*keeper).free_ptr = first_start(keeper);
             (*ctx).state.bump.next_block_size = (*ctx).state.bump.sizes.init_block_size;
             hooks::reset_end(ctx);
@@ -342,12 +333,7 @@ impl ContextKind for Bump {
     }
     unsafe fn release_all(ctx: *mut ContextHeader) {
         // SAFETY: the caller promises a live Bump context whose memory nothing uses.
-        unsafe {
-            while !(*ctx).blocks.is_null() {
-                kinds::free_block(ctx, (*ctx).blocks);
-            }
-            (*ctx).keeper = ptr::null_mut();
-        }
+        unsafe { kinds::free_all_blocks(ctx) }
     }
     unsafe fn owner(_: *mut u8, _: ChunkHeader) -> *mut ContextHeader {
         unsupported("GetMemoryChunkContext")

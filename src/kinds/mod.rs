@@ -395,6 +395,46 @@ pub(crate) unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
     }
 }
 
+/// A reset's block work, the same for every kind with a keeper: every block but the keeper goes
+/// back, and the keeper is left alone on the list (its free pointer is the kind's to rewind).
+/// Returns the keeper.
+///
+/// # Safety
+/// `ctx` must be a live context with a keeper, whose memory nothing uses any more.
+pub(crate) unsafe fn free_all_but_keeper(ctx: *mut ContextHeader) -> *mut Block {
+    // SAFETY: the caller promises a live context whose memory is unused; each block is read for
+    // its successor before it is given back, and the keeper stays.
+    unsafe {
+        let keeper = (*ctx).keeper;
+        let mut block = (*ctx).blocks;
+        while !block.is_null() {
+            let next = (*block).next;
+            if block != keeper {
+                free_block(ctx, block);
+            }
+            block = next;
+        }
+        debug_assert!((*ctx).blocks == keeper && (*keeper).prev.is_null());
+        (*keeper).next = ptr::null_mut();
+        keeper
+    }
+}
+
+/// A delete's block work: every block, the keeper included, goes back.
+///
+/// # Safety
+/// As [`free_all_but_keeper`].
+pub(crate) unsafe fn free_all_blocks(ctx: *mut ContextHeader) {
+    // SAFETY: the caller promises a live context whose memory is unused.
+    unsafe {
+        while !(*ctx).blocks.is_null() {
+            free_block(ctx, (*ctx).blocks);
+        }
+        (*ctx).keeper = ptr::null_mut();
+        debug_assert_eq!((*ctx).mem_allocated, 0);
+    }
+}
+
 /// Links a fresh block of `size` bytes into `ctx`'s block list — as the head (the active block)
 /// or right after it — and writes its header.
 ///
