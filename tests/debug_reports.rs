@@ -474,8 +474,10 @@ fn write_after_reset_at_default_depth_found_by_check_not_on_reuse() {
 #[test]
 fn wild_write_into_unused_block_space() {
     let ctx = new_ctx("WildCtx");
+    let mut chunk = 0;
     let r = one(collect(|| {
         let p = ctx.alloc(16).as_ptr();
+        chunk = p as usize;
         unsafe { p.add(4000).write(0x55) }; // far past any chunk, inside the keeper block
         ctx.delete();
     }));
@@ -486,6 +488,73 @@ fn wild_write_into_unused_block_space() {
     let (a, b) = r.range.expect("range");
     assert_eq!(b - a, 1);
     assert_eq!(r.found, [0x55]);
+    // Located against the chunk before it, as ASan does, with that chunk's allocation stack.
+    let located = format!(
+        "unused block space, owned by no chunk, was written: 3984 bytes after the 16-byte chunk \
+         at {chunk:#x} (allocated at the stack below)"
+    );
+    assert_eq!(r.detail, located);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "wild_write_into_unused_block_space",
+        "allocation",
+    );
+}
+
+/// An overrun that stops at the class end and a wild write further on in the unused block space
+/// are two findings: the wild write is not taken for the overrun's continuation.
+#[test]
+fn an_overrun_and_a_wild_write_beyond_it_are_two_findings() {
+    let ctx = new_ctx("TwoFindingsCtx");
+    let mut chunk = 0;
+    let reports = collect(|| {
+        let p = ctx.alloc(16).as_ptr(); // a 32-byte class, the last chunk of the keeper
+        chunk = p as usize;
+        unsafe {
+            p.add(31).write(0x57); // the class's last byte
+            p.add(200).write(0x58); // unused space well past it
+        }
+        assert_eq!(ctx.check(), 2);
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let overrun = reports.iter().find(|r| r.class == BugClass::Overrun);
+    let overrun = overrun.expect("an overrun");
+    assert_eq!(overrun.chunk, Some(chunk));
+    assert_eq!(overrun.range, Some((31, 32)), "{overrun}");
+    let wild = reports.iter().find(|r| r.class == BugClass::WildWrite);
+    let wild = wild.expect("a wild write");
+    assert_eq!(wild.chunk, None);
+    assert_eq!(wild.found, [0x58]);
+    assert!(
+        wild.detail.ends_with(&format!(
+            "184 bytes after the 16-byte chunk at {chunk:#x} (allocated at the stack below)"
+        )),
+        "{wild}"
+    );
+    ctx.delete();
+}
+
+/// An overrun that runs past the end of the chunk's class into the unused block space after it
+/// is one overrun, from the request's end to the last byte written, found by `check()`.
+#[test]
+fn overrun_past_the_class_end_is_one_overrun() {
+    let ctx = new_ctx("PastEndCtx");
+    let r = one(collect(|| {
+        let p = ctx.alloc(16).as_ptr(); // a 32-byte class, the last chunk of the keeper
+        unsafe { p.add(16).write_bytes(0x56, 24) }; // bytes 16..40: redzone, then unused space
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::Overrun, "{r}");
+    assert_eq!(r.context, "PastEndCtx");
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.requested, Some(16));
+    assert_eq!(r.range, Some((16, 40)), "{r}");
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_past_the_class_end_is_one_overrun",
+        "allocation",
+    );
+    ctx.delete();
 }
 
 #[test]
