@@ -21,17 +21,9 @@ use memctx::{
     MAX_ALLOC_HUGE_SIZE, MAX_ALLOC_SIZE,
 };
 
-/// The panic message of `f`, which must panic.
-fn panic_message<R>(f: impl FnOnce() -> R) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(_) => panic!("expected a panic"),
-        Err(e) => e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default(),
-    }
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::expect_panic as panic_message;
 
 /// Whether a request the system cannot satisfy may reach `malloc`: true unless this is an ASan
 /// build whose runtime aborts on it (`allocator_may_return_null` not set).

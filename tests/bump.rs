@@ -17,18 +17,11 @@ fn bump(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_bump_child(name, BlockSizes::DEFAULT)
 }
 
-/// The panic message of `f`, which must panic.
 #[cfg(feature = "debug-contexts")]
-fn panic_message<R>(f: impl FnOnce() -> R) -> String {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(_) => panic!("expected a panic"),
-        Err(e) => e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default(),
-    }
-}
+#[path = "common/panics.rs"]
+mod panics;
+#[cfg(feature = "debug-contexts")]
+use panics::expect_panic as panic_message;
 
 #[test]
 fn chunks_are_aligned_distinct_and_freed_by_reset() {
