@@ -712,13 +712,8 @@ impl ContextKind for AllocSet {
         // SAFETY: only the block header's end pointer is read; the caller passes a live block.
         let end = unsafe { (*block).end_ptr } as usize;
         let data = chunk::data_of(start);
+        BadChunk::unless_owned(block, start, data, hdr, ChunkKind::AllocSet)?;
         let bad = |why| Err(BadChunk { data, hdr, why });
-        if hdr.offset() != start as usize - block as usize {
-            return bad(Damage::Offset);
-        }
-        if ChunkKind::from_id(hdr.kind_id()) != Some(ChunkKind::AllocSet) {
-            return bad(Damage::Kind);
-        }
         let (cap, fp) = if hdr.is_external() {
             let cap = end.saturating_sub(data as usize);
             (cap, CHUNK_PREFIX + cap)

@@ -375,13 +375,8 @@ impl ContextKind for Bump {
         // SAFETY: only the block header's end pointer is read; the caller passes a live block.
         let end = unsafe { (*block).end_ptr } as usize;
         let data = start.wrapping_add(PREFIX);
+        BadChunk::unless_owned(block, start, data, hdr, ChunkKind::Bump)?;
         let bad = |why| Err(BadChunk { data, hdr, why });
-        if hdr.offset() != start as usize - block as usize {
-            return bad(Damage::Offset);
-        }
-        if ChunkKind::from_id(hdr.kind_id()) != Some(ChunkKind::Bump) {
-            return bad(Damage::Kind);
-        }
         let cap = if hdr.is_external() {
             end.saturating_sub(data as usize)
         } else if hdr.value() != 0 {

@@ -7,7 +7,7 @@ use core::ops::ControlFlow;
 
 use super::aset::AllocSet;
 use super::{ContextKind, KindId};
-use crate::chunk::{Block, ChunkHeader};
+use crate::chunk::{Block, ChunkHeader, ChunkKind};
 
 /// A chunk as a block walk decodes it.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,28 @@ pub(crate) struct BadChunk {
     pub(crate) hdr: ChunkHeader,
     /// Why it does not decode.
     pub(crate) why: Damage,
+}
+
+impl BadChunk {
+    /// The checks every kind's `decode_chunk` starts with: `hdr`, read at `start` in `block`, has
+    /// an offset that leads back to the block and the id of `kind`; `data` names the chunk in a
+    /// refusal.
+    pub(crate) fn unless_owned(
+        block: *mut Block,
+        start: *mut u8,
+        data: *mut u8,
+        hdr: ChunkHeader,
+        kind: ChunkKind,
+    ) -> Result<(), BadChunk> {
+        let why = if hdr.offset() != start as usize - block as usize {
+            Damage::Offset
+        } else if ChunkKind::from_id(hdr.kind_id()) != Some(kind) {
+            Damage::Kind
+        } else {
+            return Ok(());
+        };
+        Err(BadChunk { data, hdr, why })
+    }
 }
 
 /// Decodes the chunk of `block` (of kind `kind`) starting at `start`, whose header reads `hdr`.
