@@ -723,15 +723,13 @@ impl ContextKind for AllocSet {
         } else {
             return bad(Damage::Value);
         };
-        if start as usize + fp > end {
-            return bad(Damage::Extent);
-        }
-        Ok(Walked {
+        Walked {
             start,
             data,
             cap,
             footprint: fp,
-        })
+        }
+        .within(end, hdr)
     }
 }
 

@@ -384,14 +384,12 @@ impl ContextKind for Bump {
         } else {
             return bad(Damage::Value);
         };
-        if data as usize + cap > end {
-            return bad(Damage::Extent);
-        }
-        Ok(Walked {
+        Walked {
             start,
             data,
             cap,
             footprint: PREFIX + cap,
-        })
+        }
+        .within(end, hdr)
     }
 }

@@ -46,6 +46,21 @@ pub(crate) struct BadChunk {
     pub(crate) why: Damage,
 }
 
+impl Walked {
+    /// The chunk, unless its footprint runs past `end` (its block's end): then `hdr` is refused
+    /// as [`Damage::Extent`].
+    pub(crate) fn within(self, end: usize, hdr: ChunkHeader) -> Result<Walked, BadChunk> {
+        if self.start as usize + self.footprint > end {
+            return Err(BadChunk {
+                data: self.data,
+                hdr,
+                why: Damage::Extent,
+            });
+        }
+        Ok(self)
+    }
+}
+
 impl BadChunk {
     /// The checks every kind's `decode_chunk` starts with: `hdr`, read at `start` in `block`, has
     /// an offset that leads back to the block and the id of `kind`; `data` names the chunk in a
