@@ -706,6 +706,46 @@ fn corrupt_header_is_reported() {
     assert_eq!(r.range, Some((-prefix, -prefix + 8)));
 }
 
+/// A block header whose fields no longer agree with the block registry (owner, end, a free
+/// pointer outside the block's chunk space) is found by `check()` as a wild write naming the
+/// block, and the walk stops there: an overrun in that block's chunk is not reported with it.
+#[test]
+fn overwritten_block_header_is_found_by_check() {
+    const BLOCK_HEADER: usize = 48;
+    let ctx = new_ctx("BlockHeaderCtx");
+    let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
+    let block = unsafe { p.sub(memctx::chunk_prefix_size() + BLOCK_HEADER) };
+    let first = block as usize + BLOCK_HEADER;
+    let field = |i: usize| unsafe { (block as *mut usize).add(i) };
+    let (context, free_ptr, end_ptr) = (field(0), field(3), field(4));
+    let end = unsafe { end_ptr.read() };
+    assert!(unsafe { free_ptr.read() } > p as usize && end > unsafe { free_ptr.read() });
+    unsafe { p.add(16).write(0x41) }; // an overrun the walk would report
+    for (word, bad) in [
+        (context, unsafe { context.read() } + 64),
+        (end_ptr, end + 16),
+        (free_ptr, first - 16),
+        (free_ptr, end + 16),
+    ] {
+        let kept = unsafe { word.read() };
+        unsafe { word.write(bad) };
+        let r = one(collect(|| assert_eq!(ctx.check(), 1)));
+        unsafe { word.write(kept) };
+        assert_eq!(r.class, BugClass::WildWrite, "{r}");
+        assert_eq!(r.context, "BlockHeaderCtx");
+        assert_eq!(r.found_at, "check");
+        assert_eq!(r.chunk, None);
+        assert_eq!(
+            r.detail,
+            format!("the header of block {block:p} was overwritten")
+        );
+    }
+    // The header restored, nothing is left: the first report restored the redzone's pattern.
+    assert_eq!(ctx.check(), 0);
+    unsafe { pfree(p) };
+    ctx.delete();
+}
+
 #[test]
 fn default_policy_panics_with_the_report() {
     let ctx = new_ctx("PanicCtx");
@@ -826,6 +866,40 @@ fn overrun_of_a_bump_chunk_found_at_reset() {
     assert_first_frame(
         &r.alloc_backtrace(),
         "overrun_of_a_bump_chunk_found_at_reset",
+        "allocation",
+    );
+    ctx.delete();
+}
+
+/// The safe API gives back a Bump context's last chunk; the debug build keeps its space as a
+/// freed chunk, so a write through the pointer kept past the `deallocate` is found by `check()`
+/// with that chunk's request, range and allocation line.
+#[test]
+fn write_after_a_bump_chunk_was_given_back_found_by_check() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let ctx = MemoryContext::top().new_bump_child("BumpBackCtx", BlockSizes::DEFAULT);
+    let mut kept = 0usize;
+    let r = one(collect(|| {
+        let pinned = ctx.pin();
+        let layout = Layout::from_size_align(40, 8).unwrap();
+        let p = pinned.allocate(layout).unwrap().cast::<u8>();
+        kept = p.as_ptr() as usize;
+        unsafe { pinned.deallocate(p, layout) };
+        unsafe { p.as_ptr().add(12).write(b'W') }; // past the link word a freed chunk keeps
+        drop(pinned);
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree, "{r}");
+    assert_eq!(r.context, "BumpBackCtx");
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, Some(kept));
+    assert_eq!(r.requested, Some(40));
+    assert_eq!(r.range, Some((12, 13)));
+    assert_eq!(r.found, [b'W']);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "write_after_a_bump_chunk_was_given_back_found_by_check",
         "allocation",
     );
     ctx.delete();

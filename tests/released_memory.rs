@@ -115,6 +115,44 @@ fn write_into_deleted_context_found_by_check() {
     parent.delete();
 }
 
+/// A block after the keeper that a reset released, written through a pointer kept past the
+/// reset: found by `check`, as the chunk it was (the reset names it), not as anonymous damage.
+#[test]
+fn write_into_a_block_a_reset_released_found_by_check() {
+    let ctx = MemoryContext::top().new_child("RowContext", BlockSizes::SMALL);
+    let mut stale = 0usize;
+    let r = one(collect(|| {
+        let last = *fill(ctx, 40, 200).last().expect("40 chunks");
+        stale = last as usize;
+        ctx.reset();
+        unsafe { last.add(9).write(7) };
+        assert_eq!(ctx.check(), 1);
+        assert_eq!(
+            ctx.check(),
+            0,
+            "reported once: the check restored the pattern"
+        );
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context_path, ["TopMemoryContext", "RowContext"]);
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, Some(stale));
+    assert_eq!(r.requested, Some(200));
+    assert_eq!(r.range, Some((9, 10)));
+    assert_eq!(r.found, [7]);
+    assert!(
+        r.detail.contains("released by the reset of \"RowContext\""),
+        "{r}"
+    );
+    assert_first_frame(&r.alloc_backtrace(), "fill", "allocation");
+    assert_first_frame(
+        &r.free_backtrace(),
+        "write_into_a_block_a_reset_released_found_by_check",
+        "reset",
+    );
+    ctx.delete();
+}
+
 /// Deletes `ctx` after filling blocks past its keeper, writes into its last chunk and returns
 /// the one report `check` makes of it.
 fn write_after_delete_report(ctx: MemoryContext) -> Report {
