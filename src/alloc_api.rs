@@ -266,7 +266,7 @@ unsafe impl Allocator for PinnedContext {
                     bump::deallocate(ctx, ptr.as_ptr(), layout.size())
                 }
                 KindId::Bump => {}
-                KindId::AllocSet => raw::pfree_in(ctx, ptr.as_ptr()),
+                KindId::AllocSet | KindId::Generation => raw::pfree_in(ctx, ptr.as_ptr()),
             }
         }
     }

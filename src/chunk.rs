@@ -78,6 +78,7 @@ const _: () = {
         assert!(
             id != ChunkKind::AllocSet as u64
                 && id != ChunkKind::AlignedRedirect as u64
+                && id != ChunkKind::Generation as u64
                 && id != ChunkKind::Bump as u64
         );
         i += 1;
@@ -94,6 +95,8 @@ pub(crate) enum ChunkKind {
     AlignedRedirect = 9,
     /// Carved by an AllocSet context.
     AllocSet = 10,
+    /// Carved by a Generation context.
+    Generation = 11,
     /// Carved by a Bump context (only the debug build writes Bump chunk headers).
     Bump = 13,
 }
@@ -105,6 +108,7 @@ impl ChunkKind {
         match id {
             9 => Some(ChunkKind::AlignedRedirect),
             10 => Some(ChunkKind::AllocSet),
+            11 => Some(ChunkKind::Generation),
             13 => Some(ChunkKind::Bump),
             _ => None,
         }
@@ -206,10 +210,22 @@ pub(crate) const fn align_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
 }
 
-/// Padding at the start of a block's data area so that chunk data lands on [`CHUNK_ALIGN`]: the
-/// chunk start must sit `CHUNK_PREFIX` bytes before an aligned address.
+/// Bytes right after the block header that belong to the block's kind, for fields it keeps per
+/// block (Generation: its counts of chunks and of freed chunks). Every kind's first chunk starts
+/// after them, so the block walk, the debug build and the gdb walker find the first chunk at the
+/// same place whatever the kind.
+pub(crate) const BLOCK_KIND_BYTES: usize = 8;
+
+/// Bytes at the start of every block that are its bookkeeping, not chunk space: the block header
+/// and the kind's per-block bytes.
+pub(crate) const BLOCK_META_SIZE: usize = BLOCK_HEADER_SIZE + BLOCK_KIND_BYTES;
+
+/// Bytes between the block header and the first chunk: the kind's per-block bytes, then padding so
+/// that chunk data lands on [`CHUNK_ALIGN`] (the chunk start must sit `CHUNK_PREFIX` bytes before
+/// an aligned address). 8 in a release build, where the kind's bytes take what was alignment
+/// padding anyway; 16 in the debug build.
 pub(crate) const FIRST_CHUNK_PAD: usize =
-    (CHUNK_ALIGN - (CHUNK_PREFIX % CHUNK_ALIGN)) % CHUNK_ALIGN;
+    BLOCK_KIND_BYTES + (CHUNK_ALIGN - (BLOCK_META_SIZE + CHUNK_PREFIX) % CHUNK_ALIGN) % CHUNK_ALIGN;
 
 /// Footprint of a chunk whose data area is `class` bytes: prefix plus data, rounded so that the
 /// next chunk's data is aligned too.

@@ -74,7 +74,7 @@ pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXHD");
 pub(crate) const DEAD_CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXDD");
 /// Version of the `#[repr(C)]` layout of the context header and the block header; external tools
 /// (the gdb walker) refuse layouts they do not know.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Deleted contexts kept with their keeper block, per keeper size (PostgreSQL keeps 100).
 pub(crate) const MAX_RECYCLED: usize = 100;
 
@@ -705,7 +705,7 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
             KindId::AllocSet => recycle_slot(&(*ctx).state.aset.sizes),
             // Recycling keeps a keeper for the next AllocSet of its size; other kinds' headers
             // go to the spare list.
-            KindId::Bump => None,
+            KindId::Generation | KindId::Bump => None,
         };
         if let Some(slot) = slot {
             if t.recycled_len[slot].get() < MAX_RECYCLED {
@@ -837,6 +837,36 @@ impl MemoryContext {
         let parent = self.raw();
         // SAFETY: `create` returns a live context of this thread.
         unsafe { MemoryContext::from_raw(create(parent, name, sizes, KindId::AllocSet)) }
+    }
+
+    /// Creates a Generation child context (PostgreSQL's `GenerationContextCreate`), for chunks
+    /// freed in roughly the order they were allocated (a FIFO queue, a reorder buffer): chunks
+    /// are carved one after another from the current block, each block counts its chunks and
+    /// frees, and a block whose chunks are all freed is reused or given back. `pfree`,
+    /// `repalloc`, `chunk_context`, `chunk_space` and the safe API work as for an AllocSet.
+    ///
+    /// # Panics
+    /// If the context was deleted, the sizes are invalid (as for [`MemoryContext::new_child`]),
+    /// or the keeper block cannot be allocated.
+    ///
+    /// # Examples
+    /// ```
+    /// use memctx::{BlockSizes, MemoryContext};
+    /// let queue = MemoryContext::top().new_generation_child("Changes", BlockSizes::DEFAULT);
+    /// let mut live = std::collections::VecDeque::new();
+    /// for i in 0..1000usize {
+    ///     live.push_back(queue.alloc(16 + i % 200));
+    ///     if live.len() > 100 {
+    ///         unsafe { memctx::pfree(live.pop_front().unwrap().as_ptr()) }; // the oldest
+    ///     }
+    /// }
+    /// assert_eq!(queue.stats().kind, "Generation");
+    /// queue.delete();
+    /// ```
+    pub fn new_generation_child(self, name: &'static str, sizes: BlockSizes) -> MemoryContext {
+        let parent = self.raw();
+        // SAFETY: `create` returns a live context of this thread.
+        unsafe { MemoryContext::from_raw(create(parent, name, sizes, KindId::Generation)) }
     }
 
     /// Creates a Bump child context (PostgreSQL 17's `BumpContextCreate`): memory handed out by

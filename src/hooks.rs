@@ -90,6 +90,16 @@ mod off {
     /// A live chunk is being freed.
     #[inline(always)]
     pub(crate) fn chunk_freed(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}
+    /// Every chunk of `block` (a Generation block) has been freed. `kept`: the kind keeps the
+    /// block and rewinds its free pointer next, so its space is carved again; else it gives the
+    /// block back next. The debug build verifies the freed chunks and remembers them for the
+    /// reports on that space.
+    #[inline(always)]
+    pub(crate) fn block_emptied(ctx: *mut ContextHeader, block: *mut Block, kept: bool) {}
+    /// The block [`block_emptied`] announced was rewound or given back: the debug build lets the
+    /// quarantine have a given-back block and raises what the emptying found.
+    #[inline(always)]
+    pub(crate) fn emptied_block_settled() {}
     /// A live chunk was resized in place.
     #[inline(always)]
     pub(crate) fn chunk_resized(

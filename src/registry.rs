@@ -27,6 +27,7 @@ use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 use crate::chunk::{Block, ChunkKind};
 use crate::context::{ContextHeader, LAYOUT_VERSION};
 use crate::kinds::aset::AllocSetState;
+use crate::kinds::generation::Counts;
 
 /// Magic at the start of [`MEMCTX_REGISTRY`] ("MCTXREG1" as little-endian bytes).
 pub const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"MCTXREG1");
@@ -82,6 +83,11 @@ pub struct LayoutInfo {
     pub redirect_id: u32,
     /// The kind id of Bump contexts (their chunks carry it in the debug build only).
     pub bump_id: u32,
+    /// The kind id of Generation contexts and chunks.
+    pub generation_id: u32,
+    /// Offset in a Generation block of its count of freed chunks (u32), which its stats report
+    /// as free chunks.
+    pub generation_nfree: u32,
 }
 
 /// The registry a debugger reads. See the module docs.
@@ -210,6 +216,8 @@ pub static MEMCTX_REGISTRY: Registry = Registry {
         alloc_set_id: ChunkKind::AllocSet as u32,
         redirect_id: ChunkKind::AlignedRedirect as u32,
         bump_id: ChunkKind::Bump as u32,
+        generation_id: ChunkKind::Generation as u32,
+        generation_nfree: (core::mem::size_of::<Block>() + offset_of!(Counts, nfree)) as u32,
     },
     dumper: DumperInfo {
         state: AtomicU32::new(DUMPER_OFF),

@@ -659,12 +659,14 @@ fn reset_rewinds_the_keeper_and_empties_the_freelists() {
 
 /// Sizes of the debug build's layout: a 48-byte chunk prefix (header word, debug record, front
 /// redzone), a rear redzone of at least 16 bytes after every request, and the same 48-byte block
-/// header as the release build (no pad: the prefix keeps data on 16 bytes).
+/// header as the release build, followed by the kind's 8 bytes and 8 of padding (the first
+/// chunk's data lands on 16: 64 + 48).
 #[cfg(feature = "debug-contexts")]
 mod debug_layout {
     use super::*;
 
-    const BLOCK_HEADER: usize = 48;
+    /// Bytes before a block's first chunk.
+    const BLOCK_HEADER: usize = 64;
     const PREFIX: usize = 48;
 
     /// Bytes a chunk of size class `class` takes in its block.
@@ -688,11 +690,13 @@ mod debug_layout {
     #[test]
     fn a_leftover_of_one_smallest_chunk_becomes_a_free_chunk() {
         let ctx = MemoryContext::top().new_child("leftover", BlockSizes::DEFAULT);
-        // 16 bytes + redzone take the 32-byte class (80-byte footprint): 101 of them leave
-        // 8144 - 101 * 80 = 64 bytes of the keeper, one 8-byte-class footprint.
-        for _ in 0..101 {
+        // 16 bytes + redzone take the 32-byte class (80-byte footprint), 0 bytes + redzone the
+        // 16-byte class (64): they leave 8128 - 100 * 80 - 64 = 64 bytes of the keeper, one
+        // 8-byte-class footprint.
+        for _ in 0..100 {
             let _ = ctx.alloc(16);
         }
+        let _ = ctx.alloc(0);
         let before = ctx.counters();
         assert_eq!(
             (before.total_nblocks, before.free_bytes, before.free_chunks),

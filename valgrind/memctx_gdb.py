@@ -43,7 +43,7 @@ REGISTRY_MAGIC = b"MCTXREG1"
 CONTEXT_MAGIC = b"MEMCTXHD"
 DEAD_CONTEXT_MAGIC = b"MEMCTXDD"
 # Layout versions this script knows (memctx::LAYOUT_VERSION).
-KNOWN_LAYOUT_VERSIONS = (3,)
+KNOWN_LAYOUT_VERSIONS = (4,)
 THREAD_STATES = {1: "live", 2: "exited"}
 
 # Facts of layout version 3 that the registry does not publish (the kind ids it does publish).
@@ -55,6 +55,8 @@ EXTERNAL_BIT = 0x10
 VALUE_SHIFT = 5
 VALUE_MASK = (1 << 29) - 1
 BLOCK_CONTEXT_OFFSET = 0  # the block header's first word names the owning context
+# Bytes after the block header that belong to the block's kind (memctx's chunk::BLOCK_KIND_BYTES).
+BLOCK_KIND_BYTES = 8
 
 # Registry (repr(C), 64-bit): magic u64, layout_version u32, nthreads u32, head ptr, LayoutInfo.
 REG_VERSION = 8
@@ -82,6 +84,8 @@ LAYOUT_FIELDS = (
     "alloc_set_id",
     "redirect_id",
     "bump_id",
+    "generation_id",
+    "generation_nfree",
 )
 REG_SIZE = REG_LAYOUT + 4 * len(LAYOUT_FIELDS)
 # ThreadEntry (repr(C), 64-bit): next ptr, top ptr, state u32, os_tid u32, name [u8; 64], then
@@ -159,7 +163,7 @@ class Layout:
         bad = [w for w in words if w + 8 > cs]
         if self.kind + 4 > cs:
             bad.append(self.kind)
-        ids = (self.alloc_set_id, self.redirect_id, self.bump_id)
+        ids = (self.alloc_set_id, self.redirect_id, self.bump_id, self.generation_id)
         if len(set(ids)) != len(ids) or not all(0 < i <= KIND_MASK for i in ids):
             bad.append(ids)
         if self.freelist + 8 * NUM_FREELISTS > cs:
@@ -167,6 +171,8 @@ class Layout:
         for w in (self.block_next, self.block_free_ptr, self.block_end_ptr):
             if w + 8 > bs:
                 bad.append(w)
+        if not bs <= self.generation_nfree <= bs + 4:
+            bad.append(self.generation_nfree)
         if (
             bad
             or not 0 < cs <= 65536
@@ -366,7 +372,8 @@ def read_context(reg, addr, max_chunks, warnings):
         try:
             if b % CHUNK_ALIGN:
                 raise WalkError("misaligned block 0x%x" % b)
-            hdr = mem.read(b, lay.block_size)
+            # The block header and the kind's bytes after it (a Generation block's counts).
+            hdr = mem.read(b, lay.block_size + BLOCK_KIND_BYTES)
         except WalkError as e:
             warnings.append("%s: %s" % (label, e))
             break
@@ -385,6 +392,10 @@ def read_context(reg, addr, max_chunks, warnings):
         node.nblocks += 1
         node.total += end - b
         node.free += end - free_ptr
+        if kind == lay.generation_id:
+            # A Generation block's freed chunks wait for the block to empty: free chunks, whose
+            # bytes stay used (PostgreSQL's GenerationStats).
+            node.fchunks += mem.u32(hdr, lay.generation_nfree)
         b = mem.u64(hdr, lay.block_next)
 
     # Freelists. Chunk reads go through a cache of small windows of the blocks, so that chunks
@@ -409,8 +420,9 @@ def read_context(reg, addr, max_chunks, warnings):
 
     prefix = lay.chunk_prefix
     counted = 0
-    # A Bump context has no freelists: its free bytes are its blocks' unused tails.
-    if kind not in (lay.alloc_set_id, lay.bump_id):
+    # Bump and Generation contexts have no freelists: their free bytes are their blocks' unused
+    # tails (Generation's free chunks are counted with the blocks above).
+    if kind not in (lay.alloc_set_id, lay.bump_id, lay.generation_id):
         warnings.append(
             "%s: kind id %d is not one this script walks; free chunks not counted" % (label, kind)
         )

@@ -20,7 +20,8 @@ use core::ptr;
 use std::collections::BTreeMap;
 
 use crate::chunk::{
-    self, align_up, Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, CHUNK_HEADER_SIZE,
+    self, align_up, Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, BLOCK_META_SIZE,
+    CHUNK_HEADER_SIZE,
 };
 use crate::context::ContextHeader;
 use crate::kinds::{self, Damage, Target};
@@ -384,6 +385,44 @@ pub(crate) fn chunk_freed(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {
     sanitizer::open(data, LINK_SIZE);
 }
 
+/// Every chunk of `block` (a Generation block) was freed: verify them (at the thread's reset
+/// depth) and remember them. A block the kind keeps is then released as a reset releases a keeper:
+/// clobbered, its released mark raised, so carving the space again verifies that nothing wrote it
+/// through a pointer kept past the free. A block that goes back is staged for the quarantine of
+/// released memory, which takes it with those chunks' histories (see `quarantine`).
+pub(crate) fn block_emptied(ctx: *mut ContextHeader, block: *mut Block, kept: bool) {
+    // SAFETY: `block` is a live block of `ctx` with no live chunk (the kind's promise); the walk
+    // reads inside it, and the clobber writes only its chunk space up to its free pointer (or its
+    // end, after damage in its unused space was reported).
+    unsafe {
+        let mut ghosts = blocks::take_ghosts(block as usize);
+        let free = (*block).free_ptr;
+        ghosts.retain(|g| g.start >= free as usize);
+        let mut sink = verify::GhostSink {
+            free_stack: stack::capture(CAPTURE_SKIP).as_raw(),
+            ghosts: &mut ghosts,
+        };
+        let mut found = Vec::new();
+        let depth = settings::reset_check();
+        verify::verify_block(ctx, block, depth, "pfree", &mut found, Some(&mut sink));
+        let clean = found.is_empty();
+        report::defer_all(found);
+        if kept {
+            blocks::put_ghosts(block as usize, ghosts);
+            release_keeper(block, if clean { free } else { (*block).end_ptr });
+        } else {
+            quarantine::stage(ctx, "last pfree in a block", ghosts);
+        }
+    }
+}
+
+/// The emptied block was rewound or given back: the quarantine has what it took, and what the
+/// emptying found is raised now that the context's lists are consistent.
+pub(crate) fn emptied_block_settled() {
+    quarantine::unstage();
+    report::raise_pending();
+}
+
 /// A live chunk was resized in place.
 pub(crate) fn chunk_resized(
     ctx: *mut ContextHeader,
@@ -568,12 +607,7 @@ pub(crate) fn large_chunk_moved(
             return;
         }
         // `realloc` kept the contents and (under memcheck) their state; the pool chunks follow.
-        sanitizer::chunk_change(
-            ctx,
-            old_block as *mut u8,
-            block as *mut u8,
-            BLOCK_HEADER_SIZE,
-        );
+        sanitizer::chunk_change(ctx, old_block as *mut u8, block as *mut u8, BLOCK_META_SIZE);
         sanitizer::open(record_start(data), RECORD_AND_FRONT);
         let rec = &mut *record_ptr(data);
         let was = rec.requested as usize;
@@ -596,10 +630,10 @@ pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, extern
             // Only the keeper is taken while the context has no keeper (see `kinds::aset::init`).
             sanitizer::pool_create(ctx);
         }
-        sanitizer::block_header_alloc(ctx, block as *mut u8, BLOCK_HEADER_SIZE);
+        sanitizer::block_header_alloc(ctx, block as *mut u8, BLOCK_META_SIZE);
         blocks::insert(block as usize, (*block).end_ptr as usize, ctx);
         let first = Block::first_chunk(block);
-        let space = (block as *mut u8).add(BLOCK_HEADER_SIZE);
+        let space = (block as *mut u8).add(BLOCK_META_SIZE);
         let len = (*block).end_ptr as usize - space as usize;
         if !external {
             sanitizer::open(space, len);
@@ -699,11 +733,11 @@ unsafe fn reset_walk(ctx: *mut ContextHeader, keeper: *mut Block) -> (Vec<Ghost>
     }
 }
 
-/// Clobbers the keeper's space up to `upto` with the released pattern and raises its released
-/// mark to there: carving that space again verifies it.
+/// Clobbers the keeper's (or an emptied Generation block's) space up to `upto` with the released
+/// pattern and raises its released mark to there: carving that space again verifies it.
 ///
 /// # Safety
-/// `keeper` must be a live keeper block whose chunks are all released, `upto` inside it.
+/// `keeper` must be a live block whose chunks are all released, `upto` inside it.
 unsafe fn release_keeper(keeper: *mut Block, upto: *mut u8) {
     // SAFETY: `keeper` is a live keeper whose chunks are all released and `upto` lies inside it
     // (caller), so `[first chunk, upto)` is the allocator's to fill, opened around the fill.
@@ -740,7 +774,7 @@ pub(crate) fn reset_end(ctx: *mut ContextHeader) {
     if !keeper.is_null() {
         // SAFETY: the keeper is a live block of `ctx`.
         forget_redirects(keeper as usize, unsafe { (*keeper).end_ptr } as usize);
-        sanitizer::pool_trim(ctx, keeper as *mut u8, BLOCK_HEADER_SIZE);
+        sanitizer::pool_trim(ctx, keeper as *mut u8, BLOCK_META_SIZE);
     }
     // After the trim: the blocks that leave the process hold no pool chunk any more.
     quarantine::unstage();

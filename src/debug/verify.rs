@@ -79,9 +79,6 @@ pub enum ResetCheck {
     Full,
 }
 
-/// Bytes of a free chunk's freelist link, which holds no pattern.
-const LINK: usize = core::mem::size_of::<usize>();
-
 /// `byte` in every byte of a word.
 #[inline(always)]
 const fn splat(byte: u8) -> u64 {
@@ -465,8 +462,8 @@ pub(crate) unsafe fn check_live(
 }
 
 /// Checks a free chunk's front redzone and its freed pattern from data offset `from` on (all but
-/// its freelist link word: `from` is at least the link's size; more when the bytes before it are
-/// known intact).
+/// its freelist link word, if its kind links freed chunks: `from` is at least the link's size
+/// then; more when the bytes before it are known intact).
 ///
 /// # Safety
 /// `data` must be a free chunk of the live context `ctx` with capacity `cap` and record `rec`;
@@ -480,7 +477,7 @@ pub(crate) unsafe fn check_free(
     found_at: &str,
     out: &mut Vec<Report>,
 ) {
-    let link = from.clamp(core::mem::size_of::<usize>(), cap);
+    let link = from.min(cap);
     // SAFETY: the chunk's bytes lie in its block (caller).
     unsafe {
         let front = front_redzone(data);
@@ -542,7 +539,8 @@ pub(crate) unsafe fn check_unused(
             .and_then(|gs| gs.iter().find(|g| g.covers(first)).copied())
             .or_else(|| blocks::ghost_at(block as usize, first));
         if let Some(g) = ghost {
-            let r = ghost_report(&g, first, last.min(g.end() - 1), found_at, "a reset");
+            let by = (*ctx).kind.releaser();
+            let r = ghost_report(&g, first, last.min(g.end() - 1), found_at, by);
             out.push(r.context(ctx));
         } else if let Some((g, former)) = super::quarantine::former_ghost(block, first) {
             let by = format!("the delete of \"{}\"", former.name());
@@ -819,7 +817,7 @@ unsafe fn block_header_sane(
 ///
 /// # Safety
 /// `block` must be a sane block of the live context `ctx`.
-unsafe fn verify_block(
+pub(crate) unsafe fn verify_block(
     ctx: *mut ContextHeader,
     block: *mut Block,
     depth: ResetCheck,
@@ -886,9 +884,10 @@ unsafe fn verify_chunk(
             }
             sanitizer::close(data.add(req), cap - req);
         } else {
+            let link = (*ctx).kind.free_link().min(cap);
             sanitizer::open(data, cap);
-            if !(front_ok && intact(data.add(LINK), cap - LINK, FREED_BYTE)) {
-                check_free(ctx, data, &rec, cap, LINK, found_at, out);
+            if !(front_ok && intact(data.add(link), cap - link, FREED_BYTE)) {
+                check_free(ctx, data, &rec, cap, link, found_at, out);
             }
             sanitizer::close(data, cap);
         }
@@ -916,7 +915,8 @@ pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
             if !registered || free < Block::first_chunk(block) || free > end {
                 return; // a damaged block header: the list cannot be trusted
             }
-            let _ = kinds::walk_block((*ctx).kind, block, |w| restore_chunk(w));
+            let link = (*ctx).kind.free_link();
+            let _ = kinds::walk_block((*ctx).kind, block, |w| restore_chunk(w, link));
             let len = end as usize - free as usize;
             sanitizer::open(free, len);
             fill(free, len, FREED_BYTE);
@@ -927,11 +927,11 @@ pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
 }
 
 /// Writes the patterns back over a walked chunk's front redzone and its rear redzone (live) or
-/// freed bytes (free); breaks the walk at a record that does not decode.
+/// freed bytes past its first `link` (free); breaks the walk at a record that does not decode.
 ///
 /// # Safety
 /// `w` must be a chunk a walk of a sane block decoded.
-unsafe fn restore_chunk(w: &Walked) -> ControlFlow<()> {
+unsafe fn restore_chunk(w: &Walked, link: usize) -> ControlFlow<()> {
     let (data, cap) = (w.data, w.cap);
     // SAFETY: the prefix and capacity lie in the chunk's block (caller), opened around writes.
     unsafe {
@@ -943,7 +943,7 @@ unsafe fn restore_chunk(w: &Walked) -> ControlFlow<()> {
             let (from, byte) = if rec.state == STATE_LIVE {
                 ((rec.requested as usize).min(cap), REDZONE_BYTE)
             } else {
-                (LINK.min(cap), FREED_BYTE)
+                (link.min(cap), FREED_BYTE)
             };
             sanitizer::open(data.add(from), cap - from);
             fill(data.add(from), cap - from, byte);

@@ -61,12 +61,17 @@ pub(crate) struct BumpState {
     pub(crate) sizes: BlockSizes,
 }
 
-/// The first chunk start of a block: right after the header, so that the data (the chunk start
-/// plus [`PREFIX`]) is 16-aligned.
+/// The first chunk start of a block. With chunk headers (the debug build) where every kind's
+/// first chunk starts, which the block walk expects; a release build's bare chunks start right
+/// after the block header (data 16-aligned there), since Bump keeps nothing in the kind's bytes
+/// and no walk reads its blocks.
 #[inline(always)]
 fn first_start(block: *mut Block) -> *mut u8 {
-    let data = align_up(block as usize + BLOCK_HEADER_SIZE + PREFIX, CHUNK_ALIGN);
-    (block as *mut u8).wrapping_add(data - PREFIX - block as usize)
+    if hooks::BUMP_CHUNK_HEADERS {
+        Block::first_chunk(block)
+    } else {
+        (block as *mut u8).wrapping_add(BLOCK_HEADER_SIZE)
+    }
 }
 
 /// Data bytes a request of `size` takes: the class request (the debug build adds its redzone)

@@ -42,6 +42,7 @@ use crate::stats::Counters;
 
 pub(crate) mod aset;
 pub(crate) mod bump;
+pub(crate) mod generation;
 mod walk;
 
 #[cfg(feature = "debug-contexts")]
@@ -56,6 +57,8 @@ use aset::{AllocSet, AllocSetState};
 pub(crate) enum KindId {
     /// PostgreSQL's general-purpose kind (`kinds/aset.rs`).
     AllocSet = ChunkKind::AllocSet as u32,
+    /// Chunks freed in roughly the order they were allocated (`kinds/generation.rs`).
+    Generation = ChunkKind::Generation as u32,
     /// Memory freed only all at once (`kinds/bump.rs`).
     Bump = ChunkKind::Bump as u32,
 }
@@ -65,7 +68,30 @@ impl KindId {
     pub(crate) fn name(self) -> &'static str {
         match self {
             KindId::AllocSet => "AllocSet",
+            KindId::Generation => "Generation",
             KindId::Bump => "Bump",
+        }
+    }
+
+    /// Bytes at the start of a freed chunk's data that the kind writes after the free (a freelist
+    /// link), so they hold no freed pattern: none for Generation, which links no freed chunk, so
+    /// the debug build checks a freed Generation chunk from its first byte.
+    #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+    pub(crate) fn free_link(self) -> usize {
+        match self {
+            KindId::Generation => 0,
+            KindId::AllocSet | KindId::Bump => core::mem::size_of::<*mut u8>(),
+        }
+    }
+
+    /// What gives a chunk's space back for reuse while its context lives, as a report names it
+    /// ("memory released by ..."): a reset; for Generation also the last `pfree` of a block,
+    /// which empties the block for reuse.
+    #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+    pub(crate) fn releaser(self) -> &'static str {
+        match self {
+            KindId::Generation => "a reset or the last pfree of its block",
+            KindId::AllocSet | KindId::Bump => "a reset",
         }
     }
 }
@@ -76,6 +102,8 @@ impl KindId {
 pub(crate) union KindState {
     /// An AllocSet's freelists and block sizes.
     pub(crate) aset: AllocSetState,
+    /// A Generation context's current and spare blocks and block sizes.
+    pub(crate) generation: generation::GenerationState,
     /// A Bump context's block sizes.
     pub(crate) bump: bump::BumpState,
 }
@@ -181,6 +209,10 @@ macro_rules! with_kind {
                 type $k = AllocSet;
                 $call
             }
+            KindId::Generation => {
+                type $k = generation::Generation;
+                $call
+            }
             KindId::Bump => {
                 type $k = bump::Bump;
                 $call
@@ -210,6 +242,7 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, kind: KindId, sizes: aset::Bl
     unsafe {
         match kind {
             KindId::AllocSet => aset::init(ctx, sizes),
+            KindId::Generation => generation::init(ctx, sizes),
             KindId::Bump => bump::init(ctx, sizes),
         }
     }
@@ -267,6 +300,7 @@ pub(crate) enum Target {
 pub(crate) fn target(ptr: *mut u8, hdr: ChunkHeader, op: &str) -> Target {
     match ChunkKind::from_id(hdr.kind_id()) {
         Some(ChunkKind::AllocSet) => Target::Chunk(KindId::AllocSet),
+        Some(ChunkKind::Generation) => Target::Chunk(KindId::Generation),
         Some(ChunkKind::Bump) => Target::Chunk(KindId::Bump),
         Some(ChunkKind::AlignedRedirect) => Target::Redirect(ptr.wrapping_sub(hdr.offset())),
         None => invalid_pointer(op, ptr, hdr),
@@ -516,6 +550,7 @@ mod tests {
             ("raw.rs", include_str!("../raw.rs")),
             ("kinds/mod.rs", include_str!("mod.rs")),
             ("kinds/aset.rs", include_str!("aset.rs")),
+            ("kinds/generation.rs", include_str!("generation.rs")),
         ];
         let banned = ["dump", "snapshot", "leak", "debug"];
         for (file, text) in core {

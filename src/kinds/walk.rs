@@ -92,6 +92,7 @@ pub(crate) fn decode_chunk(
 ) -> Result<Walked, BadChunk> {
     match kind {
         KindId::AllocSet => AllocSet::decode_chunk(block, start, hdr),
+        KindId::Generation => super::generation::Generation::decode_chunk(block, start, hdr),
         KindId::Bump => super::bump::Bump::decode_chunk(block, start, hdr),
     }
 }

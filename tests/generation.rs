@@ -1,0 +1,350 @@
+//! The Generation context kind (`src/kinds/generation.rs`): chunks carved in order from the
+//! current block, each block counting its chunks and frees, an emptied block rewound (the keeper,
+//! the current block), kept as the one spare, or given back; the keeper rewound by reset; large
+//! chunks in blocks of their own; repalloc in place or by a move; its stats; the raw and safe APIs.
+//!
+//! Runs in both builds and commits no memory bug, so it runs under memcheck and ASan too (the
+//! debug build's reports on Generation chunks are `tests/generation_reports.rs`).
+
+use core::alloc::Layout;
+
+use allocator_api2::alloc::Allocator;
+use allocator_api2::vec::Vec as AVec;
+use memctx::{BlockSizes, MemoryContext};
+
+const DEBUG: bool = cfg!(feature = "debug-contexts");
+/// Bytes of a block before its first chunk: the 48-byte block header, the kind's 8 bytes (the
+/// chunk counts) and the padding that aligns the first chunk's data.
+const BLOCK_START: u64 = if DEBUG { 64 } else { 56 };
+
+/// Bytes a request of `size` takes in its block: the chunk prefix (the header word; in the debug
+/// build also the record and front redzone) and the request (in the debug build rounded to 8 with
+/// a 16-byte rear redzone), rounded up to 16.
+fn footprint(size: usize) -> u64 {
+    let (prefix, need) = if DEBUG {
+        (48, size.div_ceil(8) * 8 + 16)
+    } else {
+        (8, size)
+    };
+    ((prefix + need).div_ceil(16) * 16) as u64
+}
+
+fn generation(name: &'static str) -> MemoryContext {
+    MemoryContext::top().new_generation_child(name, BlockSizes::DEFAULT)
+}
+
+/// Allocates chunks of `size` bytes until the context holds `blocks` blocks and the last one has
+/// `extra` chunks; returns the chunks grouped by the block they were carved from (the count of
+/// blocks grows exactly when a chunk needs a new one).
+fn fill_blocks(ctx: MemoryContext, size: usize, blocks: u64, extra: usize) -> Vec<Vec<*mut u8>> {
+    let mut groups: Vec<Vec<*mut u8>> = vec![Vec::new()];
+    let mut nblocks = ctx.counters().total_nblocks;
+    loop {
+        let p = ctx.alloc(size).as_ptr();
+        let now = ctx.counters().total_nblocks;
+        if now != nblocks {
+            groups.push(Vec::new());
+            nblocks = now;
+        }
+        groups.last_mut().unwrap().push(p);
+        if nblocks == blocks && groups.last().unwrap().len() == extra {
+            return groups;
+        }
+    }
+}
+
+fn pfree_all(chunks: &[*mut u8]) {
+    for &p in chunks {
+        unsafe { memctx::pfree(p) };
+    }
+}
+
+#[test]
+fn chunks_are_carved_in_order_and_counted() {
+    let ctx = generation("ReorderBuffer");
+    let stats = ctx.stats();
+    assert_eq!(stats.kind, "Generation");
+    let c = stats.counters;
+    assert_eq!((c.total_nblocks, c.total_bytes), (1, 8192));
+    assert_eq!((c.free_bytes, c.free_chunks), (8192 - BLOCK_START, 0));
+    assert!(ctx.is_empty());
+
+    // Each chunk is exactly its footprint after the previous one: no size classes.
+    let sizes = [24usize, 100, 1, 0, 512, 16];
+    let chunks: Vec<*mut u8> = sizes.iter().map(|&s| ctx.alloc(s).as_ptr()).collect();
+    for (i, pair) in chunks.windows(2).enumerate() {
+        assert_eq!(pair[0] as usize % 16, 0);
+        assert_eq!(
+            (pair[1] as usize - pair[0] as usize) as u64,
+            footprint(sizes[i]),
+            "chunk {i}"
+        );
+    }
+    let used: u64 = sizes.iter().map(|&s| footprint(s)).sum();
+    assert_eq!(ctx.counters().free_bytes, 8192 - BLOCK_START - used);
+    assert!(!ctx.is_empty());
+
+    // A freed chunk is counted, not reused: its bytes stay used until its block empties (as
+    // PostgreSQL's GenerationStats reports them).
+    unsafe {
+        memctx::pfree(chunks[1]);
+        memctx::pfree(chunks[4]);
+    }
+    let c = ctx.counters();
+    assert_eq!(
+        (c.free_chunks, c.free_bytes),
+        (2, 8192 - BLOCK_START - used)
+    );
+    let next = ctx.alloc(100).as_ptr();
+    assert_eq!(
+        next as usize,
+        chunks[5] as usize + footprint(16) as usize,
+        "a new chunk is carved after the last one, not in a freed one"
+    );
+    assert_eq!(ctx.check(), 0);
+    let line = memctx::format_stats(&ctx.stats(), &memctx::stats::PrintOptions::default());
+    assert!(
+        line.starts_with(&format!(
+            "ReorderBuffer: 8192 total in 1 blocks; {} free (2 chunks); {} used",
+            8192 - BLOCK_START - used - footprint(100),
+            BLOCK_START + used + footprint(100)
+        )),
+        "{line}"
+    );
+    ctx.delete();
+}
+
+/// The keeper and the current block are rewound in place when their last chunk is freed.
+#[test]
+fn emptied_keeper_and_current_block_are_rewound() {
+    let ctx = generation("fifo");
+    let a = ctx.alloc(40).as_ptr();
+    let b = ctx.alloc(40).as_ptr();
+    unsafe {
+        memctx::pfree(b);
+        memctx::pfree(a);
+    }
+    let c = ctx.counters();
+    assert_eq!(
+        (c.total_nblocks, c.free_bytes, c.free_chunks),
+        (1, 8192 - BLOCK_START, 0)
+    );
+    assert_eq!(ctx.alloc(40).as_ptr(), a, "the keeper starts over");
+
+    // A later block, current when it empties, starts over too and stays.
+    let groups = fill_blocks(ctx, 200, 2, 3);
+    let current = &groups[1];
+    pfree_all(current);
+    assert_eq!(ctx.counters().total_nblocks, 2);
+    assert_eq!(ctx.alloc(200).as_ptr(), current[0]);
+    ctx.delete();
+}
+
+/// A block emptied while another is current becomes the one spare block, which the next
+/// allocation that does not fit the current block takes instead of a new block; a block emptied
+/// while there is a spare goes back to the system.
+#[test]
+fn emptied_blocks_are_kept_as_the_spare_or_released() {
+    let ctx = generation("spare");
+    // Keeper (8 KiB), then 8, 16 and 32 KiB blocks; the last one current with one chunk.
+    let groups = fill_blocks(ctx, 500, 4, 1);
+    let sizes = |c: MemoryContext| (c.counters().total_nblocks, c.mem_allocated(false));
+    assert_eq!(sizes(ctx), (4, 8192 * 8));
+
+    // The 8 KiB block empties first: kept whole as the spare.
+    pfree_all(&groups[1]);
+    let c = ctx.counters();
+    assert_eq!(sizes(ctx), (4, 8192 * 8));
+    let tails = c.free_bytes;
+    assert_eq!(c.free_chunks, 0, "an emptied block counts nothing");
+
+    // The 16 KiB block empties while the spare is taken: given back.
+    pfree_all(&groups[2]);
+    assert_eq!(sizes(ctx), (3, 8192 * 6));
+    let tail_16k = 16384 - BLOCK_START - footprint(500) * groups[2].len() as u64;
+    assert_eq!(ctx.counters().free_bytes, tails - tail_16k);
+
+    // Fill the current block to its end: the next chunk comes from the spare's first chunk,
+    // with no new block.
+    let room = ctx.counters().free_bytes;
+    let spare_tail = 8192 - BLOCK_START;
+    let keeper_tail = 8192 - BLOCK_START - footprint(500) * groups[0].len() as u64;
+    let mut current_tail = room - spare_tail - keeper_tail;
+    while current_tail >= footprint(500) {
+        ctx.alloc(500);
+        current_tail -= footprint(500);
+    }
+    assert_eq!(ctx.alloc(500).as_ptr(), groups[1][0]);
+    assert_eq!(sizes(ctx), (3, 8192 * 6));
+    ctx.delete();
+}
+
+#[test]
+fn reset_rewinds_the_keeper_and_gives_the_rest_back() {
+    let ctx = generation("per query");
+    let groups = fill_blocks(ctx, 300, 3, 2);
+    let first = groups[0][0];
+    pfree_all(&groups[1]); // the spare, given back by the reset too
+    ctx.reset();
+    let c = ctx.counters();
+    assert_eq!(
+        (c.total_nblocks, c.total_bytes, c.free_bytes, c.free_chunks),
+        (1, 8192, 8192 - BLOCK_START, 0)
+    );
+    assert!(ctx.is_empty());
+    assert_eq!(ctx.alloc(300).as_ptr(), first);
+    // Blocks grow from the initial size again: the first one after the keeper is 8 KiB.
+    fill_blocks(ctx, 300, 2, 1);
+    assert_eq!(ctx.mem_allocated(false), 2 * 8192);
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
+
+#[test]
+fn large_chunks_get_a_block_of_their_own() {
+    let ctx = generation("large");
+    let small = ctx.alloc(64).as_ptr();
+    // Above an eighth of the 8 MiB maximum block: a block of its own.
+    let big = ctx.alloc(2 << 20).as_ptr();
+    unsafe { big.write_bytes(7, 2 << 20) };
+    let c = ctx.counters();
+    assert_eq!(c.total_nblocks, 2);
+    assert!(c.total_bytes >= 8192 + (2 << 20), "{c:?}");
+    assert_eq!(unsafe { memctx::chunk_context(big) }, ctx);
+    assert!(unsafe { memctx::chunk_space(big) } >= 2 << 20);
+    // The current block still serves small requests, right after the first one.
+    assert_eq!(
+        ctx.alloc(64).as_ptr() as usize,
+        small as usize + footprint(64) as usize
+    );
+    unsafe { memctx::pfree(big) };
+    let c = ctx.counters();
+    assert_eq!((c.total_nblocks, c.total_bytes), (1, 8192));
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
+
+#[test]
+fn repalloc_stays_in_place_when_it_fits_else_moves() {
+    let ctx = generation("repalloc");
+    // A 20-byte request's chunk holds the whole footprint past its prefix.
+    let p = ctx.alloc(20).as_ptr();
+    unsafe { p.copy_from(b"generation chunk!!!!".as_ptr(), 20) };
+    let cap = footprint(20) as usize - if DEBUG { 48 + 16 } else { 8 };
+    let same = unsafe { memctx::repalloc(p, cap) };
+    assert_eq!(same, p, "fits its capacity: in place");
+    let moved = unsafe { memctx::repalloc(p, 1000) };
+    assert_ne!(moved, p);
+    assert_eq!(
+        unsafe { core::slice::from_raw_parts(moved, 20) },
+        b"generation chunk!!!!"
+    );
+    assert_eq!(unsafe { memctx::chunk_context(moved) }, ctx);
+    // The old chunk was freed in its block.
+    assert_eq!(ctx.counters().free_chunks, 1);
+    // Into and out of a block of its own.
+    let huge = unsafe { memctx::repalloc(moved, 3 << 20) };
+    assert_eq!(
+        unsafe { core::slice::from_raw_parts(huge, 20) },
+        b"generation chunk!!!!"
+    );
+    assert_eq!(ctx.counters().total_nblocks, 2);
+    let back = unsafe { memctx::repalloc(huge, 64) };
+    assert_eq!(
+        unsafe { core::slice::from_raw_parts(back, 20) },
+        b"generation chunk!!!!"
+    );
+    assert_eq!(ctx.counters().total_nblocks, 1);
+    assert_eq!(unsafe { memctx::chunk_space(back) }, footprint(64) as usize);
+    unsafe { memctx::pfree(back) };
+    assert_eq!(
+        ctx.counters().free_chunks,
+        0,
+        "the keeper emptied and was rewound"
+    );
+    ctx.delete();
+}
+
+/// A FIFO queue, as the reorder buffer uses one: allocate in order, free the oldest. Once the
+/// blocks have grown, the context cycles between its blocks and takes nothing more from the
+/// system.
+#[test]
+fn fifo_reaches_a_steady_state() {
+    let ctx = generation("ReorderBufferChanges");
+    let mut live = std::collections::VecDeque::new();
+    let mut peak = 0;
+    for i in 0..60_000usize {
+        let size = 16 + (i * 7919) % 497;
+        let p = ctx.alloc(size).as_ptr();
+        unsafe { p.write_bytes(i as u8, size) };
+        live.push_back((p, size, i as u8));
+        if live.len() > 1000 {
+            let (p, size, byte) = live.pop_front().unwrap();
+            let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+            assert!(
+                bytes.iter().all(|&b| b == byte),
+                "chunk {i} was overwritten"
+            );
+            unsafe { memctx::pfree(p) };
+        }
+        if i == 30_000 {
+            peak = ctx.mem_allocated(false);
+        }
+    }
+    assert!(
+        ctx.mem_allocated(false) <= peak,
+        "the steady state takes no more memory"
+    );
+    assert!(peak < 2 << 20, "{peak} bytes for ~270 KiB live");
+    while let Some((p, _, _)) = live.pop_front() {
+        unsafe { memctx::pfree(p) };
+    }
+    assert_eq!(ctx.counters().free_chunks, 0, "every block emptied");
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
+
+#[test]
+fn safe_api_collections_live_in_a_generation_context() {
+    let ctx = generation("safe");
+    {
+        let mem = ctx.pin();
+        let mut v: AVec<u64, _> = AVec::new_in(&mem);
+        v.extend(0..10_000u64);
+        assert_eq!(v.iter().sum::<u64>(), 49_995_000);
+        let mut map = hashbrown::HashMap::new_in(&mem);
+        for i in 0..1000u32 {
+            map.insert(i, i * 2);
+        }
+        assert_eq!(map[&999], 1998);
+        assert!(ctx.try_reset().is_err(), "pinned");
+        let layout = Layout::from_size_align(48, 16).unwrap();
+        let p = mem.allocate(layout).unwrap();
+        assert_eq!(p.len(), 48);
+        unsafe { mem.deallocate(p.cast(), layout) };
+    }
+    // Everything was deallocated: every chunk counted as freed or its block emptied.
+    let c = ctx.counters();
+    assert_eq!(c.total_bytes, ctx.mem_allocated(false) as u64);
+    assert_eq!(ctx.check(), 0);
+    ctx.reset();
+    assert_eq!(ctx.counters().total_nblocks, 1);
+    ctx.delete();
+}
+
+#[test]
+fn contexts_of_every_kind_share_a_tree() {
+    let top = MemoryContext::top();
+    let parent = top.new_child("Executor", BlockSizes::DEFAULT);
+    let gen = parent.new_generation_child("tuples", BlockSizes::SMALL);
+    let p = gen.alloc(100).as_ptr();
+    let q = unsafe { memctx::repalloc(p, 50) };
+    assert_eq!(q, p);
+    let stats = parent.stats();
+    assert_eq!(stats.children.len(), 1);
+    assert_eq!(stats.children[0].kind, "Generation");
+    assert_eq!(stats.children[0].counters.total_bytes, 1024);
+    assert_eq!(parent.mem_allocated(true), 8192 + 1024);
+    parent.delete();
+    assert!(!gen.is_alive());
+}
