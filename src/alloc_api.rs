@@ -35,7 +35,7 @@ use allocator_api2::vec::Vec;
 
 use crate::chunk::CHUNK_ALIGN;
 use crate::context::{add_pins, ContextHeader, MemoryContext};
-use crate::kinds::{bump, KindId};
+use crate::kinds::{bump, slab, KindId};
 use crate::raw::{self, AllocFlags, MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE};
 
 /// A pinned memory context: the allocator of the safe API.
@@ -223,6 +223,13 @@ unsafe impl Allocator for PinnedContext {
         if size > MAX_ALLOC_HUGE_SIZE || layout.align() > MAX_ALIGNMENT {
             return Err(AllocError);
         }
+        // SAFETY: a pinned context is live. A Slab serves its chunk size, 16-aligned, and nothing
+        // else; its `alloc` would panic on another size.
+        if unsafe { (*self.raw()).kind == KindId::Slab }
+            && (layout.align() > CHUNK_ALIGN || !unsafe { slab::serves(self.raw(), size) })
+        {
+            return Err(AllocError);
+        }
         let p = if layout.align() <= CHUNK_ALIGN {
             // SAFETY: a pinned context is live; the size was checked.
             unsafe { raw::alloc_unchecked(self.raw(), size, false) }
@@ -266,7 +273,9 @@ unsafe impl Allocator for PinnedContext {
                     bump::deallocate(ctx, ptr.as_ptr(), layout.size())
                 }
                 KindId::Bump => {}
-                KindId::AllocSet | KindId::Generation => raw::pfree_in(ctx, ptr.as_ptr()),
+                KindId::AllocSet | KindId::Generation | KindId::Slab => {
+                    raw::pfree_in(ctx, ptr.as_ptr())
+                }
             }
         }
     }
@@ -345,7 +354,16 @@ impl PinnedContext {
             return Err(AllocError);
         }
         let ctx = self.raw();
-        // SAFETY: a pinned context is live, its header readable.
+        // SAFETY: a pinned context is live, its header readable. A Slab chunk has the one size:
+        // a resize to it keeps the chunk, to any other is refused (its `repalloc` would panic).
+        if unsafe { (*ctx).kind } == KindId::Slab {
+            return if new.size() == old.size() {
+                Ok(NonNull::slice_from_raw_parts(ptr, new.size()))
+            } else {
+                Err(AllocError)
+            };
+        }
+        // SAFETY: as above.
         if unsafe { (*ctx).kind } == KindId::Bump {
             // SAFETY: `ptr` is a live chunk of this Bump context with `old.size()` bytes (the
             // caller's promise), which is all `grow_in_place` needs.

@@ -15,7 +15,8 @@
 //!   pointer decodes as no kind and is a clean panic instead of a wild free;
 //! * the **external** bit marks a chunk that has a block of its own (a request above the chunk
 //!   limit); such a block is returned to the system when the chunk is freed;
-//! * the **value** is the kind's own: AllocSet keeps the freelist index (the size class) there;
+//! * the **value** is the kind's own: AllocSet keeps the freelist index (the size class) there,
+//!   Slab the chunk's footprint in 16-byte units;
 //! * the **offset** leads back to the block header, whose first word names the owning context.
 //!
 //! Unlike PostgreSQL, whose chunks are aligned to MAXALIGN (8), every chunk's data here starts on a
@@ -80,6 +81,7 @@ const _: () = {
                 && id != ChunkKind::AlignedRedirect as u64
                 && id != ChunkKind::Generation as u64
                 && id != ChunkKind::Bump as u64
+                && id != ChunkKind::Slab as u64
         );
         i += 1;
     }
@@ -97,6 +99,8 @@ pub(crate) enum ChunkKind {
     AllocSet = 10,
     /// Carved by a Generation context.
     Generation = 11,
+    /// Carved by a Slab context.
+    Slab = 12,
     /// Carved by a Bump context (only the debug build writes Bump chunk headers).
     Bump = 13,
 }
@@ -109,6 +113,7 @@ impl ChunkKind {
             9 => Some(ChunkKind::AlignedRedirect),
             10 => Some(ChunkKind::AllocSet),
             11 => Some(ChunkKind::Generation),
+            12 => Some(ChunkKind::Slab),
             13 => Some(ChunkKind::Bump),
             _ => None,
         }

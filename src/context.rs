@@ -64,7 +64,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::chunk::Block;
 use crate::error::{out_of_memory_message, ContextError};
 use crate::kinds::aset::{self, BlockSizes};
-use crate::kinds::{self, KindId, KindState};
+use crate::kinds::{self, slab, KindId, KindState};
 use crate::registry;
 use crate::stats::{Counters, StatsNode};
 
@@ -306,6 +306,20 @@ fn take_header(name: &'static str, sizes: BlockSizes, kind: KindId) -> *mut Cont
             return head;
         }
     }
+    // SAFETY: `kinds::init` sets up a header without blocks as a context of `kind`.
+    spare_header(name, sizes.keeper_size(), |ctx| unsafe {
+        kinds::init(ctx, kind, sizes)
+    })
+}
+
+/// A spare or new header, set up by `init` (which takes its keeper block of `keeper_size`
+/// bytes). Panics with PostgreSQL's out-of-memory message when `init` fails.
+fn spare_header(
+    name: &str,
+    keeper_size: usize,
+    init: impl FnOnce(*mut ContextHeader) -> bool,
+) -> *mut ContextHeader {
+    let t = thread_tree();
     let spare = t.spare.get();
     let ctx = if spare.is_null() {
         Box::into_raw(Box::new(ContextHeader::empty()))
@@ -314,12 +328,11 @@ fn take_header(name: &'static str, sizes: BlockSizes, kind: KindId) -> *mut Cont
         unsafe { t.spare.set((*spare).next_sibling) };
         spare
     };
-    // SAFETY: `ctx` is a valid header that owns no blocks.
-    if !unsafe { kinds::init(ctx, kind, sizes) } {
-        // SAFETY: as above; put it back for the next attempt.
+    if !init(ctx) {
+        // SAFETY: `ctx` is a valid header without blocks; put it back for the next attempt.
         unsafe { (*ctx).next_sibling = t.spare.get() };
         t.spare.set(ctx);
-        panic!("{}", out_of_memory_message(sizes.keeper_size(), name));
+        panic!("{}", out_of_memory_message(keeper_size, name));
     }
     ctx
 }
@@ -336,6 +349,36 @@ pub(crate) fn create(
         panic!("{e}");
     }
     let ctx = take_header(name, sizes, kind);
+    // SAFETY: `take_header` returns a set-up header no tree holds; `parent` is live or null.
+    unsafe { adopt(parent, name, ctx) }
+}
+
+/// Creates a Slab context under `parent`. Panics with a message naming the bad size if the sizes
+/// are invalid, with PostgreSQL's out-of-memory message if the keeper block cannot be allocated.
+pub(crate) fn create_slab(
+    parent: *mut ContextHeader,
+    name: &'static str,
+    block_size: usize,
+    chunk_size: usize,
+) -> *mut ContextHeader {
+    let sizes = slab::SlabSizes::new(block_size, chunk_size).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: `slab::init` sets up a header without blocks as a Slab context.
+    let ctx = spare_header(name, sizes.block_size(), |ctx| unsafe {
+        slab::init(ctx, sizes)
+    });
+    // SAFETY: `spare_header` returns a set-up header no tree holds; `parent` is live or null.
+    unsafe { adopt(parent, name, ctx) }
+}
+
+/// Fills in the common fields of the set-up header `ctx` and links it under `parent`.
+///
+/// # Safety
+/// `ctx` must be a header with its kind and keeper set up, in no tree; `parent` live or null.
+unsafe fn adopt(
+    parent: *mut ContextHeader,
+    name: &'static str,
+    ctx: *mut ContextHeader,
+) -> *mut ContextHeader {
     // SAFETY: `ctx` is ours and not linked anywhere; `parent` is a live context or null.
     unsafe {
         let c = &mut *ctx;
@@ -705,7 +748,7 @@ unsafe fn delete_one(ctx: *mut ContextHeader) {
             KindId::AllocSet => recycle_slot(&(*ctx).state.aset.sizes),
             // Recycling keeps a keeper for the next AllocSet of its size; other kinds' headers
             // go to the spare list.
-            KindId::Generation | KindId::Bump => None,
+            KindId::Generation | KindId::Bump | KindId::Slab => None,
         };
         if let Some(slot) = slot {
             if t.recycled_len[slot].get() < MAX_RECYCLED {
@@ -895,6 +938,45 @@ impl MemoryContext {
         let parent = self.raw();
         // SAFETY: `create` returns a live context of this thread.
         unsafe { MemoryContext::from_raw(create(parent, name, sizes, KindId::Bump)) }
+    }
+
+    /// Creates a Slab child context (PostgreSQL's `SlabContextCreate`): every chunk has the one
+    /// size `chunk_size`, carved from blocks of `block_size` bytes, and a block whose chunks are
+    /// all free is kept for reuse (at most [`SLAB_MAX_EMPTY_BLOCKS`](crate::SLAB_MAX_EMPTY_BLOCKS)
+    /// besides the first block) or given back to the system. Allocation takes from the fullest
+    /// block with room.
+    ///
+    /// A request of another size panics (`unexpected alloc chunk size N (expected M)`), as does a
+    /// `repalloc` to another size (to the same size it returns the chunk); the safe API answers
+    /// both with `AllocError`.
+    ///
+    /// # Panics
+    /// If the context was deleted; if `chunk_size` is 0, `block_size` not a multiple of 16 below
+    /// 1 GiB, or too small to hold one chunk (`block size N for slab is too small for M-byte
+    /// chunks`); or if the first block cannot be allocated.
+    ///
+    /// # Examples
+    /// ```
+    /// use memctx::MemoryContext;
+    /// let changes = MemoryContext::top().new_slab_child("Change", 8192, 64);
+    /// let a = changes.alloc(64).as_ptr();
+    /// let b = changes.alloc(64).as_ptr();
+    /// assert_eq!(changes.stats().kind, "Slab");
+    /// unsafe {
+    ///     memctx::pfree(a);
+    ///     memctx::pfree(b);
+    /// }
+    /// changes.delete();
+    /// ```
+    pub fn new_slab_child(
+        self,
+        name: &'static str,
+        block_size: usize,
+        chunk_size: usize,
+    ) -> MemoryContext {
+        let parent = self.raw();
+        // SAFETY: `create_slab` returns a live context of this thread.
+        unsafe { MemoryContext::from_raw(create_slab(parent, name, block_size, chunk_size)) }
     }
 
     /// Whether the context still exists (this handle is not stale).

@@ -67,6 +67,7 @@ pub use alloc_api::{PString, PinnedContext};
 pub use context::{switch_to, MemoryContext, SwitchGuard, LAYOUT_VERSION};
 pub use error::ContextError;
 pub use kinds::aset::BlockSizes;
+pub use kinds::slab::MAX_EMPTY_BLOCKS as SLAB_MAX_EMPTY_BLOCKS;
 pub use raw::{
     chunk_context, chunk_space, palloc, palloc0, palloc_aligned, palloc_extended, pfree, pstrdup,
     repalloc, repalloc_extended, repalloc_huge, AllocFlags, MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE,

@@ -622,7 +622,8 @@ pub(crate) fn large_chunk_moved(
 }
 
 /// A block was taken: register it; fill a shared block's space with the unused pattern and close
-/// it. The context's first block creates its pool; every block header becomes a pool chunk.
+/// it. The context's first block creates its pool; every block header, with the kind's fields
+/// after it (`kinds::block_meta_size`), becomes a pool chunk.
 pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, external: bool) {
     // SAFETY: `block` was just allocated for `ctx`, its header written.
     unsafe {
@@ -630,10 +631,11 @@ pub(crate) fn block_allocated(ctx: *mut ContextHeader, block: *mut Block, extern
             // Only the keeper is taken while the context has no keeper (see `kinds::aset::init`).
             sanitizer::pool_create(ctx);
         }
-        sanitizer::block_header_alloc(ctx, block as *mut u8, BLOCK_META_SIZE);
+        let first = kinds::first_chunk(block);
+        let meta = kinds::block_meta_size(block);
+        sanitizer::block_header_alloc(ctx, block as *mut u8, meta);
         blocks::insert(block as usize, (*block).end_ptr as usize, ctx);
-        let first = Block::first_chunk(block);
-        let space = (block as *mut u8).add(BLOCK_META_SIZE);
+        let space = (block as *mut u8).add(meta);
         let len = (*block).end_ptr as usize - space as usize;
         if !external {
             sanitizer::open(space, len);
@@ -742,7 +744,7 @@ unsafe fn release_keeper(keeper: *mut Block, upto: *mut u8) {
     // SAFETY: `keeper` is a live keeper whose chunks are all released and `upto` lies inside it
     // (caller), so `[first chunk, upto)` is the allocator's to fill, opened around the fill.
     unsafe {
-        let first = Block::first_chunk(keeper);
+        let first = kinds::first_chunk(keeper);
         let used = upto as usize - first as usize;
         sanitizer::open(first, used);
         ptr::write_bytes(first, FREED_BYTE, used);
@@ -774,7 +776,9 @@ pub(crate) fn reset_end(ctx: *mut ContextHeader) {
     if !keeper.is_null() {
         // SAFETY: the keeper is a live block of `ctx`.
         forget_redirects(keeper as usize, unsafe { (*keeper).end_ptr } as usize);
-        sanitizer::pool_trim(ctx, keeper as *mut u8, BLOCK_META_SIZE);
+        // SAFETY: the keeper's header is intact after the reset.
+        let meta = unsafe { kinds::block_meta_size(keeper) };
+        sanitizer::pool_trim(ctx, keeper as *mut u8, meta);
     }
     // After the trim: the blocks that leave the process hold no pool chunk any more.
     quarantine::unstage();
@@ -911,7 +915,7 @@ unsafe fn classify_in_block(
     // SAFETY: `block` is a registered block of this thread (caller), so its header is readable,
     // and the header and record read below lie between its first chunk's data and `end`.
     unsafe {
-        let first_data = Block::first_chunk(block) as usize + CHUNK_PREFIX;
+        let first_data = kinds::first_chunk(block) as usize + CHUNK_PREFIX;
         if addr % crate::chunk::CHUNK_ALIGN != 0 || addr < first_data || addr >= end {
             return not_a_live_chunk(owner, block, addr, op);
         }

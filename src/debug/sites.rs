@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use core::ops::ControlFlow;
 
-use crate::chunk::{Block, CHUNK_HEADER_SIZE};
+use crate::chunk::CHUNK_HEADER_SIZE;
 use crate::context::ContextHeader;
 use crate::kinds;
 use crate::snapshot::{Site, SiteFrame};
@@ -49,7 +49,7 @@ pub(crate) unsafe fn collect(ctx: *mut ContextHeader, acc: &mut SiteTotals) {
         let mut block = (*ctx).blocks;
         while !block.is_null() {
             let (free, end) = ((*block).free_ptr, (*block).end_ptr);
-            if free >= Block::first_chunk(block) && free <= end {
+            if free >= kinds::first_chunk(block) && free <= end {
                 let _ = kinds::walk_block((*ctx).kind, block, |w| {
                     // Under Valgrind or ASan the record is closed to everyone but the allocator:
                     // open it around the read, as the verification walk does.

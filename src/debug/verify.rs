@@ -785,7 +785,7 @@ unsafe fn block_header_sane(
 ) -> bool {
     // SAFETY: a block on the list was allocated by us and is at least a header long.
     unsafe {
-        let first = Block::first_chunk(block);
+        let first = kinds::first_chunk(block);
         let ok = match blocks::lookup(block as usize) {
             blocks::Lookup::Found {
                 start,
@@ -912,7 +912,7 @@ pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
             let (free, end) = ((*block).free_ptr, (*block).end_ptr);
             let registered = matches!(blocks::lookup(block as usize),
                 blocks::Lookup::Found { start, end: e, .. } if start == block as usize && e == end as usize);
-            if !registered || free < Block::first_chunk(block) || free > end {
+            if !registered || free < kinds::first_chunk(block) || free > end {
                 return; // a damaged block header: the list cannot be trusted
             }
             let link = (*ctx).kind.free_link();

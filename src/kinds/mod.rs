@@ -35,7 +35,9 @@ use core::ptr;
 
 use std::alloc::{self, Layout};
 
-use crate::chunk::{Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, CHUNK_ALIGN};
+use crate::chunk::{
+    Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, BLOCK_META_SIZE, CHUNK_ALIGN,
+};
 use crate::context::ContextHeader;
 use crate::hooks;
 use crate::stats::Counters;
@@ -43,6 +45,7 @@ use crate::stats::Counters;
 pub(crate) mod aset;
 pub(crate) mod bump;
 pub(crate) mod generation;
+pub(crate) mod slab;
 mod walk;
 
 #[cfg(feature = "debug-contexts")]
@@ -59,6 +62,8 @@ pub(crate) enum KindId {
     AllocSet = ChunkKind::AllocSet as u32,
     /// Chunks freed in roughly the order they were allocated (`kinds/generation.rs`).
     Generation = ChunkKind::Generation as u32,
+    /// Objects of one size (`kinds/slab.rs`).
+    Slab = ChunkKind::Slab as u32,
     /// Memory freed only all at once (`kinds/bump.rs`).
     Bump = ChunkKind::Bump as u32,
 }
@@ -69,6 +74,7 @@ impl KindId {
         match self {
             KindId::AllocSet => "AllocSet",
             KindId::Generation => "Generation",
+            KindId::Slab => "Slab",
             KindId::Bump => "Bump",
         }
     }
@@ -80,7 +86,7 @@ impl KindId {
     pub(crate) fn free_link(self) -> usize {
         match self {
             KindId::Generation => 0,
-            KindId::AllocSet | KindId::Bump => core::mem::size_of::<*mut u8>(),
+            KindId::AllocSet | KindId::Slab | KindId::Bump => core::mem::size_of::<*mut u8>(),
         }
     }
 
@@ -91,7 +97,7 @@ impl KindId {
     pub(crate) fn releaser(self) -> &'static str {
         match self {
             KindId::Generation => "a reset or the last pfree of its block",
-            KindId::AllocSet | KindId::Bump => "a reset",
+            KindId::AllocSet | KindId::Slab | KindId::Bump => "a reset",
         }
     }
 }
@@ -106,6 +112,8 @@ pub(crate) union KindState {
     pub(crate) generation: generation::GenerationState,
     /// A Bump context's block sizes.
     pub(crate) bump: bump::BumpState,
+    /// A Slab context's chunk size and block lists.
+    pub(crate) slab: slab::SlabState,
 }
 
 impl KindState {
@@ -190,6 +198,18 @@ pub(crate) trait ContextKind {
     /// `ctx` must be a live context of this kind.
     unsafe fn counters(ctx: *mut ContextHeader) -> Counters;
 
+    /// Bytes at the start of the kind's blocks that are bookkeeping, not chunk space: the block
+    /// header and the kind's fields after it (`chunk::BLOCK_META_SIZE`, unless the kind needs
+    /// more than the bytes every kind has there: Slab does).
+    fn meta_size() -> usize {
+        BLOCK_META_SIZE
+    }
+
+    /// Where the first chunk of `block` starts: after its bookkeeping, where its data is aligned.
+    fn first_chunk(block: *mut Block) -> *mut u8 {
+        Block::first_chunk(block)
+    }
+
     /// Decodes the chunk starting at `start` in `block`, whose header word reads `hdr`: its
     /// extent if the header is one this kind writes there, else what is wrong with it. Reads
     /// nothing but the block header. The block walk ([`walk_block`]) is built on it.
@@ -213,12 +233,39 @@ macro_rules! with_kind {
                 type $k = generation::Generation;
                 $call
             }
+            KindId::Slab => {
+                type $k = slab::Slab;
+                $call
+            }
             KindId::Bump => {
                 type $k = bump::Bump;
                 $call
             }
         }
     };
+}
+
+/// Bytes of bookkeeping at the start of `block`, through the kind of the context it names (see
+/// [`ContextKind::meta_size`]): what the debug build keeps open as the block's header.
+///
+/// # Safety
+/// As [`first_chunk`].
+pub(crate) unsafe fn block_meta_size(block: *mut Block) -> usize {
+    // SAFETY: as `first_chunk`: the block's first word names its context, whose header is
+    // readable.
+    unsafe { with_kind!((*(*block).context).kind, K => K::meta_size()) }
+}
+
+/// Where the first chunk of `block` starts, through the kind of the context it names. The debug
+/// build fills, checks and walks a block's chunk space from here.
+///
+/// # Safety
+/// `block` must be a block of a context of this thread (live, or deleted: headers are never
+/// freed), its header intact.
+pub(crate) unsafe fn first_chunk(block: *mut Block) -> *mut u8 {
+    // SAFETY: the caller promises an intact block header, whose first word names its context,
+    // whose header stays readable (headers are never freed while their thread runs).
+    unsafe { with_kind!((*(*block).context).kind, K => K::first_chunk(block)) }
 }
 
 /// Allocates `size` bytes in `ctx`, through its kind.
@@ -244,6 +291,8 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, kind: KindId, sizes: aset::Bl
             KindId::AllocSet => aset::init(ctx, sizes),
             KindId::Generation => generation::init(ctx, sizes),
             KindId::Bump => bump::init(ctx, sizes),
+            // Slab contexts are set up by `slab::init`, from their chunk and block size.
+            KindId::Slab => unreachable!("a Slab context is created with slab::init"),
         }
     }
 }
@@ -302,6 +351,7 @@ pub(crate) fn target(ptr: *mut u8, hdr: ChunkHeader, op: &str) -> Target {
         Some(ChunkKind::AllocSet) => Target::Chunk(KindId::AllocSet),
         Some(ChunkKind::Generation) => Target::Chunk(KindId::Generation),
         Some(ChunkKind::Bump) => Target::Chunk(KindId::Bump),
+        Some(ChunkKind::Slab) => Target::Chunk(KindId::Slab),
         Some(ChunkKind::AlignedRedirect) => Target::Redirect(ptr.wrapping_sub(hdr.offset())),
         None => invalid_pointer(op, ptr, hdr),
     }
@@ -551,6 +601,7 @@ mod tests {
             ("kinds/mod.rs", include_str!("mod.rs")),
             ("kinds/aset.rs", include_str!("aset.rs")),
             ("kinds/generation.rs", include_str!("generation.rs")),
+            ("kinds/slab.rs", include_str!("slab.rs")),
         ];
         let banned = ["dump", "snapshot", "leak", "debug"];
         for (file, text) in core {

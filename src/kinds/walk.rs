@@ -94,10 +94,12 @@ pub(crate) fn decode_chunk(
         KindId::AllocSet => AllocSet::decode_chunk(block, start, hdr),
         KindId::Generation => super::generation::Generation::decode_chunk(block, start, hdr),
         KindId::Bump => super::bump::Bump::decode_chunk(block, start, hdr),
+        KindId::Slab => super::slab::Slab::decode_chunk(block, start, hdr),
     }
 }
 
-/// Walks the chunks of `block`, a block of a context of kind `kind`, from its first chunk to its
+/// Walks the chunks of `block`, a block of a context of kind `kind`, from its first chunk (the
+/// kind's `first_chunk`) to its
 /// free pointer, calling `visit` on each until it breaks. A header that does not decode ends the
 /// walk with `Err` (nothing past it can be trusted).
 ///
@@ -120,7 +122,7 @@ where
     // there only once the previous chunk decoded with a footprint inside the block.
     unsafe {
         let limit = (*block).free_ptr.min((*block).end_ptr);
-        let mut c = Block::first_chunk(block);
+        let mut c = super::first_chunk(block);
         while c < limit {
             let hdr = crate::hooks::header_peek(c);
             let w = decode_chunk(kind, block, c, hdr)?;

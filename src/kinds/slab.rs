@@ -1,0 +1,673 @@
+//! Slab: PostgreSQL's context kind for many objects of one size (`slab.c`).
+//!
+//! A Slab context is created for one chunk size and one block size, and every block is cut into
+//! slots of the same footprint: header word (the debug build's whole chunk prefix), the chunk
+//! size rounded so the next slot's data stays 16-aligned. A request of any other size is an
+//! error (`unexpected alloc chunk size`), and so is a `repalloc` to another size; one to the same
+//! size returns the chunk. Since every slot fits every request, there are no size classes: what
+//! an allocation has to find is a block with a free slot, and what it should prefer is the
+//! *fullest* such block, so that the emptier blocks drain and can be given back.
+//!
+//! Each block keeps its own free list (linked through the first word of the free chunks' data)
+//! and a count of free slots, and the slots it never handed out are the space past its free
+//! pointer, carved one at a time as AllocSet carves — so a fresh block costs nothing per slot,
+//! and freed slots are reused before new ones are touched (they are more likely in cache). The
+//! blocks with free slots are grouped by how many they have, in [`BLOCKLISTS`] lists as in
+//! PostgreSQL: list 0 holds the full blocks, list `i` those whose free count, shifted right by
+//! the context's `shift`, rounds up to `i`. The shift is the smallest that puts an empty block's
+//! count in the last list, so few lists cover any chunks-per-block, and a block changes list
+//! only when its count crosses a boundary, not on every alloc and free. `cur` names the lowest
+//! list with a block that has room — the fullest — and an allocation takes that list's head.
+//!
+//! A block whose last chunk is freed leaves the lists: it is kept on the empty list, to be reused
+//! before a new block is taken, unless [`MAX_EMPTY_BLOCKS`] are kept already; then it goes back
+//! to the system. The keeper — the first block, taken when the context is created, as every
+//! memctx kind has one — is always kept, so a Slab reset after each use takes no memory from the
+//! system in the steady state (PostgreSQL's Slab has no keeper and frees every block at reset).
+//!
+//! Every block carries the common block header (`chunk::Block`, whose free pointer is the start
+//! of the never-used slots) and after it [`SlabBlock`]'s fields; the kind's `first_chunk` tells
+//! the debug build and the walk where the slots begin. Every slot ever handed out lies below the
+//! free pointer with its header word intact, live or free, so the one block walk
+//! (`kinds::walk_block`) steps through them by the footprint the header carries.
+//!
+//! What is not here: chunk checks. As for the other kinds, the hooks see every carve, reuse and
+//! free; the debug build's redzone is part of the footprint (the chunk size plus the redzone,
+//! rounded), and its verification, reports and Valgrind/ASan annotations are the same as for an
+//! AllocSet chunk.
+
+use core::mem::size_of;
+use core::ptr;
+
+use crate::chunk::{
+    self, align_up, Block, ChunkHeader, ChunkKind, CHUNK_ALIGN, CHUNK_PREFIX, MAX_BLOCK_OFFSET,
+};
+use crate::context::ContextHeader;
+use crate::hooks;
+use crate::kinds::{self, BadChunk, ContextKind, Damage, KindId, KindState, Walked};
+use crate::stats::Counters;
+
+/// Number of lists the blocks with free slots are grouped in, list 0 for the full ones
+/// (PostgreSQL's `SLAB_BLOCKLIST_COUNT`).
+pub(crate) const BLOCKLISTS: usize = 3;
+
+/// Empty blocks kept for reuse besides the keeper; a block that empties beyond them goes back to
+/// the system (PostgreSQL's `SLAB_MAXIMUM_EMPTY_BLOCKS`).
+pub const MAX_EMPTY_BLOCKS: usize = 10;
+
+/// A Slab block: the common block header, then the Slab's own fields.
+#[repr(C, align(16))]
+pub(crate) struct SlabBlock {
+    /// The header every kind's block starts with; its free pointer is the first never-used slot.
+    pub(crate) base: Block,
+    /// Free slots: on the free list plus never used.
+    pub(crate) nfree: u32,
+    /// Data pointer of the first chunk on the block's free list (null: none).
+    pub(crate) freehead: *mut u8,
+    /// Neighbours in the block's list (a block list, or the empty list).
+    pub(crate) prev: *mut SlabBlock,
+    pub(crate) next: *mut SlabBlock,
+}
+
+/// Bytes of a Slab block's header.
+const SLAB_BLOCK_HEADER: usize = size_of::<SlabBlock>();
+/// Padding after it that puts the first chunk's data on 16 (8 bytes in a release build).
+const FIRST_PAD: usize = (CHUNK_ALIGN - (SLAB_BLOCK_HEADER + CHUNK_PREFIX) % CHUNK_ALIGN) % CHUNK_ALIGN;
+/// Bytes before a Slab block's first chunk.
+const BEFORE_FIRST: usize = SLAB_BLOCK_HEADER + FIRST_PAD;
+
+/// Slab's part of the context header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SlabState {
+    /// The one request size the context serves.
+    pub(crate) chunk_size: usize,
+    /// Bytes a slot takes: prefix and capacity, a multiple of 16.
+    pub(crate) footprint: usize,
+    /// Size of every block.
+    pub(crate) block_size: usize,
+    /// Slots per block.
+    pub(crate) chunks_per_block: u32,
+    /// Right shift of a free count that gives its list (see the module docs).
+    pub(crate) shift: u32,
+    /// The lowest list with a block that has a free slot; 0 when none has.
+    pub(crate) cur: usize,
+    /// List heads; `lists[0]` holds the full blocks.
+    pub(crate) lists: [*mut SlabBlock; BLOCKLISTS],
+    /// Empty blocks kept for reuse (the keeper among them when it is empty).
+    pub(crate) empty: *mut SlabBlock,
+    /// Number of blocks on the empty list.
+    pub(crate) nempty: usize,
+}
+
+/// The sizes a Slab context is created with, checked: what [`SlabState`] derives from them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlabSizes {
+    chunk_size: usize,
+    footprint: usize,
+    block_size: usize,
+    chunks_per_block: u32,
+}
+
+impl SlabSizes {
+    /// Checks a chunk size and a block size as `SlabContextCreate` would, and derives the slot
+    /// footprint and slots per block.
+    ///
+    /// # Errors
+    /// A message naming the bad size: the chunk size must be at least 1, the block size a
+    /// multiple of 16 below 1 GiB that holds at least one slot.
+    pub(crate) fn new(block_size: usize, chunk_size: usize) -> Result<SlabSizes, String> {
+        let bad = |what: &str| {
+            Err(format!(
+                "invalid Slab sizes (block size {block_size}, chunk size {chunk_size}): {what}"
+            ))
+        };
+        if chunk_size == 0 {
+            return bad("chunk size must be at least 1");
+        }
+        if block_size % CHUNK_ALIGN != 0 || block_size > MAX_BLOCK_OFFSET {
+            return bad("block size must be a multiple of 16 below 1 GiB");
+        }
+        // Room for the free-list link in a free slot, and the debug build's redzone.
+        let request = hooks::class_request(chunk_size.max(size_of::<*mut u8>()));
+        let footprint = align_up(CHUNK_PREFIX + request, CHUNK_ALIGN);
+        let room = block_size.saturating_sub(BEFORE_FIRST);
+        if room < footprint {
+            return Err(format!(
+                "block size {block_size} for slab is too small for {chunk_size}-byte chunks"
+            ));
+        }
+        Ok(SlabSizes {
+            chunk_size,
+            footprint,
+            block_size,
+            chunks_per_block: (room / footprint) as u32,
+        })
+    }
+
+    /// Size of every block, the keeper's too.
+    pub(crate) fn block_size(&self) -> usize {
+        self.block_size
+    }
+}
+
+/// The list a block with `nfree` free slots belongs in: 0 for none, else `nfree >> shift`
+/// rounded up, at most `BLOCKLISTS - 1`.
+#[inline(always)]
+fn list_of(nfree: u32, shift: u32) -> usize {
+    ((nfree + (1 << shift) - 1) >> shift) as usize
+}
+
+/// The smallest shift that puts a block's largest free count in the last list.
+fn shift_for(chunks_per_block: u32) -> u32 {
+    let mut shift = 0;
+    while list_of(chunks_per_block, shift) >= BLOCKLISTS {
+        shift += 1;
+    }
+    shift
+}
+
+/// Sets up a fresh, block-less context header as a Slab context of `sizes`, with its keeper
+/// block on the empty list. Returns false when the system allocator fails.
+///
+/// # Safety
+/// `ctx` must point to a context header that holds no blocks.
+pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: SlabSizes) -> bool {
+    // SAFETY: the caller promises a valid header without blocks: its kind and state are ours to
+    // write, and its first block becomes the keeper.
+    unsafe {
+        debug_assert!((*ctx).blocks.is_null() && (*ctx).keeper.is_null());
+        (*ctx).kind = KindId::Slab;
+        (*ctx).state = KindState {
+            slab: SlabState {
+                chunk_size: sizes.chunk_size,
+                footprint: sizes.footprint,
+                block_size: sizes.block_size,
+                chunks_per_block: sizes.chunks_per_block,
+                shift: shift_for(sizes.chunks_per_block),
+                cur: 0,
+                lists: [ptr::null_mut(); BLOCKLISTS],
+                empty: ptr::null_mut(),
+                nempty: 0,
+            },
+        };
+        let keeper = new_block(ctx);
+        if keeper.is_null() {
+            return false;
+        }
+        (*ctx).keeper = keeper as *mut Block;
+        push(&mut (*ctx).state.slab.empty, keeper);
+        (*ctx).state.slab.nempty = 1;
+        true
+    }
+}
+
+/// Takes a block from the system, every slot of it free and never used. Null when the system
+/// allocator fails.
+///
+/// # Safety
+/// `ctx` must be a live Slab context (its kind set) of this thread.
+unsafe fn new_block(ctx: *mut ContextHeader) -> *mut SlabBlock {
+    // SAFETY: the caller promises a live Slab context; a block `kinds::new_block` returns is a
+    // fresh allocation of the block size, whose Slab fields lie inside its header.
+    unsafe {
+        let state = &(*ctx).state.slab;
+        let block =
+            kinds::new_block(ctx, state.block_size, true, ptr::null_mut()) as *mut SlabBlock;
+        if !block.is_null() {
+            rewind(block, state.chunks_per_block);
+        }
+        block
+    }
+}
+
+/// Makes `block` a block whose every slot is free and never used, on no list.
+///
+/// # Safety
+/// `block` must be a block of a Slab context with `chunks_per_block` slots, holding no live chunk.
+unsafe fn rewind(block: *mut SlabBlock, chunks_per_block: u32) {
+    // SAFETY: the caller promises a Slab block: its header holds the Slab fields.
+    unsafe {
+        (*block).base.free_ptr = Slab::first_chunk(block as *mut Block);
+        (*block).nfree = chunks_per_block;
+        (*block).freehead = ptr::null_mut();
+        (*block).prev = ptr::null_mut();
+        (*block).next = ptr::null_mut();
+    }
+}
+
+/// Pushes `block` on the list whose head is `head`.
+///
+/// # Safety
+/// `block` must be a live Slab block on no list; `head` a list of the same context.
+#[inline(always)]
+unsafe fn push(head: &mut *mut SlabBlock, block: *mut SlabBlock) {
+    // SAFETY: `block` and the old head (if any) are live blocks of the context (caller).
+    unsafe {
+        (*block).prev = ptr::null_mut();
+        (*block).next = *head;
+        if !(*head).is_null() {
+            (**head).prev = block;
+        }
+        *head = block;
+    }
+}
+
+/// Takes `block` off the list whose head is `head`.
+///
+/// # Safety
+/// `block` must be on the list `head`.
+#[inline(always)]
+unsafe fn unlink(head: &mut *mut SlabBlock, block: *mut SlabBlock) {
+    // SAFETY: `block` is on the list (caller), so its neighbours are live blocks of it or null.
+    unsafe {
+        let (prev, next) = ((*block).prev, (*block).next);
+        if prev.is_null() {
+            *head = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+    }
+}
+
+/// The lowest list with a block that has a free slot, 0 when there is none.
+fn fullest(state: &SlabState) -> usize {
+    (1..BLOCKLISTS)
+        .find(|&i| !state.lists[i].is_null())
+        .unwrap_or(0)
+}
+
+/// Allocates a chunk of the context's chunk size in `ctx`; null when the system allocator fails.
+///
+/// # Panics
+/// `unexpected alloc chunk size` when `size` is not the context's chunk size.
+///
+/// # Safety
+/// `ctx` must be a live Slab context of the calling thread.
+#[inline(always)]
+pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
+    // SAFETY: the caller promises a live Slab context; `cur`, when not 0, names a list whose
+    // head is a block with a free slot.
+    unsafe {
+        let state = &mut (*ctx).state.slab;
+        if size != state.chunk_size {
+            wrong_size(size, state.chunk_size);
+        }
+        if state.cur == 0 {
+            return alloc_from_new_block(ctx, size);
+        }
+        let cur = state.cur;
+        let block = *state.lists.get_unchecked(cur);
+        let data = take_slot(ctx, block, size);
+        if list_of((*block).nfree, (*ctx).state.slab.shift) != cur {
+            regroup(ctx, block, cur);
+        }
+        data
+    }
+}
+
+/// `unexpected alloc chunk size`: PostgreSQL's error for a request of another size.
+#[cold]
+#[inline(never)]
+fn wrong_size(size: usize, chunk_size: usize) -> ! {
+    panic!("unexpected alloc chunk size {size} (expected {chunk_size})")
+}
+
+/// Hands out a free slot of `block`: the head of its free list, else its first never-used slot.
+///
+/// # Safety
+/// `block` must be a block of the live Slab context `ctx` with a free slot.
+#[inline(always)]
+unsafe fn take_slot(ctx: *mut ContextHeader, block: *mut SlabBlock, size: usize) -> *mut u8 {
+    // SAFETY: the caller promises a free slot: a free-list head is a free chunk of the block
+    // whose first word is the link, and otherwise a never-used slot lies at the free pointer.
+    unsafe {
+        debug_assert!((*block).nfree > 0);
+        (*block).nfree -= 1;
+        let cap = (*ctx).state.slab.footprint - CHUNK_PREFIX;
+        let head = (*block).freehead;
+        if !head.is_null() {
+            hooks::freelist_open(head);
+            (*block).freehead = (head as *mut *mut u8).read();
+            hooks::chunk_reused(ctx, head, size, cap);
+            return head;
+        }
+        carve(ctx, block, size, cap)
+    }
+}
+
+/// Carves the never-used slot at `block`'s free pointer.
+///
+/// # Safety
+/// `block` must be a block of the live Slab context `ctx` with a never-used slot.
+#[inline(always)]
+unsafe fn carve(
+    ctx: *mut ContextHeader,
+    block: *mut SlabBlock,
+    size: usize,
+    cap: usize,
+) -> *mut u8 {
+    // SAFETY: the caller promises the slot at the free pointer is unused space of the block, so
+    // its header and data lie inside it.
+    unsafe {
+        let footprint = CHUNK_PREFIX + cap;
+        let start = (*block).base.free_ptr;
+        (*block).base.free_ptr = start.add(footprint);
+        debug_assert!((*block).base.free_ptr <= (*block).base.end_ptr);
+        (*ctx).is_reset = false;
+        hooks::space_carving(ctx, block as *mut Block, start);
+        let offset = start as usize - block as usize;
+        let value = (footprint / CHUNK_ALIGN) as u32;
+        chunk::write_header(
+            start,
+            ChunkHeader::new(ChunkKind::Slab, false, value, offset),
+        );
+        let data = chunk::data_of(start);
+        hooks::chunk_carved(ctx, data, size, cap);
+        data
+    }
+}
+
+/// No block has a free slot: an empty block (a kept one, else a new one from the system) joins
+/// the lists and serves the request. Null when the system allocator fails.
+///
+/// # Safety
+/// As [`alloc`].
+#[cold]
+#[inline(never)]
+unsafe fn alloc_from_new_block(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
+    // SAFETY: the caller promises a live Slab context; blocks on its empty list are its own, with
+    // every slot free.
+    unsafe {
+        let state = &mut (*ctx).state.slab;
+        let block = if state.empty.is_null() {
+            let block = new_block(ctx);
+            if block.is_null() {
+                return ptr::null_mut();
+            }
+            hooks::safe_point(); // a new block, linked and consistent
+            block
+        } else {
+            let block = state.empty;
+            unlink(&mut state.empty, block);
+            state.nempty -= 1;
+            block
+        };
+        let data = take_slot(ctx, block, size);
+        let state = &mut (*ctx).state.slab;
+        let list = list_of((*block).nfree, state.shift);
+        push(&mut state.lists[list], block);
+        state.cur = list;
+        data
+    }
+}
+
+/// `block`, on list `from`, has a free count that belongs to another list now (or it is empty):
+/// moves it there (or to the empty list, or back to the system) and finds the fullest list again.
+///
+/// # Safety
+/// `block` must be a block of the live Slab context `ctx`, on list `from`.
+#[cold]
+#[inline(never)]
+unsafe fn regroup(ctx: *mut ContextHeader, block: *mut SlabBlock, from: usize) {
+    // SAFETY: the caller promises `block` is on list `from` of the live context `ctx`.
+    unsafe {
+        let state = &mut (*ctx).state.slab;
+        unlink(&mut state.lists[from], block);
+        if (*block).nfree == state.chunks_per_block {
+            keep_or_release(ctx, block);
+        } else {
+            let to = list_of((*block).nfree, state.shift);
+            push(&mut state.lists[to], block);
+        }
+        let state = &mut (*ctx).state.slab;
+        state.cur = fullest(state);
+    }
+}
+
+/// `block` has no live chunk and is on no list: kept on the empty list if it is the keeper or
+/// fewer than [`MAX_EMPTY_BLOCKS`] others are kept, else given back to the system.
+///
+/// # Safety
+/// `block` must be a block of the live Slab context `ctx`, on no list, every slot free.
+unsafe fn keep_or_release(ctx: *mut ContextHeader, block: *mut SlabBlock) {
+    // SAFETY: the caller promises an empty block of `ctx` that no list holds.
+    unsafe {
+        let keep = block as *mut Block == (*ctx).keeper
+            || (*ctx).state.slab.nempty - usize::from(keeper_is_empty(ctx)) < MAX_EMPTY_BLOCKS;
+        if keep {
+            push(&mut (*ctx).state.slab.empty, block);
+            (*ctx).state.slab.nempty += 1;
+        } else {
+            kinds::free_block(ctx, block as *mut Block);
+        }
+    }
+}
+
+/// Whether the keeper is on the empty list (an empty keeper is always there, but while it is
+/// passed to [`keep_or_release`]).
+///
+/// # Safety
+/// `ctx` must be a live Slab context.
+unsafe fn keeper_is_empty(ctx: *mut ContextHeader) -> bool {
+    // SAFETY: the keeper is a live block of `ctx` (caller), its Slab fields readable.
+    unsafe {
+        let keeper = (*ctx).keeper as *mut SlabBlock;
+        (*keeper).nfree == (*ctx).state.slab.chunks_per_block
+    }
+}
+
+/// Returns the chunk at `data` to its block's free list.
+///
+/// # Safety
+/// `data` must be a live Slab chunk with header `hdr`, of a live context of this thread.
+#[inline(always)]
+pub(crate) unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
+    // SAFETY: the caller promises a live chunk: its offset leads to its Slab block, whose first
+    // word is the live context, and its data's first word may hold the free-list link.
+    unsafe {
+        let block = chunk::block_of(data, hdr) as *mut SlabBlock;
+        let ctx = (*block).base.context;
+        let state = &(*ctx).state.slab;
+        let (cap, shift) = (state.footprint - CHUNK_PREFIX, state.shift);
+        hooks::chunk_freed(ctx, data, cap);
+        (data as *mut *mut u8).write((*block).freehead);
+        hooks::freelist_close(data);
+        (*block).freehead = data;
+        let nfree = (*block).nfree + 1;
+        (*block).nfree = nfree;
+        let from = list_of(nfree - 1, shift);
+        if from != list_of(nfree, shift) || nfree == (*ctx).state.slab.chunks_per_block {
+            regroup(ctx, block, from);
+        }
+    }
+}
+
+/// `repalloc` of a Slab chunk: to its own size the chunk is returned as it is; any other size is
+/// an error, as in PostgreSQL.
+///
+/// # Safety
+/// `data` must be a live Slab chunk with header `hdr`.
+unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize) -> *mut u8 {
+    // SAFETY: the caller promises a live chunk, whose block names its live context.
+    let chunk_size = unsafe { (*Slab::owner(data, hdr)).state.slab.chunk_size };
+    if size != chunk_size {
+        realloc_unsupported(size, chunk_size);
+    }
+    data
+}
+
+#[cold]
+#[inline(never)]
+fn realloc_unsupported(size: usize, chunk_size: usize) -> ! {
+    panic!("slab allocator does not support realloc() (chunk size {chunk_size}, requested {size})")
+}
+
+/// Whether the safe API may ask `ctx` for `size` bytes: its chunk size, nothing else.
+///
+/// # Safety
+/// `ctx` must be a live Slab context.
+#[inline(always)]
+pub(crate) unsafe fn serves(ctx: *mut ContextHeader, size: usize) -> bool {
+    // SAFETY: the caller promises a live Slab context.
+    unsafe { (*ctx).state.slab.chunk_size == size }
+}
+
+/// Slab behind the kind interface (see `crate::kinds`).
+pub(crate) struct Slab;
+
+impl ContextKind for Slab {
+    #[inline(always)]
+    unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
+        // SAFETY: the caller promises a live Slab context of this thread, as `alloc` asks.
+        unsafe { alloc(ctx, size) }
+    }
+    #[inline(always)]
+    unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
+        // SAFETY: the caller promises a live Slab chunk with header `hdr`, as `free` asks.
+        unsafe { free(data, hdr) }
+    }
+    unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize, _old: usize) -> *mut u8 {
+        // SAFETY: the caller promises a live Slab chunk with header `hdr`, as `realloc` asks.
+        unsafe { realloc(data, hdr, size) }
+    }
+    unsafe fn reset(ctx: *mut ContextHeader) {
+        // SAFETY: the caller promises a live Slab context whose memory nothing uses: every block
+        // but the keeper goes, and the keeper is rewound onto the empty list.
+        unsafe {
+            hooks::reset_begin(ctx);
+            let keeper = kinds::free_all_but_keeper(ctx) as *mut SlabBlock;
+            let state = &mut (*ctx).state.slab;
+            rewind(keeper, state.chunks_per_block);
+            state.lists = [ptr::null_mut(); BLOCKLISTS];
+            state.empty = keeper;
+            state.nempty = 1;
+            state.cur = 0;
+            hooks::reset_end(ctx);
+        }
+    }
+    unsafe fn release_all(ctx: *mut ContextHeader) {
+        // SAFETY: the caller promises a live Slab context whose memory nothing uses.
+        unsafe {
+            kinds::free_all_blocks(ctx);
+            let state = &mut (*ctx).state.slab;
+            state.lists = [ptr::null_mut(); BLOCKLISTS];
+            state.empty = ptr::null_mut();
+            state.nempty = 0;
+            state.cur = 0;
+        }
+    }
+    #[inline(always)]
+    unsafe fn owner(data: *mut u8, hdr: ChunkHeader) -> *mut ContextHeader {
+        // SAFETY: the offset leads to the chunk's block, whose first word is its context
+        // (the caller promises a live chunk).
+        unsafe { (*chunk::block_of(data, hdr)).context }
+    }
+    unsafe fn capacity(_: *mut u8, hdr: ChunkHeader) -> usize {
+        hdr.value() as usize * CHUNK_ALIGN - CHUNK_PREFIX
+    }
+    unsafe fn space(_: *mut u8, hdr: ChunkHeader) -> usize {
+        hdr.value() as usize * CHUNK_ALIGN
+    }
+    unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
+        let mut c = Counters::default();
+        // SAFETY: the caller promises a live Slab context; its block list holds Slab blocks.
+        unsafe {
+            let footprint = (*ctx).state.slab.footprint;
+            let mut block = (*ctx).blocks as *mut SlabBlock;
+            while !block.is_null() {
+                let (free_ptr, end) = ((*block).base.free_ptr, (*block).base.end_ptr);
+                let tail = end as usize - free_ptr as usize;
+                let listed = (*block).nfree as usize - tail / footprint;
+                c.total_nblocks += 1;
+                c.total_bytes += (*block).base.size() as u64;
+                c.free_chunks += u64::from((*block).nfree);
+                c.free_bytes += (listed * footprint + tail) as u64;
+                block = (*block).base.next as *mut SlabBlock;
+            }
+        }
+        c
+    }
+    fn meta_size() -> usize {
+        SLAB_BLOCK_HEADER
+    }
+    fn first_chunk(block: *mut Block) -> *mut u8 {
+        (block as *mut u8).wrapping_add(BEFORE_FIRST)
+    }
+
+    /// A Slab chunk: its value is its footprint in 16-byte units, the prefix and at least one
+    /// word of data.
+    fn decode_chunk(
+        block: *mut Block,
+        start: *mut u8,
+        hdr: ChunkHeader,
+    ) -> Result<Walked, BadChunk> {
+        // SAFETY: only the block header's end pointer is read; the caller passes a live block.
+        let end = unsafe { (*block).end_ptr } as usize;
+        let data = chunk::data_of(start);
+        BadChunk::unless_owned(block, start, data, hdr, ChunkKind::Slab)?;
+        let footprint = hdr.value() as usize * CHUNK_ALIGN;
+        if hdr.is_external() || footprint <= CHUNK_PREFIX {
+            return Err(BadChunk {
+                data,
+                hdr,
+                why: Damage::Value,
+            });
+        }
+        Walked {
+            start,
+            data,
+            cap: footprint - CHUNK_PREFIX,
+            footprint,
+        }
+        .within(end, hdr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_follow_postgres_shift() {
+        // 100 slots: shift 6 puts 100 in list 2, 1..=64 in list 1 and 0 in list 0.
+        let shift = shift_for(100);
+        assert_eq!(shift, 6);
+        assert_eq!(list_of(0, shift), 0);
+        assert_eq!(list_of(1, shift), 1);
+        assert_eq!(list_of(64, shift), 1);
+        assert_eq!(list_of(65, shift), 2);
+        assert_eq!(list_of(100, shift), 2);
+        // One slot per block: full or empty.
+        assert_eq!(shift_for(1), 0);
+        assert_eq!(list_of(1, 0), 1);
+        for n in 1..2000u32 {
+            let s = shift_for(n);
+            assert!(list_of(n, s) < BLOCKLISTS, "{n}");
+            assert!(
+                s == 0 || list_of(n, s - 1) >= BLOCKLISTS,
+                "{n}: shift not the smallest"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let s = SlabSizes::new(8192, 64).unwrap();
+        assert_eq!(s.footprint % CHUNK_ALIGN, 0);
+        assert!(s.footprint >= CHUNK_PREFIX + 64);
+        assert_eq!(
+            s.chunks_per_block as usize,
+            (8192 - BEFORE_FIRST) / s.footprint
+        );
+        assert!(SlabSizes::new(8192, 0).is_err());
+        assert!(SlabSizes::new(8200, 64).is_err());
+        assert_eq!(
+            SlabSizes::new(1024, 2000).unwrap_err(),
+            "block size 1024 for slab is too small for 2000-byte chunks"
+        );
+    }
+}
