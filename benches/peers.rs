@@ -39,6 +39,8 @@
 //! - `hashmap`: a hashbrown map from 1000 short string keys to `u64`, built and dropped; each side
 //!   allocates its key strings *and* its table in its own allocator. Time per insert (the drop, and
 //!   for the arenas the reset, amortised over the inserts).
+//! - `slab-churn`: 4096 live 64-byte objects, each step frees a random one and allocates one in
+//!   its place; memctx in a Slab context (module `slab_churn`).
 //! - `reset`: a table of reset times for contexts of different numbers of chunks and blocks.
 //! - `backtrace-capture`: the cost of one backtrace capture (debug build only).
 //! - bounds (churn and per-row, release build): stand-ins — memctx's release build plus only the
@@ -65,6 +67,8 @@
 
 #[path = "peers/bounds.rs"]
 mod bounds;
+#[path = "peers/slab_churn.rs"]
+mod slab_churn;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -1422,11 +1426,12 @@ fn main() {
         if cfg.quick { ", quick" } else { "" }
     );
 
-    let workloads: [Workload; 4] = [
+    let workloads: [Workload; 5] = [
         ("churn", bench_churn),
         ("per-row", bench_per_row),
         ("grow", bench_grow),
         ("hashmap", bench_hashmap),
+        ("slab-churn", slab_churn::bench_slab_churn),
     ];
     let results: Vec<_> = workloads
         .iter()

@@ -223,11 +223,14 @@ unsafe impl Allocator for PinnedContext {
         if size > MAX_ALLOC_HUGE_SIZE || layout.align() > MAX_ALIGNMENT {
             return Err(AllocError);
         }
-        // SAFETY: a pinned context is live. A Slab serves its chunk size, 16-aligned, and nothing
-        // else; its `alloc` would panic on another size.
-        if unsafe { (*self.raw()).kind == KindId::Slab }
-            && (layout.align() > CHUNK_ALIGN || !unsafe { slab::serves(self.raw(), size) })
-        {
+        // A Slab serves its chunk size, 16-aligned, and nothing else (its `alloc` would panic on
+        // another size).
+        // SAFETY: a pinned context is live, its header readable, and a Slab's state with it.
+        let refused = unsafe {
+            (*self.raw()).kind == KindId::Slab
+                && (layout.align() > CHUNK_ALIGN || !slab::serves(self.raw(), size))
+        };
+        if refused {
             return Err(AllocError);
         }
         let p = if layout.align() <= CHUNK_ALIGN {

@@ -12,12 +12,20 @@
 //! and a count of free slots, and the slots it never handed out are the space past its free
 //! pointer, carved one at a time as AllocSet carves — so a fresh block costs nothing per slot,
 //! and freed slots are reused before new ones are touched (they are more likely in cache). The
-//! blocks with free slots are grouped by how many they have, in [`BLOCKLISTS`] lists as in
-//! PostgreSQL: list 0 holds the full blocks, list `i` those whose free count, shifted right by
+//! blocks with free slots are grouped by how many they have, as in PostgreSQL: list `i` (1 or 2,
+//! [`BLOCKLISTS`] counting the full blocks' 0) holds those whose free count, shifted right by
 //! the context's `shift`, rounds up to `i`. The shift is the smallest that puts an empty block's
 //! count in the last list, so few lists cover any chunks-per-block, and a block changes list
-//! only when its count crosses a boundary, not on every alloc and free. `cur` names the lowest
-//! list with a block that has room — the fullest — and an allocation takes that list's head.
+//! only when its count crosses a boundary, not on every alloc and free. An allocation takes the
+//! head of the lowest list that has one — a block among the fullest with room.
+//!
+//! Unlike PostgreSQL, a full block is on no list, and there is no index of the lowest list in
+//! use: nothing needs to find a full block (the context's block list reaches every block), and
+//! with two lists a look at both heads costs less than keeping an index. The step a pool of live
+//! objects repeats — a free gives a full block one free slot, the next allocation takes it —
+//! is then a push and a pop of a list head, inline, where PostgreSQL moves the block between
+//! lists twice; only crossing between lists 1 and 2, and a block becoming empty, take the cold
+//! path.
 //!
 //! A block whose last chunk is freed leaves the lists: it is kept on the empty list, to be reused
 //! before a new block is taken, unless [`MAX_EMPTY_BLOCKS`] are kept already; then it goes back
@@ -50,6 +58,8 @@ use crate::stats::Counters;
 /// Number of lists the blocks with free slots are grouped in, list 0 for the full ones
 /// (PostgreSQL's `SLAB_BLOCKLIST_COUNT`).
 pub(crate) const BLOCKLISTS: usize = 3;
+// `alloc` looks at the heads of lists 1 and 2 by name.
+const _: () = assert!(BLOCKLISTS == 3);
 
 /// Empty blocks kept for reuse besides the keeper; a block that empties beyond them goes back to
 /// the system (PostgreSQL's `SLAB_MAXIMUM_EMPTY_BLOCKS`).
@@ -90,10 +100,8 @@ pub(crate) struct SlabState {
     pub(crate) chunks_per_block: u32,
     /// Right shift of a free count that gives its list (see the module docs).
     pub(crate) shift: u32,
-    /// The lowest list with a block that has a free slot; 0 when none has.
-    pub(crate) cur: usize,
-    /// List heads; `lists[0]` holds the full blocks.
-    pub(crate) lists: [*mut SlabBlock; BLOCKLISTS],
+    /// Heads of lists 1 to `BLOCKLISTS - 1` (a full block is on no list).
+    pub(crate) lists: [*mut SlabBlock; BLOCKLISTS - 1],
     /// Empty blocks kept for reuse (the keeper among them when it is empty).
     pub(crate) empty: *mut SlabBlock,
     /// Number of blocks on the empty list.
@@ -185,8 +193,7 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: SlabSizes) -> bool {
                 block_size: sizes.block_size,
                 chunks_per_block: sizes.chunks_per_block,
                 shift: shift_for(sizes.chunks_per_block),
-                cur: 0,
-                lists: [ptr::null_mut(); BLOCKLISTS],
+                lists: [ptr::null_mut(); BLOCKLISTS - 1],
                 empty: ptr::null_mut(),
                 nempty: 0,
             },
@@ -273,11 +280,29 @@ unsafe fn unlink(head: &mut *mut SlabBlock, block: *mut SlabBlock) {
     }
 }
 
-/// The lowest list with a block that has a free slot, 0 when there is none.
-fn fullest(state: &SlabState) -> usize {
-    (1..BLOCKLISTS)
-        .find(|&i| !state.lists[i].is_null())
-        .unwrap_or(0)
+/// The head of list `list` (1 or more: a full block is on no list).
+#[inline(always)]
+fn head(state: &mut SlabState, list: usize) -> &mut *mut SlabBlock {
+    debug_assert!((1..BLOCKLISTS).contains(&list));
+    // SAFETY: lists 1 to BLOCKLISTS - 1 are kept at indexes 0 to BLOCKLISTS - 2.
+    unsafe { state.lists.get_unchecked_mut(list - 1) }
+}
+
+/// Takes `block`, the head of `head`'s list, off it.
+///
+/// # Safety
+/// `block` must be the head of the list `head`.
+#[inline(always)]
+unsafe fn pop(head: &mut *mut SlabBlock, block: *mut SlabBlock) {
+    // SAFETY: `block` heads the list (caller), so its successor is a live block of it or null.
+    unsafe {
+        debug_assert!(*head == block && (*block).prev.is_null());
+        let next = (*block).next;
+        *head = next;
+        if !next.is_null() {
+            (*next).prev = ptr::null_mut();
+        }
+    }
 }
 
 /// Allocates a chunk of the context's chunk size in `ctx`; null when the system allocator fails.
@@ -289,21 +314,28 @@ fn fullest(state: &SlabState) -> usize {
 /// `ctx` must be a live Slab context of the calling thread.
 #[inline(always)]
 pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
-    // SAFETY: the caller promises a live Slab context; `cur`, when not 0, names a list whose
-    // head is a block with a free slot.
+    // SAFETY: the caller promises a live Slab context: a block on one of its lists has a free
+    // slot.
     unsafe {
         let state = &mut (*ctx).state.slab;
         if size != state.chunk_size {
             wrong_size(size, state.chunk_size);
         }
-        if state.cur == 0 {
+        let (first, second) = (state.lists[0], state.lists[1]);
+        let (block, list) = if !first.is_null() {
+            (first, 1)
+        } else if !second.is_null() {
+            (second, 2)
+        } else {
             return alloc_from_new_block(ctx, size);
-        }
-        let cur = state.cur;
-        let block = *state.lists.get_unchecked(cur);
+        };
         let data = take_slot(ctx, block, size);
-        if list_of((*block).nfree, (*ctx).state.slab.shift) != cur {
-            regroup(ctx, block, cur);
+        let state = &mut (*ctx).state.slab;
+        let nfree = (*block).nfree;
+        if nfree == 0 {
+            pop(head(state, list), block); // full: on no list
+        } else if list_of(nfree, state.shift) != list {
+            regroup(ctx, block, list);
         }
         data
     }
@@ -399,14 +431,16 @@ unsafe fn alloc_from_new_block(ctx: *mut ContextHeader, size: usize) -> *mut u8 
         let data = take_slot(ctx, block, size);
         let state = &mut (*ctx).state.slab;
         let list = list_of((*block).nfree, state.shift);
-        push(&mut state.lists[list], block);
-        state.cur = list;
+        if list != 0 {
+            push(head(state, list), block);
+        }
         data
     }
 }
 
-/// `block`, on list `from`, has a free count that belongs to another list now (or it is empty):
-/// moves it there (or to the empty list, or back to the system) and finds the fullest list again.
+/// `block`, on list `from` (none if 0: it was full), has a free count that belongs to another
+/// list now (none if it is full), or it is empty: moves it there (or to the empty list, or back
+/// to the system).
 ///
 /// # Safety
 /// `block` must be a block of the live Slab context `ctx`, on list `from`.
@@ -416,15 +450,15 @@ unsafe fn regroup(ctx: *mut ContextHeader, block: *mut SlabBlock, from: usize) {
     // SAFETY: the caller promises `block` is on list `from` of the live context `ctx`.
     unsafe {
         let state = &mut (*ctx).state.slab;
-        unlink(&mut state.lists[from], block);
+        if from != 0 {
+            unlink(head(state, from), block);
+        }
+        let to = list_of((*block).nfree, state.shift);
         if (*block).nfree == state.chunks_per_block {
             keep_or_release(ctx, block);
-        } else {
-            let to = list_of((*block).nfree, state.shift);
-            push(&mut state.lists[to], block);
+        } else if to != 0 {
+            push(head(state, to), block);
         }
-        let state = &mut (*ctx).state.slab;
-        state.cur = fullest(state);
     }
 }
 
@@ -479,9 +513,11 @@ pub(crate) unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
         (*block).freehead = data;
         let nfree = (*block).nfree + 1;
         (*block).nfree = nfree;
-        let from = list_of(nfree - 1, shift);
-        if from != list_of(nfree, shift) || nfree == (*ctx).state.slab.chunks_per_block {
-            regroup(ctx, block, from);
+        let chunks_per_block = (*ctx).state.slab.chunks_per_block;
+        if nfree == 1 && chunks_per_block > 1 {
+            push(head(&mut (*ctx).state.slab, 1), block); // was full: on no list
+        } else if nfree == chunks_per_block || list_of(nfree - 1, shift) != list_of(nfree, shift) {
+            regroup(ctx, block, list_of(nfree - 1, shift));
         }
     }
 }
@@ -542,10 +578,9 @@ impl ContextKind for Slab {
             let keeper = kinds::free_all_but_keeper(ctx) as *mut SlabBlock;
             let state = &mut (*ctx).state.slab;
             rewind(keeper, state.chunks_per_block);
-            state.lists = [ptr::null_mut(); BLOCKLISTS];
+            state.lists = [ptr::null_mut(); BLOCKLISTS - 1];
             state.empty = keeper;
             state.nempty = 1;
-            state.cur = 0;
             hooks::reset_end(ctx);
         }
     }
@@ -554,10 +589,9 @@ impl ContextKind for Slab {
         unsafe {
             kinds::free_all_blocks(ctx);
             let state = &mut (*ctx).state.slab;
-            state.lists = [ptr::null_mut(); BLOCKLISTS];
+            state.lists = [ptr::null_mut(); BLOCKLISTS - 1];
             state.empty = ptr::null_mut();
             state.nempty = 0;
-            state.cur = 0;
         }
     }
     #[inline(always)]
