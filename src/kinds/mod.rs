@@ -201,6 +201,7 @@ pub(crate) trait ContextKind {
     /// Bytes at the start of the kind's blocks that are bookkeeping, not chunk space: the block
     /// header and the kind's fields after it (`chunk::BLOCK_META_SIZE`, unless the kind needs
     /// more than the bytes every kind has there: Slab does).
+    #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
     fn meta_size() -> usize {
         BLOCK_META_SIZE
     }
@@ -250,6 +251,7 @@ macro_rules! with_kind {
 ///
 /// # Safety
 /// As [`first_chunk`].
+#[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
 pub(crate) unsafe fn block_meta_size(block: *mut Block) -> usize {
     // SAFETY: as `first_chunk`: the block's first word names its context, whose header is
     // readable.

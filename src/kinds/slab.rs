@@ -82,7 +82,8 @@ pub(crate) struct SlabBlock {
 /// Bytes of a Slab block's header.
 const SLAB_BLOCK_HEADER: usize = size_of::<SlabBlock>();
 /// Padding after it that puts the first chunk's data on 16 (8 bytes in a release build).
-const FIRST_PAD: usize = (CHUNK_ALIGN - (SLAB_BLOCK_HEADER + CHUNK_PREFIX) % CHUNK_ALIGN) % CHUNK_ALIGN;
+const FIRST_PAD: usize =
+    (CHUNK_ALIGN - (SLAB_BLOCK_HEADER + CHUNK_PREFIX) % CHUNK_ALIGN) % CHUNK_ALIGN;
 /// Bytes before a Slab block's first chunk.
 const BEFORE_FIRST: usize = SLAB_BLOCK_HEADER + FIRST_PAD;
 
