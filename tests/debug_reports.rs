@@ -904,3 +904,68 @@ fn write_after_a_bump_chunk_was_given_back_found_by_check() {
     );
     ctx.delete();
 }
+
+/// At depth `Full` the carve of the next chunk verifies the space it takes: an overrun that ran
+/// past the last byte of its chunk's class into that space is found there as an overrun of the
+/// chunk before it (the part past the class end), and the part inside the class later by the
+/// delete's walk.
+#[test]
+fn overrun_past_the_class_end_found_when_the_next_chunk_is_carved() {
+    let ctx = new_ctx("CarveCtx");
+    let mut chunk = 0;
+    let reports = collect(|| {
+        debug::set_thread_reset_check(Some(ResetCheck::Full));
+        let p = ctx.alloc(16).as_ptr(); // a 32-byte class, the last chunk of the keeper
+        chunk = p as usize;
+        unsafe { p.add(31).write_bytes(0x5C, 3) }; // the class's last byte and 2 bytes past it
+        let q = ctx.alloc(16).as_ptr();
+        assert_eq!(q as usize, chunk + 32 + memctx::chunk_prefix_size());
+        ctx.delete();
+        debug::set_thread_reset_check(None);
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    for (r, (found_at, range)) in reports
+        .iter()
+        .zip([("reuse", (32, 34)), ("delete of \"CarveCtx\"", (31, 32))])
+    {
+        assert_eq!(r.class, BugClass::Overrun, "{r}");
+        assert_eq!(r.found_at, found_at);
+        assert_eq!(r.chunk, Some(chunk));
+        assert_eq!(r.requested, Some(16));
+        assert_eq!(r.range, Some(range), "{r}");
+        assert_first_frame(
+            &r.alloc_backtrace(),
+            "overrun_past_the_class_end_found_when_the_next_chunk_is_carved",
+            "allocation",
+        );
+    }
+}
+
+/// The same write starting right after the class's last byte, which is intact: no overrun of the
+/// chunk before it ran into the space, so the carve finds a wild write, located against that
+/// chunk.
+#[test]
+fn write_right_after_an_intact_class_end_is_a_wild_write() {
+    let ctx = new_ctx("CarveWildCtx");
+    let mut chunk = 0;
+    let r = one(collect(|| {
+        debug::set_thread_reset_check(Some(ResetCheck::Full));
+        let p = ctx.alloc(16).as_ptr(); // a 32-byte class, the last chunk of the keeper
+        chunk = p as usize;
+        unsafe { p.add(32).write_bytes(0x5D, 2) }; // the 2 bytes after the class
+        ctx.alloc(16);
+        ctx.delete();
+        debug::set_thread_reset_check(None);
+    }));
+    assert_eq!(r.class, BugClass::WildWrite, "{r}");
+    assert_eq!(r.found_at, "reuse");
+    assert_eq!(r.chunk, None);
+    assert_eq!(r.found, [0x5D, 0x5D]);
+    assert_eq!(
+        r.detail,
+        format!(
+            "unused block space, owned by no chunk, was written: 16 bytes after the 16-byte \
+             chunk at {chunk:#x} (allocated at the stack below)"
+        )
+    );
+}

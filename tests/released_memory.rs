@@ -271,6 +271,26 @@ fn write_into_deleted_context_found_when_a_new_context_reuses_it() {
     );
 }
 
+/// A deleted context's keeper that a new context took is the new context's memory: `check` no
+/// longer verifies it as released memory, so the new context's data is neither reported nor
+/// overwritten with the freed pattern.
+#[test]
+fn a_taken_keeper_is_the_new_contexts_memory() {
+    let old = MemoryContext::top().new_child("OldKeeper", BlockSizes::SMALL);
+    let p = old.alloc(40).as_ptr();
+    old.delete();
+    let new = MemoryContext::top().new_child("NewKeeper", BlockSizes::SMALL);
+    let q = new.alloc(40).as_ptr();
+    assert_eq!(q, p, "the new context took the deleted one's keeper");
+    unsafe { q.write_bytes(0x5A, 40) };
+    let reports = collect(|| assert_eq!(MemoryContext::top().check(), 0));
+    assert!(reports.is_empty(), "{reports:#?}");
+    assert!(unsafe { std::slice::from_raw_parts(q, 40) }
+        .iter()
+        .all(|&b| b == 0x5A));
+    new.delete();
+}
+
 /// Damage contiguous with a live chunk's rear redzone running on into unused space is one
 /// `overrun` of that chunk, not an overrun plus a wild write.
 #[test]
@@ -477,4 +497,69 @@ fn eviction_from_the_quarantine_verifies_the_block() {
     let (code, out, err) = run_child("child_eviction", &[("MEMCTX_QUARANTINE", "32768")]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("eviction found it"), "{out}{err}");
+}
+
+/// A write through a pointer kept past a reset (or a delete whose keeper a new context took) that
+/// runs on past the released chunk's class end: `check` at depth `Full` reports the part inside
+/// the chunk, clipped at its class end, as that chunk's write-after-free.
+#[test]
+fn a_write_after_release_past_the_class_end_is_clipped_to_the_chunk() {
+    let reports = collect(|| {
+        debug::set_thread_reset_check(Some(debug::ResetCheck::Full));
+        let ctx = MemoryContext::top().new_child("ClipReset", BlockSizes::SMALL);
+        let p = ctx.alloc(16).as_ptr(); // a 32-byte class
+        ctx.reset();
+        unsafe { p.add(20).write_bytes(0x6A, 20) }; // bytes 20..40: past the class end
+        assert_eq!(ctx.check(), 1);
+        ctx.delete();
+        let old = MemoryContext::top().new_child("ClipOld", BlockSizes::SMALL);
+        let q = old.alloc(16).as_ptr();
+        old.delete();
+        let new = MemoryContext::top().new_child("ClipNew", BlockSizes::SMALL);
+        unsafe { q.add(20).write_bytes(0x6B, 20) };
+        assert_eq!(new.check(), 1);
+        new.delete();
+        debug::set_thread_reset_check(None);
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    for (r, (path, by)) in reports.iter().zip([
+        ("ClipReset", "released by a reset was"),
+        ("ClipOld", "the delete of \"ClipOld\""),
+    ]) {
+        assert_eq!(r.class, BugClass::WriteAfterFree, "{r}");
+        assert_eq!(r.context_path, ["TopMemoryContext", path]);
+        assert_eq!(r.found_at, "check");
+        assert_eq!(r.requested, Some(16));
+        assert_eq!(r.range, Some((20, 32)), "{r}");
+        assert!(r.detail.contains(by), "{r}");
+    }
+}
+
+/// A write into the unused tail of a block a delete released (space no chunk ever had) is a
+/// write-after-free of the deleted context located against the nearest chunk before it, as the
+/// live walk locates a wild write.
+#[test]
+fn a_write_into_a_released_blocks_unused_tail_names_the_chunk_before_it() {
+    let ctx = MemoryContext::top().new_child("TailCtx", BlockSizes::SMALL);
+    let mut stale = 0usize;
+    let r = one(collect(|| {
+        let last = *fill(ctx, 40, 200).last().expect("40 chunks");
+        stale = last as usize;
+        ctx.delete();
+        unsafe { last.add(1000).write(0x6C) }; // past the last chunk: never handed out
+        assert_eq!(MemoryContext::top().check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context_path, ["TopMemoryContext", "TailCtx"]);
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, None);
+    assert_eq!(r.found, [0x6C]);
+    assert_eq!(
+        r.detail,
+        format!(
+            "memory released by the delete of \"TailCtx\" was written through a pointer kept past \
+             it: 800 bytes after the 200-byte chunk at {stale:#x} (allocated at the stack below)"
+        )
+    );
+    assert_first_frame(&r.alloc_backtrace(), "fill", "allocation");
 }
