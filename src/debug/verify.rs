@@ -783,25 +783,10 @@ unsafe fn block_header_sane(
     found_at: &str,
     out: &mut Vec<Report>,
 ) -> bool {
-    // SAFETY: a block on the list was allocated by us and is at least a header long.
+    // SAFETY: `block` is on `ctx`'s list (caller), and `ctx` is live, so its name is readable
+    // for the report.
     unsafe {
-        let first = kinds::first_chunk(block);
-        let ok = match blocks::lookup(block as usize) {
-            blocks::Lookup::Found {
-                start,
-                end,
-                ctx: owner,
-            } => {
-                start == block as usize
-                    && owner == ctx
-                    && (*block).context == ctx
-                    && (*block).end_ptr as usize == end
-                    && (*block).free_ptr >= first
-                    && (*block).free_ptr <= (*block).end_ptr
-            }
-            blocks::Lookup::Unavailable => true,
-            blocks::Lookup::NotFound => false,
-        };
+        let ok = header_agrees(ctx, block).unwrap_or(true);
         if !ok {
             out.push(
                 Report::at(BugClass::WildWrite, found_at)
@@ -810,6 +795,37 @@ unsafe fn block_header_sane(
             );
         }
         ok
+    }
+}
+
+/// Whether the header of `block`, on `ctx`'s list, agrees with the block registry: its start and
+/// end, its owner `ctx`, a free pointer inside its chunk space. `None` when the registry cannot be
+/// read (this thread is exiting).
+///
+/// # Safety
+/// `block` must be on `ctx`'s block list.
+unsafe fn header_agrees(ctx: *mut ContextHeader, block: *mut Block) -> Option<bool> {
+    // SAFETY: a block on the list was allocated by us and is at least a header long; `ctx` is
+    // live, and its kind, not the block's context field (which may be the damage), says where
+    // the block's chunks start.
+    unsafe {
+        let first = kinds::first_chunk_of((*ctx).kind, block);
+        match blocks::lookup(block as usize) {
+            blocks::Lookup::Found {
+                start,
+                end,
+                ctx: owner,
+            } => Some(
+                start == block as usize
+                    && owner == ctx
+                    && (*block).context == ctx
+                    && (*block).end_ptr as usize == end
+                    && (*block).free_ptr >= first
+                    && (*block).free_ptr <= (*block).end_ptr,
+            ),
+            blocks::Lookup::Unavailable => None,
+            blocks::Lookup::NotFound => Some(false),
+        }
     }
 }
 
@@ -909,12 +925,10 @@ pub(crate) unsafe fn restore_patterns(ctx: *mut ContextHeader) {
     unsafe {
         let mut block = (*ctx).blocks;
         while !block.is_null() {
-            let (free, end) = ((*block).free_ptr, (*block).end_ptr);
-            let registered = matches!(blocks::lookup(block as usize),
-                blocks::Lookup::Found { start, end: e, .. } if start == block as usize && e == end as usize);
-            if !registered || free < kinds::first_chunk(block) || free > end {
+            if header_agrees(ctx, block) != Some(true) {
                 return; // a damaged block header: the list cannot be trusted
             }
+            let (free, end) = ((*block).free_ptr, (*block).end_ptr);
             let link = (*ctx).kind.free_link();
             let _ = kinds::walk_block((*ctx).kind, block, |w| restore_chunk(w, link));
             let len = end as usize - free as usize;

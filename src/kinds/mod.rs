@@ -270,6 +270,14 @@ pub(crate) unsafe fn first_chunk(block: *mut Block) -> *mut u8 {
     unsafe { with_kind!((*(*block).context).kind, K => K::first_chunk(block)) }
 }
 
+/// Where the first chunk of a block of a context of kind `kind` starts: [`first_chunk`] for a
+/// block whose header is not trusted yet (the debug build's check of that header), so the kind
+/// comes from the context that owns the block, not from the block's own context field.
+#[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
+pub(crate) fn first_chunk_of(kind: KindId, block: *mut Block) -> *mut u8 {
+    with_kind!(kind, K => K::first_chunk(block))
+}
+
 /// Allocates `size` bytes in `ctx`, through its kind.
 ///
 /// # Safety
