@@ -14,7 +14,8 @@
 //!   cleaned), and a `dynahash` context (printed under its identifier);
 //! - a few hundred chunks of many size classes, some of them freed (freelist chunks), blocks that
 //!   filled up (their leftover space carved into freelist chunks), a chunk with a block of its
-//!   own and a reallocated one, a deleted context (must not show), a reset context;
+//!   own and a reallocated one, a deleted context (must not show), a reset context; a Bump
+//!   context and a Slab context with freed slots;
 //! - a second live thread with a tree of its own, and a third thread that has already exited
 //!   (its tree stays in the registry, marked exited).
 //!
@@ -143,6 +144,14 @@ fn build_main_tree() {
         tuples.alloc(24 + i % 40);
     }
     tuples.alloc(20_000);
+    // A Slab context (the reorder buffer's changes): slots freed onto their blocks' free lists,
+    // never-used slots in a block's tail, and a full block.
+    let changes = executor.new_slab_child("Change", 8192, 72);
+    let slots: Vec<*mut u8> = (0..250).map(|_| changes.alloc(72).as_ptr()).collect();
+    for &p in slots.iter().step_by(3) {
+        // SAFETY: a live chunk of `changes`, freed once.
+        unsafe { memctx::pfree(p) };
+    }
 
     // Deleted before the dump: must not appear.
     let gone = top.new_child("deleted context", BlockSizes::DEFAULT);

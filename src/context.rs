@@ -74,7 +74,7 @@ pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXHD");
 pub(crate) const DEAD_CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"MEMCTXDD");
 /// Version of the `#[repr(C)]` layout of the context header and the block header; external tools
 /// (the gdb walker) refuse layouts they do not know.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Deleted contexts kept with their keeper block, per keeper size (PostgreSQL keeps 100).
 pub(crate) const MAX_RECYCLED: usize = 100;
 

@@ -28,6 +28,7 @@ use crate::chunk::{Block, ChunkKind};
 use crate::context::{ContextHeader, LAYOUT_VERSION};
 use crate::kinds::aset::AllocSetState;
 use crate::kinds::generation::Counts;
+use crate::kinds::slab::{SlabBlock, SlabState};
 
 /// Magic at the start of [`MEMCTX_REGISTRY`] ("MCTXREG1" as little-endian bytes).
 pub const REGISTRY_MAGIC: u64 = u64::from_le_bytes(*b"MCTXREG1");
@@ -88,6 +89,13 @@ pub struct LayoutInfo {
     /// Offset in a Generation block of its count of freed chunks (u32), which its stats report
     /// as free chunks.
     pub generation_nfree: u32,
+    /// The kind id of Slab contexts and chunks.
+    pub slab_id: u32,
+    /// Offset in a Slab block of its count of free slots (u32: on its free list or never used).
+    pub slab_nfree: u32,
+    /// Offset in the context header of a Slab's slot footprint (usize: every chunk's bytes in its
+    /// block, prefix included), valid when the context's kind is Slab.
+    pub slab_footprint: u32,
 }
 
 /// The registry a debugger reads. See the module docs.
@@ -218,6 +226,10 @@ pub static MEMCTX_REGISTRY: Registry = Registry {
         bump_id: ChunkKind::Bump as u32,
         generation_id: ChunkKind::Generation as u32,
         generation_nfree: (core::mem::size_of::<Block>() + offset_of!(Counts, nfree)) as u32,
+        slab_id: ChunkKind::Slab as u32,
+        slab_nfree: offset_of!(SlabBlock, nfree) as u32,
+        slab_footprint: (offset_of!(ContextHeader, state) + offset_of!(SlabState, footprint))
+            as u32,
     },
     dumper: DumperInfo {
         state: AtomicU32::new(DUMPER_OFF),

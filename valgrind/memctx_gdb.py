@@ -43,10 +43,10 @@ REGISTRY_MAGIC = b"MCTXREG1"
 CONTEXT_MAGIC = b"MEMCTXHD"
 DEAD_CONTEXT_MAGIC = b"MEMCTXDD"
 # Layout versions this script knows (memctx::LAYOUT_VERSION).
-KNOWN_LAYOUT_VERSIONS = (4,)
+KNOWN_LAYOUT_VERSIONS = (5,)
 THREAD_STATES = {1: "live", 2: "exited"}
 
-# Facts of layout version 3 that the registry does not publish (the kind ids it does publish).
+# Facts of layout version 5 that the registry does not publish (the kind ids it does publish).
 NUM_FREELISTS = 11
 MIN_CLASS = 8
 CHUNK_ALIGN = 16
@@ -86,6 +86,9 @@ LAYOUT_FIELDS = (
     "bump_id",
     "generation_id",
     "generation_nfree",
+    "slab_id",
+    "slab_nfree",
+    "slab_footprint",
 )
 REG_SIZE = REG_LAYOUT + 4 * len(LAYOUT_FIELDS)
 # ThreadEntry (repr(C), 64-bit): next ptr, top ptr, state u32, os_tid u32, name [u8; 64], then
@@ -163,7 +166,13 @@ class Layout:
         bad = [w for w in words if w + 8 > cs]
         if self.kind + 4 > cs:
             bad.append(self.kind)
-        ids = (self.alloc_set_id, self.redirect_id, self.bump_id, self.generation_id)
+        ids = (
+            self.alloc_set_id,
+            self.redirect_id,
+            self.bump_id,
+            self.generation_id,
+            self.slab_id,
+        )
         if len(set(ids)) != len(ids) or not all(0 < i <= KIND_MASK for i in ids):
             bad.append(ids)
         if self.freelist + 8 * NUM_FREELISTS > cs:
@@ -173,6 +182,11 @@ class Layout:
                 bad.append(w)
         if not bs <= self.generation_nfree <= bs + 4:
             bad.append(self.generation_nfree)
+        # A Slab block's own fields follow its header (a count, a free-list head, two links).
+        if not bs <= self.slab_nfree <= bs + 28:
+            bad.append(self.slab_nfree)
+        if self.slab_footprint + 8 > cs:
+            bad.append(self.slab_footprint)
         if (
             bad
             or not 0 < cs <= 65536
@@ -211,7 +225,7 @@ class Registry:
                 "(gdb PROGRAM CORE) first"
             )
         if gdb.lookup_type("void").pointer().sizeof != 8:
-            raise gdb.GdbError("memctx: only 64-bit programs are supported (layout version 3)")
+            raise gdb.GdbError("memctx: only 64-bit programs are supported (layout version 5)")
         self.how = "given"
         if addr is None:
             addr, self.how = find_registry(self.inferior)
@@ -372,8 +386,9 @@ def read_context(reg, addr, max_chunks, warnings):
         try:
             if b % CHUNK_ALIGN:
                 raise WalkError("misaligned block 0x%x" % b)
-            # The block header and the kind's bytes after it (a Generation block's counts).
-            hdr = mem.read(b, lay.block_size + BLOCK_KIND_BYTES)
+            # The block header and the kind's bytes after it (a Generation block's counts, a Slab
+            # block's count of free slots).
+            hdr = mem.read(b, max(lay.block_size + BLOCK_KIND_BYTES, lay.slab_nfree + 4))
         except WalkError as e:
             warnings.append("%s: %s" % (label, e))
             break
@@ -396,6 +411,15 @@ def read_context(reg, addr, max_chunks, warnings):
             # A Generation block's freed chunks wait for the block to empty: free chunks, whose
             # bytes stay used (PostgreSQL's GenerationStats).
             node.fchunks += mem.u32(hdr, lay.generation_nfree)
+        elif kind == lay.slab_id:
+            # A Slab block's free slots: those never used are its unused tail, counted above; the
+            # others are on its free list, a slot's footprint each (PostgreSQL's SlabStats counts
+            # both as free chunks).
+            nfree = mem.u32(hdr, lay.slab_nfree)
+            footprint = mem.u64(buf, lay.slab_footprint)
+            if footprint:
+                node.free += max(0, nfree - (end - free_ptr) // footprint) * footprint
+            node.fchunks += nfree
         b = mem.u64(hdr, lay.block_next)
 
     # Freelists. Chunk reads go through a cache of small windows of the blocks, so that chunks
@@ -420,9 +444,9 @@ def read_context(reg, addr, max_chunks, warnings):
 
     prefix = lay.chunk_prefix
     counted = 0
-    # Bump and Generation contexts have no freelists: their free bytes are their blocks' unused
-    # tails (Generation's free chunks are counted with the blocks above).
-    if kind not in (lay.alloc_set_id, lay.bump_id, lay.generation_id):
+    # Bump, Generation and Slab contexts have no context-wide freelists: their free bytes and
+    # chunks were counted with their blocks above.
+    if kind not in (lay.alloc_set_id, lay.bump_id, lay.generation_id, lay.slab_id):
         warnings.append(
             "%s: kind id %d is not one this script walks; free chunks not counted" % (label, kind)
         )

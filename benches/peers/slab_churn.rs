@@ -4,7 +4,7 @@
 //! memctx: `palloc`/`pfree` in a Slab context of 8 KiB blocks made current with `switch_to`, the
 //! calls a user makes; glibc and mimalloc through their `GlobalAlloc` methods, as in `churn`.
 
-use memctx::MemoryContext;
+use memctx::{BlockSizes, MemoryContext};
 
 use super::{
     run_workload, Churn, ChurnSeq, Config, Contender, Glibc, Mi, Palloc, Results, XorShift,
@@ -31,6 +31,14 @@ pub(super) fn bench_slab_churn(cfg: &Config) -> Results {
     if cfg.runs_memctx() {
         let ctx = MemoryContext::top().new_slab_child("slab-churn", 8192, OBJECT as usize);
         cs.push(Box::new(Churn::new("memctx", Palloc, &seq, Some(ctx))));
+        // For information (no machine line): the same calls in an AllocSet.
+        let aset = MemoryContext::top().new_child("slab-churn (AllocSet)", BlockSizes::DEFAULT);
+        cs.push(Box::new(Churn::new(
+            "memctx(AllocSet)",
+            Palloc,
+            &seq,
+            Some(aset),
+        )));
     }
     if cfg.runs_peer("glibc") {
         cs.push(Box::new(Churn::new("glibc", Glibc, &seq, None)));
