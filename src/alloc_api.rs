@@ -35,6 +35,7 @@ use allocator_api2::vec::Vec;
 
 use crate::chunk::CHUNK_ALIGN;
 use crate::context::{add_pins, ContextHeader, MemoryContext};
+use crate::hooks;
 use crate::kinds::{bump, slab, KindId};
 use crate::raw::{self, AllocFlags, MAX_ALIGNMENT, MAX_ALLOC_HUGE_SIZE};
 
@@ -267,13 +268,16 @@ unsafe impl Allocator for PinnedContext {
         }
         let ctx = self.raw();
         // SAFETY: `ptr` was allocated by this allocator (a clone shares the context) with
-        // `layout` and is live (the trait's contract). A Bump chunk's header is never read: Bump
-        // takes the chunk back by its layout, and only an aligned one (whose redirect header
-        // leads to its base) goes through `pfree`, which the debug build refuses for Bump.
+        // `layout` and is live (the trait's contract). A release build never reads a Bump
+        // chunk's header: Bump takes the chunk back by its layout. The debug build, whose Bump
+        // chunks have headers, validates the chunk first as `pfree` does — its redzones, a second
+        // deallocate, another context's chunk — and skips what it reported.
         unsafe {
             match (*ctx).kind {
                 KindId::Bump if layout.align() <= CHUNK_ALIGN => {
-                    bump::deallocate(ctx, ptr.as_ptr(), layout.size())
+                    if hooks::validate_pointer(ptr.as_ptr(), "deallocate", Some(ctx)) {
+                        bump::deallocate(ctx, ptr.as_ptr(), layout.size())
+                    }
                 }
                 KindId::Bump => {}
                 KindId::AllocSet | KindId::Generation | KindId::Slab => {

@@ -81,10 +81,15 @@ mod off {
     /// A block's leftover space was carved into a free chunk.
     #[inline(always)]
     pub(crate) fn leftover_carved(ctx: *mut ContextHeader, data: *mut u8, cap: usize) {}
-    /// The safe API gives back the last chunk of a Bump context: true when its space may be
-    /// taken back (the debug build keeps it as a freed chunk instead, to catch a use after free).
+    /// The safe API gives back a chunk of a Bump context: true when the space of the last one
+    /// may be taken back (the debug build keeps every chunk given back as a freed chunk instead,
+    /// to catch a use after the free).
     #[inline(always)]
-    pub(crate) fn bump_chunk_unwound(ctx: *mut ContextHeader, data: *mut u8, cap: usize) -> bool {
+    pub(crate) fn bump_chunk_given_back(
+        ctx: *mut ContextHeader,
+        data: *mut u8,
+        cap: usize,
+    ) -> bool {
         true
     }
     /// A live chunk is being freed.

@@ -205,3 +205,25 @@ fn pointer_operations_are_clear_errors_in_the_debug_build() {
     assert_eq!((sites[0].count, sites[0].bytes), (1, 32));
     ctx.delete();
 }
+
+/// A request with a block of its own is carved without a check of the space it lands in (that
+/// block was never filled as unused space): at the `Full` depth, which checks the header word's
+/// space at every carve, it must raise nothing — not a wild write of the unfilled bytes.
+#[cfg(feature = "debug-contexts")]
+#[test]
+fn large_request_at_full_depth_raises_nothing() {
+    use memctx::debug::{self, Policy, ResetCheck};
+    let reports = std::thread::spawn(|| {
+        debug::set_thread_policy(Some(Policy::Log));
+        debug::set_thread_reset_check(Some(ResetCheck::Full));
+        let ctx = bump("large, checked");
+        let p = ctx.alloc(9000).as_ptr();
+        unsafe { p.write_bytes(1, 9000) };
+        assert_eq!(ctx.check(), 0);
+        ctx.delete();
+        debug::take_reports()
+    })
+    .join()
+    .expect("no panic");
+    assert!(reports.is_empty(), "{reports:#?}");
+}

@@ -6,6 +6,8 @@
 //! Besides the files, a few fixed inputs exercise the decoder so the test means something while
 //! the directory holds no crash: every byte string decodes to some sequence of ops.
 
+#[path = "common/kinds.rs"]
+mod kinds;
 #[path = "common/ops.rs"]
 mod ops;
 

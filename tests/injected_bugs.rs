@@ -1,8 +1,16 @@
-//! Injected bugs (debug build): the model's random sequences (`tests/common/ops.rs`) with exactly
-//! one memory bug committed at a random step — an overrun, an underrun, a write after pfree, a
-//! write after reset or a double free — must raise exactly one report, of that class, naming that
-//! chunk (and, for the writes, exactly the byte written), and the same sequences without a bug
-//! must raise none.
+//! Injected bugs (debug build): the model's random sequences (`tests/common/ops.rs`, over contexts
+//! of every kind) with exactly one memory bug committed at a random step — an overrun, an
+//! underrun, a write after free, a write after reset, a double free or a free through the wrong
+//! context — must raise exactly one report, of that class, naming that chunk and its context (and,
+//! for the writes, exactly the byte written) with the model's allocation in its allocation
+//! backtrace, and the same sequences without a bug must raise none.
+//!
+//! Each bug hits a chunk of a kind it applies to. Overruns, underruns and writes after reset hit
+//! every kind. A free is the kind's own (`Runner::free_index`): `pfree`, or for Bump the safe
+//! API's `deallocate`, which the debug build validates as `pfree` does and after which it keeps the
+//! chunk as a freed chunk until the reset (a release build takes back only the last allocation's
+//! space). A wrong-context free is the safe API's `deallocate` through another context's allocator
+//! (an AllocSet's).
 //!
 //! Each sequence runs at one of the two verification depths (`ResetCheck`). At `Full` every bug is
 //! reported. At `Chunks`, the default, released space is filled without being verified when it is
@@ -26,14 +34,21 @@
 //! never corrupted.
 #![cfg(feature = "debug-contexts")]
 
+#[path = "common/kinds.rs"]
+mod kinds;
 #[path = "common/ops.rs"]
 mod ops;
 #[path = "common/strategy.rs"]
 mod strategy;
 
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use allocator_api2::alloc::Allocator;
+use kinds::Kind;
 use memctx::debug::{self, BugClass, Policy, Report, ResetCheck};
 use memctx::{BlockSizes, MemoryContext};
-use ops::{Op, Runner};
+use ops::{ChunkModel, Op, Runner};
 use proptest::prelude::*;
 
 /// The bugs the generator injects.
@@ -44,7 +59,18 @@ enum Bug {
     WriteAfterFree,
     WriteAfterReset,
     DoubleFree,
+    WrongContext,
 }
+
+/// Every bug the generator injects.
+const BUGS: [Bug; 6] = [
+    Bug::Overrun,
+    Bug::Underrun,
+    Bug::WriteAfterFree,
+    Bug::WriteAfterReset,
+    Bug::DoubleFree,
+    Bug::WrongContext,
+];
 
 /// One injected bug: which, after which op, and its parameters (taken modulo what fits).
 #[derive(Clone, Debug)]
@@ -65,6 +91,10 @@ struct Injection {
 struct Expected {
     class: BugClass,
     chunk: usize,
+    /// Name of the context owning the chunk.
+    context: &'static str,
+    /// Kind of that context.
+    kind: Kind,
     /// Damaged range relative to the chunk's data; `None` for a double free.
     range: Option<(isize, isize)>,
     /// The byte written (what the report must have found).
@@ -90,17 +120,78 @@ fn differ(byte: u8, pattern: u8) -> u8 {
     }
 }
 
-/// Index of a victim among the live ordinary chunks of at most `max` bytes, or of a fresh chunk
-/// allocated in the current context.
-fn victim(r: &mut Runner, inj: &Injection, max: usize) -> usize {
+/// Which chunks a bug may hit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victims {
+    /// Any chunk.
+    Any,
+    /// Chunks whose free frees them: any of a kind with `pfree`; of a Bump context, any with
+    /// bytes (the debug build keeps a chunk the safe API's `deallocate` gives back as a freed
+    /// chunk; a zero-sized layout gives nothing back).
+    Freeable,
+    /// Chunks of at least one byte.
+    Sized,
+}
+
+/// Whether the chunk at `i` is one `which` allows.
+fn allowed(r: &Runner, i: usize, which: Victims) -> bool {
+    let c = &r.chunks[i];
+    let kind = r.kind_of(i);
+    match which {
+        Victims::Any => true,
+        Victims::Freeable => kind.frees_chunks() || !c.data.is_empty(),
+        Victims::Sized => !c.data.is_empty(),
+    }
+}
+
+/// Index of a victim among the live ordinary chunks of at most `max` bytes that `which` allows,
+/// or of a fresh chunk allocated in the current context (its last allocation).
+fn victim(r: &mut Runner, inj: &Injection, max: usize, which: Victims) -> usize {
     let candidates: Vec<usize> = (0..r.chunks.len())
         .filter(|&i| r.chunks[i].align == 16 && r.chunks[i].data.len() <= max)
+        .filter(|&i| allowed(r, i, which))
         .collect();
     if candidates.is_empty() {
-        let size = usize::from(inj.victim) % (max.min(300) + 1);
+        let size = 1 + usize::from(inj.victim) % max.min(300);
         r.alloc_in(r.current, size)
     } else {
         candidates[usize::from(inj.victim) % candidates.len()]
+    }
+}
+
+/// What the reports of a bug at `range` of the chunk `c` must say.
+fn expect(
+    r: &Runner,
+    class: BugClass,
+    c: &ChunkModel,
+    range: Option<(isize, isize)>,
+    byte: u8,
+) -> Expected {
+    Expected {
+        class,
+        chunk: c.ptr as usize,
+        context: r.ctxs[&c.ctx].handle.name(),
+        kind: r.ctxs[&c.ctx].kind,
+        range,
+        byte,
+    }
+}
+
+/// Frees the chunk `c` a second time, as its kind frees: `pfree`, or the safe API's `deallocate`.
+///
+/// # Safety
+/// None: the second free is the bug under test, which the debug build reports and skips.
+unsafe fn free_again(r: &Runner, c: &ChunkModel) {
+    let m = &r.ctxs[&c.ctx];
+    if m.kind.frees_chunks() {
+        unsafe { memctx::pfree(c.ptr) };
+    } else {
+        let layout = Layout::from_size_align(c.data.len(), c.align).expect("a layout");
+        unsafe {
+            m.handle
+                .pin()
+                .deallocate(NonNull::new(c.ptr).expect("a chunk"), layout)
+        };
     }
 }
 
@@ -108,7 +199,7 @@ fn victim(r: &mut Runner, inj: &Injection, max: usize) -> usize {
 fn inject(r: &mut Runner, inj: &Injection) -> Expected {
     match inj.bug {
         Bug::Overrun => {
-            let i = victim(r, inj, usize::MAX);
+            let i = victim(r, inj, usize::MAX, Victims::Any);
             let c = &r.chunks[i];
             let n = c.data.len();
             let off = n + usize::from(inj.offset) % redzone_len(n);
@@ -116,15 +207,16 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
             // which its block owns. It is the bug under test.
             let byte = differ(inj.byte, 0x7e);
             unsafe { c.ptr.add(off).write(byte) };
-            Expected {
-                class: BugClass::Overrun,
-                chunk: c.ptr as usize,
-                range: Some((off as isize, off as isize + 1)),
+            expect(
+                r,
+                BugClass::Overrun,
+                c,
+                Some((off as isize, off as isize + 1)),
                 byte,
-            }
+            )
         }
         Bug::Underrun => {
-            let i = victim(r, inj, usize::MAX);
+            let i = victim(r, inj, usize::MAX, Victims::Any);
             let c = &r.chunks[i];
             // One of the 16 bytes before the data: the front redzone, after the chunk's record.
             let back = 1 + usize::from(inj.offset) % 16;
@@ -132,15 +224,11 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
             // It is the bug under test.
             let byte = differ(inj.byte, 0x7e);
             unsafe { c.ptr.sub(back).write(byte) };
-            Expected {
-                class: BugClass::Underrun,
-                chunk: c.ptr as usize,
-                range: Some((-(back as isize), 1 - back as isize)),
-                byte,
-            }
+            let range = Some((-(back as isize), 1 - back as isize));
+            expect(r, BugClass::Underrun, c, range, byte)
         }
         Bug::WriteAfterFree => {
-            let i = victim(r, inj, SMALL);
+            let i = victim(r, inj, SMALL, Victims::Freeable);
             let c = r.free_index(i);
             let n = c.data.len();
             // The first word of a freed chunk is the allocator's freelist link: skip it.
@@ -148,12 +236,8 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
             // SAFETY (process): a freed small chunk stays in its block. The write is the bug.
             let byte = differ(inj.byte, 0x7f);
             unsafe { c.ptr.add(off).write(byte) };
-            Expected {
-                class: BugClass::WriteAfterFree,
-                chunk: c.ptr as usize,
-                range: Some((off as isize, off as isize + 1)),
-                byte,
-            }
+            let range = Some((off as isize, off as isize + 1));
+            expect(r, BugClass::WriteAfterFree, &c, range, byte)
         }
         Bug::WriteAfterReset => {
             // The current context can always be reset. After a reset the first small chunk is
@@ -163,31 +247,51 @@ fn inject(r: &mut Runner, inj: &Injection) -> Expected {
             r.reset_ctx(ctx).expect("the current context can be reset");
             let n = 9 + usize::from(inj.victim) % 192;
             let i = r.alloc_in(ctx, n);
-            let p = r.chunks[i].ptr;
+            let c = r.chunks[i].clone();
             r.reset_ctx(ctx).expect("the current context can be reset");
             let off = usize::from(inj.offset) % n;
             // SAFETY (process): inside the keeper block. The write is the bug.
             let byte = differ(inj.byte, 0x7f);
-            unsafe { p.add(off).write(byte) };
-            Expected {
-                class: BugClass::WriteAfterFree,
-                chunk: p as usize,
-                range: Some((off as isize, off as isize + 1)),
-                byte,
-            }
+            unsafe { c.ptr.add(off).write(byte) };
+            let range = Some((off as isize, off as isize + 1));
+            expect(r, BugClass::WriteAfterFree, &c, range, byte)
         }
         Bug::DoubleFree => {
-            let i = victim(r, inj, SMALL);
+            let i = victim(r, inj, SMALL, Victims::Freeable);
             let c = r.free_index(i);
             // SAFETY (process): the debug build validates the pointer first and, under
-            // Policy::Log, skips the free. The second pfree is the bug.
-            unsafe { memctx::pfree(c.ptr) };
-            Expected {
-                class: BugClass::DoubleFree,
-                chunk: c.ptr as usize,
-                range: None,
-                byte: 0,
-            }
+            // Policy::Log, skips the free. The second free is the bug.
+            unsafe { free_again(r, &c) };
+            expect(r, BugClass::DoubleFree, &c, None, 0)
+        }
+        Bug::WrongContext => {
+            // A zero-sized layout frees nothing, so the victim has bytes.
+            let i = victim(r, inj, SMALL, Victims::Sized);
+            // The debug build reports the free and carries it out in the chunk's own context
+            // (Bump: leaves the chunk to its reset): either way the chunk is gone from the model.
+            let c = r.chunks.swap_remove(i);
+            // Another context whose allocator validates what it frees: a fresh AllocSet.
+            let kind = kinds::ALL
+                .iter()
+                .position(|&k| k == Kind::AllocSet)
+                .expect("a kind") as u8;
+            r.apply(&Op::Create {
+                parent: 0,
+                sizes: 0,
+                kind,
+            });
+            let other = r
+                .ctxs
+                .values()
+                .last()
+                .expect("the new context")
+                .handle
+                .pin();
+            let layout = Layout::from_size_align(c.data.len(), 16).expect("a layout");
+            // SAFETY (process): the debug build validates the pointer against the allocator's
+            // context and, under Policy::Log, skips the free. The free is the bug.
+            unsafe { other.deallocate(NonNull::new(c.ptr).expect("a chunk"), layout) };
+            expect(r, BugClass::WrongContext, &c, None, 0)
         }
     }
 }
@@ -238,7 +342,8 @@ fn run(
 
 /// The property: no bug, no report; one bug, one report of its class on its chunk and bytes — or,
 /// for a write after reset at depth `Chunks`, possibly none (see the module docs).
-fn check(ops: &[Op], injection: Option<&Injection>, depth: ResetCheck) {
+/// Returns the kind of context the bug hit, if one was injected.
+fn check(ops: &[Op], injection: Option<&Injection>, depth: ResetCheck) -> Option<Kind> {
     let (expected, reports) = run(ops, injection, depth);
     let Some(e) = expected else {
         assert!(
@@ -246,35 +351,43 @@ fn check(ops: &[Op], injection: Option<&Injection>, depth: ResetCheck) {
             "a sequence without a bug raised:\n{}",
             describe(&reports)
         );
-        return;
+        return None;
     };
     let may_be_lost =
         depth == ResetCheck::Chunks && injection.is_some_and(|inj| inj.bug == Bug::WriteAfterReset);
     if may_be_lost && reports.is_empty() {
-        return;
+        return Some(e.kind);
     }
     assert_eq!(
         reports.len(),
         1,
-        "one bug, one report expected ({e:?}, depth {depth:?}); got:\n{}",
+        "one bug, one report expected ({e:?}, {injection:?}, depth {depth:?}); got:\n{}",
         describe(&reports)
     );
     let rep = &reports[0];
     let exact = rep.class == e.class
         && rep.chunk == Some(e.chunk)
+        && rep.context == e.context
         && rep.range == e.range
         && (e.range.is_none() || rep.found == [e.byte]);
     assert!(exact, "expected {e:?}, got:\n{rep}");
+    allocated_by_the_model(rep);
+    Some(e.kind)
+}
+
+/// Asserts that the report's allocation backtrace starts in the model (`Runner`, which made
+/// every allocation of the sequence): the backtrace is the victim's own, trimmed to the caller.
+fn allocated_by_the_model(rep: &Report) {
+    let frames = rep.alloc_backtrace();
+    let first = frames.first().and_then(|f| f.function.as_deref());
+    assert!(
+        first.is_some_and(|f| f.contains("::ops::Runner::")),
+        "the allocation backtrace should start in the model, starts in {first:?}:\n{rep}"
+    );
 }
 
 fn bug() -> impl Strategy<Value = Bug> {
-    prop_oneof![
-        Just(Bug::Overrun),
-        Just(Bug::Underrun),
-        Just(Bug::WriteAfterFree),
-        Just(Bug::WriteAfterReset),
-        Just(Bug::DoubleFree),
-    ]
+    proptest::sample::select(BUGS.to_vec())
 }
 
 fn injection() -> impl Strategy<Value = Injection> {
@@ -312,20 +425,65 @@ proptest! {
 }
 
 /// Runs `f` on a new thread (a new tree), passing its panic on.
-fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
-    if let Err(panic) = std::thread::spawn(f).join() {
-        std::panic::resume_unwind(panic);
+fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f)
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Each bug at each depth, on a context of each kind, whatever `PROPTEST_CASES` says: the
+/// sequence's context 1 is of each kind in turn, and the victims range over every chunk live at
+/// the injection; every bug must have hit a chunk of every kind.
+#[test]
+fn each_bug_once_on_every_kind() {
+    let mut hit = Vec::new();
+    for kind in 0..kinds::ALL.len() as u8 {
+        let ops = fixed_sequence(kind);
+        for bug in BUGS {
+            for (at, depth, victim) in cases() {
+                let inj = Injection {
+                    bug,
+                    at,
+                    victim,
+                    offset: 3,
+                    byte: 0,
+                };
+                let ops = ops.clone();
+                if let Some(k) = on_fresh_thread(move || check(&ops, Some(&inj), depth)) {
+                    hit.push((bug, k));
+                }
+            }
+        }
+        for depth in [ResetCheck::Full, ResetCheck::Chunks] {
+            let ops = ops.clone();
+            assert_eq!(on_fresh_thread(move || check(&ops, None, depth)), None);
+        }
+    }
+    for &kind in kinds::ALL {
+        for bug in BUGS {
+            assert!(hit.contains(&(bug, kind)), "{bug:?} on {kind:?}");
+        }
     }
 }
 
-/// Each bug at least once at each depth, whatever `PROPTEST_CASES` says.
-#[test]
-fn each_bug_once() {
+/// The injection points of [`each_bug_once_on_every_kind`]: after the first, fifth and last op of
+/// [`fixed_sequence`], at both depths, with victims 0, 1 and 2.
+fn cases() -> impl Iterator<Item = (usize, ResetCheck, u16)> {
+    [0, 4, 9].into_iter().flat_map(|at| {
+        [ResetCheck::Full, ResetCheck::Chunks]
+            .into_iter()
+            .flat_map(move |depth| (0..3).map(move |victim| (at, depth, victim)))
+    })
+}
+
+/// A short sequence whose context 1 is of the kind `kind` selects, current from its fourth op on.
+fn fixed_sequence(kind: u8) -> Vec<Op> {
     use Op::*;
-    let ops = [
+    vec![
         Create {
             parent: 0,
             sizes: 1,
+            kind,
         },
         Alloc { ctx: 1, size: 40 },
         Alloc { ctx: 0, size: 300 },
@@ -339,33 +497,7 @@ fn each_bug_once() {
         },
         Reset { ctx: 1 },
         Palloc { size: 64 },
-    ];
-    for bug in [
-        Bug::Overrun,
-        Bug::Underrun,
-        Bug::WriteAfterFree,
-        Bug::WriteAfterReset,
-        Bug::DoubleFree,
-    ] {
-        for (at, depth) in [0, 4, 9]
-            .into_iter()
-            .flat_map(|at| [(at, ResetCheck::Full), (at, ResetCheck::Chunks)])
-        {
-            let inj = Injection {
-                bug,
-                at,
-                victim: 7,
-                offset: 3,
-                byte: 0,
-            };
-            let ops = ops.clone();
-            on_fresh_thread(move || check(&ops, Some(&inj), depth));
-        }
-    }
-    for depth in [ResetCheck::Full, ResetCheck::Chunks] {
-        let ops = ops.clone();
-        on_fresh_thread(move || check(&ops, None, depth));
-    }
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------

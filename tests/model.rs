@@ -1,6 +1,8 @@
 //! Model-based property tests: random sequences of create, alloc, zero-alloc, aligned alloc,
 //! palloc in the current context, repalloc, pfree, reset, delete, switch and set-parent over a
-//! context tree, run against a plain model (`tests/common/ops.rs`). After every step: every live
+//! context tree of every context kind (`tests/common/kinds.rs`), run against a plain model
+//! (`tests/common/ops.rs`) that knows each kind's rules (a Bump chunk is freed only by the safe
+//! API's take-back of the last allocation, or the reset). After every step: every live
 //! chunk holds the bytes written into it, is owned by the right context, the tree has the model's
 //! shape, refusals are the predicted errors, and the stats invariants hold (used + free == total,
 //! total == mem_allocated, live chunks fit in the used bytes, the tree's total is the sum of its
@@ -10,6 +12,8 @@
 //! Runs in both builds and under the sanitizer legs: it commits no memory bug. Bounded by
 //! `PROPTEST_CASES` (default 64) and `MEMCTX_MODEL_OPS` (default 200 ops per case).
 
+#[path = "common/kinds.rs"]
+mod kinds;
 #[path = "common/ops.rs"]
 mod ops;
 #[path = "common/strategy.rs"]
@@ -71,18 +75,28 @@ proptest! {
     }
 }
 
-/// A fixed sequence touching every op, so a regression shows up even with `PROPTEST_CASES=1`.
+/// A fixed sequence touching every op, so a regression shows up even with `PROPTEST_CASES=1`:
+/// once with every created context of each kind (ModelRoot is an AllocSet), so every op meets a
+/// context of every kind, the current one included.
 #[test]
-fn every_op_once() {
+fn every_op_once_on_every_kind() {
+    for kind in 0..kinds::ALL.len() as u8 {
+        every_op_once(kind);
+    }
+}
+
+fn every_op_once(kind: u8) {
     use Op::*;
     run(&[
         Create {
             parent: 0,
             sizes: 1,
+            kind,
         },
         Create {
             parent: 1,
             sizes: 0,
+            kind,
         },
         Alloc { ctx: 1, size: 100 },
         AllocZero { ctx: 2, size: 3000 },
@@ -120,14 +134,16 @@ fn every_op_once() {
         Create {
             parent: 2,
             sizes: 2,
+            kind,
         },
         Reset { ctx: 1 },
         Delete { ctx: 0 },
     ]);
 }
 
-/// Many contexts created and deleted in a loop: the recycling lists keep headers and keepers,
-/// and a recycled context must come back empty and with fresh counters.
+/// Many contexts of every kind created and deleted in a loop: the recycling lists keep headers
+/// and keepers, and a recycled context must come back empty, of its new kind and with fresh
+/// counters.
 #[test]
 fn create_delete_churn_recycles_cleanly() {
     use Op::*;
@@ -136,6 +152,7 @@ fn create_delete_churn_recycles_cleanly() {
         ops.push(Create {
             parent: i,
             sizes: (i % 3) as u8,
+            kind: (i / 3) as u8,
         });
         ops.push(Alloc {
             ctx: i.wrapping_mul(7),

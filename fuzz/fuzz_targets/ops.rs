@@ -9,6 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../tests/common/kinds.rs"]
+mod kinds;
 #[path = "../../tests/common/ops.rs"]
 mod ops;
 

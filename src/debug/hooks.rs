@@ -48,10 +48,10 @@ pub(crate) const CHUNK_PREFIX: usize = super::layout::DEBUG_CHUNK_PREFIX;
 /// Bump chunks carry the whole prefix in the debug build, so its checks and walks cover them.
 pub(crate) const BUMP_CHUNK_HEADERS: bool = true;
 
-/// The safe API gives back the last chunk of a Bump context: the debug build keeps its space as a
-/// freed chunk (record, freed pattern, closed to the tools) so that a use after the free is
-/// reported; the space comes back with the context's reset.
-pub(crate) fn bump_chunk_unwound(ctx: *mut ContextHeader, data: *mut u8, cap: usize) -> bool {
+/// The safe API gives back a chunk of a Bump context (the last one or any other): the debug build
+/// keeps its space as a freed chunk (record, freed pattern, closed to the tools) so that a use
+/// after the free, or a second free, is reported; the space comes back with the context's reset.
+pub(crate) fn bump_chunk_given_back(ctx: *mut ContextHeader, data: *mut u8, cap: usize) -> bool {
     chunk_freed(ctx, data, cap);
     freelist_close(data);
     false
@@ -954,7 +954,9 @@ unsafe fn classify_in_block(
 }
 
 /// [`classify`] of a chunk whose header and record decoded: freed already, passed through the
-/// wrong context (raised, the operation goes on), or live with its redzones checked.
+/// wrong context (raised; the operation goes on in the chunk's own context, unless its kind frees
+/// no chunk by pointer — a Bump chunk then waits for its context's reset), or live with its
+/// redzones checked.
 ///
 /// # Safety
 /// `data` must be a chunk of `owner` with capacity `cap` and the valid record `rec`.
@@ -989,6 +991,10 @@ unsafe fn classify_chunk(
                 // SAFETY: as above.
                 unsafe { (*owner).name() }
             ));
+        // SAFETY: as above.
+        if !unsafe { (*owner).kind }.frees_by_pointer() {
+            return Err(r);
+        }
         report::raise(r);
     }
     // A sound live chunk: its redzones are closed, and open only for the check.

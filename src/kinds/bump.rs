@@ -20,10 +20,11 @@
 //! (there are no freelists to give it to) and a new block becomes the active one. Reset gives
 //! every block but the keeper back and rewinds the keeper.
 //!
-//! The safe API never reads a header of a Bump chunk. Its `deallocate` takes back the last
-//! allocation only (as bumpalo does) and otherwise leaves the memory to the next reset; its
-//! `grow` extends the last chunk in place when the active block has room, and otherwise
-//! allocates and copies.
+//! The safe API of a release build never reads a header of a Bump chunk. Its `deallocate` takes
+//! back the last allocation only (as bumpalo does) and otherwise leaves the memory to the next
+//! reset; its `grow` extends the last chunk in place when the active block has room, and
+//! otherwise allocates and copies. The debug build validates a chunk given back as `pfree` does
+//! and keeps it as a freed chunk until the reset.
 
 use core::ptr;
 
@@ -154,7 +155,10 @@ unsafe fn carve(
         let start = (*block).free_ptr;
         (*block).free_ptr = start.add(PREFIX + cap);
         if hooks::BUMP_CHUNK_HEADERS {
-            hooks::space_carving(ctx, block, start);
+            // A block of its own was never filled as unused space: nothing to check there.
+            if !external {
+                hooks::space_carving(ctx, block, start);
+            }
             let value = if external {
                 0
             } else {
@@ -252,8 +256,8 @@ unsafe fn is_last(ctx: *mut ContextHeader, data: *mut u8, cap: usize) -> bool {
 }
 
 /// The safe API's `deallocate` of `size` bytes at `data`: the last allocation's space is taken
-/// back (when the hooks allow: the debug build keeps it as a freed chunk), any other chunk waits
-/// for the reset.
+/// back, any other chunk waits for the reset (the debug build keeps every chunk given back as a
+/// freed chunk, the last one too).
 ///
 /// # Safety
 /// `data` must be a live chunk of the live Bump context `ctx`, allocated with `size` bytes.
@@ -262,7 +266,8 @@ pub(crate) unsafe fn deallocate(ctx: *mut ContextHeader, data: *mut u8, size: us
     // SAFETY: the caller promises a live chunk of `ctx`; rewinding the head block's free pointer to
     // its start returns exactly its footprint.
     unsafe {
-        if is_last(ctx, data, cap) && hooks::bump_chunk_unwound(ctx, data, cap) {
+        let last = is_last(ctx, data, cap);
+        if hooks::bump_chunk_given_back(ctx, data, cap) && last {
             (*(*ctx).blocks).free_ptr = data.sub(PREFIX);
         }
     }

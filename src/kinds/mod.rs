@@ -69,6 +69,15 @@ pub(crate) enum KindId {
 }
 
 impl KindId {
+    /// Whether a chunk of this kind can be freed by its pointer (`pfree`, `repalloc`): not a
+    /// Bump chunk, whose memory comes back only with its context's reset or delete.
+    pub(crate) fn frees_by_pointer(self) -> bool {
+        match self {
+            KindId::AllocSet => true,
+            KindId::Bump => false,
+        }
+    }
+
     /// The kind's name as PostgreSQL's `pg_backend_memory_contexts` prints it in `type`.
     pub(crate) fn name(self) -> &'static str {
         match self {

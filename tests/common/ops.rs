@@ -15,19 +15,33 @@
 //! shape, the current context, and the stats invariants of every context and of the whole tree.
 //! Refusals are part of the model: a reset or delete that would free CurrentMemoryContext and a
 //! `set_parent` that would make a cycle must fail with exactly the error the model predicts.
+//!
+//! Contexts are of every kind (`kinds.rs`, which every user includes next to this file), and the
+//! model knows each kind's rules: a chunk of a kind whose chunks cannot be freed one by one
+//! (Bump) is never given to `pfree`, `repalloc`, `chunk_context` or `chunk_space`; its free is
+//! the safe API's `deallocate`, which takes back the last allocation only (the model predicts the
+//! free bytes it gives back), its grow the safe API's `grow`, and its shrink a copy into a new
+//! chunk of the same context.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use allocator_api2::alloc::Allocator;
 use memctx::stats::{Counters, StatsNode};
 use memctx::{BlockSizes, ContextError, MemoryContext};
+
+use super::kinds::Kind;
 
 /// One step of a sequence. Selectors (`ctx`, `parent`, `chunk`) pick among the live contexts
 /// (ordered by creation) or live chunks modulo their number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Create a child of the selected context with one of three block-size presets.
-    Create { parent: u16, sizes: u8 },
+    /// Create a child of the selected context with one of three block-size presets, of the kind
+    /// `kind` selects ([`Kind::pick`]).
+    Create { parent: u16, sizes: u8, kind: u8 },
     /// `MemoryContext::alloc(size)` in the selected context.
     Alloc { ctx: u16, size: u32 },
     /// `MemoryContext::alloc_zeroed(size)` in the selected context.
@@ -74,6 +88,7 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
             0 => r.sel().map(|parent| Op::Create {
                 parent,
                 sizes: tag / 16 % 3,
+                kind: tag / 16 / 3,
             }),
             1..=3 => r
                 .sel()
@@ -145,6 +160,11 @@ impl Reader<'_> {
 pub struct CtxModel {
     /// The real context.
     pub handle: MemoryContext,
+    /// Its kind.
+    pub kind: Kind,
+    /// The chunk (id) allocated last in it, while it is the one the safe API's `deallocate` of a
+    /// Bump context would take back; `None` when unknown.
+    pub last: Option<u64>,
     /// Model id of the parent (`None` for ModelRoot, whose parent is Top).
     pub parent: Option<u32>,
     /// Something was allocated in it since its creation or last reset (`!is_empty()` if it has no
@@ -172,6 +192,29 @@ pub fn pattern_byte(id: u64, i: usize) -> u8 {
     let seed = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8;
     seed.wrapping_add((i as u8).wrapping_mul(13))
         .wrapping_add((i >> 8) as u8)
+}
+
+/// Largest capacity a Bump chunk of any block-size preset is sure to be carved from its context's
+/// active block with (the smallest chunk limit, `BlockSizes::SMALL`'s): such a chunk, allocated
+/// last, is the one the safe API's `deallocate` takes back. A larger one may have a block of its
+/// own.
+pub const SHARED_BLOCK_CAP: usize = 512;
+
+/// Whether a chunk of `size` bytes aligned to `align` is, once allocated, the last allocation of
+/// its Bump context, the one the safe API's `deallocate` takes back (an over-aligned chunk's
+/// pointer is not where its allocation starts).
+fn in_active_block(size: usize, align: usize) -> bool {
+    align == 16 && size.max(1).next_multiple_of(16) <= SHARED_BLOCK_CAP
+}
+
+/// `ptr` as the safe API takes it.
+fn nonnull(ptr: *mut u8) -> NonNull<u8> {
+    NonNull::new(ptr).expect("a chunk pointer is not null")
+}
+
+/// The layout of a chunk of `size` bytes aligned to `align`.
+fn layout(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).expect("a power-of-two alignment")
 }
 
 /// A real context tree and its model.
@@ -205,6 +248,8 @@ impl Runner {
             ROOT,
             CtxModel {
                 handle: root,
+                kind: Kind::AllocSet,
+                last: None,
                 parent: None,
                 touched: false,
             },
@@ -309,7 +354,9 @@ impl Runner {
         let data: Vec<u8> = (0..size).map(|i| pattern_byte(id, i)).collect();
         // SAFETY: a live chunk of `size` bytes, not aliased by anything else.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, size) };
-        self.ctxs.get_mut(&ctx).expect("live context").touched = true;
+        let m = self.ctxs.get_mut(&ctx).expect("live context");
+        m.touched = true;
+        m.last = in_active_block(size, align).then_some(id);
         self.chunks.push(ChunkModel {
             id,
             ptr,
@@ -326,11 +373,55 @@ impl Runner {
         self.adopt(p, ctx, size, false, 16)
     }
 
-    /// Frees the chunk at `idx` with `pfree`, removing it from the model; returns its pointer.
+    /// The kind of the context owning the chunk at `idx`.
+    pub fn kind_of(&self, idx: usize) -> Kind {
+        self.ctxs[&self.chunks[idx].ctx].kind
+    }
+
+    /// Frees the chunk at `idx` as its kind frees a chunk — `pfree`, or the safe API's
+    /// `deallocate` where `pfree` does not apply ([`Runner::take_back`]) — removing it from the
+    /// model; returns it.
     pub fn free_index(&mut self, idx: usize) -> ChunkModel {
+        if !self.kind_of(idx).frees_chunks() {
+            return self.take_back(idx);
+        }
         let c = self.chunks.swap_remove(idx);
         // SAFETY: a live chunk of this thread's tree.
         unsafe { memctx::pfree(c.ptr) };
+        c
+    }
+
+    /// The safe API's `deallocate` of the chunk at `idx`, of a kind that frees no chunk by
+    /// pointer (Bump), removing it from the model. In a release build the context's last
+    /// allocation gives its whole capacity back to the context's free bytes, any other chunk
+    /// nothing until the reset; the debug build keeps even the last one as a freed chunk (so a use
+    /// after the free is found), so nothing comes back. The model knows which chunk is last while
+    /// [`CtxModel::last`] names one; when it does not, either outcome is accepted.
+    pub fn take_back(&mut self, idx: usize) -> ChunkModel {
+        let c = self.chunks.swap_remove(idx);
+        let m = self.ctxs.get_mut(&c.ctx).expect("live context");
+        let (h, last) = (m.handle, m.last.take());
+        let size = c.data.len();
+        let cap = size.max(1).next_multiple_of(16) as u64;
+        let expected = match last {
+            _ if cfg!(feature = "debug-contexts") || size == 0 => Some(0),
+            Some(id) => Some(if id == c.id { cap } else { 0 }),
+            None => None,
+        };
+        let free_before = h.counters().free_bytes;
+        let pinned = h.pin();
+        // SAFETY: a live chunk of `h` of `size` bytes with alignment `c.align`: the layout the
+        // safe API takes a Bump chunk back by.
+        unsafe { pinned.deallocate(nonnull(c.ptr), layout(size, c.align)) };
+        drop(pinned);
+        let given = h.counters().free_bytes - free_before;
+        assert!(
+            expected.map_or(given == 0 || given == cap, |e| given == e),
+            "step {}: deallocate of chunk #{} ({size} bytes; last {last:?}, expected {expected:?}) \
+             gave back {given} bytes in {h:?}",
+            self.steps,
+            c.id
+        );
         c
     }
 
@@ -360,9 +451,80 @@ impl Runner {
             let gone = self.descendants(id);
             self.forget_contexts(&gone);
             self.chunks.retain(|c| c.ctx != id);
-            self.ctxs.get_mut(&id).expect("live").touched = false;
+            let m = self.ctxs.get_mut(&id).expect("live");
+            (m.touched, m.last) = (false, None);
         }
         got
+    }
+
+    /// Resizes the chunk at `idx` to `size` bytes as its kind resizes a chunk — `repalloc`, or
+    /// where that does not apply (Bump) [`Runner::resize_in_place_or_copy`] — and checks that the
+    /// preserved prefix survived; the grown part gets the chunk's pattern.
+    pub fn realloc_index(&mut self, idx: usize, size: usize) {
+        let (kind, step) = (self.kind_of(idx), self.steps);
+        let q = if kind.frees_chunks() {
+            // SAFETY: a live chunk of this thread's tree.
+            unsafe { memctx::repalloc(self.chunks[idx].ptr, size) }
+        } else {
+            self.resize_in_place_or_copy(idx, size)
+        };
+        let c = &mut self.chunks[idx];
+        assert!(!q.is_null(), "step {step}: resize to {size} returned null");
+        assert_eq!(
+            q as usize % c.align,
+            0,
+            "step {step}: resize lost the alignment"
+        );
+        let (old, id, align) = (c.data.len(), c.id, c.align);
+        c.data
+            .extend((old..size.max(old)).map(|i| pattern_byte(id, i)));
+        c.data.truncate(size);
+        c.ptr = q;
+        // Only the preserved prefix is checked by verify; write the grown part.
+        if size > old {
+            // SAFETY: `q` has `size` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(c.data[old..].as_ptr(), q.add(old), size - old)
+            };
+        }
+        // The preserved prefix must have survived the move.
+        // SAFETY: `q` has `size` bytes.
+        let got = unsafe { std::slice::from_raw_parts(q, size.min(old)) };
+        assert!(
+            got == &c.data[..size.min(old)],
+            "step {step}: resize({old} -> {size}) lost contents of chunk #{id}"
+        );
+        let m = self.ctxs.get_mut(&c.ctx).expect("live");
+        m.touched = true;
+        if !kind.frees_chunks() {
+            // In place or a fresh allocation: either way the last one.
+            m.last = in_active_block(size, align).then_some(id);
+        }
+    }
+
+    /// A resize of the chunk at `idx`, of a kind whose chunks `repalloc` does not apply to: a grow
+    /// is the safe API's `grow` (in place when the chunk is its context's last allocation), a
+    /// shrink — or a resize to zero bytes, which the safe API would answer with a dangling
+    /// pointer — a copy into a new chunk of the same context; the old chunk's memory waits for
+    /// the reset. Returns the chunk's new pointer.
+    fn resize_in_place_or_copy(&self, idx: usize, size: usize) -> *mut u8 {
+        let c = &self.chunks[idx];
+        let (h, old) = (self.handle(c.ctx), c.data.len());
+        if size < old || size == 0 {
+            let q = h
+                .alloc_aligned(size, c.align, memctx::AllocFlags::NONE)
+                .expect("an allocation without NO_OOM never returns None")
+                .as_ptr();
+            // SAFETY: `c.ptr` has `old` > `size` bytes, `q` a fresh chunk of `size`.
+            unsafe { std::ptr::copy_nonoverlapping(c.ptr, q, size) };
+            return q;
+        }
+        let pinned = h.pin();
+        // SAFETY: a live chunk of `h` with `old` bytes and alignment `c.align`, grown to `size`
+        // bytes with the same alignment.
+        let grown =
+            unsafe { pinned.grow(nonnull(c.ptr), layout(old, c.align), layout(size, c.align)) };
+        grown.expect("grow within the limits").as_ptr() as *mut u8
     }
 
     /// Applies one op to the tree and the model.
@@ -370,7 +532,11 @@ impl Runner {
         self.steps += 1;
         let clamp = |size: u32| size.min(MAX_SIZE) as usize;
         match *op {
-            Op::Create { parent, sizes } => {
+            Op::Create {
+                parent,
+                sizes,
+                kind,
+            } => {
                 let parent = self.pick_ctx(parent);
                 let sizes = match sizes % 3 {
                     0 => BlockSizes::DEFAULT,
@@ -380,12 +546,16 @@ impl Runner {
                 let id = self.next_ctx;
                 self.next_ctx += 1;
                 let name = NAMES[id as usize % NAMES.len()];
-                let handle = self.handle(parent).new_child(name, sizes);
+                let kind = Kind::pick(kind);
+                let handle = kind.create(self.handle(parent), name, sizes);
                 assert!(handle.is_empty(), "a new context is empty");
+                assert_eq!(handle.stats().kind, kind.name(), "kind of {handle:?}");
                 self.ctxs.insert(
                     id,
                     CtxModel {
                         handle,
+                        kind,
+                        last: None,
                         parent: Some(parent),
                         touched: false,
                     },
@@ -418,41 +588,9 @@ impl Runner {
                 self.adopt(p, ctx, size, false, align);
             }
             Op::Realloc { chunk, size } => {
-                let Some(i) = self.pick_chunk(chunk) else {
-                    return;
-                };
-                let size = clamp(size);
-                let c = &mut self.chunks[i];
-                // SAFETY: a live chunk of this thread's tree.
-                let q = unsafe { memctx::repalloc(c.ptr, size) };
-                assert!(!q.is_null(), "repalloc to {size} returned null");
-                assert_eq!(q as usize % c.align, 0, "repalloc lost the alignment");
-                let old = c.data.len();
-                let id = c.id;
-                c.data
-                    .extend((old..size.max(old)).map(|i| pattern_byte(id, i)));
-                c.data.truncate(size);
-                c.ptr = q;
-                // Only the preserved prefix is checked by verify; write the grown part.
-                if size > old {
-                    // SAFETY: `q` has `size` bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            c.data[old..].as_ptr(),
-                            q.add(old),
-                            size - old,
-                        )
-                    };
+                if let Some(i) = self.pick_chunk(chunk) {
+                    self.realloc_index(i, clamp(size));
                 }
-                // The preserved prefix must have survived the move.
-                // SAFETY: `q` has `size` bytes.
-                let got = unsafe { std::slice::from_raw_parts(q, size.min(old)) };
-                assert!(
-                    got == &c.data[..size.min(old)],
-                    "repalloc({old} -> {size}) lost contents of chunk #{id}"
-                );
-                let ctx = c.ctx;
-                self.ctxs.get_mut(&ctx).expect("live").touched = true;
             }
             Op::Free { chunk } => {
                 if let Some(i) = self.pick_chunk(chunk) {
@@ -550,8 +688,9 @@ impl Runner {
     }
 
     /// The tree's shape, the current context, stale handles and the stats invariants; with
-    /// `owners`, also each live chunk's owner ([`memctx::chunk_context`]) and its space. The
-    /// owner check validates each pointer, which in the debug build also checks its redzones.
+    /// `owners`, also each live chunk's owner ([`memctx::chunk_context`]) and its space, for the
+    /// kinds those apply to. The owner check validates each pointer, which in the debug build
+    /// also checks its redzones.
     pub fn verify_tree(&self, owners: bool) {
         let step = self.steps;
         assert_eq!(
@@ -565,7 +704,8 @@ impl Runner {
         // Chunk owners, and the space each context's chunks occupy.
         let mut space: BTreeMap<u32, u64> = BTreeMap::new();
         for c in &self.chunks {
-            if !owners {
+            // A Bump chunk's owner and space cannot be asked (its kind's rules).
+            if !owners || !self.ctxs[&c.ctx].kind.frees_chunks() {
                 *space.entry(c.ctx).or_default() += c.data.len() as u64;
                 continue;
             }

@@ -9,6 +9,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+use super::kinds;
 use super::ops::{Op, MAX_ALIGN_SHIFT};
 
 /// Cases per property when `PROPTEST_CASES` is not set.
@@ -57,7 +58,8 @@ pub fn size() -> impl Strategy<Value = u32> {
 pub fn op() -> impl Strategy<Value = Op> {
     let sel = any::<u16>;
     prop_oneof![
-        6 => (sel(), 0u8..3).prop_map(|(parent, sizes)| Op::Create { parent, sizes }),
+        6 => (sel(), 0u8..3, 0..kinds::ALL.len() as u8)
+            .prop_map(|(parent, sizes, kind)| Op::Create { parent, sizes, kind }),
         20 => (sel(), size()).prop_map(|(ctx, size)| Op::Alloc { ctx, size }),
         5 => (sel(), size()).prop_map(|(ctx, size)| Op::AllocZero { ctx, size }),
         8 => size().prop_map(|size| Op::Palloc { size }),
