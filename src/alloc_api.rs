@@ -330,6 +330,41 @@ unsafe impl Allocator for PinnedContext {
 }
 
 impl PinnedContext {
+    /// [`PinnedContext::resize`] on a Bump context, the alignment unchanged and at most 16: in
+    /// place when shrinking or when the chunk is the last allocation and its block has room, else
+    /// allocate and copy. The debug build validates the chunk first, as `repalloc` does (a damaged
+    /// redzone would otherwise be overwritten by the grown bytes unreported), and fails the
+    /// resize of a pointer it reported.
+    ///
+    /// # Safety
+    /// `ptr` must be live in this Bump context with layout `old`.
+    unsafe fn resize_bump(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        let ctx = self.raw();
+        if !hooks::validate_pointer(ptr.as_ptr(), "repalloc", Some(ctx)) {
+            return Err(AllocError);
+        }
+        // SAFETY: `ptr` is a live chunk of this Bump context with `old.size()` bytes (the
+        // caller's promise), which is all `grow_in_place` needs.
+        let in_place = new.size() <= old.size()
+            || unsafe { bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size()) };
+        if in_place {
+            return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
+        }
+        let p = self.allocate(new)?;
+        // SAFETY: both regions are live and distinct; the old one, validated above, is given back
+        // (its space taken back if it is the last, else left to the reset).
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), p.as_ptr() as *mut u8, old.size());
+            bump::deallocate(ctx, ptr.as_ptr(), old.size());
+        }
+        Ok(p)
+    }
+
     /// Shared grow/shrink: repalloc when the alignment allows, else allocate, copy and free.
     ///
     /// # Safety
@@ -372,21 +407,8 @@ impl PinnedContext {
         }
         // SAFETY: as above.
         if unsafe { (*ctx).kind } == KindId::Bump {
-            // SAFETY: `ptr` is a live chunk of this Bump context with `old.size()` bytes (the
-            // caller's promise), which is all `grow_in_place` needs.
-            let in_place = new.size() <= old.size()
-                || unsafe { bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size()) };
-            if in_place {
-                return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
-            }
-            let p = self.allocate(new)?;
-            // SAFETY: both regions are live and distinct; the old one waits for the reset (or is
-            // taken back if it is the last).
-            unsafe {
-                ptr::copy_nonoverlapping(ptr.as_ptr(), p.as_ptr() as *mut u8, old.size());
-                self.deallocate(ptr, old);
-            }
-            return Ok(p);
+            // SAFETY: the caller's promise, passed on.
+            return unsafe { self.resize_bump(ptr, old, new) };
         }
         // SAFETY: `ptr` is a live chunk (caller); NO_OOM makes failure a null, leaving it valid.
         let p = unsafe {

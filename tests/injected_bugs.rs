@@ -16,7 +16,9 @@
 //! reported. At `Chunks`, the default, released space is filled without being verified when it is
 //! carved again, so a write after reset whose bytes are carved into a new chunk before the next
 //! check or delete is lost (the documented trade-off): there a write after reset may go
-//! unreported, but never misreported, and every other bug must still be reported exactly.
+//! unreported, but never misreported, and every other bug must still be reported exactly. The
+//! same holds for a write after the free of a chunk of a kind whose free can release its block's
+//! space (`Kind::free_releases_blocks`: a Generation block whose last chunk is freed is rewound).
 //!
 //! After the injection the sequence goes on, so the bug is found wherever the debug build finds
 //! it naturally: at pfree or repalloc of the chunk, when its memory is handed out again, at the
@@ -353,8 +355,10 @@ fn check(ops: &[Op], injection: Option<&Injection>, depth: ResetCheck) -> Option
         );
         return None;
     };
-    let may_be_lost =
-        depth == ResetCheck::Chunks && injection.is_some_and(|inj| inj.bug == Bug::WriteAfterReset);
+    let released = |bug| {
+        bug == Bug::WriteAfterReset || (bug == Bug::WriteAfterFree && e.kind.free_releases_blocks())
+    };
+    let may_be_lost = depth == ResetCheck::Chunks && injection.is_some_and(|inj| released(inj.bug));
     if may_be_lost && reports.is_empty() {
         return Some(e.kind);
     }

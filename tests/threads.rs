@@ -1,4 +1,6 @@
-//! Threads: many threads, each with its own context tree, churning and resetting at the same time,
+//! Threads: many threads, each with its own context tree of contexts of every kind
+//! (`common/kinds.rs`: a worker's cache, per-row and scratch contexts each take their turn through
+//! the kinds), churning and resetting at the same time,
 //! with the process-wide structures under contention — the debugger registry every tree is
 //! entered in, the dumper that asks every thread for a snapshot at its safe points, and, in the
 //! debug build, the stack depot that interns every allocation's backtrace and the per-thread
@@ -26,8 +28,11 @@ use memctx::dump::{Dumper, DumperConfig};
 use memctx::stats::StatsNode;
 use memctx::{palloc, pfree, repalloc, BlockSizes, MemoryContext};
 
+#[path = "common/kinds.rs"]
+mod kinds;
 #[path = "common/timing.rs"]
 mod timing;
+use kinds::Kind;
 use timing::allow;
 
 /// The tests of this file run one at a time. A dump waits for every live thread with a tree to
@@ -109,9 +114,26 @@ fn alloc_at_depth(depth: u32, n: usize) -> *mut u8 {
     }
 }
 
+/// The kinds of worker `index`'s cache and per-row contexts: the cache, where chunks are freed
+/// one by one, cycles through the kinds with `pfree`; the per-row context, only ever reset,
+/// through every kind. So eight workers run every kind at once.
+fn worker_kinds(index: usize) -> (Kind, Kind) {
+    let freeing: Vec<Kind> = kinds::ALL
+        .iter()
+        .copied()
+        .filter(|k| k.frees_chunks())
+        .collect();
+    (
+        freeing[index % freeing.len()],
+        kinds::ALL[index % kinds::ALL.len()],
+    )
+}
+
 /// What a worker hands back: plain data only.
 struct WorkerResult {
     name: String,
+    /// The kinds of its cache and per-row contexts.
+    kinds: (Kind, Kind),
     steps: u64,
     resets: u64,
     checksum: u64,
@@ -135,8 +157,9 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
     memctx::debug::set_thread_policy(Some(memctx::debug::Policy::Log));
     let name = thread::current().name().unwrap_or("?").to_owned();
     let top = MemoryContext::top();
-    let cache = top.new_child("Cache", BlockSizes::DEFAULT);
-    let per_row = top.new_child("PerRow", BlockSizes::DEFAULT);
+    let kinds = worker_kinds(index);
+    let cache = kinds.0.create(top, "Cache", BlockSizes::DEFAULT);
+    let per_row = kinds.1.create(top, "PerRow", BlockSizes::DEFAULT);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1));
     let mut live: Vec<(*mut u8, usize, u64)> = Vec::new();
     let (mut steps, mut resets, mut checksum, mut own_reports) = (0u64, 0u64, 0u64, 0usize);
@@ -200,7 +223,8 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
             resets += 1;
         }
         if steps % 128 == 0 {
-            let scratch = cache.new_child("Scratch", BlockSizes::SMALL);
+            let kind = kinds::ALL[(steps / 128) as usize % kinds::ALL.len()];
+            let scratch = kind.create(cache, "Scratch", BlockSizes::SMALL);
             for _ in 0..8 {
                 let _ = scratch.alloc(rng.below(600) as usize);
             }
@@ -236,6 +260,7 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
     let _ = (&mut own_reports, &mut report_rounds);
     WorkerResult {
         name,
+        kinds,
         steps,
         resets,
         checksum,
@@ -275,14 +300,18 @@ fn raise_own_reports(ctx: MemoryContext) -> usize {
     reports.len()
 }
 
-/// Checks a worker's stats tree: its own contexts, the counters' invariants.
+/// Checks a worker's stats tree: its own contexts, of their kinds, the counters' invariants.
 fn check_stats(r: &WorkerResult) {
     assert_eq!(r.stats.name, "TopMemoryContext", "{}", r.name);
-    let names: Vec<&str> = r.stats.children.iter().map(|c| c.name.as_str()).collect();
-    assert!(
-        names.contains(&"Cache") && names.contains(&"PerRow"),
-        "{names:?}"
-    );
+    let kinds: Vec<(&str, &str)> = r
+        .stats
+        .children
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind.as_str()))
+        .collect();
+    for want in [("Cache", r.kinds.0.name()), ("PerRow", r.kinds.1.name())] {
+        assert!(kinds.contains(&want), "{}: {want:?} in {kinds:?}", r.name);
+    }
     let mut stack = vec![&r.stats];
     while let Some(n) = stack.pop() {
         let c = n.counters;
@@ -346,10 +375,16 @@ fn many_threads_churn_while_the_dumper_asks_for_snapshots() {
                 .find(|t| t.name.as_deref() == Some(name.as_str()))
                 .unwrap_or_else(|| panic!("{name} is not in the snapshot"));
             assert!(!t.missing, "{name} did not answer");
+            let row_kind = worker_kinds(i).1.name();
             assert!(
-                t.contexts.iter().any(|c| c.name == "PerRow"),
-                "{name}'s rows: {:?}",
-                t.contexts.iter().map(|c| &c.name).collect::<Vec<_>>()
+                t.contexts
+                    .iter()
+                    .any(|c| c.name == "PerRow" && c.kind == row_kind),
+                "{name}'s rows, a {row_kind} PerRow among them: {:?}",
+                t.contexts
+                    .iter()
+                    .map(|c| (&c.name, &c.kind))
+                    .collect::<Vec<_>>()
             );
         }
     }

@@ -71,9 +71,10 @@ pub(crate) enum KindId {
 impl KindId {
     /// Whether a chunk of this kind can be freed by its pointer (`pfree`, `repalloc`): not a
     /// Bump chunk, whose memory comes back only with its context's reset or delete.
+    #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
     pub(crate) fn frees_by_pointer(self) -> bool {
         match self {
-            KindId::AllocSet => true,
+            KindId::AllocSet | KindId::Generation => true,
             KindId::Bump => false,
         }
     }

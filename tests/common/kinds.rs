@@ -12,12 +12,15 @@ use memctx::{BlockSizes, MemoryContext};
 pub enum Kind {
     /// PostgreSQL's general-purpose kind.
     AllocSet,
+    /// Chunks freed in roughly the order they were allocated; a block whose chunks are all freed
+    /// is reused or given back.
+    Generation,
     /// Freed only all at once (reset, delete); no chunk header in a release build.
     Bump,
 }
 
 /// Every kind, in the order selectors pick them (`ALL[sel % ALL.len()]`).
-pub const ALL: &[Kind] = &[Kind::AllocSet, Kind::Bump];
+pub const ALL: &[Kind] = &[Kind::AllocSet, Kind::Generation, Kind::Bump];
 
 impl Kind {
     /// The kind selector `sel` picks.
@@ -29,7 +32,27 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::AllocSet => "AllocSet",
+            Kind::Generation => "Generation",
             Kind::Bump => "Bump",
+        }
+    }
+
+    /// Whether a free chunk's bytes are free bytes in the kind's stats: an AllocSet's freelist
+    /// chunks are; a Generation's freed chunks stay used until their whole block is empty (as
+    /// PostgreSQL's `GenerationStats` counts them); Bump has no free chunks.
+    pub fn free_chunks_are_free_bytes(self) -> bool {
+        match self {
+            Kind::AllocSet | Kind::Bump => true,
+            Kind::Generation => false,
+        }
+    }
+
+    /// Whether a free can release its chunk's block's space, as a reset does: a Generation block
+    /// whose chunks are all freed is rewound or given back.
+    pub fn free_releases_blocks(self) -> bool {
+        match self {
+            Kind::AllocSet | Kind::Bump => false,
+            Kind::Generation => true,
         }
     }
 
@@ -42,6 +65,7 @@ impl Kind {
     ) -> MemoryContext {
         match self {
             Kind::AllocSet => parent.new_child(name, sizes),
+            Kind::Generation => parent.new_generation_child(name, sizes),
             Kind::Bump => parent.new_bump_child(name, sizes),
         }
     }
@@ -52,16 +76,8 @@ impl Kind {
     /// or, for the last allocation only, through the safe API's `deallocate`.
     pub fn frees_chunks(self) -> bool {
         match self {
-            Kind::AllocSet => true,
+            Kind::AllocSet | Kind::Generation => true,
             Kind::Bump => false,
-        }
-    }
-
-    /// The one request size the kind serves, for a kind with fixed-size chunks (a request of
-    /// another size is an error there); `None` when any size goes.
-    pub fn fixed_size(self) -> Option<usize> {
-        match self {
-            Kind::AllocSet | Kind::Bump => None,
         }
     }
 }

@@ -759,7 +759,7 @@ impl Runner {
                 "step {step}: is_empty of {h:?}"
             );
             let c = h.counters();
-            check_counters(&c, h, step);
+            check_counters(&c, h, Some(m.kind), step);
             assert_eq!(
                 c.total_bytes,
                 h.mem_allocated(false) as u64,
@@ -787,7 +787,7 @@ impl Runner {
             sum,
             "step {step}: mem_allocated(recurse) != sum of contexts"
         );
-        check_counters(&total, root, step);
+        check_counters(&total, root, None, step);
         let mut nodes = 0;
         let mut stack: Vec<&StatsNode> = vec![&stats];
         while let Some(n) = stack.pop() {
@@ -836,8 +836,10 @@ impl Drop for Runner {
     }
 }
 
-/// The counters' own invariants: free within total (so used + free == total), blocks present.
-pub fn check_counters(c: &Counters, h: MemoryContext, step: usize) {
+/// The counters' own invariants: free within total (so used + free == total), blocks present;
+/// for a context of a kind whose free chunks are free bytes, free chunks only with free bytes
+/// (`kind` is `None` for a sum over a tree of several kinds).
+pub fn check_counters(c: &Counters, h: MemoryContext, kind: Option<Kind>, step: usize) {
     assert!(
         c.free_bytes <= c.total_bytes,
         "step {step}: {h:?}: free exceeds total: {c}"
@@ -851,8 +853,9 @@ pub fn check_counters(c: &Counters, h: MemoryContext, step: usize) {
         c.total_nblocks >= 1,
         "step {step}: {h:?} has no keeper block: {c}"
     );
+    let free_chunks_are_free_bytes = kind.is_some_and(Kind::free_chunks_are_free_bytes);
     assert!(
-        c.free_chunks == 0 || c.free_bytes > 0,
+        c.free_chunks == 0 || c.free_bytes > 0 || !free_chunks_are_free_bytes,
         "step {step}: {h:?}: free chunks without free bytes: {c}"
     );
 }
