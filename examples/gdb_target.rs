@@ -14,8 +14,10 @@
 //!   cleaned), and a `dynahash` context (printed under its identifier);
 //! - a few hundred chunks of many size classes, some of them freed (freelist chunks), blocks that
 //!   filled up (their leftover space carved into freelist chunks), a chunk with a block of its
-//!   own and a reallocated one, a deleted context (must not show), a reset context; a Bump
-//!   context and a Slab context with freed slots;
+//!   own and a reallocated one, a deleted context (must not show), a reset context;
+//! - every context kind: AllocSet (most), Bump (sort tuples, its free bytes the blocks' tails),
+//!   Slab (freed slots) and Generation (a FIFO queue with freed chunks waiting for their blocks
+//!   to empty);
 //! - a second live thread with a tree of its own, and a third thread that has already exited
 //!   (its tree stays in the registry, marked exited).
 //!
@@ -170,6 +172,28 @@ fn build_worker_tree() {
     let big = session.alloc(9000).as_ptr();
     // SAFETY: `big` has 9000 writable bytes.
     unsafe { big.write_bytes(3, 9000) };
+    fifo(session);
+}
+
+/// A Generation context used as a FIFO queue (as PostgreSQL's reorder buffer uses one): chunks
+/// allocated in order and freed oldest first, so some blocks emptied and were reused or given
+/// back, and the live ones hold freed chunks waiting for their block to empty (free chunks whose
+/// bytes stay used); one chunk has a block of its own.
+fn fifo(parent: MemoryContext) {
+    let queue = parent.new_generation_child("ReorderBuffer", BlockSizes::DEFAULT);
+    let mut live = std::collections::VecDeque::new();
+    for i in 0..3000usize {
+        let size = 16 + (i * 37) % 500;
+        let p = queue.alloc(size).as_ptr();
+        // SAFETY: `p` has `size` writable bytes.
+        unsafe { p.write_bytes(4, size) };
+        live.push_back(p);
+        if live.len() > 700 {
+            // SAFETY: the oldest live chunk of this thread's queue.
+            unsafe { memctx::pfree(live.pop_front().expect("non-empty")) };
+        }
+    }
+    queue.alloc(200_000);
 }
 
 fn main() {

@@ -2,8 +2,9 @@
 //!
 //! For each build profile — the test's own (debug info) and `release` (no debug info: the walker
 //! must get by with the `MEMCTX_REGISTRY` symbol and the registry's layout table) — this builds
-//! `examples/gdb_target.rs`, starts it, waits for it to write its own stats and print `READY`,
-//! then runs gdb in batch mode on the live process and on a core written with `gcore`, and checks
+//! `examples/gdb_target.rs` (a tree with contexts of every kind), starts it, waits for it to write
+//! its own stats and print `READY`, then runs gdb in batch mode on the live process and on a core
+//! written with `gcore`, and checks
 //! that the walker prints, for every thread, exactly the lines the program printed with
 //! `memctx::format_stats`, and (with the `cli` feature) that `memctx::leak` reads gdb's output as
 //! one snapshot with a tree per thread. It also checks that the walker refuses a registry with
@@ -290,6 +291,15 @@ fn check_profile(profile: &str) {
     let lines = || own.values().flat_map(|t| t.lines.iter());
     assert!(lines().any(|l| l.ends_with("...")));
     assert!(lines().any(|l| l.starts_with("    5 more child contexts containing ")));
+    // Every kind is in the trees: the walker reads each through its own entry of the script's
+    // kind table — a Bump context, and a Generation one whose freed chunks wait for their blocks.
+    let context = |name: &str| lines().find(|l| l.trim_start().starts_with(name)).cloned();
+    assert!(context("Caller tuples: ").is_some(), "no Bump context");
+    let fifo = context("ReorderBuffer: ").expect("no Generation context");
+    assert!(
+        !fifo.contains("(0 chunks)"),
+        "no freed Generation chunks: {fifo}"
+    );
 
     // One gdb session on the live process: the walk, the thread list, a core, then the refusals:
     // something that is not a registry (wrong magic), and a registry whose layout version the

@@ -26,11 +26,18 @@
 # corrupted memory, gives warnings (printed after the thread's tree), never a hang: every list walk
 # has a cycle check and a limit.
 #
-# Per context, as memctx's own stats do (src/aset.rs, `counters`): total = sum over the block list
-# of (end_ptr - block), blocks = length of the block list, free = the blocks' unused tails
-# (end_ptr - free_ptr) plus, for every chunk on the eleven freelists, its footprint
-# (chunk prefix + size class, rounded up to 16; class = 8 << list index), free chunks = the number
-# of freelist chunks; used = total - free.
+# Per context, as memctx's own stats do (each kind's `counters` in src/kinds/): total = sum over
+# the block list of (end_ptr - block), blocks = length of the block list, free = the blocks'
+# unused tails (end_ptr - free_ptr), used = total - free; then what the context's kind adds, from
+# the table `kinds` below (by the kind ids the registry publishes):
+#   AllocSet   -- every chunk on the eleven freelists: its footprint (chunk prefix + size class,
+#                 rounded up to 16; class = 8 << list index) is free, and it is a free chunk;
+#   Generation -- each block's count of freed chunks (at the offset the registry publishes):
+#                 free chunks whose bytes stay used until the block empties;
+#   Bump       -- nothing: its chunks are freed only by the reset;
+#   Slab       -- each block's count of free slots (at the offset the registry publishes): free
+#                 chunks; those past the unused tail, on the block's free list, are free bytes
+#                 too, a slot's footprint (published in the context's Slab state) each.
 
 import bisect
 import re
@@ -347,8 +354,9 @@ def scan_for_registry(inferior):
 
 
 def read_context(reg, addr, max_chunks, warnings):
-    """Reads one context header and computes its counters. Returns (node, first_child,
-    next_sibling, parent), or raises WalkError when the header is not a live context."""
+    """Reads one context header and computes its counters through its kind's entry of `kinds`.
+    Returns (node, first_child, next_sibling, parent), or raises WalkError when the header is not
+    a live context."""
     mem, lay = reg.mem, reg.layout
     if addr % 8:
         raise WalkError("misaligned context pointer 0x%x" % addr)
@@ -370,9 +378,75 @@ def read_context(reg, addr, max_chunks, warnings):
             raise WalkError("context 0x%x: ident length %d is implausible" % (addr, ident_len))
         node.ident = mem.read(ident_ptr, ident_len) if ident_len else b""
     label = "context 0x%x (%s)" % (addr, node.name.decode("utf-8", "replace"))
-    kind = mem.u32(buf, lay.kind)
+    kind_id = mem.u32(buf, lay.kind)
+    kind = kinds(lay).get(kind_id)
+    if kind is None:
+        warnings.append(
+            "%s: kind id %d is not one this script walks; free chunks not counted"
+            % (label, kind_id)
+        )
+        kind = Kind("unknown")
+    blocks = walk_blocks(reg, node, buf, kind, label, warnings)
+    if kind.context_free is not None:
+        kind.context_free(reg, node, buf, blocks, label, max_chunks, warnings)
+    return (
+        node,
+        mem.u64(buf, lay.first_child),
+        mem.u64(buf, lay.next_sibling),
+        mem.u64(buf, lay.parent),
+    )
 
-    # Blocks.
+
+class Kind:
+    """What the walker knows of a context kind, beyond the block list every kind shares (whose
+    blocks' unused tails are free bytes for every kind):
+
+    name          -- the kind's name, as memctx's stats print it in `type`;
+    block_free    -- None, or f(mem, layout, context header bytes, block header bytes, tail) ->
+                     (free bytes, free chunks) the block holds besides its unused tail of `tail`
+                     bytes;
+    context_free  -- None, or f(reg, node, context header bytes, blocks, label, max_chunks,
+                     warnings), adding to node.free / node.fchunks what the context keeps outside
+                     its blocks' tails (freelists)."""
+
+    def __init__(self, name, block_free=None, context_free=None):
+        self.name = name
+        self.block_free = block_free
+        self.context_free = context_free
+
+
+def kinds(lay):
+    """The kinds this script walks, by the ids the registry publishes."""
+    return {
+        # Freelists of freed chunks, their footprints free bytes.
+        lay.alloc_set_id: Kind("AllocSet", context_free=walk_freelists),
+        # A block's freed chunks wait for the block to empty: free chunks whose bytes stay used
+        # (PostgreSQL's GenerationStats).
+        lay.generation_id: Kind(
+            "Generation",
+            block_free=lambda mem, l, ctx, hdr, tail: (0, mem.u32(hdr, l.generation_nfree)),
+        ),
+        # Nothing is freed before the reset: the blocks' tails are all.
+        lay.bump_id: Kind("Bump"),
+        lay.slab_id: Kind("Slab", block_free=slab_block_free),
+    }
+
+
+def slab_block_free(mem, lay, ctx, hdr, tail):
+    """A Slab block's free slots: those never used are its unused tail, already counted; the
+    others are on its free list, a slot's footprint each (PostgreSQL's SlabStats counts both as
+    free chunks)."""
+    nfree = mem.u32(hdr, lay.slab_nfree)
+    footprint = mem.u64(ctx, lay.slab_footprint)
+    listed = max(0, nfree - tail // footprint) if footprint else 0
+    return listed * footprint, nfree
+
+
+def walk_blocks(reg, node, buf, kind, label, warnings):
+    """Walks the context's block list, adding every block to node's counters. Returns the blocks
+    as (start, end) pairs."""
+    mem, lay = reg.mem, reg.layout
+    addr = node.addr
     blocks, seen = [], set()
     b = mem.u64(buf, lay.blocks)
     while b:
@@ -407,50 +481,48 @@ def read_context(reg, addr, max_chunks, warnings):
         node.nblocks += 1
         node.total += end - b
         node.free += end - free_ptr
-        if kind == lay.generation_id:
-            # A Generation block's freed chunks wait for the block to empty: free chunks, whose
-            # bytes stay used (PostgreSQL's GenerationStats).
-            node.fchunks += mem.u32(hdr, lay.generation_nfree)
-        elif kind == lay.slab_id:
-            # A Slab block's free slots: those never used are its unused tail, counted above; the
-            # others are on its free list, a slot's footprint each (PostgreSQL's SlabStats counts
-            # both as free chunks).
-            nfree = mem.u32(hdr, lay.slab_nfree)
-            footprint = mem.u64(buf, lay.slab_footprint)
-            if footprint:
-                node.free += max(0, nfree - (end - free_ptr) // footprint) * footprint
-            node.fchunks += nfree
+        if kind.block_free is not None:
+            free, fchunks = kind.block_free(mem, lay, buf, hdr, end - free_ptr)
+            node.free += free
+            node.fchunks += fchunks
         b = mem.u64(hdr, lay.block_next)
+    return blocks
 
-    # Freelists. Chunk reads go through a cache of small windows of the blocks, so that chunks
-    # close to each other cost one read.
-    blocks.sort()
-    starts = [s for s, _ in blocks]
-    windows = {}
 
-    def chunk_bytes(start, n):
-        i = bisect.bisect_right(starts, start) - 1
-        if i < 0 or start + n > blocks[i][1]:
+class ChunkReader:
+    """Reads chunk bytes inside a context's blocks through a cache of small windows, so that
+    chunks close to each other cost one read."""
+
+    def __init__(self, mem, blocks):
+        self.mem = mem
+        self.blocks = sorted(blocks)
+        self.starts = [s for s, _ in self.blocks]
+        self.windows = {}
+
+    def read(self, start, n):
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i < 0 or start + n > self.blocks[i][1]:
             raise WalkError("not inside any of the context's blocks")
-        bstart, bend = blocks[i]
+        bstart, bend = self.blocks[i]
         w = max(bstart, start - start % CHUNK_WINDOW)
         if start + n > w + CHUNK_WINDOW:
-            return mem.read(start, n)
-        data = windows.get(w)
+            return self.mem.read(start, n)
+        data = self.windows.get(w)
         if data is None:
-            data = mem.read(w, min(CHUNK_WINDOW, bend - w))
-            windows[w] = data
+            data = self.mem.read(w, min(CHUNK_WINDOW, bend - w))
+            self.windows[w] = data
         return data[start - w : start - w + n]
 
+
+def walk_freelists(reg, node, buf, blocks, label, max_chunks, warnings):
+    """An AllocSet's eleven freelists: every chunk on them is a free chunk, its footprint free
+    bytes. A list that leaves the context's blocks, loops, or holds a chunk whose header is not a
+    free chunk of its class ends with a warning."""
+    mem, lay = reg.mem, reg.layout
+    chunks = ChunkReader(mem, blocks)
     prefix = lay.chunk_prefix
     counted = 0
-    # Bump, Generation and Slab contexts have no context-wide freelists: their free bytes and
-    # chunks were counted with their blocks above.
-    if kind not in (lay.alloc_set_id, lay.bump_id, lay.generation_id, lay.slab_id):
-        warnings.append(
-            "%s: kind id %d is not one this script walks; free chunks not counted" % (label, kind)
-        )
-    for idx in range(NUM_FREELISTS if kind == lay.alloc_set_id else 0):
+    for idx in range(NUM_FREELISTS):
         p = mem.u64(buf, lay.freelist + 8 * idx)
         fp = lay.footprint(idx)
         seen = set()
@@ -464,18 +536,8 @@ def read_context(reg, addr, max_chunks, warnings):
                 problem = "misaligned chunk 0x%x" % p
             else:
                 try:
-                    raw = chunk_bytes(p - prefix, prefix + 8)
-                    header = mem.u64(raw, 0)
-                    if (
-                        header & KIND_MASK != lay.alloc_set_id
-                        or header & EXTERNAL_BIT
-                        or (header >> VALUE_SHIFT) & VALUE_MASK != idx
-                    ):
-                        problem = "chunk 0x%x has header 0x%016x, not a free chunk of class %d" % (
-                            p,
-                            header,
-                            MIN_CLASS << idx,
-                        )
+                    raw = chunks.read(p - prefix, prefix + 8)
+                    problem = freelist_header_problem(lay, p, mem.u64(raw, 0), idx)
                 except WalkError as e:
                     problem = "chunk 0x%x: %s" % (p, e)
             if problem:
@@ -488,12 +550,21 @@ def read_context(reg, addr, max_chunks, warnings):
             node.fchunks += 1
             node.free += fp
             p = mem.u64(raw, prefix)
-    return (
-        node,
-        mem.u64(buf, lay.first_child),
-        mem.u64(buf, lay.next_sibling),
-        mem.u64(buf, lay.parent),
-    )
+
+
+def freelist_header_problem(lay, p, header, idx):
+    """None if `header` is that of a free AllocSet chunk of class `idx`, else what is wrong."""
+    if (
+        header & KIND_MASK != lay.alloc_set_id
+        or header & EXTERNAL_BIT
+        or (header >> VALUE_SHIFT) & VALUE_MASK != idx
+    ):
+        return "chunk 0x%x has header 0x%016x, not a free chunk of class %d" % (
+            p,
+            header,
+            MIN_CLASS << idx,
+        )
+    return None
 
 
 def walk_tree(reg, top, max_contexts, max_chunks):
