@@ -114,19 +114,19 @@ fn alloc_at_depth(depth: u32, n: usize) -> *mut u8 {
     }
 }
 
-/// The kinds of worker `index`'s cache and per-row contexts: the cache, where chunks are freed
-/// one by one, cycles through the kinds with `pfree`; the per-row context, only ever reset,
-/// through every kind. So eight workers run every kind at once.
+/// The kinds of worker `index`'s cache and per-row contexts, both of which take requests of any
+/// size: the cache, where chunks are freed one by one, cycles through such kinds with `pfree`;
+/// the per-row context, only ever reset, through all such kinds. (The scratch contexts take
+/// every kind in turn, Slab included.)
 fn worker_kinds(index: usize) -> (Kind, Kind) {
+    let any_size = |k: &Kind| k.fixed_size(BlockSizes::DEFAULT).is_none();
     let freeing: Vec<Kind> = kinds::ALL
         .iter()
         .copied()
-        .filter(|k| k.frees_chunks())
+        .filter(|k| any_size(k) && k.frees_chunks())
         .collect();
-    (
-        freeing[index % freeing.len()],
-        kinds::ALL[index % kinds::ALL.len()],
-    )
+    let rows: Vec<Kind> = kinds::ALL.iter().copied().filter(any_size).collect();
+    (freeing[index % freeing.len()], rows[index % rows.len()])
 }
 
 /// What a worker hands back: plain data only.
@@ -226,7 +226,8 @@ fn worker(index: usize, stop: &AtomicBool, until: Instant) -> WorkerResult {
             let kind = kinds::ALL[(steps / 128) as usize % kinds::ALL.len()];
             let scratch = kind.create(cache, "Scratch", BlockSizes::SMALL);
             for _ in 0..8 {
-                let _ = scratch.alloc(rng.below(600) as usize);
+                let n = rng.below(600) as usize;
+                let _ = scratch.alloc(kind.fixed_size(BlockSizes::SMALL).unwrap_or(n));
             }
             scratch.delete();
         }

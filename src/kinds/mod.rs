@@ -74,7 +74,7 @@ impl KindId {
     #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
     pub(crate) fn frees_by_pointer(self) -> bool {
         match self {
-            KindId::AllocSet | KindId::Generation => true,
+            KindId::AllocSet | KindId::Generation | KindId::Slab => true,
             KindId::Bump => false,
         }
     }

@@ -17,10 +17,12 @@ pub enum Kind {
     Generation,
     /// Freed only all at once (reset, delete); no chunk header in a release build.
     Bump,
+    /// Chunks of one size per context ([`Kind::fixed_size`]).
+    Slab,
 }
 
 /// Every kind, in the order selectors pick them (`ALL[sel % ALL.len()]`).
-pub const ALL: &[Kind] = &[Kind::AllocSet, Kind::Generation, Kind::Bump];
+pub const ALL: &[Kind] = &[Kind::AllocSet, Kind::Generation, Kind::Bump, Kind::Slab];
 
 impl Kind {
     /// The kind selector `sel` picks.
@@ -34,6 +36,7 @@ impl Kind {
             Kind::AllocSet => "AllocSet",
             Kind::Generation => "Generation",
             Kind::Bump => "Bump",
+            Kind::Slab => "Slab",
         }
     }
 
@@ -42,7 +45,7 @@ impl Kind {
     /// PostgreSQL's `GenerationStats` counts them); Bump has no free chunks.
     pub fn free_chunks_are_free_bytes(self) -> bool {
         match self {
-            Kind::AllocSet | Kind::Bump => true,
+            Kind::AllocSet | Kind::Bump | Kind::Slab => true,
             Kind::Generation => false,
         }
     }
@@ -51,8 +54,20 @@ impl Kind {
     /// whose chunks are all freed is rewound or given back.
     pub fn free_releases_blocks(self) -> bool {
         match self {
-            Kind::AllocSet | Kind::Bump => false,
+            Kind::AllocSet | Kind::Bump | Kind::Slab => false,
             Kind::Generation => true,
+        }
+    }
+
+    /// The one request size a context of this kind created with the preset `sizes` serves (a
+    /// request of another size is an error there), for a kind with fixed-size chunks (Slab: 64
+    /// bytes for `DEFAULT`, 24 for `SMALL`, 200 for `START_SMALL`); `None` when any size goes.
+    pub fn fixed_size(self, sizes: BlockSizes) -> Option<usize> {
+        match self {
+            Kind::AllocSet | Kind::Generation | Kind::Bump => None,
+            Kind::Slab if sizes == BlockSizes::DEFAULT => Some(64),
+            Kind::Slab if sizes == BlockSizes::SMALL => Some(24),
+            Kind::Slab => Some(200),
         }
     }
 
@@ -67,6 +82,10 @@ impl Kind {
             Kind::AllocSet => parent.new_child(name, sizes),
             Kind::Generation => parent.new_generation_child(name, sizes),
             Kind::Bump => parent.new_bump_child(name, sizes),
+            Kind::Slab => {
+                let chunk = self.fixed_size(sizes).expect("Slab has a chunk size");
+                parent.new_slab_child(name, sizes.max_block_size.min(8192), chunk)
+            }
         }
     }
 
@@ -76,7 +95,7 @@ impl Kind {
     /// or, for the last allocation only, through the safe API's `deallocate`.
     pub fn frees_chunks(self) -> bool {
         match self {
-            Kind::AllocSet | Kind::Generation => true,
+            Kind::AllocSet | Kind::Generation | Kind::Slab => true,
             Kind::Bump => false,
         }
     }

@@ -21,7 +21,8 @@
 //! (Bump) is never given to `pfree`, `repalloc`, `chunk_context` or `chunk_space`; its free is
 //! the safe API's `deallocate`, which takes back the last allocation only (the model predicts the
 //! free bytes it gives back), its grow the safe API's `grow`, and its shrink a copy into a new
-//! chunk of the same context.
+//! chunk of the same context. A context of one chunk size (Slab) gets every request and
+//! over-aligned request at that size, and its chunks are never resized.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -162,6 +163,8 @@ pub struct CtxModel {
     pub handle: MemoryContext,
     /// Its kind.
     pub kind: Kind,
+    /// Its one chunk size, if its kind has one (`Kind::fixed_size`).
+    pub fixed: Option<usize>,
     /// The chunk (id) allocated last in it, while it is the one the safe API's `deallocate` of a
     /// Bump context would take back; `None` when unknown.
     pub last: Option<u64>,
@@ -249,6 +252,7 @@ impl Runner {
             CtxModel {
                 handle: root,
                 kind: Kind::AllocSet,
+                fixed: None,
                 last: None,
                 parent: None,
                 touched: false,
@@ -367,8 +371,16 @@ impl Runner {
         self.chunks.len() - 1
     }
 
-    /// Allocates `size` bytes in context `ctx` (model id) and records the chunk.
+    /// The size a request of `size` bytes in context `ctx` (model id) becomes: the context's one
+    /// chunk size if its kind has one (Slab), else `size`.
+    pub fn size_in(&self, ctx: u32, size: usize) -> usize {
+        self.ctxs[&ctx].fixed.unwrap_or(size)
+    }
+
+    /// Allocates `size` bytes in context `ctx` (model id) — its one chunk size in a context of
+    /// one size ([`Runner::size_in`]) — and records the chunk.
     pub fn alloc_in(&mut self, ctx: u32, size: usize) -> usize {
+        let size = self.size_in(ctx, size);
         let p = self.handle(ctx).alloc(size).as_ptr();
         self.adopt(p, ctx, size, false, 16)
     }
@@ -555,6 +567,7 @@ impl Runner {
                     CtxModel {
                         handle,
                         kind,
+                        fixed: kind.fixed_size(sizes),
                         last: None,
                         parent: Some(parent),
                         touched: false,
@@ -567,14 +580,21 @@ impl Runner {
             }
             Op::AllocZero { ctx, size } => {
                 let ctx = self.pick_ctx(ctx);
-                let size = clamp(size);
+                let size = self.size_in(ctx, clamp(size));
                 let p = self.handle(ctx).alloc_zeroed(size).as_ptr();
                 self.adopt(p, ctx, size, true, 16);
             }
             Op::Palloc { size } => {
-                let size = clamp(size);
+                let size = self.size_in(self.current, clamp(size));
                 let p = memctx::palloc(size);
                 self.adopt(p, self.current, size, false, 16);
+            }
+            // An over-aligned request in a context of one chunk size would be a request of
+            // another size: a plain allocation of its size instead.
+            Op::AllocAligned { ctx, size, .. }
+                if self.ctxs[&self.pick_ctx(ctx)].fixed.is_some() =>
+            {
+                self.alloc_in(self.pick_ctx(ctx), clamp(size));
             }
             Op::AllocAligned { ctx, size, shift } => {
                 let ctx = self.pick_ctx(ctx);
@@ -588,7 +608,9 @@ impl Runner {
                 self.adopt(p, ctx, size, false, align);
             }
             Op::Realloc { chunk, size } => {
-                if let Some(i) = self.pick_chunk(chunk) {
+                // A chunk of a context of one chunk size cannot change size: skipped.
+                let i = self.pick_chunk(chunk);
+                if let Some(i) = i.filter(|&i| self.ctxs[&self.chunks[i].ctx].fixed.is_none()) {
                     self.realloc_index(i, clamp(size));
                 }
             }
