@@ -292,9 +292,12 @@ fn check_profile(profile: &str) {
     assert!(lines().any(|l| l.ends_with("...")));
     assert!(lines().any(|l| l.starts_with("    5 more child contexts containing ")));
     // Every kind is in the trees: the walker reads each through its own entry of the script's
-    // kind table — a Bump context, and a Generation one whose freed chunks wait for their blocks.
+    // kind table — a Bump context, a Slab one with freed slots, and a Generation one whose freed
+    // chunks wait for their blocks.
     let context = |name: &str| lines().find(|l| l.trim_start().starts_with(name)).cloned();
     assert!(context("Caller tuples: ").is_some(), "no Bump context");
+    let slab = context("Change: ").expect("no Slab context");
+    assert!(!slab.contains("(0 chunks)"), "no free Slab slots: {slab}");
     let fifo = context("ReorderBuffer: ").expect("no Generation context");
     assert!(
         !fifo.contains("(0 chunks)"),
