@@ -271,6 +271,30 @@ fn write_into_deleted_context_found_when_a_new_context_reuses_it() {
     );
 }
 
+/// The same reset, the write into the keeper's first chunk: the keeper stays with the context, and
+/// its chunks' history with it, so `check` names the chunk it was.
+#[test]
+fn write_into_the_keeper_of_a_reset_found_by_check() {
+    let ctx = MemoryContext::top().new_child("KeeperRow", BlockSizes::SMALL);
+    let mut stale = 0usize;
+    let r = one(collect(|| {
+        let first = fill(ctx, 40, 200)[0];
+        stale = first as usize;
+        ctx.reset();
+        unsafe { first.add(9).write(8) };
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree, "{r}");
+    assert_eq!(r.context_path, ["TopMemoryContext", "KeeperRow"]);
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, Some(stale));
+    assert_eq!(r.requested, Some(200));
+    assert_eq!(r.range, Some((9, 10)));
+    assert!(r.detail.contains("released by a reset"), "{r}");
+    assert_first_frame(&r.alloc_backtrace(), "fill", "allocation");
+    ctx.delete();
+}
+
 /// A deleted context's keeper that a new context took is the new context's memory: `check` no
 /// longer verifies it as released memory, so the new context's data is neither reported nor
 /// overwritten with the freed pattern.
