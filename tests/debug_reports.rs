@@ -979,3 +979,32 @@ fn write_right_after_an_intact_class_end_is_a_wild_write() {
         )
     );
 }
+
+/// `pfree` of a chunk whose block header's context field was overwritten: the chunk is judged by
+/// the block registry's owner, not through the damaged field, and the damage is reported, the
+/// chunk not freed.
+#[test]
+fn pfree_in_a_block_whose_context_field_was_overwritten_is_reported() {
+    const BEFORE_FIRST: usize = 64; // as in `overwritten_block_header_is_found_by_check`
+    let ctx = new_ctx("BlockFieldCtx");
+    let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
+    let q = ctx.alloc(16).as_ptr();
+    let block = unsafe { p.sub(memctx::chunk_prefix_size() + BEFORE_FIRST) } as *mut usize;
+    let kept = unsafe { block.read() };
+    unsafe { block.write(kept + 64) };
+    let r = one(collect(|| unsafe { pfree(q) }));
+    unsafe { block.write(kept) };
+    assert_eq!(r.class, BugClass::WildWrite, "{r}");
+    assert_eq!(r.context, "BlockFieldCtx");
+    assert_eq!(r.found_at, "pfree");
+    assert_eq!(
+        r.detail,
+        format!("the header of block {block:p} was overwritten")
+    );
+    // Not freed: `q` is still a live chunk of the context.
+    let live: u64 = ctx.sites(false, 10).iter().map(|s| s.count as u64).sum();
+    assert_eq!(live, 2);
+    assert_eq!(ctx.check(), 0);
+    unsafe { pfree(q) };
+    ctx.delete();
+}

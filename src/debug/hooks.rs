@@ -915,9 +915,14 @@ unsafe fn classify_in_block(
     // SAFETY: `block` is a registered block of this thread (caller), so its header is readable,
     // and the header and record read below lie between its first chunk's data and `end`.
     unsafe {
-        let first_data = kinds::first_chunk(block) as usize + CHUNK_PREFIX;
+        // The owner's kind, from the registry: the block's own context field may be the damage.
+        let first_data = kinds::first_chunk_of((*owner).kind, block) as usize + CHUNK_PREFIX;
         if addr % crate::chunk::CHUNK_ALIGN != 0 || addr < first_data || addr >= end {
             return not_a_live_chunk(owner, block, addr, op);
+        }
+        // The operation finds its context through this field: refuse it when it lies.
+        if (*block).context != owner {
+            return Err(verify::block_header_damage(owner, block, op));
         }
         let hdr = peek_header(ptr);
         if ChunkKind::from_id(hdr.kind_id()) == Some(ChunkKind::AlignedRedirect) {

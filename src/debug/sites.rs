@@ -49,7 +49,7 @@ pub(crate) unsafe fn collect(ctx: *mut ContextHeader, acc: &mut SiteTotals) {
         let mut block = (*ctx).blocks;
         while !block.is_null() {
             let (free, end) = ((*block).free_ptr, (*block).end_ptr);
-            if free >= kinds::first_chunk(block) && free <= end {
+            if free >= kinds::first_chunk_of((*ctx).kind, block) && free <= end {
                 let _ = kinds::walk_block((*ctx).kind, block, |w| {
                     // Under Valgrind or ASan the record is closed to everyone but the allocator:
                     // open it around the read, as the verification walk does.

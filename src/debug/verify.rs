@@ -783,18 +783,30 @@ unsafe fn block_header_sane(
     found_at: &str,
     out: &mut Vec<Report>,
 ) -> bool {
-    // SAFETY: `block` is on `ctx`'s list (caller), and `ctx` is live, so its name is readable
-    // for the report.
+    // SAFETY: `block` is on `ctx`'s list (caller), and `ctx` is live.
     unsafe {
         let ok = header_agrees(ctx, block).unwrap_or(true);
         if !ok {
-            out.push(
-                Report::at(BugClass::WildWrite, found_at)
-                    .context(ctx)
-                    .detail(format!("the header of block {block:p} was overwritten")),
-            );
+            out.push(block_header_damage(ctx, block, found_at));
         }
         ok
+    }
+}
+
+/// The report of a block header of `ctx` found overwritten: a wild write, naming the block.
+///
+/// # Safety
+/// `ctx` must be a live context (its name is read).
+pub(crate) unsafe fn block_header_damage(
+    ctx: *mut ContextHeader,
+    block: *mut Block,
+    found_at: &str,
+) -> Report {
+    // SAFETY: `ctx` is live (caller).
+    unsafe {
+        Report::at(BugClass::WildWrite, found_at)
+            .context(ctx)
+            .detail(format!("the header of block {block:p} was overwritten"))
     }
 }
 
