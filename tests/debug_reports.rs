@@ -1002,7 +1002,7 @@ fn pfree_in_a_block_whose_context_field_was_overwritten_is_reported() {
         format!("the header of block {block:p} was overwritten")
     );
     // Not freed: `q` is still a live chunk of the context.
-    let live: u64 = ctx.sites(false, 10).iter().map(|s| s.count as u64).sum();
+    let live: u64 = ctx.sites(false, 10).iter().map(|s| s.count).sum();
     assert_eq!(live, 2);
     assert_eq!(ctx.check(), 0);
     unsafe { pfree(q) };
