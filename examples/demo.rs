@@ -13,10 +13,20 @@
 //!     relation info: <name>   one small child per cached relation, named by its identifier
 //!   TopTransactionContext     lives as long as the transaction: reset at commit
 //!   MessageContext            the query string of the current message: reset per message
+//!   ReorderBuffer             the changes of recent queries, kept for a while (decoding)
+//!     Tuples                  a Generation context: changes queued in order, oldest freed first
 //!   PortalContext             the running query: deleted when it ends
 //!     ExecutorState           executor state for the query
+//!       TupleSort main        the ORDER BY's sort state
+//!         Caller tuples       a Bump context: the tuples being sorted, freed all at once
 //!       ExprContext           per-row memory, reset after every row
 //! ```
+//!
+//! Three context kinds, each where PostgreSQL 17 uses it: AllocSets for most contexts, a Bump
+//! context for the sort's tuples (as `tuplesort.c` does: sort tuples are never freed one by one),
+//! and a Generation context for the queue of changes (as the reorder buffer's `Tuples`: freed in
+//! about the order they were allocated, so its blocks empty and are reused). The demo prints which
+//! context is of which kind after the first tree.
 //!
 //! and runs a session of `N` queries (default 200) of 1,000 rows each. It prints the tree in
 //! PostgreSQL's `MemoryContextStats` format at the end of the first query and after the last one.
@@ -37,6 +47,7 @@
 
 use core::ffi::CStr;
 use core::fmt::Write as _;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +89,10 @@ struct Relation {
 /// The relation cache: a hashbrown map whose table and keys live in CacheMemoryContext.
 type RelCache<'a> =
     HashMap<PString<&'a PinnedContext>, Relation, hashbrown::DefaultHashBuilder, &'a PinnedContext>;
+
+/// The aggregate's groups: a hashbrown map in ExecutorState from customer to sum(amount).
+type Groups<'a> =
+    HashMap<PString<&'a PinnedContext>, i64, hashbrown::DefaultHashBuilder, &'a PinnedContext>;
 
 /// The command line.
 struct Args {
@@ -156,6 +171,7 @@ fn main() {
     // Per-transaction and per-message memory, as a backend sets them up.
     let transaction = top.new_child("TopTransactionContext", BlockSizes::DEFAULT);
     let message = top.new_child("MessageContext", BlockSizes::DEFAULT);
+    let mut changes = ChangeQueue::new(top);
     let mut plans = PlanCache {
         cache,
         last_plan: core::ptr::null_mut(),
@@ -170,7 +186,7 @@ fn main() {
             let _guard = message.switch_to();
             memctx::pstrdup(&format!(
                 "SELECT customer, sum(amount) FROM orders WHERE amount > {threshold} \
-                 GROUP BY customer"
+                 GROUP BY customer ORDER BY 2 DESC"
             ))
         };
         // SAFETY: `query` is a NUL-terminated string in MessageContext, alive until its reset.
@@ -185,12 +201,14 @@ fn main() {
         let portal = top.new_child("PortalContext", BlockSizes::DEFAULT);
         let executor = portal.new_child("ExecutorState", BlockSizes::DEFAULT);
         let per_row = executor.new_child("ExprContext", BlockSizes::DEFAULT);
-        let (n, ngroups, total) = run_query(executor, per_row, &relcache, threshold as i64);
+        let (n, ngroups, total, first) = run_query(executor, per_row, &relcache, threshold as i64);
         rows += n;
+        changes.push_query(q, total);
         if q == 0 {
             println!("query: {}", query_text.to_string_lossy());
-            println!("{n} rows in {ngroups} groups, sum(amount) = {total}\n");
+            println!("{n} rows in {ngroups} groups, sum(amount) = {total}, first: {first}\n");
             print_tree("at the end of the first query (portal still open)", top);
+            print_kinds(top);
         }
 
         // Keep the plan for reuse (this is where the leak is).
@@ -324,22 +342,22 @@ fn build_relcache<'a>(cache: MemoryContext, cache_mem: &'a PinnedContext) -> Rel
 }
 
 /// Runs the toy query `SELECT customer, sum(amount) FROM orders WHERE amount > threshold GROUP BY
-/// customer` over `ROWS_PER_QUERY` generated rows, evaluating each row in the per-row context and
-/// aggregating in ExecutorState. Returns the number of rows, the number of groups and the sum of
-/// `amount`.
+/// customer ORDER BY 2 DESC` over `ROWS_PER_QUERY` generated rows, evaluating each row in the
+/// per-row context, aggregating in ExecutorState and sorting the groups ([`sort_groups`]). Returns
+/// the number of rows, the number of groups, the sum of `amount` and the first customer.
 fn run_query(
     executor: MemoryContext,
     per_row: MemoryContext,
     relcache: &RelCache,
     threshold: i64,
-) -> (u64, usize, i64) {
+) -> (u64, usize, i64, String) {
     let orders = &relcache["orders"];
     let ncolumns = orders.columns.len();
     assert_eq!(orders.columns[2].as_str(), "amount");
 
     // The aggregate's state lives as long as the query: a map in ExecutorState.
     let exec_mem = executor.pin();
-    let mut groups = HashMap::new_in(&exec_mem);
+    let mut groups: Groups = HashMap::new_in(&exec_mem);
 
     let mut total = 0i64;
     for row in 0..ROWS_PER_QUERY {
@@ -376,7 +394,119 @@ fn run_query(
             total += amount;
         });
     }
-    (ROWS_PER_QUERY, groups.len(), total)
+    let first = sort_groups(executor, &groups);
+    (ROWS_PER_QUERY, groups.len(), total, first)
+}
+
+/// A sort tuple: a group's sum and its key, copied into the sort's Bump context.
+#[repr(C)]
+struct SortTuple {
+    sum: i64,
+    key_len: usize,
+    // The key's bytes follow.
+}
+
+/// `ORDER BY sum DESC` over the groups, as PostgreSQL 17's tuplesort does it: the sort state in
+/// "TupleSort main", each group copied into a tuple of "Caller tuples", a Bump context (tuples are
+/// never freed one by one, so a pointer bump is all an allocation costs), and the array of tuple
+/// pointers sorted. The sort's contexts go with ExecutorState. Returns the first tuple's key.
+fn sort_groups(executor: MemoryContext, groups: &Groups) -> String {
+    let sort = executor.new_child("TupleSort main", BlockSizes::DEFAULT);
+    let tuples = sort.new_bump_child("Caller tuples", BlockSizes::DEFAULT);
+    let sort_mem = sort.pin();
+    let mut array: PVec<*const SortTuple, _> = PVec::with_capacity_in(groups.len(), &sort_mem);
+    for (key, &sum) in groups {
+        let t = tuples.alloc(size_of::<SortTuple>() + key.len()).as_ptr() as *mut SortTuple;
+        // SAFETY: `t` has room for the tuple and its key, and is 16-aligned.
+        unsafe {
+            t.write(SortTuple {
+                sum,
+                key_len: key.len(),
+            });
+            (t.add(1) as *mut u8).copy_from_nonoverlapping(key.as_ptr(), key.len());
+        }
+        array.push(t);
+    }
+    // SAFETY: every pointer is a tuple written above, alive until ExecutorState goes.
+    array.sort_by_key(|&t| core::cmp::Reverse(unsafe { (*t).sum }));
+    let first = array.first().map(|&t| {
+        // SAFETY: as above; the key's bytes follow the tuple.
+        let key = unsafe { core::slice::from_raw_parts(t.add(1) as *const u8, (*t).key_len) };
+        String::from_utf8_lossy(key).into_owned()
+    });
+    first.unwrap_or_default()
+}
+
+/// Changes a query made, kept in order until they are old enough to go — the shape of
+/// PostgreSQL's reorder buffer, whose `Tuples` context is a Generation context: chunks allocated
+/// in order and freed oldest first, so a block whose chunks are all freed is reused whole.
+struct ChangeQueue {
+    tuples: MemoryContext,
+    queue: VecDeque<*mut u8>,
+}
+
+/// Changes a query queues: one per group it produced.
+const CHANGES_PER_QUERY: u64 = 32;
+/// Changes the queue holds before it frees the oldest: those of the last four queries.
+const CHANGES_KEPT: usize = 4 * CHANGES_PER_QUERY as usize;
+
+impl ChangeQueue {
+    /// "ReorderBuffer" under `top`, with its Generation context "Tuples".
+    fn new(top: MemoryContext) -> ChangeQueue {
+        let buffer = top.new_child("ReorderBuffer", BlockSizes::DEFAULT);
+        ChangeQueue {
+            tuples: buffer.new_generation_child("Tuples", BlockSizes::DEFAULT),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Queues the changes of query `q` (records whose sizes vary) and frees the oldest changes
+    /// beyond [`CHANGES_KEPT`].
+    fn push_query(&mut self, q: u64, total: i64) {
+        for i in 0..CHANGES_PER_QUERY {
+            self.push(q * CHANGES_PER_QUERY + i, total);
+        }
+    }
+
+    /// Queues change number `n` and frees the oldest change beyond [`CHANGES_KEPT`].
+    fn push(&mut self, n: u64, total: i64) {
+        let size = 64 + (n as usize * 53) % 400;
+        let change = self.tuples.alloc(size).as_ptr();
+        // SAFETY: `change` has `size` bytes, room for the record's two words.
+        unsafe {
+            change.write_bytes(0, size);
+            (change as *mut [u64; 2]).write([n, total as u64]);
+        }
+        self.queue.push_back(change);
+        if self.queue.len() > CHANGES_KEPT {
+            let oldest = self.queue.pop_front().expect("more than CHANGES_KEPT");
+            // SAFETY: a live chunk of `tuples`, freed once.
+            unsafe { memctx::pfree(oldest) };
+        }
+    }
+}
+
+/// Prints which context of the tree under `top` is of which kind, as `pg_backend_memory_contexts`
+/// shows it in its `type` column: the contexts that are not AllocSets by name, the AllocSets
+/// counted.
+fn print_kinds(top: MemoryContext) {
+    let mut others = Vec::new();
+    let mut allocsets = 0;
+    let tree = top.stats();
+    let mut stack = vec![&tree];
+    while let Some(node) = stack.pop() {
+        if node.kind == "AllocSet" {
+            allocsets += 1;
+        } else {
+            others.push(format!("{} ({})", node.name, node.kind));
+        }
+        stack.extend(&node.children);
+    }
+    others.sort();
+    println!(
+        "Context kinds: {}, and {allocsets} AllocSets\n",
+        others.join(", ")
+    );
 }
 
 /// Prints the stats tree of `top` to stdout in PostgreSQL's `MemoryContextStats` format.
