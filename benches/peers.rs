@@ -41,6 +41,8 @@
 //!   for the arenas the reset, amortised over the inserts).
 //! - `slab-churn`: 4096 live 64-byte objects, each step frees a random one and allocates one in
 //!   its place; memctx in a Slab context (module `slab_churn`).
+//! - `fifo`: a queue of 4096 live chunks; each step frees the oldest and allocates 16..=512 bytes.
+//!   memctx: `palloc`/`pfree` in a Generation context (module `fifo`).
 //! - `reset`: a table of reset times for contexts of different numbers of chunks and blocks.
 //! - `backtrace-capture`: the cost of one backtrace capture (debug build only).
 //! - bounds (churn and per-row, release build): stand-ins — memctx's release build plus only the
@@ -69,6 +71,8 @@
 mod bounds;
 #[path = "peers/slab_churn.rs"]
 mod slab_churn;
+#[path = "peers/fifo.rs"]
+mod fifo;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -1426,12 +1430,13 @@ fn main() {
         if cfg.quick { ", quick" } else { "" }
     );
 
-    let workloads: [Workload; 5] = [
+    let workloads: [Workload; 6] = [
         ("churn", bench_churn),
         ("per-row", bench_per_row),
         ("grow", bench_grow),
         ("hashmap", bench_hashmap),
         ("slab-churn", slab_churn::bench_slab_churn),
+        ("fifo", fifo::bench_fifo),
     ];
     let results: Vec<_> = workloads
         .iter()

@@ -141,41 +141,52 @@ fn emptied_keeper_and_current_block_are_rewound() {
 }
 
 /// A block emptied while another is current becomes the one spare block, which the next
-/// allocation that does not fit the current block takes instead of a new block; a block emptied
-/// while there is a spare goes back to the system.
+/// allocation that does not fit the current block takes instead of a new block. Of two emptied
+/// blocks the larger stays the spare and the smaller goes back to the system.
 #[test]
 fn emptied_blocks_are_kept_as_the_spare_or_released() {
     let ctx = generation("spare");
-    // Keeper (8 KiB), then 8, 16 and 32 KiB blocks; the last one current with one chunk.
-    let groups = fill_blocks(ctx, 500, 4, 1);
+    // Keeper (8 KiB), then 8, 16, 32 and 64 KiB blocks; the last one current with one chunk.
+    let groups = fill_blocks(ctx, 500, 5, 1);
     let sizes = |c: MemoryContext| (c.counters().total_nblocks, c.mem_allocated(false));
-    assert_eq!(sizes(ctx), (4, 8192 * 8));
+    assert_eq!(sizes(ctx), (5, 8192 * 16));
+    let tail = |block: u64, group: usize| {
+        block - BLOCK_START - footprint(500) * groups[group].len() as u64
+    };
 
-    // The 8 KiB block empties first: kept whole as the spare.
-    pfree_all(&groups[1]);
-    let c = ctx.counters();
-    assert_eq!(sizes(ctx), (4, 8192 * 8));
-    let tails = c.free_bytes;
-    assert_eq!(c.free_chunks, 0, "an emptied block counts nothing");
-
-    // The 16 KiB block empties while the spare is taken: given back.
+    // The 16 KiB block empties first: kept whole as the spare.
+    let free_before = ctx.counters().free_bytes;
     pfree_all(&groups[2]);
-    assert_eq!(sizes(ctx), (3, 8192 * 6));
-    let tail_16k = 16384 - BLOCK_START - footprint(500) * groups[2].len() as u64;
-    assert_eq!(ctx.counters().free_bytes, tails - tail_16k);
+    let c = ctx.counters();
+    assert_eq!(sizes(ctx), (5, 8192 * 16));
+    assert_eq!(c.free_chunks, 0, "an emptied block counts nothing");
+    assert_eq!(
+        c.free_bytes,
+        free_before - tail(16384, 2) + (16384 - BLOCK_START)
+    );
+
+    // The 8 KiB block empties: smaller than the spare, given back.
+    pfree_all(&groups[1]);
+    assert_eq!(sizes(ctx), (4, 8192 * 15));
+    // The 32 KiB block empties: larger, it becomes the spare and the 16 KiB one goes back.
+    pfree_all(&groups[3]);
+    assert_eq!(sizes(ctx), (3, 8192 * 13));
+    let c = ctx.counters();
+    assert_eq!(
+        c.free_bytes,
+        tail(8192, 0) + (32768 - BLOCK_START) + tail(65536, 4)
+    );
 
     // Fill the current block to its end: the next chunk comes from the spare's first chunk,
     // with no new block.
-    let room = ctx.counters().free_bytes;
-    let spare_tail = 8192 - BLOCK_START;
-    let keeper_tail = 8192 - BLOCK_START - footprint(500) * groups[0].len() as u64;
-    let mut current_tail = room - spare_tail - keeper_tail;
+    let mut current_tail = tail(65536, 4);
     while current_tail >= footprint(500) {
         ctx.alloc(500);
         current_tail -= footprint(500);
     }
-    assert_eq!(ctx.alloc(500).as_ptr(), groups[1][0]);
-    assert_eq!(sizes(ctx), (3, 8192 * 6));
+    assert_eq!(ctx.alloc(500).as_ptr(), groups[3][0]);
+    assert_eq!(sizes(ctx), (3, 8192 * 13));
+    assert_eq!(ctx.check(), 0);
     ctx.delete();
 }
 
@@ -273,7 +284,7 @@ fn fifo_reaches_a_steady_state() {
     let ctx = generation("ReorderBufferChanges");
     let mut live = std::collections::VecDeque::new();
     let mut peak = 0;
-    for i in 0..60_000usize {
+    for i in 0..30_000usize {
         let size = 16 + (i * 7919) % 497;
         let p = ctx.alloc(size).as_ptr();
         unsafe { p.write_bytes(i as u8, size) };
@@ -287,7 +298,7 @@ fn fifo_reaches_a_steady_state() {
             );
             unsafe { memctx::pfree(p) };
         }
-        if i == 30_000 {
+        if i == 15_000 {
             peak = ctx.mem_allocated(false);
         }
     }

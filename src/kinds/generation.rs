@@ -11,10 +11,10 @@
 //!
 //! * the keeper block and the current block are rewound in place (their free pointer goes back to
 //!   the first chunk);
-//! * otherwise the block becomes the context's one *spare* block (PostgreSQL's `freeblock`) if it
-//!   has none, which the next allocation that does not fit the current block takes over instead of
-//!   a new block — a FIFO workload then cycles between blocks without calling the system;
-//! * otherwise it goes back to the system.
+//! * any other block becomes the context's one *spare* block (PostgreSQL's `freeblock`), which the
+//!   next allocation that does not fit the current block takes over instead of a new block — a
+//!   FIFO workload then cycles between blocks without calling the system. When there is a spare
+//!   already, the larger of the two stays and the smaller goes back to the system.
 //!
 //! Allocation is the fast path: a compare of the request against the current block's free space,
 //! a pointer bump, a header and one count, all on the block's first cache line. Taking the spare or
@@ -299,17 +299,18 @@ pub(crate) unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
     // its context and whose counts count it.
     unsafe {
         let block = chunk::block_of(data, hdr);
-        let ctx = (*block).context;
         if hdr.is_external() {
-            return free_large(ctx, block, data);
+            return free_large((*block).context, block, data);
         }
-        hooks::chunk_freed(ctx, data, capacity_of(hdr));
+        // The owner is read where it is used: a release build's hooks do nothing, so the common
+        // case touches the chunk's header and its block's counts only.
+        hooks::chunk_freed((*block).context, data, capacity_of(hdr));
         // A freed chunk is never linked anywhere: its first word keeps the freed pattern.
         hooks::freelist_close(data);
         let c = counts(block);
         (*c).nfree += 1;
         if (*c).nfree == (*c).nchunks {
-            block_emptied(ctx, block);
+            block_emptied((*block).context, block);
         }
     }
 }
@@ -335,30 +336,53 @@ unsafe fn free_large(ctx: *mut ContextHeader, block: *mut Block, data: *mut u8) 
     }
 }
 
-/// Every chunk of `block` is freed: the keeper and the current block are rewound, another block
-/// becomes the spare if there is none, and any other goes back to the system.
+/// Every chunk of `block` is freed: the keeper and the current block are rewound; of any other
+/// block and the spare, the larger is kept as the spare and the smaller goes back to the system.
+///
+/// PostgreSQL keeps the first block that empties as its spare and frees later ones; memctx keeps
+/// the larger, since a small early block held as the spare would have every later, full-sized
+/// block given back and taken anew (a fresh mapping, its pages faulted in again) once per cycle of
+/// a FIFO workload.
 ///
 /// # Safety
 /// `block` must be a shared block of the live Generation context `ctx` whose chunks are all freed.
 #[cold]
 #[inline(never)]
 unsafe fn block_emptied(ctx: *mut ContextHeader, block: *mut Block) {
-    // SAFETY: the caller promises a block of `ctx` that holds no live chunk, so rewinding it or
-    // giving it back frees nothing in use.
+    // SAFETY: the caller promises a block of `ctx` that holds no live chunk, and the spare holds
+    // none either, so rewinding or giving back either frees nothing in use.
     unsafe {
         let state = &mut (*ctx).state.generation;
-        let keep = block == (*ctx).keeper || block == state.current || state.spare.is_null();
-        hooks::block_emptied(ctx, block, keep);
-        if keep {
-            if block != (*ctx).keeper && block != state.current {
-                state.spare = block;
-            }
-            rewind(block);
+        if block == (*ctx).keeper || block == state.current {
+            keep_emptied(ctx, block);
         } else {
-            kinds::free_block(ctx, block);
+            let spare = state.spare;
+            let (keep, give) = if spare.is_null() || (*block).size() > (*spare).size() {
+                (block, spare)
+            } else {
+                (spare, block)
+            };
+            if keep == block {
+                keep_emptied(ctx, block);
+                (*ctx).state.generation.spare = block;
+            }
+            if !give.is_null() {
+                hooks::block_emptied(ctx, give, false);
+                kinds::free_block(ctx, give);
+            }
         }
         hooks::emptied_block_settled();
     }
+}
+
+/// Keeps the emptied `block` for reuse: rewound.
+///
+/// # Safety
+/// As [`block_emptied`].
+unsafe fn keep_emptied(ctx: *mut ContextHeader, block: *mut Block) {
+    hooks::block_emptied(ctx, block, true);
+    // SAFETY: the caller promises a block of `ctx` with no live chunk.
+    unsafe { rewind(block) };
 }
 
 /// Makes `block` empty: no chunks, its whole space free (PostgreSQL's `GenerationBlockMarkEmpty`).
