@@ -29,34 +29,12 @@ fn footprint(size: usize) -> u64 {
     ((prefix + need).div_ceil(16) * 16) as u64
 }
 
+#[path = "common/blocks.rs"]
+mod blocks;
+use blocks::{fill_blocks, pfree_all};
+
 fn generation(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_generation_child(name, BlockSizes::DEFAULT)
-}
-
-/// Allocates chunks of `size` bytes until the context holds `blocks` blocks and the last one has
-/// `extra` chunks; returns the chunks grouped by the block they were carved from (the count of
-/// blocks grows exactly when a chunk needs a new one).
-fn fill_blocks(ctx: MemoryContext, size: usize, blocks: u64, extra: usize) -> Vec<Vec<*mut u8>> {
-    let mut groups: Vec<Vec<*mut u8>> = vec![Vec::new()];
-    let mut nblocks = ctx.counters().total_nblocks;
-    loop {
-        let p = ctx.alloc(size).as_ptr();
-        let now = ctx.counters().total_nblocks;
-        if now != nblocks {
-            groups.push(Vec::new());
-            nblocks = now;
-        }
-        groups.last_mut().unwrap().push(p);
-        if nblocks == blocks && groups.last().unwrap().len() == extra {
-            return groups;
-        }
-    }
-}
-
-fn pfree_all(chunks: &[*mut u8]) {
-    for &p in chunks {
-        unsafe { memctx::pfree(p) };
-    }
 }
 
 #[test]

@@ -16,6 +16,10 @@ use memctx::{pfree, BlockSizes, MemoryContext};
 mod reports;
 use reports::{collect, one};
 
+#[path = "common/blocks.rs"]
+mod blocks;
+use blocks::{fill_blocks, pfree_all};
+
 /// Asserts that the first user frame of `frames` is the function `name` of this file, at `line`
 /// when given.
 fn assert_frame(frames: &[debug::Frame], name: &str, line: Option<u32>, what: &str) {
@@ -27,32 +31,6 @@ fn assert_frame(frames: &[debug::Frame], name: &str, line: Option<u32>, what: &s
 
 fn generation(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_generation_child(name, BlockSizes::DEFAULT)
-}
-
-/// Allocates chunks of `size` until the context holds `blocks` blocks; returns the chunks of the
-/// blocks before the last (the last chunk is the first of the newest block), by block.
-fn fill_blocks(ctx: MemoryContext, size: usize, blocks: u64) -> Vec<Vec<*mut u8>> {
-    let mut groups: Vec<Vec<*mut u8>> = vec![Vec::new()];
-    let mut nblocks = ctx.counters().total_nblocks;
-    loop {
-        let p = ctx.alloc(size).as_ptr();
-        let now = ctx.counters().total_nblocks;
-        if now != nblocks {
-            if now == blocks {
-                groups.push(vec![p]);
-                return groups;
-            }
-            groups.push(Vec::new());
-            nblocks = now;
-        }
-        groups.last_mut().unwrap().push(p);
-    }
-}
-
-fn pfree_all(chunks: &[*mut u8]) {
-    for &p in chunks {
-        unsafe { pfree(p) };
-    }
 }
 
 /// Checks the write-after-free report `r` of one byte written at `offset` of the `requested`-byte
@@ -169,7 +147,7 @@ fn write_after_pfree_found_when_the_block_empties() {
     let ctx = generation("GenEmptying");
     let mut stale = core::ptr::null_mut();
     let r = one(collect(|| {
-        let groups = fill_blocks(ctx, 1000, 3);
+        let groups = fill_blocks(ctx, 1000, 3, 1);
         stale = groups[1][2];
         unsafe { pfree(stale) };
         unsafe { stale.add(100).write(b'!') };
@@ -189,7 +167,7 @@ fn write_into_the_spare_block_found_at_reuse() {
     let ctx = generation("GenSpare");
     let (mut stale, mut freed_at) = (core::ptr::null_mut(), 0);
     let r = one(collect(|| {
-        let groups = fill_blocks(ctx, 700, 3);
+        let groups = fill_blocks(ctx, 700, 3, 1);
         let spare = &groups[1];
         stale = spare[0];
         pfree_all(&spare[1..]);
@@ -211,7 +189,12 @@ fn write_into_the_spare_block_found_at_reuse() {
     assert_write_after_free(&r, stale, 700, 5, "reuse");
     assert_eq!(r.context, "GenSpare");
     assert!(r.detail.contains("last pfree of its block"), "{r}");
-    assert_frame(&r.alloc_backtrace(), "fill_blocks", None, "allocation");
+    assert_frame(
+        &r.alloc_backtrace(),
+        "blocks::fill_blocks",
+        None,
+        "allocation",
+    );
     assert_frame(
         &r.free_backtrace(),
         "write_into_the_spare_block_found_at_reuse",
@@ -229,7 +212,7 @@ fn write_into_a_given_back_block_found_by_check() {
     let ctx = parent.new_generation_child("GenGone", BlockSizes::DEFAULT);
     let mut stale = core::ptr::null_mut();
     let r = one(collect(|| {
-        let groups = fill_blocks(ctx, 900, 4);
+        let groups = fill_blocks(ctx, 900, 4, 1);
         pfree_all(&groups[2]); // the 16 KiB block: the spare
         stale = groups[1][1];
         pfree_all(&groups[1]); // the 8 KiB block: given back
@@ -243,7 +226,12 @@ fn write_into_a_given_back_block_found_by_check() {
         r.detail.contains("last pfree in a block of \"GenGone\""),
         "{r}"
     );
-    assert_frame(&r.alloc_backtrace(), "fill_blocks", None, "allocation");
+    assert_frame(
+        &r.alloc_backtrace(),
+        "blocks::fill_blocks",
+        None,
+        "allocation",
+    );
     parent.delete();
 }
 
@@ -298,7 +286,7 @@ fn double_free_after_the_block_was_given_back() {
     let ctx = generation("GenDoubleGone");
     let mut twice = core::ptr::null_mut();
     let r = one(collect(|| {
-        let groups = fill_blocks(ctx, 900, 4);
+        let groups = fill_blocks(ctx, 900, 4, 1);
         pfree_all(&groups[2]); // the spare
         twice = groups[1][0];
         pfree_all(&groups[1]); // given back
