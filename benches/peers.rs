@@ -69,10 +69,10 @@
 
 #[path = "peers/bounds.rs"]
 mod bounds;
-#[path = "peers/slab_churn.rs"]
-mod slab_churn;
 #[path = "peers/fifo.rs"]
 mod fifo;
+#[path = "peers/slab_churn.rs"]
+mod slab_churn;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
