@@ -245,3 +245,40 @@ fn a_free_through_another_context_is_a_wrong_context() {
     owner.delete();
     other.delete();
 }
+
+/// A block whose last chunk is freed is rewound for reuse: its freed chunks are verified first,
+/// so a write through a pointer kept past its `pfree` is found at that last `pfree` (and the
+/// slot, carved again, holds no trace of it).
+#[test]
+fn write_after_free_found_when_the_block_empties() {
+    let ctx = slab("SlabEmptied");
+    let (mut free_line, mut last_line) = (0, 0);
+    let mut stale = core::ptr::null_mut();
+    let r = one(collect(|| {
+        let chunks: Vec<*mut u8> = (0..3).map(|_| ctx.alloc(CHUNK).as_ptr()).collect();
+        stale = chunks[1];
+        unsafe {
+            pfree(chunks[1]);
+            free_line = line!() - 1;
+            stale.add(9).write(0x39); // pointer kept past its pfree
+            pfree(chunks[0]);
+            pfree(chunks[2]); // the block's last chunk: it empties
+            last_line = line!() - 1;
+        }
+    }));
+    let name = "write_after_free_found_when_the_block_empties";
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context, "SlabEmptied");
+    assert_eq!(r.chunk, Some(stale as usize));
+    assert_eq!(r.requested, Some(CHUNK));
+    assert_eq!(r.range, Some((9, 10)));
+    assert_eq!(r.found, [0x39]);
+    assert_frame(&r.free_backtrace(), name, Some(free_line), "free");
+    assert_frame(&r.found_backtrace(), name, Some(last_line), "found-at");
+    // The block was rewound: its first slot is carved again, and the context is sound.
+    let again: Vec<*mut u8> = (0..2).map(|_| ctx.alloc(CHUNK).as_ptr()).collect();
+    assert_eq!(again[1], stale);
+    assert_eq!(unsafe { stale.add(9).read() }, 0xA5, "the fresh pattern");
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}

@@ -101,13 +101,13 @@ impl KindId {
     }
 
     /// What gives a chunk's space back for reuse while its context lives, as a report names it
-    /// ("memory released by ..."): a reset; for Generation also the last `pfree` of a block,
-    /// which empties the block for reuse.
+    /// ("memory released by ..."): a reset; for Generation and Slab also the last `pfree` of a
+    /// block, which empties the block for reuse.
     #[cfg_attr(not(feature = "debug-contexts"), allow(dead_code))]
     pub(crate) fn releaser(self) -> &'static str {
         match self {
-            KindId::Generation => "a reset or the last pfree of its block",
-            KindId::AllocSet | KindId::Slab | KindId::Bump => "a reset",
+            KindId::Generation | KindId::Slab => "a reset or the last pfree of its block",
+            KindId::AllocSet | KindId::Bump => "a reset",
         }
     }
 }

@@ -27,9 +27,9 @@
 //! lists twice; only crossing between lists 1 and 2, and a block becoming empty, take the cold
 //! path.
 //!
-//! A block whose last chunk is freed leaves the lists: it is kept on the empty list, to be reused
-//! before a new block is taken, unless [`MAX_EMPTY_BLOCKS`] are kept already; then it goes back
-//! to the system. The keeper — the first block, taken when the context is created, as every
+//! A block whose last chunk is freed leaves the lists: it is rewound (its slots never used
+//! again, as in a fresh block) and kept on the empty list, to be reused before a new block is
+//! taken, unless [`MAX_EMPTY_BLOCKS`] are kept already; then it goes back to the system. The keeper — the first block, taken when the context is created, as every
 //! memctx kind has one — is always kept, so a Slab reset after each use takes no memory from the
 //! system in the steady state (PostgreSQL's Slab has no keeper and frees every block at reset).
 //!
@@ -463,22 +463,28 @@ unsafe fn regroup(ctx: *mut ContextHeader, block: *mut SlabBlock, from: usize) {
     }
 }
 
-/// `block` has no live chunk and is on no list: kept on the empty list if it is the keeper or
-/// fewer than [`MAX_EMPTY_BLOCKS`] others are kept, else given back to the system.
+/// `block` has no live chunk and is on no list: kept on the empty list, rewound to a fresh
+/// block, if it is the keeper or fewer than [`MAX_EMPTY_BLOCKS`] others are kept, else given back
+/// to the system. Either way the debug build verifies its freed chunks first (`block_emptied`):
+/// a write through a pointer kept past its `pfree` is found here, before the evidence goes.
 ///
 /// # Safety
 /// `block` must be a block of the live Slab context `ctx`, on no list, every slot free.
 unsafe fn keep_or_release(ctx: *mut ContextHeader, block: *mut SlabBlock) {
-    // SAFETY: the caller promises an empty block of `ctx` that no list holds.
+    // SAFETY: the caller promises an empty block of `ctx` that no list holds: rewinding it or
+    // giving it back frees nothing in use.
     unsafe {
         let keep = block as *mut Block == (*ctx).keeper
             || (*ctx).state.slab.nempty - usize::from(keeper_is_empty(ctx)) < MAX_EMPTY_BLOCKS;
+        hooks::block_emptied(ctx, block as *mut Block, keep);
         if keep {
+            rewind(block, (*ctx).state.slab.chunks_per_block);
             push(&mut (*ctx).state.slab.empty, block);
             (*ctx).state.slab.nempty += 1;
         } else {
             kinds::free_block(ctx, block as *mut Block);
         }
+        hooks::emptied_block_settled();
     }
 }
 
