@@ -101,6 +101,9 @@ pub(crate) struct SlabState {
     pub(crate) chunks_per_block: u32,
     /// Right shift of a free count that gives its list (see the module docs).
     pub(crate) shift: u32,
+    /// `(1 << shift) - 1`: a block's list changes when its free count crosses a multiple of
+    /// `1 << shift`.
+    pub(crate) width_mask: u32,
     /// Heads of lists 1 to `BLOCKLISTS - 1` (a full block is on no list).
     pub(crate) lists: [*mut SlabBlock; BLOCKLISTS - 1],
     /// Empty blocks kept for reuse (the keeper among them when it is empty).
@@ -194,6 +197,7 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, sizes: SlabSizes) -> bool {
                 block_size: sizes.block_size,
                 chunks_per_block: sizes.chunks_per_block,
                 shift: shift_for(sizes.chunks_per_block),
+                width_mask: (1 << shift_for(sizes.chunks_per_block)) - 1,
                 lists: [ptr::null_mut(); BLOCKLISTS - 1],
                 empty: ptr::null_mut(),
                 nempty: 0,
@@ -333,10 +337,13 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
         let data = take_slot(ctx, block, size);
         let state = &mut (*ctx).state.slab;
         let nfree = (*block).nfree;
-        if nfree == 0 {
-            pop(head(state, list), block); // full: on no list
-        } else if list_of(nfree, state.shift) != list {
-            regroup(ctx, block, list);
+        // The list changes when the count falls to a multiple of the list width: to none at 0.
+        if nfree & state.width_mask == 0 {
+            if nfree == 0 {
+                pop(head(state, list), block); // full: on no list
+            } else {
+                regroup(ctx, block, list);
+            }
         }
         data
     }
@@ -512,19 +519,21 @@ pub(crate) unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
     unsafe {
         let block = chunk::block_of(data, hdr) as *mut SlabBlock;
         let ctx = (*block).base.context;
-        let state = &(*ctx).state.slab;
-        let (cap, shift) = (state.footprint - CHUNK_PREFIX, state.shift);
-        hooks::chunk_freed(ctx, data, cap);
+        hooks::chunk_freed(ctx, data, (*ctx).state.slab.footprint - CHUNK_PREFIX);
         (data as *mut *mut u8).write((*block).freehead);
         hooks::freelist_close(data);
         (*block).freehead = data;
         let nfree = (*block).nfree + 1;
         (*block).nfree = nfree;
-        let chunks_per_block = (*ctx).state.slab.chunks_per_block;
-        if nfree == 1 && chunks_per_block > 1 {
-            push(head(&mut (*ctx).state.slab, 1), block); // was full: on no list
-        } else if nfree == chunks_per_block || list_of(nfree - 1, shift) != list_of(nfree, shift) {
-            regroup(ctx, block, list_of(nfree - 1, shift));
+        let state = &mut (*ctx).state.slab;
+        // The list changes when the count rises past a multiple of the list width (from none at
+        // 0); an empty block leaves the lists.
+        if (nfree - 1) & state.width_mask == 0 || nfree == state.chunks_per_block {
+            if nfree == 1 && nfree != state.chunks_per_block {
+                push(head(state, 1), block); // was full: on no list
+            } else {
+                regroup(ctx, block, list_of(nfree - 1, state.shift));
+            }
         }
     }
 }
@@ -692,6 +701,15 @@ mod tests {
                 s == 0 || list_of(n, s - 1) >= BLOCKLISTS,
                 "{n}: shift not the smallest"
             );
+            // The fast paths' test for a change of list: a count crossing a multiple of 1 << s.
+            let mask = (1 << s) - 1;
+            for k in 1..=n {
+                assert_eq!(
+                    list_of(k - 1, s) != list_of(k, s),
+                    (k - 1) & mask == 0,
+                    "{n} {k}"
+                );
+            }
         }
     }
 
