@@ -21,14 +21,7 @@ fn assert_first_frame(frames: &[debug::Frame], name: &str, what: &str) {
 
 /// Asserts that the first user frame of `frames` is `name` of this test file, at `line` of it.
 fn assert_first_frame_at(frames: &[debug::Frame], name: &str, line: u32, what: &str) {
-    assert_first_frame(frames, name, what);
-    let f = &frames[0];
-    let file = f.file.as_deref().unwrap_or("");
-    assert!(
-        file.ends_with("tests/debug_reports.rs") && f.line == Some(line),
-        "{what} backtrace should start at tests/debug_reports.rs:{line}, starts at {file}:{:?}",
-        f.line
-    );
+    reports::assert_first_frame_at(frames, "debug_reports", name, line, what);
 }
 
 fn new_ctx(name: &'static str) -> MemoryContext {

@@ -49,7 +49,7 @@ use crate::chunk::{
 };
 use crate::context::ContextHeader;
 use crate::hooks;
-use crate::kinds::{self, BadChunk, ContextKind, Damage, KindId, KindState, Walked};
+use crate::kinds::{self, BadChunk, ContextKind, KindId, KindState, Walked};
 use crate::stats::Counters;
 
 use super::aset::BlockSizes;
@@ -519,28 +519,7 @@ impl ContextKind for Generation {
         start: *mut u8,
         hdr: ChunkHeader,
     ) -> Result<Walked, BadChunk> {
-        // SAFETY: only the block header's end pointer is read; the caller passes a live block.
-        let end = unsafe { (*block).end_ptr } as usize;
-        let data = chunk::data_of(start);
-        BadChunk::unless_owned(block, start, data, hdr, ChunkKind::Generation)?;
-        let footprint = if hdr.is_external() {
-            CHUNK_PREFIX + end.saturating_sub(data as usize)
-        } else if hdr.value() as usize * CHUNK_ALIGN > CHUNK_PREFIX {
-            hdr.value() as usize * CHUNK_ALIGN
-        } else {
-            return Err(BadChunk {
-                data,
-                hdr,
-                why: Damage::Value,
-            });
-        };
-        Walked {
-            start,
-            data,
-            cap: footprint - CHUNK_PREFIX,
-            footprint,
-        }
-        .within(end, hdr)
+        kinds::decode_by_footprint(block, start, hdr, ChunkKind::Generation, true)
     }
 }
 

@@ -48,9 +48,9 @@ pub(crate) mod generation;
 pub(crate) mod slab;
 mod walk;
 
+pub(crate) use walk::{decode_by_footprint, BadChunk, Damage, Walked};
 #[cfg(feature = "debug-contexts")]
 pub(crate) use walk::{decode_chunk, walk_block};
-pub(crate) use walk::{BadChunk, Damage, Walked};
 
 use aset::{AllocSet, AllocSetState};
 

@@ -52,7 +52,7 @@ use crate::chunk::{
 };
 use crate::context::ContextHeader;
 use crate::hooks;
-use crate::kinds::{self, BadChunk, ContextKind, Damage, KindId, KindState, Walked};
+use crate::kinds::{self, BadChunk, ContextKind, KindId, KindState, Walked};
 use crate::stats::Counters;
 
 /// Number of lists the blocks with free slots are grouped in, list 0 for the full ones
@@ -648,32 +648,14 @@ impl ContextKind for Slab {
         (block as *mut u8).wrapping_add(BEFORE_FIRST)
     }
 
-    /// A Slab chunk: its value is its footprint in 16-byte units, the prefix and at least one
-    /// word of data.
+    /// A Slab chunk: its value is its footprint in 16-byte units; it never has a block of its
+    /// own.
     fn decode_chunk(
         block: *mut Block,
         start: *mut u8,
         hdr: ChunkHeader,
     ) -> Result<Walked, BadChunk> {
-        // SAFETY: only the block header's end pointer is read; the caller passes a live block.
-        let end = unsafe { (*block).end_ptr } as usize;
-        let data = chunk::data_of(start);
-        BadChunk::unless_owned(block, start, data, hdr, ChunkKind::Slab)?;
-        let footprint = hdr.value() as usize * CHUNK_ALIGN;
-        if hdr.is_external() || footprint <= CHUNK_PREFIX {
-            return Err(BadChunk {
-                data,
-                hdr,
-                why: Damage::Value,
-            });
-        }
-        Walked {
-            start,
-            data,
-            cap: footprint - CHUNK_PREFIX,
-            footprint,
-        }
-        .within(end, hdr)
+        kinds::decode_by_footprint(block, start, hdr, ChunkKind::Slab, false)
     }
 }
 

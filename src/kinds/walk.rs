@@ -7,7 +7,7 @@ use core::ops::ControlFlow;
 
 use super::aset::AllocSet;
 use super::{ContextKind, KindId};
-use crate::chunk::{Block, ChunkHeader, ChunkKind};
+use crate::chunk::{self, Block, ChunkHeader, ChunkKind, CHUNK_ALIGN, CHUNK_PREFIX};
 
 /// A chunk as a block walk decodes it.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +81,43 @@ impl BadChunk {
         };
         Err(BadChunk { data, hdr, why })
     }
+}
+
+/// Decodes a chunk of a kind whose header value is the chunk's footprint in 16-byte units
+/// (Generation, Slab): `hdr`, read at `start` in `block`, must be `kind`'s and lead back to the
+/// block, and the footprint hold the prefix and some data. An external chunk — `external` says
+/// whether the kind has them — fills the rest of its block.
+pub(crate) fn decode_by_footprint(
+    block: *mut Block,
+    start: *mut u8,
+    hdr: ChunkHeader,
+    kind: ChunkKind,
+    external: bool,
+) -> Result<Walked, BadChunk> {
+    // SAFETY: only the block header's end pointer is read; the caller passes a live block.
+    let end = unsafe { (*block).end_ptr } as usize;
+    let data = chunk::data_of(start);
+    BadChunk::unless_owned(block, start, data, hdr, kind)?;
+    let footprint = match (hdr.is_external(), external) {
+        (true, true) => CHUNK_PREFIX + end.saturating_sub(data as usize),
+        (false, _) if hdr.value() as usize * CHUNK_ALIGN > CHUNK_PREFIX => {
+            hdr.value() as usize * CHUNK_ALIGN
+        }
+        _ => {
+            return Err(BadChunk {
+                data,
+                hdr,
+                why: Damage::Value,
+            })
+        }
+    };
+    Walked {
+        start,
+        data,
+        cap: footprint - CHUNK_PREFIX,
+        footprint,
+    }
+    .within(end, hdr)
 }
 
 /// Decodes the chunk of `block` (of kind `kind`) starting at `start`, whose header reads `hdr`.

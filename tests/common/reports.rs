@@ -36,3 +36,15 @@ pub fn assert_first_frame(frames: &[Frame], file: &str, name: &str, what: &str) 
         "{what} backtrace should start in {name}, starts in {func:?}; frames: {frames:#?}"
     );
 }
+
+/// [`assert_first_frame`], and that the frame is at `line` of `tests/<file>.rs`.
+pub fn assert_first_frame_at(frames: &[Frame], file: &str, name: &str, line: u32, what: &str) {
+    assert_first_frame(frames, file, name, what);
+    let f = &frames[0];
+    let path = f.file.as_deref().unwrap_or("");
+    assert!(
+        path.ends_with(&format!("tests/{file}.rs")) && f.line == Some(line),
+        "{what} backtrace should start at tests/{file}.rs:{line}, starts at {path}:{:?}",
+        f.line
+    );
+}
