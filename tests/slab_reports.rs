@@ -275,3 +275,55 @@ fn write_after_free_found_when_the_block_empties() {
     assert_eq!(ctx.check(), 0);
     ctx.delete();
 }
+
+/// Allocates `blocks` blocks' worth of chunks in `ctx` (8 KiB blocks of `CHUNK`-byte chunks),
+/// then frees them block by block: the keeper and ten more are kept, the rest given back.
+/// Returns the chunks, grouped by block.
+fn fill_and_empty(ctx: MemoryContext, blocks: usize) -> Vec<Vec<*mut u8>> {
+    // A 40-byte slot in the debug build: 48-byte prefix, 40 bytes and the 16-byte redzone.
+    const PER_BLOCK: usize = (8192 - 80) / 112;
+    let groups: Vec<Vec<*mut u8>> = (0..blocks)
+        .map(|_| (0..PER_BLOCK).map(|_| ctx.alloc(CHUNK).as_ptr()).collect())
+        .collect();
+    for group in &groups {
+        for &p in group {
+            unsafe { pfree(p) };
+        }
+    }
+    groups
+}
+
+/// Blocks that empty beyond the ten kept go back to the system — through the quarantine of
+/// released memory, where a write through a stale pointer is found by `check`, and a second free
+/// of one of their chunks is still a double free.
+#[test]
+fn a_given_back_block_keeps_its_history() {
+    let ctx = slab("SlabGone");
+    let blocks = 1 + memctx::SLAB_MAX_EMPTY_BLOCKS + 1;
+    let mut stale = core::ptr::null_mut();
+    let reports = collect(|| {
+        let groups = fill_and_empty(ctx, blocks);
+        assert_eq!(ctx.counters().total_nblocks, blocks as u64 - 1);
+        stale = groups[blocks - 1][3]; // in the block given back
+        unsafe { stale.add(7).write(b'!') };
+        assert_eq!(MemoryContext::top().check(), 1);
+        unsafe { pfree(stale) };
+    });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let (r, twice) = (&reports[0], &reports[1]);
+    assert_eq!(r.class, BugClass::WriteAfterFree);
+    assert_eq!(r.context, "SlabGone");
+    assert_eq!(r.chunk, Some(stale as usize));
+    assert_eq!(r.range, Some((7, 8)));
+    assert_eq!(r.found, [b'!']);
+    assert_eq!(r.found_at, "check");
+    assert!(
+        r.detail.contains("last pfree in a block of \"SlabGone\""),
+        "{r}"
+    );
+    assert_frame(&r.alloc_backtrace(), "fill_and_empty", None, "allocation");
+    assert_eq!(twice.class, BugClass::DoubleFree);
+    assert_eq!(twice.chunk, Some(stale as usize));
+    assert_eq!(twice.requested, Some(CHUNK));
+    ctx.delete();
+}
