@@ -715,6 +715,28 @@ mod debug_layout {
         ctx.delete();
     }
 
+    /// A new block of exactly the bytes a chunk needs is enough: 1000 bytes and their redzone
+    /// take the 1024-byte class (1072-byte footprint), which with the 64 bytes before a block's
+    /// first chunk needs 1136. The keeper (1136) holds the first; the second gets a block of
+    /// 1136, not of twice that.
+    #[test]
+    fn a_new_block_of_exactly_the_needed_size_does_not_double() {
+        let sizes = BlockSizes {
+            min_context_size: 0,
+            init_block_size: 1136,
+            max_block_size: 8192,
+        };
+        let ctx = MemoryContext::top().new_child("exact", sizes);
+        for _ in 0..2 {
+            let p = ctx.alloc(1000).as_ptr();
+            assert_eq!(unsafe { chunk_space(p) }, footprint(1024));
+        }
+        assert_eq!(ctx.counters().total_nblocks, 2);
+        assert_eq!(ctx.mem_allocated(false), 2 * 1136);
+        assert_eq!(ctx.check(), 0);
+        ctx.delete();
+    }
+
     /// The chunk limit (8 KiB for DEFAULT) applies to the request plus its redzone: 8176 bytes
     /// need exactly 8192 and are a freelist chunk; one byte more gets a block of its own. The
     /// same holds when repalloc crosses the limit.
@@ -1065,5 +1087,28 @@ mod release_layout {
             msg,
             format!("pfree called with invalid pointer {p:p} (header 0x0000000000000000)")
         );
+    }
+
+    /// A new block must hold its header, the pad and the chunk: a 1024-byte class (1040-byte
+    /// footprint) needs 1096 bytes. With an initial size of 1088 the keeper cannot hold one, and
+    /// the next block doubles to 2176 (room for both); with 1104 the keeper holds the first and
+    /// the second gets a block of 1104.
+    #[test]
+    fn a_new_block_doubles_until_the_chunk_and_its_header_fit() {
+        for (init, total) in [(1088usize, 1088 + 2176), (1104, 1104 + 1104)] {
+            let sizes = BlockSizes {
+                min_context_size: 0,
+                init_block_size: init,
+                max_block_size: 8192,
+            };
+            let ctx = MemoryContext::top().new_child("grow", sizes);
+            for _ in 0..2 {
+                let p = ctx.alloc(1024).as_ptr();
+                assert_eq!(unsafe { chunk_space(p) }, footprint(1024));
+            }
+            assert_eq!(ctx.mem_allocated(false), total, "initial block size {init}");
+            assert_eq!(ctx.counters().total_nblocks, 2);
+            ctx.delete();
+        }
     }
 }
