@@ -6,11 +6,19 @@
 //! unused block space for ASan. No cargo feature is needed: this script finds the flag in the
 //! target's rustflags (`CARGO_ENCODED_RUSTFLAGS`, which cargo fills from `RUSTFLAGS`,
 //! `CARGO_TARGET_<triple>_RUSTFLAGS` or `build.rustflags`) and sets `cfg(memctx_asan)`.
+//!
+//! It also sets `cfg(memctx_cold_path)` when the compiler has `core::hint::cold_path` (Rust 1.95;
+//! the crate builds with 1.80), which the kind dispatch uses where it can.
 
 use std::env;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(memctx_asan)");
+    println!("cargo::rustc-check-cfg=cfg(memctx_cold_path)");
+    if rustc_minor().is_some_and(|minor| minor >= 95) {
+        // `core::hint::cold_path`, stable since Rust 1.95 (see `kinds::past_allocset`).
+        println!("cargo::rustc-cfg=memctx_cold_path");
+    }
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     // Cargo reruns a build script when an environment variable it names changes; the rustflags
@@ -47,4 +55,20 @@ fn sanitizers(encoded: &str) -> impl Iterator<Item = &str> {
         }
     }
     found.into_iter()
+}
+
+/// The minor version of the compiler cargo builds with (`$RUSTC --version`: `rustc 1.95.0 ...`).
+fn rustc_minor() -> Option<u32> {
+    let rustc = env::var_os("RUSTC")?;
+    let out = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    text.split_whitespace()
+        .nth(1)?
+        .split('.')
+        .nth(1)?
+        .parse()
+        .ok()
 }

@@ -288,7 +288,27 @@ pub(crate) fn first_chunk_of(kind: KindId, block: *mut Block) -> *mut u8 {
     with_kind!(kind, K => K::first_chunk(block))
 }
 
+/// Marks the path past AllocSet's own test in [`alloc`] and [`target`], which keeps the compiler
+/// from folding that test into the kinds' `match`, where it would become one more case of a jump
+/// table. With `core::hint::cold_path` (Rust 1.95, `cfg(memctx_cold_path)` from `build.rs`) the
+/// path is laid out as the less likely one; with an older compiler an empty `asm!` block, which
+/// emits no instruction but must be assumed to have effects, keeps the two tests apart.
+#[inline(always)]
+fn past_allocset() {
+    #[cfg(memctx_cold_path)]
+    #[allow(clippy::incompatible_msrv)] // only where the compiler has it (build.rs)
+    core::hint::cold_path();
+    // SAFETY: the assembly is empty: it reads, writes and jumps nowhere, as the options say.
+    #[cfg(not(memctx_cold_path))]
+    unsafe {
+        core::arch::asm!("", options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Allocates `size` bytes in `ctx`, through its kind.
+///
+/// AllocSet is tested first on its own, as in [`target`]: a `match` over every kind would be a
+/// jump table that each AllocSet allocation pays.
 ///
 /// # Safety
 /// As [`ContextKind::alloc`], for the kind of `ctx`.
@@ -296,7 +316,13 @@ pub(crate) fn first_chunk_of(kind: KindId, block: *mut Block) -> *mut u8 {
 pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
     // SAFETY: the header's kind id names the kind whose `init` set the context up, so the caller's
     // promise (a live context of this thread) is the one `K::alloc` asks of a context of kind `K`.
-    unsafe { with_kind!((*ctx).kind, K => K::alloc(ctx, size)) }
+    unsafe {
+        if (*ctx).kind == KindId::AllocSet {
+            return AllocSet::alloc(ctx, size);
+        }
+        past_allocset();
+        with_kind!((*ctx).kind, K => K::alloc(ctx, size))
+    }
 }
 
 /// Sets up the fresh, block-less header `ctx` as a context of kind `kind` with `sizes`, its
@@ -365,8 +391,22 @@ pub(crate) enum Target {
 
 /// Dispatches on the chunk header `hdr` read in front of `ptr`; an id no kind uses is the clean
 /// panic `<op> called with invalid pointer`.
+///
+/// AllocSet, the general-purpose kind, is tested first on its own (see [`past_allocset`]): with five
+/// ids to tell apart the compiler makes the `match` a jump table, which every AllocSet `pfree`
+/// would pay (an indirect jump and its address computation) where one compare does.
 #[inline(always)]
 pub(crate) fn target(ptr: *mut u8, hdr: ChunkHeader, op: &str) -> Target {
+    if hdr.kind_id() == ChunkKind::AllocSet as u64 {
+        return Target::Chunk(KindId::AllocSet);
+    }
+    past_allocset();
+    other_target(ptr, hdr, op)
+}
+
+/// [`target`] for every id but AllocSet's.
+#[inline(always)]
+fn other_target(ptr: *mut u8, hdr: ChunkHeader, op: &str) -> Target {
     match ChunkKind::from_id(hdr.kind_id()) {
         Some(ChunkKind::AllocSet) => Target::Chunk(KindId::AllocSet),
         Some(ChunkKind::Generation) => Target::Chunk(KindId::Generation),
