@@ -27,11 +27,14 @@
 //! lists twice; only crossing between lists 1 and 2, and a block becoming empty, take the cold
 //! path.
 //!
-//! A block whose last chunk is freed leaves the lists: it is rewound (its slots never used
-//! again, as in a fresh block) and kept on the empty list, to be reused before a new block is
-//! taken, unless [`MAX_EMPTY_BLOCKS`] are kept already; then it goes back to the system. The keeper — the first block, taken when the context is created, as every
-//! memctx kind has one — is always kept, so a Slab reset after each use takes no memory from the
-//! system in the steady state (PostgreSQL's Slab has no keeper and frees every block at reset).
+//! A block whose last chunk is freed leaves the lists: it is rewound (every slot unused again, as
+//! in a fresh block) and kept on the empty list, to be reused before a new block is taken, unless
+//! [`MAX_EMPTY_BLOCKS`] are kept already; then it goes back to the system. The debug build
+//! verifies its freed chunks first (the `block_emptied` hook), so a write through a pointer kept
+//! past its free is found before the rewind or the give-back wipes the evidence. The keeper —
+//! the first block, taken when the context is created, as every memctx kind has one — is always
+//! kept, so a Slab reset after each use takes no memory from the system in the steady state
+//! (PostgreSQL's Slab has no keeper and frees every block at reset).
 //!
 //! Every block carries the common block header (`chunk::Block`, whose free pointer is the start
 //! of the never-used slots) and after it [`SlabBlock`]'s fields; the kind's `first_chunk` tells
@@ -55,8 +58,8 @@ use crate::hooks;
 use crate::kinds::{self, BadChunk, ContextKind, KindId, KindState, Walked};
 use crate::stats::Counters;
 
-/// Number of lists the blocks with free slots are grouped in, list 0 for the full ones
-/// (PostgreSQL's `SLAB_BLOCKLIST_COUNT`).
+/// Number of lists blocks are grouped in by their free count, counting list 0, the full blocks,
+/// which no list holds here (PostgreSQL's `SLAB_BLOCKLIST_COUNT`).
 pub(crate) const BLOCKLISTS: usize = 3;
 // `alloc` looks at the heads of lists 1 and 2 by name.
 const _: () = assert!(BLOCKLISTS == 3);
