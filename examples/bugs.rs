@@ -69,6 +69,29 @@ fn read_after_pfree(ctx: MemoryContext) -> u8 {
     }
 }
 
+/// A Slab of 40-byte objects under `ctx`, as a pool of equal-sized nodes.
+fn slab(ctx: MemoryContext) -> MemoryContext {
+    ctx.new_slab_child("Nodes", 8192, 40)
+}
+
+#[inline(never)]
+fn slab_overrun(ctx: MemoryContext) {
+    let p = slab(ctx).alloc(40).as_ptr();
+    // SAFETY: none — the byte after the 40-byte slot's object is the bug.
+    unsafe { ptr::write_volatile(p.add(40), b'!') };
+}
+
+#[inline(never)]
+fn slab_read_after_pfree(ctx: MemoryContext) -> u8 {
+    let p = slab(ctx).alloc(40).as_ptr();
+    // SAFETY: `p` is a live 40-byte chunk until the pfree; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 40);
+        pfree(p);
+        ptr::read_volatile(p)
+    }
+}
+
 #[inline(never)]
 fn read_after_reset(ctx: MemoryContext) -> u8 {
     let p = ctx.alloc(10).as_ptr();
@@ -281,12 +304,17 @@ fn main() {
         "uninit" => {
             black_box(uninit(ctx));
         }
+        "slab-overrun" => slab_overrun(ctx),
+        "slab-read-after-pfree" => {
+            black_box(slab_read_after_pfree(ctx));
+        }
         "clean" => clean(ctx),
         "quarantine-overflow" => quarantine_overflow(ctx),
         _ => {
             eprintln!(
                 "usage: bugs overrun|overrun-slack|underrun|large-overrun|read-after-pfree|\
-                 read-after-reset|read-after-delete|uninit|leak|clean|quarantine-overflow"
+                 read-after-reset|read-after-delete|uninit|slab-overrun|slab-read-after-pfree|\
+                 leak|clean|quarantine-overflow"
             );
             std::process::exit(2);
         }

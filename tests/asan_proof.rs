@@ -142,6 +142,23 @@ fn underrun_is_reported_at_the_write() {
     );
 }
 
+/// A Slab chunk is poisoned as an AllocSet chunk is: past its object, and once freed.
+#[test]
+fn slab_chunks_are_poisoned_past_the_object_and_after_pfree() {
+    assert_report(
+        "slab-overrun",
+        "use-after-poison",
+        "WRITE of size 1",
+        "slab_overrun",
+    );
+    assert_report(
+        "slab-read-after-pfree",
+        "use-after-poison",
+        "READ of size 1",
+        "slab_read_after_pfree",
+    );
+}
+
 #[test]
 fn use_after_pfree_is_reported_at_the_read() {
     assert_report(

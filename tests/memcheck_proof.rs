@@ -243,6 +243,28 @@ fn read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
     described_as_the_freed_chunk(e, "read_after_pfree", "memctx::raw::pfree");
 }
 
+/// A Slab chunk is a pool chunk of its object's 40 bytes: memcheck names it at an overrun, and
+/// as the freed chunk (freed by `pfree`) at a read after its free.
+#[test]
+fn slab_chunks_are_described_as_the_objects() {
+    let errors = memcheck("slab-overrun");
+    let e = the_error(&errors, "InvalidWrite", "slab_overrun");
+    assert!(
+        e.aux
+            .iter()
+            .any(|a| a.contains("0 bytes after a block of size 40 client-defined")),
+        "memcheck should know the 40-byte chunk: {e:#?}"
+    );
+    let errors = memcheck("slab-read-after-pfree");
+    let e = the_error(&errors, "InvalidRead", "slab_read_after_pfree");
+    assert!(
+        e.aux
+            .iter()
+            .any(|a| a.contains("0 bytes inside a block of size 40 free'd")),
+        "memcheck should name the freed 40-byte chunk: {e:#?}"
+    );
+}
+
 /// A block of a deleted context waits in the debug build's quarantine, NOACCESS: a read through a
 /// pointer into it is memcheck's error at the read.
 #[test]
