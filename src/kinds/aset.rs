@@ -419,36 +419,8 @@ unsafe fn grow(ctx: *mut ContextHeader, fp: usize) -> *mut Block {
 /// `ctx` must be a live AllocSet context; `size` at most the huge limit.
 #[inline(never)]
 unsafe fn alloc_large(ctx: *mut ContextHeader, size: usize, need: usize) -> *mut u8 {
-    let Some(block_size) = large_block_size(need) else {
-        return ptr::null_mut();
-    };
-    let (mem, block_size) = hooks::large_block_memory(size, block_size);
-    // SAFETY: `ctx` is live; the new block is large enough for header, pad, prefix and `size`
-    // (and `need`, unless the hooks placed it at a guard page).
-    unsafe {
-        let block = kinds::new_block(ctx, block_size, false, mem);
-        if block.is_null() {
-            return ptr::null_mut();
-        }
-        let chunk = Block::first_chunk(block);
-        (*block).free_ptr = (*block).end_ptr;
-        let offset = chunk as usize - block as usize;
-        chunk::write_header(
-            chunk,
-            ChunkHeader::new(ChunkKind::AllocSet, true, 0, offset),
-        );
-        let data = chunk::data_of(chunk);
-        hooks::chunk_carved(ctx, data, size, (*block).end_ptr as usize - data as usize);
-        data
-    }
-}
-
-/// Block size for a chunk of its own with `need` data bytes, `None` on overflow.
-#[inline]
-fn large_block_size(need: usize) -> Option<usize> {
-    let size =
-        need.checked_add(BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + CHUNK_PREFIX + CHUNK_ALIGN)?;
-    Some(size & !(CHUNK_ALIGN - 1))
+    // SAFETY: the caller's promise is the one `kinds::alloc_own_block` asks.
+    unsafe { kinds::alloc_own_block(ctx, size, need, ChunkKind::AllocSet) }
 }
 
 /// Returns the chunk at `data` to its context: onto its freelist, or, for a chunk with a block of
@@ -553,7 +525,7 @@ unsafe fn realloc_large(
     size: usize,
     need: usize,
 ) -> *mut u8 {
-    let Some(new_size) = large_block_size(need) else {
+    let Some(new_size) = kinds::large_block_size(need) else {
         return ptr::null_mut();
     };
     // SAFETY: `block` is the chunk's own block (caller); after realloc only the new address is

@@ -258,32 +258,18 @@ unsafe fn alloc_from_other_block(ctx: *mut ContextHeader, size: usize, fp: usize
 /// As [`alloc`].
 #[inline(never)]
 unsafe fn alloc_large(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
-    let need = hooks::class_request(size);
-    let Some(block_size) = need.checked_add(BLOCK_START + CHUNK_PREFIX + CHUNK_ALIGN) else {
-        return ptr::null_mut();
-    };
-    let (mem, block_size) = hooks::large_block_memory(size, block_size & !(CHUNK_ALIGN - 1));
-    // SAFETY: the caller promises a live Generation context; the block holds header, padding,
-    // prefix and `need` (or, from the hooks, ends the chunk at a guard page past `size` and its
-    // redzone).
+    // SAFETY: the caller promises a live Generation context, as `alloc_own_block` asks; the
+    // block it returns a chunk of is the chunk's own, its counts in the kind's bytes.
     unsafe {
-        let block = kinds::new_block(ctx, block_size, false, mem);
-        if block.is_null() {
-            return ptr::null_mut();
+        let data =
+            kinds::alloc_own_block(ctx, size, hooks::class_request(size), ChunkKind::Generation);
+        if !data.is_null() {
+            let block = data.sub(CHUNK_PREFIX + BLOCK_START) as *mut Block;
+            counts(block).write(Counts {
+                nchunks: 1,
+                nfree: 0,
+            });
         }
-        counts(block).write(Counts {
-            nchunks: 1,
-            nfree: 0,
-        });
-        let start = Block::first_chunk(block);
-        (*block).free_ptr = (*block).end_ptr;
-        let offset = start as usize - block as usize;
-        chunk::write_header(
-            start,
-            ChunkHeader::new(ChunkKind::Generation, true, 0, offset),
-        );
-        let data = chunk::data_of(start);
-        hooks::chunk_carved(ctx, data, size, (*block).end_ptr as usize - data as usize);
         data
     }
 }

@@ -36,7 +36,8 @@ use core::ptr;
 use std::alloc::{self, Layout};
 
 use crate::chunk::{
-    Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, BLOCK_META_SIZE, CHUNK_ALIGN,
+    self, Block, ChunkHeader, ChunkKind, BLOCK_HEADER_SIZE, BLOCK_META_SIZE, CHUNK_ALIGN,
+    CHUNK_PREFIX, FIRST_CHUNK_PAD,
 };
 use crate::context::ContextHeader;
 use crate::hooks;
@@ -549,6 +550,50 @@ pub(crate) unsafe fn free_block(ctx: *mut ContextHeader, block: *mut Block) {
             );
         }
     }
+}
+
+/// Gives a chunk of `size` requested bytes (`need` with the debug build's redzone) a block of its
+/// own, linked right after the head of `ctx`'s block list so the active block keeps serving small
+/// chunks: the chunk sits at the block's first chunk start with the external bit and `kind`'s id,
+/// and fills the block. Its memory comes from the hooks (the debug build's guarded mapping, which
+/// ends the chunk at a guard page past `size` and its redzone) or the system. Returns the chunk's
+/// data; null when the system allocator fails or the size overflows.
+///
+/// # Safety
+/// `ctx` must be a live context of kind `kind` of this thread; `size` at most the huge limit.
+pub(crate) unsafe fn alloc_own_block(
+    ctx: *mut ContextHeader,
+    size: usize,
+    need: usize,
+    kind: ChunkKind,
+) -> *mut u8 {
+    let Some(block_size) = large_block_size(need) else {
+        return ptr::null_mut();
+    };
+    let (mem, block_size) = hooks::large_block_memory(size, block_size);
+    // SAFETY: `ctx` is live (caller); the new block holds header, padding, prefix and `need` (or
+    // ends the chunk at the hooks' guard page), so the header and data lie in it.
+    unsafe {
+        let block = new_block(ctx, block_size, false, mem);
+        if block.is_null() {
+            return ptr::null_mut();
+        }
+        let chunk = Block::first_chunk(block);
+        (*block).free_ptr = (*block).end_ptr;
+        let offset = chunk as usize - block as usize;
+        chunk::write_header(chunk, ChunkHeader::new(kind, true, 0, offset));
+        let data = chunk::data_of(chunk);
+        hooks::chunk_carved(ctx, data, size, (*block).end_ptr as usize - data as usize);
+        data
+    }
+}
+
+/// Block size for a chunk of its own with `need` data bytes, `None` on overflow.
+#[inline]
+pub(crate) fn large_block_size(need: usize) -> Option<usize> {
+    let size =
+        need.checked_add(BLOCK_HEADER_SIZE + FIRST_CHUNK_PAD + CHUNK_PREFIX + CHUNK_ALIGN)?;
+    Some(size & !(CHUNK_ALIGN - 1))
 }
 
 /// A reset's block work, the same for every kind with a keeper: every block but the keeper goes
