@@ -149,6 +149,29 @@ impl fmt::Display for Counters {
     }
 }
 
+/// The figures of one context's stats line beyond [`Counters`]: PostgreSQL prints each context
+/// kind's line in its own shape (the `*Stats` functions of `aset.c`, `generation.c`, `slab.c` and
+/// `bump.c`), and two of the shapes hold a number the others do not.
+///
+/// | kind | line |
+/// |---|---|
+/// | AllocSet (and Slab before PostgreSQL 16) | `T total in B blocks; F free (C chunks); U used` |
+/// | Generation | `T total in B blocks (N chunks); F free (C chunks); U used` |
+/// | Slab (PostgreSQL 16 and later) | `T total in B blocks; E empty blocks; F free (C chunks); U used` |
+/// | Bump | `T total in B blocks; F free; U used` |
+///
+/// A field is `None` where the kind has no such figure or the input did not record it (a
+/// `pg_backend_memory_contexts` export has neither).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindDetail {
+    /// Generation: the chunks carved from its blocks, live or freed (`N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
+    /// Slab: the empty blocks it keeps for reuse (`E`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_blocks: Option<u64>,
+}
+
 /// One context in a stats tree.
 ///
 /// A snapshot of one context and, through `children`, of its whole subtree.

@@ -82,6 +82,7 @@ fn tree(thread: Option<&str>, spec: &TreeSpec, detail: bool) -> Tree {
             folded: folded.then_some(total / 4096),
             id: None,
             kind: None,
+            detail: memctx::stats::KindDetail::default(),
         });
     }
     let sites = spec

@@ -10,6 +10,12 @@
 //! PostgreSQL prints the newest 100 and folds the rest into a `N more child contexts` line, so
 //! the growth is in that line under CacheMemoryContext.
 //!
+//! A walsender's dump holds a Generation context (the reorder buffer's `Tuples`), whose stats line
+//! PostgreSQL prints in its own shape: the second live test decodes through a logical replication
+//! slot and dumps the walsender into a plain, a csvlog and a jsonlog log at once, and every one
+//! must read. The fixture tests read the shapes of releases not installed here (Slab's `empty
+//! blocks` from PostgreSQL 16, Bump from 17; see tests/data/README.md).
+//!
 //! It needs PostgreSQL 14 or later (`pg_config --bindir`, or `/usr/lib/postgresql/*/bin`; override
 //! with `MEMCTX_PG_BINDIR`). As root, the server runs as the `postgres` user through `runuser`.
 //! Without PostgreSQL the test prints why and passes, unless `MEMCTX_REQUIRE_POSTGRES=1`.
@@ -23,7 +29,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use memctx::leak::{self, EntryKind, Format, Verdict};
+use memctx::leak::{self, Context, Dump, EntryKind, Format, Verdict};
+use memctx::stats::KindDetail;
 
 /// Statements per batch, and batches (one dump after each).
 const BATCH: usize = 80;
@@ -210,4 +217,242 @@ fn memctx_diff_names_the_growing_context_of_a_real_backend() {
 
     drop(cluster);
     eprintln!("PostgreSQL test took {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// The dumps of a file of tests/data.
+fn fixture(file: &str) -> Vec<Dump> {
+    leak::parse_file(&Path::new("tests/data").join(file)).unwrap()
+}
+
+/// The one context named `name` in the dump's tree.
+fn context<'a>(d: &'a Dump, name: &str) -> &'a Context {
+    let mut found = d.trees[0].contexts.iter().filter(|c| c.name == name);
+    let c = found.next().unwrap_or_else(|| panic!("no {name}"));
+    assert!(found.next().is_none(), "several {name}");
+    c
+}
+
+/// A dump read whole: one tree whose lines add up to its `Grand total`.
+fn assert_whole(d: &Dump, format: Format) {
+    assert_eq!(d.format, format);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(Some(d.trees[0].total()), d.grand_total);
+}
+
+/// A PostgreSQL 15 walsender decoding a slot: its reorder buffer's `Tuples` is a Generation context,
+/// printed `T total in B blocks (N chunks); ...`; its `TXN` and `Change` are Slab contexts, which
+/// PostgreSQL 15 printed in the AllocSet shape. The same dump through three log destinations.
+#[test]
+fn a_pg15_walsenders_generation_context_reads_in_every_log_format() {
+    let mut trees = Vec::new();
+    for file in [
+        "pg15_walsender.log",
+        "pg15_walsender.csv.log",
+        "pg15_walsender.json.log",
+    ] {
+        let dumps = fixture(file);
+        assert_eq!(dumps.len(), 1, "{file}");
+        let d = &dumps[0];
+        assert_whole(d, Format::PostgresLog);
+        assert_eq!(d.pid, Some(10353));
+        let tuples = context(d, "Tuples");
+        assert_eq!(tuples.kind.as_deref(), Some("Generation"));
+        assert_eq!(
+            tuples.detail,
+            KindDetail {
+                chunks: Some(0),
+                empty_blocks: None
+            }
+        );
+        assert_eq!(
+            (
+                tuples.total_bytes,
+                tuples.total_nblocks,
+                tuples.free_bytes,
+                tuples.free_chunks
+            ),
+            (16384, Some(2), Some(16136), Some(0))
+        );
+        assert_eq!(tuples.used_bytes, Some(248));
+        let parent = &d.trees[0].contexts[tuples.parent.unwrap()];
+        assert_eq!(parent.name, "ReorderBuffer");
+        let txn = context(d, "TXN");
+        assert_eq!(
+            (txn.kind.as_deref(), txn.detail),
+            (None, KindDetail::default())
+        );
+        assert_eq!((txn.total_bytes, txn.total_nblocks), (544, Some(0)));
+        trees.push(d.trees[0].clone());
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0], trees[2]);
+}
+
+/// PostgreSQL 16's Slab line: `T total in B blocks; E empty blocks; F free (C chunks); U used`,
+/// the empty blocks counted in T (and so in used) but not in B nor F.
+#[test]
+fn a_pg16_slab_line_keeps_its_empty_blocks() {
+    let dumps = fixture("pg16_walsender.log");
+    assert_eq!(dumps.len(), 1);
+    let d = &dumps[0];
+    assert_whole(d, Format::PostgresLog);
+    let change = context(d, "Change");
+    assert_eq!(change.kind.as_deref(), Some("Slab"));
+    assert_eq!(
+        change.detail,
+        KindDetail {
+            chunks: None,
+            empty_blocks: Some(1)
+        }
+    );
+    assert_eq!(
+        (
+            change.total_bytes,
+            change.total_nblocks,
+            change.free_bytes,
+            change.used_bytes
+        ),
+        (9696, Some(0), Some(0), Some(9696))
+    );
+    let txn = context(d, "TXN");
+    assert_eq!(txn.detail.empty_blocks, Some(0));
+    assert_eq!(context(d, "Tuples").detail.chunks, Some(0));
+}
+
+/// PostgreSQL 17's Bump line, `T total in B blocks; F free; U used`, in `MemoryContextStats`
+/// output: a sort's `Caller tuples`.
+#[test]
+fn a_pg17_bump_line_reads_in_memory_context_stats_output() {
+    let dumps = fixture("pg17_stderr_bump.txt");
+    assert_eq!(dumps.len(), 1);
+    let d = &dumps[0];
+    assert_whole(d, Format::PostgresStderr);
+    let tuples = context(d, "Caller tuples");
+    assert_eq!(tuples.kind.as_deref(), Some("Bump"));
+    assert_eq!(
+        (
+            tuples.total_bytes,
+            tuples.total_nblocks,
+            tuples.free_bytes,
+            tuples.free_chunks
+        ),
+        (1_056_768, Some(9), Some(7040), None)
+    );
+    assert_eq!(tuples.used_bytes, Some(1_049_728));
+    let parent = &d.trees[0].contexts[tuples.parent.unwrap()];
+    assert_eq!((parent.name.as_str(), tuples.level), ("TupleSort sort", 5));
+}
+
+/// Kills the logical-replication client if the test ends before it exits.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The real thing: a walsender streaming a logical slot has a reorder buffer, whose `Tuples` is a
+/// Generation context. Its dump, written to a plain, a csvlog and a jsonlog log at once, reads
+/// whole from each, with the Generation line's chunk count kept.
+#[test]
+fn a_real_walsenders_dump_reads_from_every_log_destination() {
+    let Some(probe) = postgres::find_bindir() else {
+        return postgres::skip("PostgreSQL not found");
+    };
+    if !probe.join("pg_recvlogical").exists() {
+        return postgres::skip("no pg_recvlogical");
+    }
+    let Some(cluster) = start_cluster(
+        "wal_level = logical\nmax_wal_senders = 4\nmax_replication_slots = 4\n\
+         logging_collector = on\nlog_destination = 'stderr,csvlog,jsonlog'\n\
+         log_directory = 'log'\n",
+    ) else {
+        return;
+    };
+    let psql = |sql: &str| {
+        let o = run(cluster
+            .runner
+            .command(&cluster.bindir.join("psql"))
+            .args([
+                "-X", "-q", "-t", "-A", "-U", "postgres", "-d", "postgres", "-h",
+            ])
+            .arg(&cluster.dir)
+            .args(["-p", &cluster.port.to_string(), "-c", sql]));
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    psql("select pg_create_logical_replication_slot('s1', 'test_decoding')");
+    psql(
+        "create table t(a int, b text); insert into t select g, 'x' from generate_series(1, 500) g",
+    );
+    let recv = cluster
+        .runner
+        .command(&cluster.bindir.join("pg_recvlogical"))
+        .arg("-h")
+        .arg(&cluster.dir)
+        .args([
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-S", "s1", "--start", "--no-loop", "-f", "/dev/null"])
+        // It complains when the cluster stops under it.
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pg_recvlogical");
+    let _reaper = Reaper(recv);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let pid = psql("select pid from pg_stat_replication");
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no walsender");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    psql(&format!("select pg_log_backend_memory_contexts({pid})"));
+
+    let logs = cluster.data().join("log");
+    let mut trees = Vec::new();
+    for ext in ["log", "csv", "json"] {
+        let file = loop {
+            let f = std::fs::read_dir(&logs)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == ext))
+                .unwrap();
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            if text.contains("Grand total: ") || Instant::now() > deadline {
+                break f;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let dumps = leak::parse_file(&file).unwrap();
+        assert_eq!(dumps.len(), 1, "{}", file.display());
+        let d = &dumps[0];
+        assert_whole(d, Format::PostgresLog);
+        assert_eq!(d.pid.map(|p| p.to_string()), Some(pid.clone()));
+        let tuples = context(d, "Tuples");
+        assert_eq!(tuples.kind.as_deref(), Some("Generation"));
+        assert!(tuples.detail.chunks.is_some(), "{tuples:?}");
+        assert_eq!(
+            d.trees[0].contexts[tuples.parent.unwrap()].name,
+            "ReorderBuffer"
+        );
+        trees.push(d.trees[0].clone());
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0], trees[2]);
 }

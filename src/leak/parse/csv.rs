@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::model::{Context, Dump, Format, ParseError};
+use crate::stats::KindDetail;
 
 /// A header line naming the columns `name` and `total_bytes`.
 pub(super) fn looks_like_csv_header(line: &str) -> bool {
@@ -329,6 +330,8 @@ fn row_context(r: &Row, level: u32, parent: Option<usize>) -> Context {
         folded: None,
         id: None,
         kind: r.kind.clone(),
+        // The view has no column for them.
+        detail: KindDetail::default(),
     }
 }
 

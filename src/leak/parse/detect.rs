@@ -7,7 +7,8 @@ use super::stream::visit_file;
 use super::{csv, json, text};
 
 pub(super) const FORMATS_EXPECTED: &str = "expected a memctx JSON snapshot, pg_log_backend_memory_contexts() \
-     log lines (`level: N; NAME: T total in B blocks; F free (C chunks); U used`), \
+     log lines (`level: N; NAME: T total in B blocks; F free (C chunks); U used`, or a \
+     Generation, Slab or Bump context's shape of it), \
      MemoryContextStats() output (`NAME: T total in B blocks; ...` indented, `Grand total: ...`), \
      the gdb script's `NAME: BYTES` lines, memctx's gdb walker output, or pg_backend_memory_contexts \
      exported as CSV with a header";

@@ -7,6 +7,7 @@
 
 use super::model::{Context, Dump, Format, ParseError, Tree};
 use super::text::{Builder, Kind, TextParser};
+use crate::stats::KindDetail;
 
 /// A memctx gdb walk being read: the trees of its threads so far.
 pub(super) struct Walk {
@@ -152,5 +153,6 @@ fn bytes_context(name: String, bytes: u64) -> Context {
         folded: None,
         id: None,
         kind: None,
+        detail: KindDetail::default(),
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::model::{Context, Dump, Format, ParseError, Site, Tree};
 use crate::snapshot::{Snapshot, ThreadSnapshot, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
-use crate::stats::{self, ContextRow, Counters, StatsNode};
+use crate::stats::{self, ContextRow, Counters, KindDetail, StatsNode};
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
@@ -244,6 +244,7 @@ fn memctx_context(
         folded: None,
         id: Some(id),
         kind: Some(kind.to_string()),
+        detail: KindDetail::default(),
     }
 }
 

@@ -5,15 +5,48 @@ use std::borrow::Cow;
 
 use super::csv::csv_records;
 use super::model::ParseError;
-use crate::stats::Counters;
+use crate::stats::{Counters, KindDetail};
 
+/// The shape of a stats line, which names the context kind that prints it (see
+/// [`KindDetail`]); the `N more child contexts` and `Grand total` lines are in the AllocSet shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// `T total in B blocks; F free (C chunks); U used`: AllocSet, or Slab before PostgreSQL 16.
+    #[default]
+    AllocSet,
+    /// `T total in B blocks (N chunks); F free (C chunks); U used`.
+    Generation,
+    /// `T total in B blocks; E empty blocks; F free (C chunks); U used` (PostgreSQL 16 and later).
+    Slab,
+    /// `T total in B blocks; F free; U used`.
+    Bump,
+}
+
+impl Shape {
+    /// The context kind the shape names; `None` for the AllocSet shape, which Slab shared before
+    /// PostgreSQL 16.
+    pub(super) fn kind(self) -> Option<&'static str> {
+        match self {
+            Shape::AllocSet => None,
+            Shape::Generation => Some("Generation"),
+            Shape::Slab => Some("Slab"),
+            Shape::Bump => Some("Bump"),
+        }
+    }
+}
+
+/// The figures of one stats line, in any kind's shape.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Stats {
     pub(super) total: u64,
     pub(super) nblocks: u64,
     pub(super) free: u64,
-    pub(super) chunks: u64,
+    /// Free chunks: `None` in the Bump shape, which has none.
+    pub(super) chunks: Option<u64>,
     pub(super) used: u64,
+    pub(super) shape: Shape,
+    /// The Generation shape's chunks, the Slab shape's empty blocks.
+    pub(super) detail: KindDetail,
 }
 
 impl Stats {
@@ -22,7 +55,7 @@ impl Stats {
             total_bytes: self.total,
             total_nblocks: self.nblocks,
             free_bytes: self.free,
-            free_chunks: self.chunks,
+            free_chunks: self.chunks.unwrap_or(0),
         }
     }
 }
@@ -41,7 +74,9 @@ pub(super) fn number(s: &str) -> Option<(u64, &str)> {
     (n > 0).then(|| (v, &s[n..]))
 }
 
-/// Parses `T <word> in B blocks; F free (C chunks); U used` at the start of `s`.
+/// Parses a stats line's figures at the start of `s`, in any kind's shape (see [`Shape`]):
+/// `T <word> in B blocks[ (N chunks)]; [E empty blocks; ]F free[ (C chunks)]; U used`, where at
+/// most one of the optional parts is present, or the last one alone is missing (Bump).
 pub(super) fn block_stats<'a>(s: &'a str, word: &str) -> Option<(Stats, &'a str)> {
     let (total, s) = number(s)?;
     let s = s
@@ -49,23 +84,59 @@ pub(super) fn block_stats<'a>(s: &'a str, word: &str) -> Option<(Stats, &'a str)
         .strip_prefix(word)?
         .strip_prefix(" in ")?;
     let (nblocks, s) = number(s)?;
-    let s = s.strip_prefix(" blocks; ")?;
-    let (free, s) = number(s)?;
-    let s = s.strip_prefix(" free (")?;
-    let (chunks, s) = number(s)?;
-    let s = s.strip_prefix(" chunks); ")?;
+    let s = s.strip_prefix(" blocks")?;
+    let (all_chunks, s) = chunks_part(s)?;
+    let s = s.strip_prefix("; ")?;
+    let (first, s) = number(s)?;
+    let (empty_blocks, free, s) = match s.strip_prefix(" empty blocks; ") {
+        Some(s) => {
+            let (free, s) = number(s)?;
+            (Some(first), free, s)
+        }
+        None => (None, first, s),
+    };
+    let s = s.strip_prefix(" free")?;
+    let (chunks, s) = chunks_part(s)?;
+    let s = s.strip_prefix("; ")?;
     let (used, s) = number(s)?;
     let s = s.strip_prefix(" used")?;
-    Some((
-        Stats {
-            total,
-            nblocks,
-            free,
-            chunks,
-            used,
-        },
-        s,
-    ))
+    let shape = match (all_chunks, empty_blocks, chunks) {
+        (None, None, Some(_)) => Shape::AllocSet,
+        (Some(_), None, Some(_)) => Shape::Generation,
+        (None, Some(_), Some(_)) => Shape::Slab,
+        (None, None, None) => Shape::Bump,
+        _ => return None,
+    };
+    let detail = KindDetail {
+        chunks: all_chunks,
+        empty_blocks,
+    };
+    let stats = Stats {
+        total,
+        nblocks,
+        free,
+        chunks,
+        used,
+        shape,
+        detail,
+    };
+    Some((stats, s))
+}
+
+/// An optional ` (N chunks)` at the start of `s`: N, if present, and the rest; `None` when it
+/// starts but is malformed.
+fn chunks_part(s: &str) -> Option<(Option<u64>, &str)> {
+    let Some(s) = s.strip_prefix(" (") else {
+        return Some((None, s));
+    };
+    let (n, s) = number(s)?;
+    Some((Some(n), s.strip_prefix(" chunks)")?))
+}
+
+/// [`block_stats`] in the AllocSet shape only: the `N more child contexts` and `Grand total`
+/// lines, which PostgreSQL prints from summed counters whatever the contexts' kinds.
+fn common_stats<'a>(s: &'a str, word: &str) -> Option<(Stats, &'a str)> {
+    block_stats(s, word).filter(|(st, _)| st.shape == Shape::AllocSet)
 }
 
 /// Finds the first `: T total in ...; U used` in `s`: returns the name before it, the stats and
@@ -152,7 +223,9 @@ pub(super) enum Line {
     WalkerWarning(String),
 }
 
-pub(super) const STATS_SHAPE: &str = "`NAME: T total in B blocks; F free (C chunks); U used`";
+pub(super) const STATS_SHAPE: &str = "`NAME: T total in B blocks; F free (C chunks); U used` \
+     (or a Generation, Slab or Bump context's shape of it: `... B blocks (N chunks); ...`, \
+     `... B blocks; E empty blocks; ...`, `... F free; U used`)";
 
 /// Finds the message part of a log line: after `level: N; `, `Grand total: ` or the header. In a
 /// csvlog line the message is a quoted field; in a jsonlog line, the `message` member.
@@ -275,7 +348,7 @@ fn log_line(prefix: &str, msg: &str, bare: bool, at: LineAt<'_>) -> Option<Class
         return Some(level_line(prefix, level, rest, at));
     }
     let rest = msg.strip_prefix("Grand total: ")?;
-    Some(match block_stats(rest, "bytes") {
+    Some(match common_stats(rest, "bytes") {
         Some((stats, "")) if bare => Ok(Some(Line::StderrGrand { stats })),
         Some((stats, "")) => Ok(Some(Line::LogGrand {
             prefix: prefix.to_string(),
@@ -292,7 +365,7 @@ fn log_line(prefix: &str, msg: &str, bare: bool, at: LineAt<'_>) -> Option<Class
 /// What follows `level: N; ` in a log line: a context or a folded line.
 fn level_line(prefix: &str, level: u32, rest: &str, at: LineAt<'_>) -> Classified {
     if let Some(tail) = folded_tail(rest) {
-        return match block_stats(tail.1, "total") {
+        return match common_stats(tail.1, "total") {
             Some((stats, "")) => Ok(Some(Line::LogFolded {
                 prefix: prefix.to_string(),
                 level,
@@ -343,7 +416,7 @@ fn indented_line(line: &str, at: LineAt<'_>) -> Classified {
         return Ok(None);
     }
     if let Some((count, tail)) = folded_tail(body) {
-        return match block_stats(tail, "total") {
+        return match common_stats(tail, "total") {
             Some((stats, "")) => Ok(Some(Line::StderrFolded {
                 indent,
                 count,
@@ -445,6 +518,153 @@ fn find_log_marker(line: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One context line of each kind's shape (`aset.c`, `generation.c`, `slab.c` of PostgreSQL
+    /// 16+, `bump.c`), and the figures it holds.
+    const SHAPES: [(&str, Stats); 4] = [
+        (
+            "8192 total in 1 blocks; 7400 free (9 chunks); 792 used",
+            Stats {
+                total: 8192,
+                nblocks: 1,
+                free: 7400,
+                chunks: Some(9),
+                used: 792,
+                shape: Shape::AllocSet,
+                detail: KindDetail {
+                    chunks: None,
+                    empty_blocks: None,
+                },
+            },
+        ),
+        (
+            "16384 total in 2 blocks (37 chunks); 11136 free (3 chunks); 5248 used",
+            Stats {
+                total: 16384,
+                nblocks: 2,
+                free: 11136,
+                chunks: Some(3),
+                used: 5248,
+                shape: Shape::Generation,
+                detail: KindDetail {
+                    chunks: Some(37),
+                    empty_blocks: None,
+                },
+            },
+        ),
+        (
+            "9696 total in 1 blocks; 2 empty blocks; 640 free (8 chunks); 9056 used",
+            Stats {
+                total: 9696,
+                nblocks: 1,
+                free: 640,
+                chunks: Some(8),
+                used: 9056,
+                shape: Shape::Slab,
+                detail: KindDetail {
+                    chunks: None,
+                    empty_blocks: Some(2),
+                },
+            },
+        ),
+        (
+            "1056768 total in 9 blocks; 7040 free; 1049728 used",
+            Stats {
+                total: 1_056_768,
+                nblocks: 9,
+                free: 7040,
+                chunks: None,
+                used: 1_049_728,
+                shape: Shape::Bump,
+                detail: KindDetail {
+                    chunks: None,
+                    empty_blocks: None,
+                },
+            },
+        ),
+    ];
+
+    /// The context line `level: 5; Tuples: STATS` in a plain log, a csvlog and a jsonlog line, and
+    /// `Tuples: STATS` in `MemoryContextStats` output.
+    fn in_every_format(stats: &str) -> [String; 4] {
+        let msg = format!("level: 5; Tuples: {stats}");
+        [
+            format!("2026-12-03 15:46:21.297 UTC [10353] postgres@postgres LOG:  {msg}"),
+            format!(
+                "2026-12-03 15:46:21.297 UTC,\"postgres\",\"postgres\",10353,\"[local]\",\
+                 6b118ecb.2871,9,\"START_REPLICATION\",2026-12-03 15:46:19 UTC,3/0,0,LOG,00000,\
+                 \"{msg}\",,,,,,,,,\"pg_recvlogical\",\"walsender\",,0"
+            ),
+            format!(
+                "{{\"timestamp\":\"2026-12-03 15:46:21.297 UTC\",\"pid\":10353,\
+                 \"error_severity\":\"LOG\",\"message\":\"{msg}\"}}"
+            ),
+            format!("          Tuples: {stats}"),
+        ]
+    }
+
+    #[test]
+    fn every_kinds_shape_reads_in_every_format() {
+        for (text, want) in SHAPES {
+            for line in in_every_format(text) {
+                let got = match classify(&line, 1, "t") {
+                    Ok(Some(Line::LogContext { name, stats, .. })) => (name, stats),
+                    Ok(Some(Line::StderrContext { name, stats, .. })) => (name, stats),
+                    other => panic!("{line}: {other:?}"),
+                };
+                assert_eq!(got, ("Tuples".to_string(), want), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_no_kind_prints_are_errors() {
+        for bad in [
+            // Generation's chunk count and Slab's empty blocks together.
+            "16384 total in 2 blocks (37 chunks); 2 empty blocks; 640 free (3 chunks); 5248 used",
+            // Bump's free without chunks, with Generation's chunk count.
+            "16384 total in 2 blocks (37 chunks); 640 free; 15744 used",
+            "16384 total in 2 blocks (x chunks); 640 free (3 chunks); 15744 used",
+            "16384 total in 2 blocks; 2 empty; 640 free (3 chunks); 15744 used",
+            "16384 total in 2 blocks; 640 free (3 chunks) 15744 used",
+        ] {
+            let [log, csvlog, jsonlog, stderr] = in_every_format(bad);
+            for line in [log, csvlog, jsonlog] {
+                let e = classify(&line, 7, "t").unwrap_err();
+                assert_eq!(e.line, Some(7));
+                assert!(
+                    e.message.starts_with("malformed memory-context line"),
+                    "{e}"
+                );
+            }
+            // An indented line that is no context line is no line of a dump (the `Grand total`
+            // check then warns of the missing context).
+            assert!(matches!(classify(&stderr, 7, "t"), Ok(None)), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn folded_and_grand_total_lines_take_only_the_common_shape() {
+        for (text, want) in &SHAPES[1..] {
+            let folded = format!("LOG:  level: 2; 3 more child contexts containing {text}");
+            let e = classify(&folded, 1, "t").unwrap_err();
+            assert!(e.message.contains("more child contexts"), "{e}");
+            let grand = format!("Grand total: {}", text.replacen("total in", "bytes in", 1));
+            let e = classify(&grand, 1, "t").unwrap_err();
+            assert!(
+                e.message.contains("malformed `Grand total` line"),
+                "{e} ({want:?})"
+            );
+        }
+        let (text, want) = SHAPES[0];
+        let folded = format!("  3 more child contexts containing {text}");
+        match classify(&folded, 1, "t") {
+            Ok(Some(Line::StderrFolded {
+                count: 3, stats, ..
+            })) => assert_eq!(stats, want),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn stats_with_colons_in_names_and_idents() {

@@ -19,6 +19,14 @@
 //! backends may interleave; lines are given to the dump whose PID appears in their prefix when the
 //! prefix has one (`%p`), and otherwise to the dump begun last.
 //!
+//! A context's stats line is read in whichever of PostgreSQL's shapes its kind prints (AllocSet
+//! `T total in B blocks; F free (C chunks); U used`, Generation `... B blocks (N chunks); ...`,
+//! Slab from PostgreSQL 16 `... B blocks; E empty blocks; F free ...`, Bump `... F free; U used`),
+//! in every text format above: the shape sets [`Context::kind`] (the AllocSet shape leaves it
+//! unknown, as Slab printed it before 16) and the extra figure is kept in [`Context::detail`].
+//! The `N more child contexts` and `Grand total` lines have the AllocSet shape, which PostgreSQL
+//! prints from summed counters; another shape there is an error.
+//!
 //! `N more child contexts containing ...` lines become [`Context`]s of their own with
 //! [`Context::folded`] set, under the context whose children they summarise, so that no byte of
 //! the dump is lost: the sum over a tree's contexts is the dump's `Grand total`.

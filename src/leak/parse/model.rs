@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::stats::Counters;
+use crate::stats::{Counters, KindDetail};
 
 /// The kind of input a [`Dump`] was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,7 +67,7 @@ pub struct Context {
     pub total_nblocks: Option<u64>,
     /// Free bytes, when recorded.
     pub free_bytes: Option<u64>,
-    /// Free chunks, when recorded.
+    /// Free chunks, when recorded (a Bump context's stats line has none).
     pub free_chunks: Option<u64>,
     /// Used bytes (total − free), when recorded.
     pub used_bytes: Option<u64>,
@@ -77,8 +77,13 @@ pub struct Context {
     pub folded: Option<u64>,
     /// The memctx context id (memctx inputs only; meaningless across processes).
     pub id: Option<u64>,
-    /// The context kind (`AllocSet`, ...), when the input records it.
+    /// The context kind (`AllocSet`, ...), when the input records it. A PostgreSQL text dump
+    /// records it through the shape of a Generation, Slab (PostgreSQL 16 and later) or Bump
+    /// context's stats line; the AllocSet shape leaves it unknown (Slab printed it too before 16).
     pub kind: Option<String>,
+    /// The figures the kind's stats line holds beyond the counters (a Generation's chunks, a
+    /// Slab's empty blocks), when the input records them.
+    pub detail: KindDetail,
 }
 
 impl Context {

@@ -480,11 +480,12 @@ impl Builder {
             total_bytes: stats.total,
             total_nblocks: Some(stats.nblocks),
             free_bytes: Some(stats.free),
-            free_chunks: Some(stats.chunks),
+            free_chunks: stats.chunks,
             used_bytes: Some(stats.used),
             folded: Some(count),
             id: None,
             kind: None,
+            detail: stats.detail,
         });
         // A folded line has no children: later lines at this depth attach to the parent.
         self.stack.truncate(depth);
@@ -565,11 +566,12 @@ pub(super) fn detail_context(name: String, ident: Option<String>, st: Stats) -> 
         total_bytes: st.total,
         total_nblocks: Some(st.nblocks),
         free_bytes: Some(st.free),
-        free_chunks: Some(st.chunks),
+        free_chunks: st.chunks,
         used_bytes: Some(st.used),
         folded: None,
         id: None,
-        kind: None,
+        kind: st.shape.kind().map(str::to_string),
+        detail: st.detail,
     }
 }
 
