@@ -223,9 +223,10 @@ pub(super) enum Line {
     WalkerWarning(String),
 }
 
-pub(super) const STATS_SHAPE: &str = "`NAME: T total in B blocks; F free (C chunks); U used` \
-     (or a Generation, Slab or Bump context's shape of it: `... B blocks (N chunks); ...`, \
-     `... B blocks; E empty blocks; ...`, `... F free; U used`)";
+pub(super) const STATS_SHAPE: &str = "`NAME: T total in B blocks; F free (C chunks); U used`";
+/// The other kinds' shapes of a stats line, for errors.
+const OTHER_SHAPES: &str = "(or a Generation, Slab or Bump context's shape of it: \
+     `... B blocks (N chunks); ...`, `... B blocks; E empty blocks; ...`, `... F free; U used`)";
 
 /// Finds the message part of a log line: after `level: N; `, `Grand total: ` or the header. In a
 /// csvlog line the message is a quoted field; in a jsonlog line, the `message` member.
@@ -393,7 +394,8 @@ fn level_line(prefix: &str, level: u32, rest: &str, at: LineAt<'_>) -> Classifie
             )),
         },
         None if rest.contains(" total in ") => at.err(format!(
-            "malformed memory-context line: expected {STATS_SHAPE} after `level: {level}; `"
+            "malformed memory-context line: expected {STATS_SHAPE} after `level: {level}; ` \
+             {OTHER_SHAPES}"
         )),
         None => Ok(None),
     }
