@@ -9,7 +9,7 @@
 //! reset table or memory probes: for profiling, e.g. under `perf record`); `--mode <name>` (the
 //! name printed as `mode <name>`; the debug build selects its mode with it: `patterns` or
 //! `backtraces`); `--asan` (the binary is an AddressSanitizer build: glibc's side of churn,
-//! per-row and grow only, in smaller batches). Setting the
+//! per-row, grow and slab-churn only, in smaller batches). Setting the
 //! environment variable `PEERS_DECILES` prints each contender's round-time deciles to stderr.
 //! `--memory-probe <workload> <allocator>` is internal (see "Memory" below).
 //!
@@ -39,6 +39,8 @@
 //! - `hashmap`: a hashbrown map from 1000 short string keys to `u64`, built and dropped; each side
 //!   allocates its key strings *and* its table in its own allocator. Time per insert (the drop, and
 //!   for the arenas the reset, amortised over the inserts).
+//! - `per-row-bump`: `per-row`'s rows with memctx in a Bump context, against bumpalo (module
+//!   `per_row_bump`).
 //! - `slab-churn`: 4096 live 64-byte objects, each step frees a random one and allocates one in
 //!   its place; memctx in a Slab context (module `slab_churn`).
 //! - `fifo`: a queue of 4096 live chunks; each step frees the oldest and allocates 16..=512 bytes.
@@ -71,6 +73,8 @@
 mod bounds;
 #[path = "peers/fifo.rs"]
 mod fifo;
+#[path = "peers/per_row_bump.rs"]
+mod per_row_bump;
 #[path = "peers/slab_churn.rs"]
 mod slab_churn;
 
@@ -140,7 +144,7 @@ impl Config {
     /// Whether to run `workload`.
     fn wants(&self, workload: &str) -> bool {
         self.only.as_deref().map_or(true, |o| o == workload)
-            && !(self.asan && workload == "hashmap")
+            && !(self.asan && (workload == "hashmap" || workload == "per-row-bump"))
     }
 
     /// Whether memctx runs in this binary (not in the ASan build, which measures glibc's side).
@@ -1430,9 +1434,10 @@ fn main() {
         if cfg.quick { ", quick" } else { "" }
     );
 
-    let workloads: [Workload; 6] = [
+    let workloads: [Workload; 7] = [
         ("churn", bench_churn),
         ("per-row", bench_per_row),
+        ("per-row-bump", per_row_bump::bench_per_row_bump),
         ("grow", bench_grow),
         ("hashmap", bench_hashmap),
         ("slab-churn", slab_churn::bench_slab_churn),

@@ -1,15 +1,17 @@
 //! Bounds: the least the debug build's required memory work can cost here.
 //!
-//! The debug build does memory work the release build does not do at all: every fresh chunk
-//! filled with a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and
-//! (at its default settings) the redzones verified at pfree and reset and freed or released
-//! memory verified when it is carved again. How much of its time is that work itself, and how
-//! much its code? The stand-ins below answer it for churn and per-row. Each one *is* memctx's
-//! release build — `palloc`/`pfree`, `alloc`/`reset` on a context of its own — plus the least
-//! of that work a debug build could do, in plain stores and branch-light 16-byte compares around
-//! each call, and nothing else: no records beyond an 8-byte size word, no registry of blocks, no
+//! The debug build does memory work the release build does not do at all: every fresh chunk filled
+//! with a pattern, a redzone on both sides, freed chunks and reset contexts clobbered, and (at its
+//! default settings) the redzones verified at pfree and reset and freed or released memory verified
+//! when it is carved again. How much of its time is that work itself, and how much its code? The
+//! stand-ins below answer it for churn, per-row and per-row-bump (per-row in a Bump context, whose
+//! chunks have no header and a capacity of the request rounded to 16). Each one *is* memctx's
+//! release build — `palloc`/`pfree`, `alloc`/`reset` on a context of its own — plus the least of
+//! that work a debug build could do, in plain stores and branch-light 16-byte compares around each
+//! call, and nothing else: no records beyond an 8-byte size word, no registry of blocks, no
 //! backtraces, no sanitizer calls, no queued reports, a rear redzone of exactly 16 bytes. Inside
-//! the chunk memctx hands out (its 8-byte header word before it) the stand-in lays out
+//! the chunk memctx hands out (an AllocSet's 8-byte header word before it; a Bump chunk has none)
+//! the stand-in lays out
 //!
 //! ```text
 //!  header (memctx's) | size word (8) | front redzone (16) | request | rear redzone (16) | slack
@@ -91,10 +93,25 @@ fn class(bytes: usize) -> usize {
     bytes.next_power_of_two().max(8)
 }
 
-/// Bytes a chunk of capacity `cap` takes in its block: header word, capacity, and padding to 16
-/// so the next chunk's data is aligned (INTERNALS.md §4).
-fn footprint(cap: usize) -> usize {
-    (HEADER + cap + 15) & !15
+/// The capacity a context of the stand-in's kind gives a request of `bytes`: AllocSet's class, or
+/// (`BUMP`) a Bump context's request rounded to 16.
+#[inline(always)]
+fn capacity<const BUMP: bool>(bytes: usize) -> usize {
+    if BUMP {
+        (bytes.max(1) + 15) & !15
+    } else {
+        class(bytes)
+    }
+}
+
+/// Bytes before a chunk memctx's release build hands out in a context of the stand-in's kind:
+/// AllocSet's header word, none in a Bump context.
+const fn header<const BUMP: bool>() -> usize {
+    if BUMP {
+        0
+    } else {
+        HEADER
+    }
 }
 
 /// Whether the `len` >= 8 bytes at `p` all equal `byte`: 16-byte compares (SSE2 on x86-64)
@@ -141,24 +158,30 @@ unsafe fn all_equal(p: *const u8, len: usize, byte: u8) -> bool {
     }
 }
 
-/// Lays out the stand-in's chunk for a request of `size` in the chunk `q` memctx just handed out
-/// for `request::<D>(size)`, after verifying at duty `checks` that it held the freed pattern past
-/// `skip` bytes (`LINK` where it may come from a freelist); returns the data pointer. `bad`
-/// counts a failed check.
+/// Lays out the stand-in's chunk for a request of `size` in the chunk `q` of capacity `cap` memctx
+/// just handed out for `request::<D>(size)`, after verifying at duty `checks` that it held the
+/// freed pattern past `skip` bytes (`LINK` where it may come from a freelist); returns the data
+/// pointer. `bad` counts a failed check.
 ///
 /// # Safety
 /// `size >= 8`; `q` as said; above duty `none`, that chunk's memory held the freed pattern past
 /// `skip` since it was last released (the stand-in's own frees and resets see to that after
 /// [`prefill`]).
 #[inline(always)]
-unsafe fn take<const D: Duty>(q: *mut u8, size: usize, skip: usize, bad: &mut usize) -> *mut u8 {
+unsafe fn take<const D: Duty>(
+    q: *mut u8,
+    size: usize,
+    cap: usize,
+    skip: usize,
+    bad: &mut usize,
+) -> *mut u8 {
     if D == NONE {
         return q;
     }
-    // SAFETY: memctx handed out `class(request)` bytes at `q`; the request covers the prefix, the
-    // data and the rear redzone.
+    // SAFETY: memctx handed out `cap` bytes at `q`; the request covers the prefix, the data and
+    // the rear redzone.
     unsafe {
-        if D == CHECKS && !all_equal(q.add(skip), class(request::<D>(size)) - skip, FREED) {
+        if D == CHECKS && !all_equal(q.add(skip), cap - skip, FREED) {
             *bad += 1;
         }
         (q as *mut u64).write(size as u64);
@@ -206,9 +229,10 @@ impl<const D: Duty> RawAlloc for Standin<D> {
     #[inline(always)]
     unsafe fn alloc(&self, size: usize) -> *mut u8 {
         let mut bad = 0;
-        // SAFETY: size >= 8 (caller); the context was prefilled and every free refills the
-        // chunk's pattern (below).
-        let data = unsafe { take::<D>(memctx::palloc(request::<D>(size)), size, LINK, &mut bad) };
+        let req = request::<D>(size);
+        // SAFETY: size >= 8 (caller); the context (an AllocSet) was prefilled and every free
+        // refills the chunk's pattern (below).
+        let data = unsafe { take::<D>(memctx::palloc(req), size, class(req), LINK, &mut bad) };
         if D == CHECKS {
             self.bad.set(self.bad.get() + bad);
         }
@@ -254,24 +278,24 @@ fn report_failed_checks(who: &str, bad: usize) {
 /// fills a block it takes: carves 1 KiB chunks over them, writes 0x7F over all of it, headers
 /// included (the release build's reset reads no chunk header), and resets `ctx`. After a reset a
 /// context carves again from the start of its keeper block, through that space.
-fn prefill(ctx: MemoryContext, bytes: usize) {
+fn prefill<const BUMP: bool>(ctx: MemoryContext, bytes: usize) {
     const REQUEST: usize = 1024;
-    let chunks = bytes.div_ceil(footprint(REQUEST)).max(1);
+    let (header, step) = (header::<BUMP>(), (header::<BUMP>() + REQUEST + 15) & !15);
+    let chunks = bytes.div_ceil(step).max(1);
     let first = ctx.alloc(REQUEST).as_ptr();
     let mut last = first;
     for _ in 1..chunks {
         last = ctx.alloc(REQUEST).as_ptr();
     }
     assert!(
-        last as usize - first as usize == (chunks - 1) * footprint(REQUEST)
-            && ctx.counters().total_nblocks == 1,
+        last as usize - first as usize == (chunks - 1) * step && ctx.counters().total_nblocks == 1,
         "prefill: the chunks are not contiguous in the keeper block"
     );
-    // SAFETY: [first - HEADER, last + REQUEST) is the carved part of ctx's keeper block: the
+    // SAFETY: [first - header, last + REQUEST) is the carved part of ctx's keeper block: the
     // chunks and their header words, contiguous (asserted); nothing reads the headers before the
     // reset.
     unsafe {
-        let start = first.sub(HEADER);
+        let start = first.sub(header);
         std::ptr::write_bytes(start, FREED, last.add(REQUEST) as usize - start as usize);
     }
     ctx.reset();
@@ -286,29 +310,37 @@ const CHURN_FILL: usize = CHURN_KEEPER - (64 << 10);
 /// bytes) with their header words and padding; the default keeper block (8 KiB) holds them.
 const ROW_FILL: usize = ROW_LEN * (256 + 16);
 
-/// A context for a stand-in, with a keeper block of `keeper` bytes (0: the default 8 KiB) whose
-/// first `fill` bytes hold the freed pattern.
-fn standin_context(name: &'static str, keeper: usize, fill: usize) -> MemoryContext {
-    let ctx = MemoryContext::top().new_child(
-        name,
-        BlockSizes {
-            min_context_size: keeper,
-            ..BlockSizes::DEFAULT
-        },
-    );
-    prefill(ctx, fill);
+/// A context for a stand-in — an AllocSet, or (`BUMP`) a Bump context — with a keeper block of
+/// `keeper` bytes (0: the default 8 KiB) whose first `fill` bytes hold the freed pattern.
+fn standin_context<const BUMP: bool>(
+    name: &'static str,
+    keeper: usize,
+    fill: usize,
+) -> MemoryContext {
+    let sizes = BlockSizes {
+        min_context_size: keeper,
+        ..BlockSizes::DEFAULT
+    };
+    let top = MemoryContext::top();
+    let ctx = if BUMP {
+        top.new_bump_child(name, sizes)
+    } else {
+        top.new_child(name, sizes)
+    };
+    prefill::<BUMP>(ctx, fill);
     ctx
 }
 
 /// The per-row stand-in: `ctx.alloc` 16 times, then (above `none`) every chunk's redzones checked
-/// at duty `checks` and the used space clobbered, then `ctx.reset()`.
-struct RowStandin<'s, const D: Duty> {
+/// at duty `checks` and the used space clobbered, then `ctx.reset()`; in an AllocSet, or (`BUMP`)
+/// a Bump context.
+struct RowStandin<'s, const D: Duty, const BUMP: bool> {
     name: &'static str,
     ctx: MemoryContext,
     sizes: &'s [u8],
 }
 
-impl<const D: Duty> Contender for RowStandin<'_, D> {
+impl<const D: Duty, const BUMP: bool> Contender for RowStandin<'_, D, BUMP> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -325,8 +357,9 @@ impl<const D: Duty> Contender for RowStandin<'_, D> {
                 // clobbers what the row used (the header word before the first chunk is memctx's,
                 // so the check starts at the chunk).
                 unsafe {
-                    let q = ctx.alloc(request::<D>(s as usize)).as_ptr();
-                    let data = take::<D>(q, s as usize, 0, &mut bad);
+                    let req = request::<D>(s as usize);
+                    let q = ctx.alloc(req).as_ptr();
+                    let data = take::<D>(q, s as usize, capacity::<BUMP>(req), 0, &mut bad);
                     data.write(s);
                     seen ^= data as usize;
                     *slot = data;
@@ -338,9 +371,10 @@ impl<const D: Duty> Contender for RowStandin<'_, D> {
                     // SAFETY: live chunks of this row.
                     bad += !unsafe { redzones_ok::<D>(data) } as usize;
                 }
-                let start = chunk_of::<D>(live[0]).wrapping_sub(HEADER);
+                let start = chunk_of::<D>(live[0]).wrapping_sub(header::<BUMP>());
                 let last = chunk_of::<D>(live[ROW_LEN - 1]);
-                let end = last.wrapping_add(class(request::<D>(row[ROW_LEN - 1] as usize)));
+                let last_req = request::<D>(row[ROW_LEN - 1] as usize);
+                let end = last.wrapping_add(capacity::<BUMP>(last_req));
                 // SAFETY: the row's chunks were carved one after the other from the start of the
                 // keeper block's free space, so [start, end) is the used space, headers and
                 // padding included.
@@ -353,7 +387,7 @@ impl<const D: Duty> Contender for RowStandin<'_, D> {
     }
 }
 
-impl<const D: Duty> Drop for RowStandin<'_, D> {
+impl<const D: Duty, const BUMP: bool> Drop for RowStandin<'_, D, BUMP> {
     fn drop(&mut self) {
         self.ctx.delete();
     }
@@ -368,11 +402,11 @@ pub(crate) struct Bound {
     pub(crate) release: f64,
 }
 
-/// Runs every stand-in on the churn and per-row workloads' own sequences, each paired with memctx's
-/// release build on the same workload (in a context of its own), their rounds alternating as the
-/// peers' do — so `bound` compares two times taken in the same moments of this noisy machine — and
-/// with nothing else beside them (three peers' working sets would slow both; the debug build too
-/// runs memctx alone).
+/// Runs every stand-in on the churn, per-row and per-row-bump workloads' own sequences, each paired
+/// with memctx's release build on the same workload (in a context of its own), their rounds
+/// alternating as the peers' do — so `bound` compares two times taken in the same moments of this
+/// noisy machine — and with nothing else beside them (three peers' working sets would slow both;
+/// the debug build too runs memctx alone).
 pub(crate) fn bench_bounds(cfg: &Config) -> Vec<Bound> {
     let seq = ChurnSeq::new(cfg.batch(1 << 15));
     let sizes = row_sizes(cfg.batch(1 << 11));
@@ -383,7 +417,7 @@ pub(crate) fn bench_bounds(cfg: &Config) -> Vec<Bound> {
         "  {:<24} {:>12} {:>12} {:>14}",
         "stand-in", "median ns", "min ns", "memctx median"
     );
-    for workload in ["churn", "per-row"] {
+    for workload in ["churn", "per-row", "per-row-bump"] {
         if !cfg.wants(workload) {
             continue;
         }
@@ -413,24 +447,33 @@ pub(crate) fn bench_bounds(cfg: &Config) -> Vec<Bound> {
     out
 }
 
-/// memctx's release contender of `workload` (churn or per-row), as in its table but in a context
-/// like the stand-ins' (on churn their one 16 MiB block is by itself a little faster than the
-/// default's growing blocks), so that a stand-in and its release pair differ by the duty alone.
+/// memctx's release contender of `workload` (churn, per-row or per-row-bump), as in its table but
+/// in a context like the stand-ins' (on churn their one 16 MiB block is by itself a little faster
+/// than the default's growing blocks), so that a stand-in and its release pair differ by the duty
+/// alone.
 fn release_contender<'s>(
     workload: &str,
     seq: &'s ChurnSeq,
     sizes: &'s [u8],
 ) -> Box<dyn Contender + 's> {
-    if workload == "churn" {
-        let ctx = standin_context("churn release", CHURN_KEEPER, CHURN_FILL);
-        Box::new(Churn::new("memctx", Palloc, seq, Some(ctx)))
-    } else {
-        let ctx = standin_context("per-row release", 0, ROW_FILL);
-        Box::new(RowMemctx { ctx, sizes })
+    match workload {
+        "churn" => {
+            let ctx = standin_context::<false>("churn release", CHURN_KEEPER, CHURN_FILL);
+            Box::new(Churn::new("memctx", Palloc, seq, Some(ctx)))
+        }
+        "per-row" => {
+            let ctx = standin_context::<false>("per-row release", 0, ROW_FILL);
+            Box::new(RowMemctx { ctx, sizes })
+        }
+        _ => {
+            let ctx = standin_context::<true>("per-row-bump release", 0, ROW_FILL);
+            Box::new(RowMemctx { ctx, sizes })
+        }
     }
 }
 
-/// The stand-in of duty `D` for `workload` (churn or per-row), in a prefilled context of its own.
+/// The stand-in of duty `D` for `workload` (churn, per-row or per-row-bump), in a prefilled
+/// context of its own.
 fn standin<'s, const D: Duty>(
     workload: &str,
     name: &'static str,
@@ -438,13 +481,16 @@ fn standin<'s, const D: Duty>(
     sizes: &'s [u8],
 ) -> Box<dyn Contender + 's> {
     if workload == "churn" {
-        let ctx = standin_context("churn stand-in", CHURN_KEEPER, CHURN_FILL);
+        let ctx = standin_context::<false>("churn stand-in", CHURN_KEEPER, CHURN_FILL);
         let alloc = Standin::<D> {
             bad: std::cell::Cell::new(0),
         };
         Box::new(Churn::new(name, alloc, seq, Some(ctx)))
+    } else if workload == "per-row" {
+        let ctx = standin_context::<false>("per-row stand-in", 0, ROW_FILL);
+        Box::new(RowStandin::<D, false> { name, ctx, sizes })
     } else {
-        let ctx = standin_context("per-row stand-in", 0, ROW_FILL);
-        Box::new(RowStandin::<D> { name, ctx, sizes })
+        let ctx = standin_context::<true>("per-row-bump stand-in", 0, ROW_FILL);
+        Box::new(RowStandin::<D, true> { name, ctx, sizes })
     }
 }
