@@ -715,27 +715,33 @@ fn bench_per_row(cfg: &Config) -> Results {
             sizes: &sizes,
         }));
     }
+    row_peers(cfg, &sizes, &mut cs);
+    run_workload(cfg, "per-row", "ns per allocation, row end amortised", cs)
+}
+
+/// The peers of a per-row workload on the rows `sizes`: glibc and mimalloc (allocate 16, free 16)
+/// and bumpalo (allocate 16, reset), those `cfg` runs.
+fn row_peers<'s>(cfg: &Config, sizes: &'s [u8], cs: &mut Vec<Box<dyn Contender + 's>>) {
     if cfg.runs_peer("glibc") {
         cs.push(Box::new(RowMalloc {
             name: "glibc",
             alloc: Glibc,
-            sizes: &sizes,
+            sizes,
         }));
     }
     if cfg.runs_peer("mimalloc") {
         cs.push(Box::new(RowMalloc {
             name: "mimalloc",
             alloc: Mi,
-            sizes: &sizes,
+            sizes,
         }));
     }
     if cfg.runs_peer("bumpalo") {
         cs.push(Box::new(RowBump {
             bump: Bump::new(),
-            sizes: &sizes,
+            sizes,
         }));
     }
-    run_workload(cfg, "per-row", "ns per allocation, row end amortised", cs)
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@
 
 use memctx::{BlockSizes, MemoryContext};
 
-use super::{
-    row_sizes, run_workload, Config, Contender, Glibc, Mi, Results, RowBump, RowMalloc, RowMemctx,
-};
+use super::{row_peers, row_sizes, run_workload, Config, Contender, Results, RowMemctx};
 
 /// Rows per batch: as `per-row`'s.
 const ROWS: usize = 1 << 11;
@@ -24,26 +22,7 @@ pub(super) fn bench_per_row_bump(cfg: &Config) -> Results {
             sizes: &sizes,
         }));
     }
-    if cfg.runs_peer("bumpalo") {
-        cs.push(Box::new(RowBump {
-            bump: bumpalo::Bump::new(),
-            sizes: &sizes,
-        }));
-    }
-    if cfg.runs_peer("glibc") {
-        cs.push(Box::new(RowMalloc {
-            name: "glibc",
-            alloc: Glibc,
-            sizes: &sizes,
-        }));
-    }
-    if cfg.runs_peer("mimalloc") {
-        cs.push(Box::new(RowMalloc {
-            name: "mimalloc",
-            alloc: Mi,
-            sizes: &sizes,
-        }));
-    }
+    row_peers(cfg, &sizes, &mut cs);
     run_workload(
         cfg,
         "per-row-bump",
