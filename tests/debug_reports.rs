@@ -1001,3 +1001,24 @@ fn pfree_in_a_block_whose_context_field_was_overwritten_is_reported() {
     unsafe { pfree(q) };
     ctx.delete();
 }
+
+/// `pfree` of a live chunk whose debug record was overwritten (its header word intact): a
+/// `corrupt-header` report naming the record, and the chunk is not freed.
+#[test]
+fn pfree_of_a_chunk_whose_record_was_overwritten_is_a_corrupt_header() {
+    let ctx = new_ctx("RecordCtx");
+    let p = ctx.alloc(32).as_ptr();
+    // The record lies between the header word and the 16-byte front redzone.
+    let record = unsafe { p.sub(memctx::chunk_prefix_size() - 8) } as *mut u64;
+    let kept = unsafe { record.read() };
+    unsafe { record.write(u64::MAX) };
+    let r = one(collect(|| unsafe { pfree(p) }));
+    unsafe { record.write(kept) };
+    assert_eq!(r.class, BugClass::CorruptHeader, "{r}");
+    assert_eq!(r.context, "RecordCtx");
+    assert_eq!(r.found_at, "pfree");
+    assert_eq!(r.detail, "the chunk's debug record was overwritten");
+    assert_eq!(ctx.check(), 0, "not freed: still a sound live chunk");
+    unsafe { pfree(p) };
+    ctx.delete();
+}
