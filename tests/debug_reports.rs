@@ -1022,3 +1022,29 @@ fn pfree_of_a_chunk_whose_record_was_overwritten_is_a_corrupt_header() {
     unsafe { pfree(p) };
     ctx.delete();
 }
+
+/// An interior pointer into a chunk other than its block's first names that chunk, with its size
+/// and allocation line.
+#[test]
+fn an_interior_pointer_names_the_chunk_it_points_into() {
+    let ctx = new_ctx("InteriorCtx");
+    let _first = ctx.alloc(64).as_ptr();
+    let (mut second, mut line) = (0, 0);
+    let r = one(collect(|| {
+        let q = ctx.alloc(48).as_ptr();
+        (second, line) = (q as usize, line!() - 1);
+        unsafe { pfree(q.add(32)) };
+    }));
+    assert_eq!(r.class, BugClass::InvalidPointer, "{r}");
+    assert_eq!(r.chunk, Some(second));
+    assert_eq!(r.requested, Some(48));
+    assert!(r.detail.contains("32 bytes into the chunk"), "{r}");
+    assert_first_frame_at(
+        &r.alloc_backtrace(),
+        "an_interior_pointer_names_the_chunk_it_points_into",
+        line,
+        "allocation",
+    );
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
