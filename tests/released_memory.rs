@@ -587,3 +587,37 @@ fn a_write_into_a_released_blocks_unused_tail_names_the_chunk_before_it() {
     );
     assert_first_frame(&r.alloc_backtrace(), "fill", "allocation");
 }
+
+/// A Generation block that empties twice keeps the history of the chunks its first emptying
+/// released and its second walk did not reach: a write into one of them, through a pointer kept
+/// since, is found by `check` as that chunk's write-after-free.
+#[test]
+fn a_generation_block_emptied_twice_keeps_the_older_chunks_history() {
+    let ctx = MemoryContext::top().new_generation_child("GenTwice", BlockSizes::DEFAULT);
+    let mut stale = 0usize;
+    let r = one(collect(|| {
+        let first = fill(ctx, 10, 100);
+        for &p in &first {
+            unsafe { memctx::pfree(p) }; // the last free empties the block, which is kept
+        }
+        let second = fill(ctx, 3, 100);
+        assert_eq!(
+            second[0], first[0],
+            "the block's space is carved again from its start"
+        );
+        for &p in &second {
+            unsafe { memctx::pfree(p) };
+        }
+        stale = first[7] as usize;
+        unsafe { first[7].add(4).write(0x6D) };
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::WriteAfterFree, "{r}");
+    assert_eq!(r.context_path, ["TopMemoryContext", "GenTwice"]);
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, Some(stale));
+    assert_eq!(r.requested, Some(100));
+    assert_eq!(r.range, Some((4, 5)));
+    assert_first_frame(&r.alloc_backtrace(), "fill", "allocation");
+    ctx.delete();
+}
