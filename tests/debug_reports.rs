@@ -1045,6 +1045,15 @@ fn an_interior_pointer_names_the_chunk_it_points_into() {
         line,
         "allocation",
     );
+    // Its chunk's start (the header word, where the chunk before it ends) is its chunk too.
+    let r = one(collect(|| unsafe {
+        pfree((second as *mut u8).sub(memctx::chunk_prefix_size()))
+    }));
+    assert_eq!(
+        (r.class, r.chunk),
+        (BugClass::InvalidPointer, Some(second)),
+        "{r}"
+    );
     assert_eq!(ctx.check(), 0);
     ctx.delete();
 }
