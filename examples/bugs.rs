@@ -13,6 +13,13 @@
 //! | `large-overrun` | writes 4 bytes past a 10,000-byte chunk, which has a block of its own |
 //! | `read-after-pfree` | reads a chunk after `pfree` |
 //! | `read-after-reset` | reads a chunk after its context was reset |
+//! | `generation-overrun` | writes the byte right after a 10-byte chunk of a Generation context |
+//! | `generation-read-after-pfree` | reads a Generation chunk after `pfree` (its block still holds a live chunk) |
+//! | `generation-write-after-spare` | writes a Generation chunk after the `pfree` that emptied its block, which the context keeps as its spare |
+//! | `generation-read-after-give-back` | reads a Generation chunk after the `pfree` that emptied its block, which went back (to the quarantine of released blocks) |
+//! | `generation-read-after-reset` | reads a Generation chunk after its context was reset |
+//! | `bump-overrun` | writes the byte right after a 10-byte chunk of a Bump context |
+//! | `bump-read-after-reset` | reads a Bump chunk after its context was reset |
 //! | `uninit` | branches on a fresh chunk's unwritten bytes |
 //! | `leak` | loses the only pointer to a chunk of a long-lived context, while a list spread over many blocks (and a block with no live chunk between them) stays referenced from a static, on a thread that exits with its context alive and deleted headers on its recycle lists |
 //! | `clean` | a small correct workload (no report expected) |
@@ -88,6 +95,126 @@ fn slab_read_after_pfree(ctx: MemoryContext) -> u8 {
     unsafe {
         p.write_bytes(7, 40);
         pfree(p);
+        ptr::read_volatile(p)
+    }
+}
+
+/// A Generation context under `ctx`, as a queue of messages would have.
+fn generation(ctx: MemoryContext, sizes: BlockSizes) -> MemoryContext {
+    ctx.new_generation_child("Queue", sizes)
+}
+
+/// A Bump context under `ctx`, as a sort's tuples would have.
+fn bump(ctx: MemoryContext) -> MemoryContext {
+    ctx.new_bump_child("Tuples", BlockSizes::DEFAULT)
+}
+
+#[inline(never)]
+fn generation_overrun(ctx: MemoryContext) {
+    let p = generation(ctx, BlockSizes::DEFAULT).alloc(10).as_ptr();
+    // SAFETY: none — the byte after the 10-byte request is the bug.
+    unsafe { ptr::write_volatile(p.add(10), b'!') };
+}
+
+#[inline(never)]
+fn generation_read_after_pfree(ctx: MemoryContext) -> u8 {
+    let queue = generation(ctx, BlockSizes::DEFAULT);
+    let p = queue.alloc(10).as_ptr();
+    // A live chunk after it keeps the block from emptying: the freed chunk is alone in its state.
+    black_box(queue.alloc(10));
+    // SAFETY: `p` is a live 10-byte chunk until the pfree; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 10);
+        pfree(p);
+        ptr::read_volatile(p)
+    }
+}
+
+/// Blocks of one size (8 KiB) for a Generation context, so an emptied block is never larger than
+/// the spare: the first block to empty becomes the spare, the next goes back.
+const FIXED_8K: BlockSizes = BlockSizes {
+    min_context_size: 0,
+    init_block_size: 8192,
+    max_block_size: 8192,
+};
+
+/// Fills `queue` with 200-byte chunks past its keeper, through two whole blocks into a third (the
+/// current one), and returns the chunks of the two whole blocks, each written.
+fn fill_two_blocks(queue: MemoryContext) -> (Vec<*mut u8>, Vec<*mut u8>) {
+    let blocks = || queue.counters().total_nblocks;
+    let mut lists = [Vec::new(), Vec::new()];
+    while blocks() == 1 {
+        queue.alloc(200);
+    }
+    for list in &mut lists {
+        let start = blocks();
+        let mut p = queue.alloc(200).as_ptr();
+        while blocks() == start {
+            list.push(p);
+            p = queue.alloc(200).as_ptr();
+        }
+        // `p` opened the next block; it stays live.
+    }
+    for p in lists.iter().flatten() {
+        // SAFETY: each is a live 200-byte chunk.
+        unsafe { p.write_bytes(7, 200) };
+    }
+    let [second, third] = lists;
+    (second, third)
+}
+
+/// Frees every chunk of `chunks` (all of one block, which then empties).
+fn free_all(chunks: &[*mut u8]) {
+    for &p in chunks {
+        // SAFETY: each is a live chunk, freed once.
+        unsafe { pfree(p) };
+    }
+}
+
+#[inline(never)]
+fn generation_write_after_spare(ctx: MemoryContext) {
+    let (second, _third) = fill_two_blocks(generation(ctx, FIXED_8K));
+    free_all(&second); // the second block empties and becomes the spare
+                       // SAFETY: none — the write into the freed chunk of the spare block is the bug.
+    unsafe { ptr::write_volatile(second[0], b'!') };
+}
+
+#[inline(never)]
+fn generation_read_after_give_back(ctx: MemoryContext) -> u8 {
+    let (second, third) = fill_two_blocks(generation(ctx, FIXED_8K));
+    free_all(&second); // the spare
+    free_all(&third); // not larger than the spare: goes back
+                      // SAFETY: none — the read from the freed chunk of the block given back is the bug.
+    unsafe { ptr::read_volatile(third[0]) }
+}
+
+#[inline(never)]
+fn generation_read_after_reset(ctx: MemoryContext) -> u8 {
+    let queue = generation(ctx, BlockSizes::DEFAULT);
+    let p = queue.alloc(10).as_ptr();
+    // SAFETY: `p` is a live 10-byte chunk until the reset; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 10);
+        queue.reset();
+        ptr::read_volatile(p)
+    }
+}
+
+#[inline(never)]
+fn bump_overrun(ctx: MemoryContext) {
+    let p = bump(ctx).alloc(10).as_ptr();
+    // SAFETY: none — the byte after the 10-byte request is the bug.
+    unsafe { ptr::write_volatile(p.add(10), b'!') };
+}
+
+#[inline(never)]
+fn bump_read_after_reset(ctx: MemoryContext) -> u8 {
+    let tuples = bump(ctx);
+    let p = tuples.alloc(10).as_ptr();
+    // SAFETY: `p` is a live 10-byte chunk until the reset; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 10);
+        tuples.reset();
         ptr::read_volatile(p)
     }
 }
@@ -308,13 +435,30 @@ fn main() {
         "slab-read-after-pfree" => {
             black_box(slab_read_after_pfree(ctx));
         }
+        "generation-overrun" => generation_overrun(ctx),
+        "generation-read-after-pfree" => {
+            black_box(generation_read_after_pfree(ctx));
+        }
+        "generation-write-after-spare" => generation_write_after_spare(ctx),
+        "generation-read-after-give-back" => {
+            black_box(generation_read_after_give_back(ctx));
+        }
+        "generation-read-after-reset" => {
+            black_box(generation_read_after_reset(ctx));
+        }
+        "bump-overrun" => bump_overrun(ctx),
+        "bump-read-after-reset" => {
+            black_box(bump_read_after_reset(ctx));
+        }
         "clean" => clean(ctx),
         "quarantine-overflow" => quarantine_overflow(ctx),
         _ => {
             eprintln!(
                 "usage: bugs overrun|overrun-slack|underrun|large-overrun|read-after-pfree|\
                  read-after-reset|read-after-delete|uninit|slab-overrun|slab-read-after-pfree|\
-                 leak|clean|quarantine-overflow"
+                 generation-overrun|generation-read-after-pfree|generation-write-after-spare|\
+                 generation-read-after-give-back|generation-read-after-reset|bump-overrun|\
+                 bump-read-after-reset|leak|clean|quarantine-overflow"
             );
             std::process::exit(2);
         }

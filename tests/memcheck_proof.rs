@@ -165,14 +165,7 @@ fn the_error<'a>(errors: &'a [VgError], kind: &str, function: &str) -> &'a VgErr
 
 #[test]
 fn overrun_of_one_byte_is_an_invalid_write_just_after_the_chunk() {
-    let errors = memcheck("overrun");
-    let e = the_error(&errors, "InvalidWrite", "overrun");
-    assert!(
-        e.aux
-            .iter()
-            .any(|a| a.contains("0 bytes after a block of size 10 client-defined")),
-        "memcheck should know the 10-byte chunk: {e:#?}"
-    );
+    just_after_the_10_byte_chunk("overrun", "overrun");
 }
 
 #[test]
@@ -206,15 +199,14 @@ fn underrun_is_an_invalid_write_just_before_the_chunk() {
     );
 }
 
-/// Asserts that memcheck describes the address of `e` by the freed 10-byte chunk itself — not
-/// by the context's block around it — with the stack that freed it (through `freed_by`, called
-/// from `bugs::<function>`) and the chunk's allocation stack (from `bugs::<function>` too).
-fn described_as_the_freed_chunk(e: &VgError, function: &str, freed_by: &str) {
+/// Asserts that memcheck describes the address of `e` by the freed chunk of `size` bytes itself —
+/// not by the context's block around it — with the stack that freed it (through `freed_by`,
+/// called from `bugs::<function>`) and the chunk's allocation stack (from `bugs::<function>` too).
+fn described_as_the_freed_chunk(e: &VgError, function: &str, freed_by: &str, size: usize) {
+    let at = format!("0 bytes inside a block of size {size} free'd");
     assert!(
-        e.aux
-            .iter()
-            .any(|a| a.contains("0 bytes inside a block of size 10 free'd")),
-        "memcheck should name the freed 10-byte chunk: {e:#?}"
+        e.aux.iter().any(|a| a.contains(&at)),
+        "memcheck should name the freed {size}-byte chunk: {e:#?}"
     );
     assert!(e.aux.iter().any(|a| a == "Block was alloc'd at"), "{e:#?}");
     let [_, free, alloc] = &e.stacks[..] else {
@@ -240,7 +232,7 @@ fn described_as_the_freed_chunk(e: &VgError, function: &str, freed_by: &str) {
 fn read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
     let errors = memcheck("read-after-pfree");
     let e = the_error(&errors, "InvalidRead", "read_after_pfree");
-    described_as_the_freed_chunk(e, "read_after_pfree", "memctx::raw::pfree");
+    described_as_the_freed_chunk(e, "read_after_pfree", "memctx::raw::pfree", 10);
 }
 
 /// A Slab chunk is a pool chunk of its object's 40 bytes: memcheck names it at an overrun, and
@@ -265,6 +257,76 @@ fn slab_chunks_are_described_as_the_objects() {
     );
 }
 
+/// Asserts memcheck's one error of `bugs <name>` is an `InvalidWrite` 0 bytes after the
+/// 10-byte chunk `bugs::<function>` allocated.
+fn just_after_the_10_byte_chunk(name: &str, function: &str) {
+    let errors = memcheck(name);
+    let e = the_error(&errors, "InvalidWrite", function);
+    assert!(
+        e.aux
+            .iter()
+            .any(|a| a.contains("0 bytes after a block of size 10 client-defined")),
+        "memcheck should know the 10-byte chunk: {e:#?}"
+    );
+}
+
+/// A Generation chunk is a pool chunk of its request, as an AllocSet chunk is.
+#[test]
+fn generation_overrun_is_an_invalid_write_just_after_the_chunk() {
+    just_after_the_10_byte_chunk("generation-overrun", "generation_overrun");
+}
+
+#[test]
+fn generation_read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
+    let errors = memcheck("generation-read-after-pfree");
+    let function = "generation_read_after_pfree";
+    let e = the_error(&errors, "InvalidRead", function);
+    described_as_the_freed_chunk(e, function, "memctx::raw::pfree", 10);
+}
+
+/// The `pfree` that empties a Generation block rewinds it as the context's spare: the freed
+/// chunk's space stays closed, and memcheck still names the chunk and the `pfree` that freed it.
+#[test]
+fn generation_write_into_the_spare_block_is_an_invalid_write_of_the_freed_chunk() {
+    let errors = memcheck("generation-write-after-spare");
+    let function = "generation_write_after_spare";
+    let e = the_error(&errors, "InvalidWrite", function);
+    described_as_the_freed_chunk(e, function, "memctx::raw::pfree", 200);
+}
+
+/// An emptied Generation block that is not kept goes back (to the quarantine of released
+/// blocks): a read of one of its chunks is memcheck's error, naming the chunk.
+#[test]
+fn generation_read_from_a_block_given_back_is_an_invalid_read_of_the_freed_chunk() {
+    let errors = memcheck("generation-read-after-give-back");
+    let function = "generation_read_after_give_back";
+    let e = the_error(&errors, "InvalidRead", function);
+    described_as_the_freed_chunk(e, function, "memctx::raw::pfree", 200);
+}
+
+#[test]
+fn generation_read_after_reset_is_an_invalid_read_of_the_released_chunk() {
+    let errors = memcheck("generation-read-after-reset");
+    let function = "generation_read_after_reset";
+    let e = the_error(&errors, "InvalidRead", function);
+    described_as_the_freed_chunk(e, function, "memctx::context::MemoryContext::reset", 10);
+}
+
+/// A Bump chunk of the debug build has a header and is a pool chunk of its request.
+#[test]
+fn bump_overrun_is_an_invalid_write_just_after_the_chunk() {
+    just_after_the_10_byte_chunk("bump-overrun", "bump_overrun");
+}
+
+/// A Bump context's reset trims its pool as an AllocSet's does: every chunk is freed at once.
+#[test]
+fn bump_read_after_reset_is_an_invalid_read_of_the_released_chunk() {
+    let errors = memcheck("bump-read-after-reset");
+    let function = "bump_read_after_reset";
+    let e = the_error(&errors, "InvalidRead", function);
+    described_as_the_freed_chunk(e, function, "memctx::context::MemoryContext::reset", 10);
+}
+
 /// A block of a deleted context waits in the debug build's quarantine, NOACCESS: a read through a
 /// pointer into it is memcheck's error at the read.
 #[test]
@@ -287,6 +349,7 @@ fn read_after_reset_is_an_invalid_read_of_the_released_chunk() {
         e,
         "read_after_reset",
         "memctx::context::MemoryContext::reset",
+        10,
     );
 }
 
