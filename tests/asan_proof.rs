@@ -159,6 +159,38 @@ fn slab_chunks_are_poisoned_past_the_object_and_after_pfree() {
     );
 }
 
+/// A Generation chunk is poisoned past its request and once freed — also when the `pfree`
+/// emptied its block, which the context keeps as its spare or gives back — and after a reset.
+#[test]
+fn generation_chunks_are_poisoned_past_the_request_and_after_pfree_or_reset() {
+    for (name, access) in [
+        ("generation-overrun", "WRITE of size 1"),
+        ("generation-read-after-pfree", "READ of size 1"),
+        ("generation-write-after-spare", "WRITE of size 1"),
+        ("generation-read-after-give-back", "READ of size 1"),
+        ("generation-read-after-reset", "READ of size 1"),
+    ] {
+        assert_report(name, "use-after-poison", access, &name.replace('-', "_"));
+    }
+}
+
+/// A Bump chunk of the debug build is poisoned past its request and after the context's reset.
+#[test]
+fn bump_chunks_are_poisoned_past_the_request_and_after_reset() {
+    assert_report(
+        "bump-overrun",
+        "use-after-poison",
+        "WRITE of size 1",
+        "bump_overrun",
+    );
+    assert_report(
+        "bump-read-after-reset",
+        "use-after-poison",
+        "READ of size 1",
+        "bump_read_after_reset",
+    );
+}
+
 #[test]
 fn use_after_pfree_is_reported_at_the_read() {
     assert_report(

@@ -36,8 +36,12 @@ fn child() {
         return;
     };
     match case.as_str() {
-        "overrun" => overrun(),
-        "use-after-free" => use_after_free(),
+        "overrun" => overrun(guarded_context()),
+        "use-after-free" => use_after_free(guarded_context()),
+        "generation-overrun" => overrun(generation_context()),
+        "generation-use-after-free" => use_after_free(generation_context()),
+        "bump-overrun" => overrun(bump_context()),
+        "bump-use-after-reset" => bump_use_after_reset(),
         "not-ours" => not_ours(),
         "stack-overflow" => stack_overflow(),
         "redzone" => redzone_checked_at_free(),
@@ -54,6 +58,17 @@ fn guarded_context() -> MemoryContext {
     MemoryContext::top().new_child("guarded", BlockSizes::DEFAULT)
 }
 
+/// A Generation context whose 10,000-byte chunks get a block of their own: with the small sizes
+/// its chunk limit (an eighth of the 8 KiB maximum block) is below them.
+fn generation_context() -> MemoryContext {
+    MemoryContext::top().new_generation_child("guarded generation", BlockSizes::SMALL)
+}
+
+/// A Bump context, whose chunks above 8 KiB get a block of their own.
+fn bump_context() -> MemoryContext {
+    MemoryContext::top().new_bump_child("guarded bump", BlockSizes::DEFAULT)
+}
+
 #[inline(never)]
 fn write_past(p: *mut u8, at: usize) {
     // SAFETY: none — the bug under test: a write `at` bytes into a 10,000-byte chunk.
@@ -65,8 +80,7 @@ fn allocate_big_chunk(ctx: &MemoryContext) -> *mut u8 {
     ctx.alloc(10_000).as_ptr()
 }
 
-fn overrun() {
-    let ctx = guarded_context();
+fn overrun(ctx: MemoryContext) {
     let p = allocate_big_chunk(&ctx);
     write_past(p, 10_100);
     unreachable!("the write past the guard page returned");
@@ -78,13 +92,21 @@ fn write_freed(p: *mut u8) {
     unsafe { std::ptr::write_volatile(p.add(40), 1) };
 }
 
-fn use_after_free() {
-    let ctx = guarded_context();
+fn use_after_free(ctx: MemoryContext) {
     let p = allocate_big_chunk(&ctx);
     // SAFETY: p is a live chunk of ctx.
     unsafe { memctx::pfree(p) };
     write_freed(p);
     unreachable!("the write into the freed chunk returned");
+}
+
+/// A Bump chunk is freed by its context's reset only: the reset gives its block back.
+fn bump_use_after_reset() {
+    let ctx = bump_context();
+    let p = allocate_big_chunk(&ctx);
+    ctx.reset();
+    write_freed(p);
+    unreachable!("the write into the chunk released by the reset returned");
 }
 
 fn not_ours() {
@@ -275,12 +297,18 @@ fn assert_guard_fault(out: &Output, class: &str, function: &str) {
 /// the freed block, a `heap-use-after-free`.
 #[cfg(memctx_asan)]
 fn assert_guard_fault(out: &Output, class: &str, function: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
     let kind = match class {
         "overrun" => "heap-buffer-overflow",
         _ => "heap-use-after-free",
     };
+    assert_asan_report(out, kind, function);
+}
+
+/// ASan reported `kind` at an access in `function`, and the child failed.
+#[cfg(memctx_asan)]
+fn assert_asan_report(out: &Output, kind: &str, function: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(
         err.contains(&format!("ERROR: AddressSanitizer: {kind}")),
         "{err}"
@@ -288,9 +316,9 @@ fn assert_guard_fault(out: &Output, class: &str, function: &str) {
     assert!(err.contains(&format!("guard_pages::{function}")), "{err}");
 }
 
-#[test]
-fn overrun_far_past_a_large_chunk_faults_at_the_write() {
-    let out = run("overrun", &[]);
+/// The `case` child writes 100 bytes past its 10,000-byte chunk: a guard fault at the write.
+fn assert_overrun_faults(case: &str) {
+    let out = run(case, &[]);
     assert_guard_fault(&out, "overrun", "write_past");
     #[cfg(not(memctx_asan))]
     {
@@ -303,11 +331,37 @@ fn overrun_far_past_a_large_chunk_faults_at_the_write() {
 }
 
 #[test]
-fn write_after_free_of_a_large_chunk_faults() {
-    let out = run("use-after-free", &[]);
-    assert_guard_fault(&out, "write-after-free", "write_freed");
+fn overrun_far_past_a_large_chunk_faults_at_the_write() {
+    assert_overrun_faults("overrun");
+}
+
+/// A Generation chunk with a block of its own takes the guarded path as an AllocSet one does.
+#[test]
+fn overrun_far_past_a_large_generation_chunk_faults_at_the_write() {
+    assert_overrun_faults("generation-overrun");
+}
+
+/// So does a Bump chunk with a block of its own.
+#[test]
+fn overrun_far_past_a_large_bump_chunk_faults_at_the_write() {
+    assert_overrun_faults("bump-overrun");
+}
+
+/// The `case` child writes 40 bytes into its 10,000-byte chunk after `freed_in` freed it: a guard
+/// fault at the write, with `freed_in` first in the free stack. In the ASan build, ASan's report
+/// `asan_kind` at the write: a block its `pfree` gave back is ASan's freed heap memory, one a
+/// reset gave back waits in the quarantine of released blocks, poisoned.
+fn assert_write_after_free_faults(case: &str, freed_in: &str, asan_kind: &str) {
+    let out = run(case, &[]);
+    #[cfg(memctx_asan)]
+    {
+        let _ = freed_in;
+        assert_asan_report(&out, asan_kind, "write_freed");
+    }
     #[cfg(not(memctx_asan))]
     {
+        let _ = asan_kind;
+        assert_guard_fault(&out, "write-after-free", "write_freed");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("40 bytes into the 10000-byte chunk"), "{err}");
         let freed = err.split("  freed at:\n").nth(1).expect("the free stack");
@@ -316,10 +370,33 @@ fn write_after_free_of_a_large_chunk_faults() {
                 .lines()
                 .next()
                 .unwrap_or("")
-                .contains("guard_pages::use_after_free"),
+                .contains(&format!("guard_pages::{freed_in}")),
             "{err}"
         );
     }
+}
+
+#[test]
+fn write_after_free_of_a_large_chunk_faults() {
+    assert_write_after_free_faults("use-after-free", "use_after_free", "heap-use-after-free");
+}
+
+#[test]
+fn write_after_free_of_a_large_generation_chunk_faults() {
+    assert_write_after_free_faults(
+        "generation-use-after-free",
+        "use_after_free",
+        "heap-use-after-free",
+    );
+}
+
+#[test]
+fn write_after_reset_into_a_large_bump_chunk_faults() {
+    assert_write_after_free_faults(
+        "bump-use-after-reset",
+        "bump_use_after_reset",
+        "use-after-poison",
+    );
 }
 
 #[test]
