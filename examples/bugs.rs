@@ -13,6 +13,9 @@
 //! | `large-overrun` | writes 4 bytes past a 10,000-byte chunk, which has a block of its own |
 //! | `read-after-pfree` | reads a chunk after `pfree` |
 //! | `read-after-reset` | reads a chunk after its context was reset |
+//! | `slab-overrun` | writes the byte right after a 40-byte Slab object |
+//! | `slab-read-after-pfree` | reads a Slab object after `pfree` |
+//! | `read-after-delete` | reads a chunk of a deleted context (its block in the quarantine) |
 //! | `generation-overrun` | writes the byte right after a 10-byte chunk of a Generation context |
 //! | `generation-read-after-pfree` | reads a Generation chunk after `pfree` (its block still holds a live chunk) |
 //! | `generation-write-after-spare` | writes a Generation chunk after the `pfree` that emptied its block, which the context keeps as its spare |
@@ -138,23 +141,25 @@ const FIXED_8K: BlockSizes = BlockSizes {
     max_block_size: 8192,
 };
 
-/// Fills `queue` with 200-byte chunks past its keeper, through two whole blocks into a third (the
-/// current one), and returns the chunks of the two whole blocks, each written.
+/// Fills `queue` with 200-byte chunks past its keeper, through two whole blocks into a fourth (the
+/// current one), and returns every chunk of the two whole blocks, each written.
 fn fill_two_blocks(queue: MemoryContext) -> (Vec<*mut u8>, Vec<*mut u8>) {
     let blocks = || queue.counters().total_nblocks;
     let mut lists = [Vec::new(), Vec::new()];
+    let mut p = queue.alloc(200).as_ptr();
     while blocks() == 1 {
-        queue.alloc(200);
+        p = queue.alloc(200).as_ptr();
     }
+    // `p` opened the second block: the first chunk of the first list.
     for list in &mut lists {
         let start = blocks();
-        let mut p = queue.alloc(200).as_ptr();
         while blocks() == start {
             list.push(p);
             p = queue.alloc(200).as_ptr();
         }
-        // `p` opened the next block; it stays live.
     }
+    // `p` opened the fourth block; it stays live, as do the keeper's chunks.
+    assert_eq!(blocks(), 4);
     for p in lists.iter().flatten() {
         // SAFETY: each is a live 200-byte chunk.
         unsafe { p.write_bytes(7, 200) };
@@ -173,18 +178,24 @@ fn free_all(chunks: &[*mut u8]) {
 
 #[inline(never)]
 fn generation_write_after_spare(ctx: MemoryContext) {
-    let (second, _third) = fill_two_blocks(generation(ctx, FIXED_8K));
-    free_all(&second); // the second block empties and becomes the spare
-                       // SAFETY: none — the write into the freed chunk of the spare block is the bug.
+    let queue = generation(ctx, FIXED_8K);
+    let (second, _third) = fill_two_blocks(queue);
+    free_all(&second);
+    // The second block emptied and stayed, as the spare.
+    assert_eq!(queue.counters().total_nblocks, 4);
+    // SAFETY: none — the write into the freed chunk of the spare block is the bug.
     unsafe { ptr::write_volatile(second[0], b'!') };
 }
 
 #[inline(never)]
 fn generation_read_after_give_back(ctx: MemoryContext) -> u8 {
-    let (second, third) = fill_two_blocks(generation(ctx, FIXED_8K));
+    let queue = generation(ctx, FIXED_8K);
+    let (second, third) = fill_two_blocks(queue);
     free_all(&second); // the spare
-    free_all(&third); // not larger than the spare: goes back
-                      // SAFETY: none — the read from the freed chunk of the block given back is the bug.
+    free_all(&third);
+    // The third block emptied too and, no larger than the spare, went back.
+    assert_eq!(queue.counters().total_nblocks, 3);
+    // SAFETY: none — the read from the freed chunk of the block given back is the bug.
     unsafe { ptr::read_volatile(third[0]) }
 }
 

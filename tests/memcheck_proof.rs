@@ -4,8 +4,9 @@
 //! allocator itself raised nothing else.
 //!
 //! Needs `valgrind` on the PATH and the `bugs` example, which `cargo test` builds (with
-//! `--test memcheck_proof` alone, add `--example bugs`). Left out of ASan builds: an ASan binary
-//! cannot run under Valgrind.
+//! `--test memcheck_proof` alone, build it first: `cargo build --features debug-contexts
+//! --example bugs`; `--example bugs` on the `cargo test` line builds its test harness instead).
+//! Left out of ASan builds: an ASan binary cannot run under Valgrind.
 #![cfg(all(feature = "debug-contexts", not(memctx_asan)))]
 
 use std::path::PathBuf;
