@@ -1399,6 +1399,7 @@ impl MemoryContext {
                     ident: (*c).ident.as_deref().map(str::to_owned),
                     kind: (*c).kind.name().to_owned(),
                     counters: kinds::counters(c),
+                    detail: kinds::detail(c),
                     children,
                 };
                 pending.push(((*c).parent, node));

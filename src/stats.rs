@@ -18,9 +18,10 @@
 //! (block headers and the context header included), the number of blocks, the
 //! free bytes (unused block tails plus chunks on the freelists, chunk headers
 //! included) and the number of free chunks; "used" is always derived as total
-//! minus free. Sums over a subtree are computed when asked for
-//! ([`StatsNode::total`]) rather than stored, so a snapshot cannot disagree with
-//! itself.
+//! minus free. A Generation node also holds its chunk count and a Slab node its
+//! empty blocks ([`KindDetail`]), which their kinds' stats lines print. Sums
+//! over a subtree are computed when asked for ([`StatsNode::total`]) rather
+//! than stored, so a snapshot cannot disagree with itself.
 //!
 //! [`format_stats`] reproduces the text that `MemoryContextStatsDetail` writes to
 //! stderr (what `MemoryContextStats(TopMemoryContext)` prints from gdb and what
@@ -172,6 +173,68 @@ pub struct KindDetail {
     pub empty_blocks: Option<u64>,
 }
 
+impl KindDetail {
+    /// The stats line of a context of `kind` with these counters, in the kind's shape (the table
+    /// above), without the name: the AllocSet shape when the kind's figure is unknown, as for any
+    /// kind but Generation, Slab and Bump.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use memctx::stats::{Counters, KindDetail};
+    ///
+    /// let c = Counters { total_bytes: 16384, total_nblocks: 2, free_bytes: 11136, free_chunks: 3 };
+    /// let generation = KindDetail { chunks: Some(37), empty_blocks: None };
+    /// assert_eq!(
+    ///     generation.line("Generation", &c).to_string(),
+    ///     "16384 total in 2 blocks (37 chunks); 11136 free (3 chunks); 5248 used"
+    /// );
+    /// assert_eq!(
+    ///     KindDetail::default().line("Bump", &c).to_string(),
+    ///     "16384 total in 2 blocks; 11136 free; 5248 used"
+    /// );
+    /// assert_eq!(KindDetail::default().line("AllocSet", &c).to_string(), c.to_string());
+    /// ```
+    #[must_use]
+    pub fn line<'a>(&'a self, kind: &'a str, counters: &'a Counters) -> impl fmt::Display + 'a {
+        KindLine {
+            kind,
+            counters,
+            detail: self,
+        }
+    }
+}
+
+/// [`KindDetail::line`]'s result.
+struct KindLine<'a> {
+    kind: &'a str,
+    counters: &'a Counters,
+    detail: &'a KindDetail,
+}
+
+impl fmt::Display for KindLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.counters;
+        let (total, blocks, free, used) =
+            (c.total_bytes, c.total_nblocks, c.free_bytes, c.used_bytes());
+        let chunks = c.free_chunks;
+        match (self.kind, self.detail.chunks, self.detail.empty_blocks) {
+            ("Generation", Some(n), _) => write!(
+                f,
+                "{total} total in {blocks} blocks ({n} chunks); {free} free ({chunks} chunks); \
+                 {used} used"
+            ),
+            ("Slab", _, Some(e)) => write!(
+                f,
+                "{total} total in {blocks} blocks; {e} empty blocks; {free} free ({chunks} chunks); \
+                 {used} used"
+            ),
+            ("Bump", _, _) => write!(f, "{total} total in {blocks} blocks; {free} free; {used} used"),
+            _ => c.fmt(f),
+        }
+    }
+}
+
 /// One context in a stats tree.
 ///
 /// A snapshot of one context and, through `children`, of its whole subtree.
@@ -180,7 +243,7 @@ pub struct KindDetail {
 /// # Examples
 ///
 /// ```
-/// use memctx::stats::{Counters, StatsNode};
+/// use memctx::stats::{Counters, KindDetail, StatsNode};
 ///
 /// let leaf = |id, name: &str, total| StatsNode {
 ///     id,
@@ -188,6 +251,7 @@ pub struct KindDetail {
 ///     ident: None,
 ///     kind: "AllocSet".to_string(),
 ///     counters: Counters { total_bytes: total, total_nblocks: 1, free_bytes: 0, free_chunks: 0 },
+///     detail: KindDetail::default(),
 ///     children: Vec::new(),
 /// };
 /// let mut top = leaf(1, "TopMemoryContext", 8192);
@@ -210,6 +274,10 @@ pub struct StatsNode {
     pub kind: String,
     /// The context's own counters, not including its children.
     pub counters: Counters,
+    /// What the kind's stats line shows beyond the counters (a Generation's chunks, a Slab's
+    /// empty blocks); in JSON, optional fields beside `counters`.
+    #[serde(flatten)]
+    pub detail: KindDetail,
     /// The child contexts, in display order.
     pub children: Vec<StatsNode>,
 }
@@ -290,8 +358,9 @@ impl Default for PrintOptions {
 ///
 /// - every printed context, in pre-order (a context, then its children in the
 ///   given order): two spaces per level of indentation (none for the root),
-///   then `NAME: T total in B blocks; F free (C chunks); U used`, then, if the
-///   context has an identifier, `: IDENT`;
+///   then `NAME: T total in B blocks; F free (C chunks); U used` — or the
+///   context's kind's shape of it ([`KindDetail`]: Generation, Slab and Bump
+///   print their own) —, then, if the context has an identifier, `: IDENT`;
 /// - when a context has children that are not printed — those past the first
 ///   `max_children`, or all of them when the context is at level `max_level` —
 ///   one line at the children's indentation, after the printed children:
@@ -314,12 +383,15 @@ impl Default for PrintOptions {
 ///   kept. An empty identifier still prints `: `.
 /// - A context named `dynahash` that has an identifier is printed under its
 ///   identifier as name (whole and unfiltered), with no `: IDENT` part.
-/// - The `kind` and `id` of a node are not printed.
+/// - The summary line and the grand total are in the AllocSet shape whatever
+///   the kinds they sum, as PostgreSQL prints them from summed counters.
+/// - The `kind` and `id` of a node are not printed (the kind only chooses the
+///   line's shape).
 ///
 /// # Examples
 ///
 /// ```
-/// use memctx::stats::{format_stats, Counters, PrintOptions, StatsNode};
+/// use memctx::stats::{format_stats, Counters, KindDetail, PrintOptions, StatsNode};
 ///
 /// let node = |id, name: &str, ident: Option<&str>, total, free, children| StatsNode {
 ///     id,
@@ -327,6 +399,7 @@ impl Default for PrintOptions {
 ///     ident: ident.map(str::to_string),
 ///     kind: "AllocSet".to_string(),
 ///     counters: Counters { total_bytes: total, total_nblocks: 1, free_bytes: free, free_chunks: 1 },
+///     detail: KindDetail::default(),
 ///     children,
 /// };
 /// let tree = node(1, "TopMemoryContext", None, 8192, 1000, vec![
@@ -411,7 +484,11 @@ fn push_context_line(out: &mut String, node: &StatsNode) {
         Some(ident) if node.name == "dynahash" => (ident.as_str(), None),
         ident => (node.name.as_str(), ident.as_deref()),
     };
-    let _ = write!(out, "{name}: {}", node.counters);
+    let _ = write!(
+        out,
+        "{name}: {}",
+        node.detail.line(&node.kind, &node.counters)
+    );
     if let Some(ident) = ident {
         out.push_str(": ");
         push_display_ident(out, ident);
@@ -461,7 +538,7 @@ pub(crate) fn push_grand_total(out: &mut String, grand: &Counters) {
 /// # Examples
 ///
 /// ```
-/// use memctx::stats::{rows, Counters, StatsNode};
+/// use memctx::stats::{rows, Counters, KindDetail, StatsNode};
 ///
 /// let top = StatsNode {
 ///     id: 7,
@@ -469,6 +546,7 @@ pub(crate) fn push_grand_total(out: &mut String, grand: &Counters) {
 ///     ident: None,
 ///     kind: "AllocSet".to_string(),
 ///     counters: Counters { total_bytes: 8192, total_nblocks: 1, free_bytes: 192, free_chunks: 1 },
+///     detail: KindDetail::default(),
 ///     children: Vec::new(),
 /// };
 /// let r = &rows(&top)[0];
@@ -504,6 +582,10 @@ pub struct ContextRow {
     pub free_chunks: u64,
     /// `total_bytes - free_bytes` ([`Counters::used_bytes`]).
     pub used_bytes: u64,
+    /// What the kind's stats line shows beyond the counters ([`StatsNode::detail`]): optional
+    /// fields `chunks` and `empty_blocks` in JSON.
+    #[serde(flatten)]
+    pub detail: KindDetail,
 }
 
 /// Flattens the tree into rows, breadth-first like `pg_backend_memory_contexts`:
@@ -513,7 +595,7 @@ pub struct ContextRow {
 /// # Examples
 ///
 /// ```
-/// use memctx::stats::{rows, Counters, StatsNode};
+/// use memctx::stats::{rows, Counters, KindDetail, StatsNode};
 ///
 /// let node = |id, name: &str, children| StatsNode {
 ///     id,
@@ -521,6 +603,7 @@ pub struct ContextRow {
 ///     ident: None,
 ///     kind: "AllocSet".to_string(),
 ///     counters: Counters::default(),
+///     detail: KindDetail::default(),
 ///     children,
 /// };
 /// let tree = node(1, "Top", vec![
@@ -565,6 +648,7 @@ pub fn rows(root: &StatsNode) -> Vec<ContextRow> {
             free_bytes: c.free_bytes,
             free_chunks: c.free_chunks,
             used_bytes: c.used_bytes(),
+            detail: node.detail,
         });
         let me = out.len() - 1;
         queue.extend(node.children.iter().map(|child| (child, Some(me))));
@@ -616,7 +700,9 @@ struct SnapshotTree {
 /// absent —, `type`, `level`, `path`, `parent_id`, `total_bytes`,
 /// `total_nblocks`, `free_bytes`, `free_chunks`, `used_bytes`); a tree node has
 /// `id`, `name`, `ident`, `kind`, `counters` (`total_bytes`, `total_nblocks`,
-/// `free_bytes`, `free_chunks`) and `children`. `contexts` is the part
+/// `free_bytes`, `free_chunks`) and `children`. Both have, when the kind has
+/// them, the optional `chunks` (Generation) and `empty_blocks` (Slab) of
+/// [`KindDetail`]; a document without them reads as none. `contexts` is the part
 /// [`from_json`] reads: it is flat, so tools (`jq`, spreadsheets, the snapshot
 /// diff) can take it row by row and it parses at any depth. `tree` is there for
 /// readers who want the nesting; it is as deep as the context tree, which
@@ -625,7 +711,7 @@ struct SnapshotTree {
 /// # Examples
 ///
 /// ```
-/// use memctx::stats::{from_json, to_json, Counters, StatsNode};
+/// use memctx::stats::{from_json, to_json, Counters, KindDetail, StatsNode};
 ///
 /// let top = StatsNode {
 ///     id: 1,
@@ -633,6 +719,7 @@ struct SnapshotTree {
 ///     ident: None,
 ///     kind: "AllocSet".to_string(),
 ///     counters: Counters { total_bytes: 8192, total_nblocks: 1, free_bytes: 192, free_chunks: 1 },
+///     detail: KindDetail::default(),
 ///     children: Vec::new(),
 /// };
 /// let json = to_json(&top);
@@ -776,6 +863,7 @@ fn node_of(row: ContextRow) -> StatsNode {
             free_bytes: row.free_bytes,
             free_chunks: row.free_chunks,
         },
+        detail: row.detail,
         children: Vec::new(),
     }
 }

@@ -69,6 +69,7 @@ fn node(id: u64, name: &str, ident: Option<&str>, total: u64, used: u64) -> Stat
             free_bytes: total - used,
             free_chunks: 1,
         },
+        detail: memctx::stats::KindDetail::default(),
         children: Vec::new(),
     }
 }

@@ -83,7 +83,8 @@ fn chunks_are_carved_in_order_and_counted() {
     let line = memctx::format_stats(&ctx.stats(), &memctx::stats::PrintOptions::default());
     assert!(
         line.starts_with(&format!(
-            "ReorderBuffer: 8192 total in 1 blocks; {} free (2 chunks); {} used",
+            "ReorderBuffer: 8192 total in 1 blocks ({} chunks); {} free (2 chunks); {} used",
+            sizes.len() + 1,
             8192 - BLOCK_START - used - footprint(100),
             BLOCK_START + used + footprint(100)
         )),

@@ -295,9 +295,22 @@ fn stats_print_in_postgres_format() {
     let text = format_stats(&ctx.stats(), &PrintOptions::default());
     let free = BLOCK - HEADER - 2 * FOOTPRINT;
     let line = format!(
-        "Change: {BLOCK} total in 1 blocks; {free} free ({} chunks); {} used\n",
+        "Change: {BLOCK} total in 1 blocks; 0 empty blocks; {free} free ({} chunks); {} used\n",
         PER_BLOCK - 2,
         HEADER + 2 * FOOTPRINT
+    );
+    assert!(text.starts_with(&line), "{text}");
+    // Emptied, the block is kept on the empty list: counted among the blocks and as empty, its
+    // slots all free.
+    unsafe {
+        pfree(chunks[0]);
+        pfree(chunks[2]);
+    }
+    let text = format_stats(&ctx.stats(), &PrintOptions::default());
+    let line = format!(
+        "Change: {BLOCK} total in 1 blocks; 1 empty blocks; {} free ({PER_BLOCK} chunks); \
+         {HEADER} used\n",
+        BLOCK - HEADER
     );
     assert!(text.starts_with(&line), "{text}");
     ctx.delete();

@@ -2,7 +2,8 @@
 //! text, the pg_backend_memory_contexts-style rows, and the JSON snapshot.
 
 use memctx::stats::{
-    format_stats, from_json, rows, to_json, ContextRow, Counters, PrintOptions, StatsNode,
+    format_stats, from_json, rows, to_json, ContextRow, Counters, KindDetail, PrintOptions,
+    StatsNode,
 };
 
 fn counters(total: u64, blocks: u64, free: u64, chunks: u64) -> Counters {
@@ -27,6 +28,7 @@ fn node(
         ident: ident.map(str::to_string),
         kind: "AllocSet".to_string(),
         counters: c,
+        detail: KindDetail::default(),
         children,
     }
 }
@@ -488,6 +490,7 @@ fn rows_are_breadth_first_with_levels_and_paths() {
             free_bytes: 1000,
             free_chunks: 3,
             used_bytes: 523288,
+            detail: KindDetail::default(),
         }
     );
     let sum: u64 = r.iter().map(|row| row.total_bytes).sum();
@@ -619,4 +622,208 @@ fn from_json_rejects_bad_documents() {
         o.remove("tree");
     })
     .contains("tree"));
+}
+
+/// A tree holding every kind: the Generation, Slab and Bump contexts print their own shapes, a
+/// Generation whose chunk count is unknown (as read from a `pg_backend_memory_contexts` export)
+/// the common one; the summary of omitted children and the grand total keep the common shape
+/// whatever the kinds summed, as PostgreSQL prints them from summed counters.
+fn kinds_tree() -> StatsNode {
+    let of = |id, name: &str, kind: &str, c, chunks, empty_blocks| {
+        let mut n = node(id, name, None, c, vec![]);
+        n.kind = kind.to_string();
+        n.detail = KindDetail {
+            chunks,
+            empty_blocks,
+        };
+        n
+    };
+    let mut top = node(
+        1,
+        "TopMemoryContext",
+        None,
+        counters(8192, 1, 1000, 2),
+        vec![],
+    );
+    top.children = vec![
+        of(
+            2,
+            "Tuples",
+            "Generation",
+            counters(16384, 2, 11136, 3),
+            Some(37),
+            None,
+        ),
+        of(
+            3,
+            "Change",
+            "Slab",
+            counters(9696, 2, 640, 8),
+            None,
+            Some(1),
+        ),
+        of(
+            4,
+            "Caller tuples",
+            "Bump",
+            counters(8192, 1, 5040, 0),
+            None,
+            None,
+        ),
+        of(
+            5,
+            "Exported",
+            "Generation",
+            counters(8192, 1, 8000, 0),
+            None,
+            None,
+        ),
+        of(
+            6,
+            "TXN",
+            "Slab",
+            counters(8192, 1, 8000, 100),
+            None,
+            Some(1),
+        ),
+        of(
+            7,
+            "More tuples",
+            "Generation",
+            counters(8192, 1, 192, 1),
+            Some(5),
+            None,
+        ),
+    ];
+    top
+}
+
+#[test]
+fn each_kind_prints_its_postgres_shape() {
+    let opts = PrintOptions {
+        max_level: 100,
+        max_children: 4,
+    };
+    assert_eq!(
+        lines(&format_stats(&kinds_tree(), &opts)),
+        [
+            "TopMemoryContext: 8192 total in 1 blocks; 1000 free (2 chunks); 7192 used",
+            "  Tuples: 16384 total in 2 blocks (37 chunks); 11136 free (3 chunks); 5248 used",
+            "  Change: 9696 total in 2 blocks; 1 empty blocks; 640 free (8 chunks); 9056 used",
+            "  Caller tuples: 8192 total in 1 blocks; 5040 free; 3152 used",
+            "  Exported: 8192 total in 1 blocks; 8000 free (0 chunks); 192 used",
+            "  2 more child contexts containing 16384 total in 2 blocks; 8192 free (101 chunks); \
+             8192 used",
+            "Grand total: 67040 bytes in 9 blocks; 34008 free (114 chunks); 33032 used",
+        ]
+    );
+}
+
+#[test]
+fn json_keeps_each_kinds_detail_as_optional_fields() {
+    let tree = kinds_tree();
+    let json = to_json(&tree);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = |i: usize| &v["contexts"][i];
+    assert_eq!(row(0)["name"], "TopMemoryContext");
+    assert!(row(0).get("chunks").is_none() && row(0).get("empty_blocks").is_none());
+    assert_eq!(
+        (&row(1)["chunks"], row(1).get("empty_blocks")),
+        (&37.into(), None)
+    );
+    assert_eq!(
+        (row(2).get("chunks"), &row(2)["empty_blocks"]),
+        (None, &1.into())
+    );
+    assert!(row(3).get("chunks").is_none() && row(3).get("empty_blocks").is_none());
+    assert_eq!(v["tree"]["children"][0]["chunks"], 37);
+    assert_eq!(v["tree"]["children"][1]["empty_blocks"], 1);
+    let back = from_json(&json).unwrap();
+    assert_eq!(back, tree);
+    // The nested tree reads back the same (the flat rows are what `from_json` prefers).
+    let doc = serde_json::json!({"format": "memctx-stats", "version": 1, "tree": v["tree"]});
+    assert_eq!(from_json(&doc.to_string()).unwrap(), tree);
+}
+
+/// memctx's printed stats of live contexts of every kind, read back by the leak tools' parser:
+/// the same counters, kinds and details, the grand total matching.
+#[cfg(feature = "cli")]
+#[test]
+fn printed_stats_of_every_kind_read_back_the_same() {
+    use memctx::{BlockSizes, MemoryContext};
+
+    let root = MemoryContext::top().new_child("round trip", BlockSizes::DEFAULT);
+    let aset = root.new_child("AllocSet", BlockSizes::SMALL);
+    let generation = root.new_generation_child("Tuples", BlockSizes::SMALL);
+    let slab = root.new_slab_child("Change", 8192, 64);
+    let bump = root.new_bump_child("Caller tuples", BlockSizes::SMALL);
+    let mut gen_chunks = Vec::new();
+    let mut slab_chunks = Vec::new();
+    for i in 0..300 {
+        aset.alloc(24 + i % 100);
+        gen_chunks.push(generation.alloc(40 + i % 50).as_ptr());
+        slab_chunks.push(slab.alloc(64).as_ptr());
+        bump.alloc(16 + i % 30);
+    }
+    // Free the oldest Generation chunks, and every Slab chunk but the newest: the Slab's older
+    // blocks empty and are kept for reuse.
+    for p in gen_chunks.drain(..120).chain(slab_chunks.drain(..299)) {
+        // SAFETY: each was allocated above and is freed once.
+        unsafe { memctx::pfree(p) };
+    }
+    let tree = root.stats();
+    let text = format_stats(&tree, &PrintOptions::default());
+    let dumps = memctx::leak::parse_str(&text, "round trip").unwrap();
+    assert_eq!(dumps.len(), 1, "{text}");
+    let d = &dumps[0];
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(d.grand_total, Some(tree.total()));
+    let read = &d.trees[0].contexts;
+    let made = rows(&tree);
+    assert_eq!(read.len(), made.len());
+    for row in &made {
+        let c = read.iter().find(|c| c.name == row.name).unwrap();
+        let counters = Counters {
+            total_bytes: row.total_bytes,
+            total_nblocks: row.total_nblocks,
+            free_bytes: row.free_bytes,
+            free_chunks: row.free_chunks,
+        };
+        assert_eq!(c.counters(), counters, "{}", row.name);
+        assert_eq!(c.detail, row.detail, "{}", row.name);
+        let kind = (row.kind != "AllocSet").then_some(row.kind.as_str());
+        assert_eq!(c.kind.as_deref(), kind, "{}", row.name);
+    }
+    let detail = |name: &str| made.iter().find(|r| r.name == name).unwrap().detail;
+    // The figures are there: the Generation's chunks are its 180 live ones and the freed ones
+    // of blocks not emptied yet (an emptied block is rewound and counts none); Slab blocks
+    // emptied.
+    let chunks = detail("Tuples").chunks.unwrap();
+    assert!((180..300).contains(&chunks), "{text}");
+    assert!(
+        detail("Change").empty_blocks.is_some_and(|e| e >= 1),
+        "{text}"
+    );
+    let line = |name: &str| {
+        let prefix = format!("  {name}: ");
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap()
+            .to_string()
+    };
+    let bump = line("Caller tuples");
+    assert!(
+        bump.contains(" free; ") && !bump.contains("chunks"),
+        "{text}"
+    );
+    assert!(
+        line("Tuples").contains(&format!(" blocks ({chunks} chunks); ")),
+        "{text}"
+    );
+    assert!(line("Change").contains(" empty blocks; "), "{text}");
+    for p in slab_chunks.into_iter().chain(gen_chunks) {
+        // SAFETY: the rest of the chunks allocated above, each freed once.
+        unsafe { memctx::pfree(p) };
+    }
+    root.delete();
 }

@@ -38,6 +38,9 @@
 #   Slab       -- each block's count of free slots (at the offset the registry publishes): free
 #                 chunks; those past the unused tail, on the block's free list, are free bytes
 #                 too, a slot's footprint (published in the context's Slab state) each.
+# Each kind's line has PostgreSQL's shape for it, as memctx's stats print it (stats::KindDetail):
+# a Generation's adds its blocks' chunk counts, a Slab's its empty blocks, a Bump's has no free
+# chunks.
 
 import bisect
 import re
@@ -64,6 +67,11 @@ VALUE_MASK = (1 << 29) - 1
 BLOCK_CONTEXT_OFFSET = 0  # the block header's first word names the owning context
 # Bytes after the block header that belong to the block's kind (memctx's chunk::BLOCK_KIND_BYTES).
 BLOCK_KIND_BYTES = 8
+# A Generation block's count of chunks carved lies just before its published count of freed ones;
+# a Slab context's count of empty blocks, 56 bytes past its published slot footprint (both
+# checked at compile time in src/kinds/generation.rs and src/kinds/slab.rs).
+GENERATION_NCHUNKS_BEFORE_NFREE = 4
+SLAB_NEMPTY_PAST_FOOTPRINT = 56
 
 # Registry (repr(C), 64-bit): magic u64, layout_version u32, nthreads u32, head ptr, LayoutInfo.
 REG_VERSION = 8
@@ -211,13 +219,18 @@ class Layout:
 class Node:
     """One context: its own counters and its children, as memctx's StatsNode."""
 
-    __slots__ = ("addr", "name", "ident", "total", "nblocks", "free", "fchunks", "children")
+    __slots__ = (
+        "addr", "name", "ident", "kind", "total", "nblocks", "free", "fchunks", "chunks",
+        "empty_blocks", "children",
+    )
 
     def __init__(self, addr):
         self.addr = addr
         self.name = b""
         self.ident = None
-        self.total = self.nblocks = self.free = self.fchunks = 0
+        self.kind = "unknown"
+        self.total = self.nblocks = self.free = self.fchunks = self.chunks = 0
+        self.empty_blocks = 0
         self.children = []
 
 
@@ -386,7 +399,10 @@ def read_context(reg, addr, max_chunks, warnings):
             % (label, kind_id)
         )
         kind = Kind("unknown")
+    node.kind = kind.name
     blocks = walk_blocks(reg, node, buf, kind, label, warnings)
+    if kind.name == "Slab":
+        node.empty_blocks = mem.u64(buf, lay.slab_footprint + SLAB_NEMPTY_PAST_FOOTPRINT)
     if kind.context_free is not None:
         kind.context_free(reg, node, buf, blocks, label, max_chunks, warnings)
     return (
@@ -403,8 +419,8 @@ class Kind:
 
     name          -- the kind's name, as memctx's stats print it in `type`;
     block_free    -- None, or f(mem, layout, context header bytes, block header bytes, tail) ->
-                     (free bytes, free chunks) the block holds besides its unused tail of `tail`
-                     bytes;
+                     (free bytes, free chunks, chunks carved) the block holds besides its unused
+                     tail of `tail` bytes (chunks carved: a Generation's, for its stats line);
     context_free  -- None, or f(reg, node, context header bytes, blocks, label, max_chunks,
                      warnings), adding to node.free / node.fchunks what the context keeps outside
                      its blocks' tails (freelists)."""
@@ -424,7 +440,11 @@ def kinds(lay):
         # (PostgreSQL's GenerationStats).
         lay.generation_id: Kind(
             "Generation",
-            block_free=lambda mem, l, ctx, hdr, tail: (0, mem.u32(hdr, l.generation_nfree)),
+            block_free=lambda mem, l, ctx, hdr, tail: (
+                0,
+                mem.u32(hdr, l.generation_nfree),
+                mem.u32(hdr, l.generation_nfree - GENERATION_NCHUNKS_BEFORE_NFREE),
+            ),
         ),
         # Nothing is freed before the reset: the blocks' tails are all.
         lay.bump_id: Kind("Bump"),
@@ -439,7 +459,7 @@ def slab_block_free(mem, lay, ctx, hdr, tail):
     nfree = mem.u32(hdr, lay.slab_nfree)
     footprint = mem.u64(ctx, lay.slab_footprint)
     listed = max(0, nfree - tail // footprint) if footprint else 0
-    return listed * footprint, nfree
+    return listed * footprint, nfree, 0
 
 
 def walk_blocks(reg, node, buf, kind, label, warnings):
@@ -482,9 +502,10 @@ def walk_blocks(reg, node, buf, kind, label, warnings):
         node.total += end - b
         node.free += end - free_ptr
         if kind.block_free is not None:
-            free, fchunks = kind.block_free(mem, lay, buf, hdr, end - free_ptr)
+            free, fchunks, chunks = kind.block_free(mem, lay, buf, hdr, end - free_ptr)
             node.free += free
             node.fchunks += fchunks
+            node.chunks += chunks
         b = mem.u64(hdr, lay.block_next)
     return blocks
 
@@ -623,6 +644,23 @@ def counters_text(total, nblocks, free, fchunks):
     )
 
 
+def kind_counters_text(node):
+    """A context's counters in its kind's shape of the stats line (memctx's KindDetail::line)."""
+    total, nblocks, free, fchunks = node.total, node.nblocks, node.free, node.fchunks
+    used = max(total - free, 0)
+    if node.kind == "Generation":
+        return "%d total in %d blocks (%d chunks); %d free (%d chunks); %d used" % (
+            total, nblocks, node.chunks, free, fchunks, used,
+        )
+    if node.kind == "Slab":
+        return "%d total in %d blocks; %d empty blocks; %d free (%d chunks); %d used" % (
+            total, nblocks, node.empty_blocks, free, fchunks, used,
+        )
+    if node.kind == "Bump":
+        return "%d total in %d blocks; %d free; %d used" % (total, nblocks, free, used)
+    return counters_text(total, nblocks, free, fchunks)
+
+
 def context_line(node):
     """NAME: STATS[: IDENT], as memctx's stats.rs (and PostgreSQL) print one context."""
     name, ident = node.name, node.ident
@@ -630,7 +668,7 @@ def context_line(node):
         name, ident = ident, None
     line = "%s: %s" % (
         name.decode("utf-8", "replace"),
-        counters_text(node.total, node.nblocks, node.free, node.fchunks),
+        kind_counters_text(node),
     )
     if ident is not None:
         cut = len(ident)

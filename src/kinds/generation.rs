@@ -50,7 +50,7 @@ use crate::chunk::{
 use crate::context::ContextHeader;
 use crate::hooks;
 use crate::kinds::{self, BadChunk, ContextKind, KindId, KindState, Walked};
-use crate::stats::Counters;
+use crate::stats::{Counters, KindDetail};
 
 use super::aset::BlockSizes;
 
@@ -88,6 +88,10 @@ pub(crate) struct Counts {
     /// Of those, the chunks freed.
     pub(crate) nfree: u32,
 }
+
+// valgrind/memctx_gdb.py reads `nchunks` just before `nfree`, whose offset the registry publishes.
+const _: () =
+    assert!(core::mem::offset_of!(Counts, nfree) - core::mem::offset_of!(Counts, nchunks) == 4);
 
 const _: () = assert!(core::mem::size_of::<Counts>() <= chunk::BLOCK_KIND_BYTES);
 
@@ -496,6 +500,21 @@ impl ContextKind for Generation {
             }
         }
         c
+    }
+    unsafe fn detail(ctx: *mut ContextHeader) -> KindDetail {
+        let mut chunks = 0;
+        // SAFETY: the caller promises a live context; its block list and counts are its own.
+        unsafe {
+            let mut block = (*ctx).blocks;
+            while !block.is_null() {
+                chunks += u64::from((*counts(block)).nchunks);
+                block = (*block).next;
+            }
+        }
+        KindDetail {
+            chunks: Some(chunks),
+            empty_blocks: None,
+        }
     }
 
     /// A Generation chunk: its value is its footprint in 16-byte units, or it is external and

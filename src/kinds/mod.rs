@@ -41,7 +41,7 @@ use crate::chunk::{
 };
 use crate::context::ContextHeader;
 use crate::hooks;
-use crate::stats::Counters;
+use crate::stats::{Counters, KindDetail};
 
 pub(crate) mod aset;
 pub(crate) mod bump;
@@ -208,6 +208,15 @@ pub(crate) trait ContextKind {
     /// # Safety
     /// `ctx` must be a live context of this kind.
     unsafe fn counters(ctx: *mut ContextHeader) -> Counters;
+
+    /// What the kind's stats line shows beyond the counters: nothing, but for Generation (its
+    /// chunks) and Slab (its empty blocks).
+    ///
+    /// # Safety
+    /// `ctx` must be a live context of this kind.
+    unsafe fn detail(_ctx: *mut ContextHeader) -> KindDetail {
+        KindDetail::default()
+    }
 
     /// Bytes at the start of the kind's blocks that are bookkeeping, not chunk space: the block
     /// header and the kind's fields after it (`chunk::BLOCK_META_SIZE`, unless the kind needs
@@ -389,6 +398,15 @@ pub(crate) unsafe fn is_empty(ctx: *mut ContextHeader) -> bool {
 pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
     // SAFETY: the kind id picks the context's own kind; the caller promises it is live.
     unsafe { with_kind!((*ctx).kind, K => K::counters(ctx)) }
+}
+
+/// The stats detail of `ctx`, through its kind.
+///
+/// # Safety
+/// As [`ContextKind::detail`].
+pub(crate) unsafe fn detail(ctx: *mut ContextHeader) -> KindDetail {
+    // SAFETY: the kind id picks the context's own kind; the caller promises it is live.
+    unsafe { with_kind!((*ctx).kind, K => K::detail(ctx)) }
 }
 
 /// What the kind id of a chunk header names.

@@ -56,7 +56,7 @@ use crate::chunk::{
 use crate::context::ContextHeader;
 use crate::hooks;
 use crate::kinds::{self, BadChunk, ContextKind, KindId, KindState, Walked};
-use crate::stats::Counters;
+use crate::stats::{Counters, KindDetail};
 
 /// Number of lists blocks are grouped in by their free count, counting list 0, the full blocks,
 /// which no list holds here (PostgreSQL's `SLAB_BLOCKLIST_COUNT`).
@@ -114,6 +114,12 @@ pub(crate) struct SlabState {
     /// Number of blocks on the empty list.
     pub(crate) nempty: usize,
 }
+
+// valgrind/memctx_gdb.py reads the count of empty blocks this far past the slot footprint, whose
+// offset the registry publishes.
+const _: () = assert!(
+    core::mem::offset_of!(SlabState, nempty) - core::mem::offset_of!(SlabState, footprint) == 56
+);
 
 /// The sizes a Slab context is created with, checked: what [`SlabState`] derives from them.
 #[derive(Clone, Copy, Debug)]
@@ -643,6 +649,13 @@ impl ContextKind for Slab {
             }
         }
         c
+    }
+    unsafe fn detail(ctx: *mut ContextHeader) -> KindDetail {
+        KindDetail {
+            chunks: None,
+            // SAFETY: the caller promises a live Slab context, whose state is the Slab's.
+            empty_blocks: Some(unsafe { (*ctx).state.slab.nempty } as u64),
+        }
     }
     fn meta_size() -> usize {
         SLAB_BLOCK_HEADER

@@ -64,6 +64,7 @@ pub fn to_stats_node(tree: &Tree) -> StatsNode {
             ident: c.ident.clone(),
             kind: c.kind.clone().unwrap_or_else(|| "AllocSet".to_string()),
             counters: c.counters(),
+            detail: c.detail,
             children: Vec::new(),
         }
     };
@@ -126,7 +127,8 @@ fn postgres_text(tree: &Tree) -> String {
                 let _ = writeln!(out, "{n} more child contexts containing {counters}");
             }
             None => {
-                let _ = write!(out, "{}: {counters}", c.name);
+                let kind = c.kind.as_deref().unwrap_or("AllocSet");
+                let _ = write!(out, "{}: {}", c.name, c.detail.line(kind, &counters));
                 if let Some(id) = &c.ident {
                     out.push_str(": ");
                     crate::stats::push_display_ident(&mut out, id);

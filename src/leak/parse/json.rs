@@ -227,7 +227,7 @@ fn memctx_context(
     ident: Option<&String>,
     kind: &str,
     id: u64,
-    c: Counters,
+    (c, detail): (Counters, KindDetail),
     level: u32,
     parent: Option<usize>,
 ) -> Context {
@@ -244,7 +244,7 @@ fn memctx_context(
         folded: None,
         id: Some(id),
         kind: Some(kind.to_string()),
-        detail: KindDetail::default(),
+        detail,
     }
 }
 
@@ -271,7 +271,7 @@ fn contexts_from_rows(rows: &[ContextRow]) -> Result<(Vec<Context>, HashMap<u64,
             r.ident.as_ref(),
             &r.kind,
             r.id,
-            c,
+            (c, r.detail),
             level,
             parent,
         ));
@@ -330,7 +330,7 @@ fn contexts_from_node(root: &StatsNode) -> Vec<Context> {
             n.ident.as_ref(),
             &n.kind,
             n.id,
-            n.counters,
+            (n.counters, n.detail),
             level,
             parent,
         ));
