@@ -14,7 +14,8 @@
 //! PostgreSQL prints in its own shape: the second live test decodes through a logical replication
 //! slot and dumps the walsender into a plain, a csvlog and a jsonlog log at once, and every one
 //! must read. The fixture tests read the shapes of releases not installed here (Slab's `empty
-//! blocks` from PostgreSQL 16, Bump from 17; see tests/data/README.md).
+//! blocks` from PostgreSQL 16, Bump from 17; see tests/data/README.md), and `memctx stats` must
+//! print them back as PostgreSQL did.
 //!
 //! It needs PostgreSQL 14 or later (`pg_config --bindir`, or `/usr/lib/postgresql/*/bin`; override
 //! with `MEMCTX_PG_BINDIR`). As root, the server runs as the `postgres` user through `runuser`.
@@ -455,4 +456,45 @@ fn a_real_walsenders_dump_reads_from_every_log_destination() {
     }
     assert_eq!(trees[0], trees[1]);
     assert_eq!(trees[0], trees[2]);
+}
+
+/// `memctx stats` prints a PostgreSQL dump's lines as PostgreSQL printed them, each kind's in its
+/// own shape: `MemoryContextStats` output comes back byte for byte, a log dump as the same lines
+/// with `level: N; ` turned into indentation.
+#[test]
+fn memctx_stats_prints_every_kinds_line_as_postgres_did() {
+    let stats = |file: &str| {
+        let o = run(Command::new(env!("CARGO_BIN_EXE_memctx"))
+            .arg("stats")
+            .arg(Path::new("tests/data").join(file)));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let bump = std::fs::read_to_string("tests/data/pg17_stderr_bump.txt").unwrap();
+    assert_eq!(stats("pg17_stderr_bump.txt"), bump);
+
+    let log = std::fs::read_to_string("tests/data/pg16_walsender.log").unwrap();
+    let mut want = String::new();
+    for line in log.lines() {
+        let msg = line.split_once("LOG:  ").unwrap().1;
+        if let Some(rest) = msg.strip_prefix("level: ") {
+            let (level, body) = rest.split_once("; ").unwrap();
+            want.push_str(&"  ".repeat(level.parse().unwrap()));
+            want.push_str(body);
+            want.push('\n');
+        } else if msg.starts_with("Grand total: ") {
+            want.push_str(msg);
+            want.push('\n');
+        }
+    }
+    let got = stats("pg16_walsender.log");
+    assert!(
+        got.contains("\n          Change: 9696 total in 0 blocks; 1 empty blocks; "),
+        "{got}"
+    );
+    assert!(
+        got.contains("\n          Tuples: 16384 total in 2 blocks (0 chunks); "),
+        "{got}"
+    );
+    assert_eq!(got, want);
 }
