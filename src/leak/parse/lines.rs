@@ -75,8 +75,9 @@ pub(super) fn number(s: &str) -> Option<(u64, &str)> {
 }
 
 /// Parses a stats line's figures at the start of `s`, in any kind's shape (see [`Shape`]):
-/// `T <word> in B blocks[ (N chunks)]; [E empty blocks; ]F free[ (C chunks)]; U used`, where at
-/// most one of the optional parts is present, or the last one alone is missing (Bump).
+/// `T <word> in B blocks[ (N chunks)]; [E empty blocks; ]F free[ (C chunks)]; U used`, where
+/// `(C chunks)` is there in every shape but Bump's, and at most one of the other two parts (in
+/// the Generation and the Slab shape) is; any other combination is no shape.
 pub(super) fn block_stats<'a>(s: &'a str, word: &str) -> Option<(Stats, &'a str)> {
     let (total, s) = number(s)?;
     let s = s
