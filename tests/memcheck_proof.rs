@@ -166,7 +166,7 @@ fn the_error<'a>(errors: &'a [VgError], kind: &str, function: &str) -> &'a VgErr
 
 #[test]
 fn overrun_of_one_byte_is_an_invalid_write_just_after_the_chunk() {
-    just_after_the_10_byte_chunk("overrun", "overrun");
+    invalid_write_after("overrun", "0 bytes after a block of size 10");
 }
 
 #[test]
@@ -178,14 +178,7 @@ fn overrun_inside_the_size_class_slack_is_an_invalid_write() {
 #[test]
 fn overrun_of_a_chunk_with_a_block_of_its_own_is_an_invalid_write_after_it() {
     // Under memcheck no guard page is used: the tail after the request is NOACCESS instead.
-    let errors = memcheck("large-overrun");
-    let e = the_error(&errors, "InvalidWrite", "large_overrun");
-    assert!(
-        e.aux
-            .iter()
-            .any(|a| a.contains("4 bytes after a block of size 10,000 client-defined")),
-        "memcheck should know the 10,000-byte chunk: {e:#?}"
-    );
+    invalid_write_after("large-overrun", "4 bytes after a block of size 10,000");
 }
 
 #[test]
@@ -229,25 +222,38 @@ fn described_as_the_freed_chunk(e: &VgError, function: &str, freed_by: &str, siz
     );
 }
 
+/// Asserts memcheck's one error of `bugs <name>` is an `InvalidWrite` in the bug's function
+/// (`name` with `_` for `-`), `at` the pool chunk it allocated ("0 bytes after a block of size
+/// 10").
+fn invalid_write_after(name: &str, at: &str) {
+    let errors = memcheck(name);
+    let e = the_error(&errors, "InvalidWrite", &name.replace('-', "_"));
+    let at = format!("{at} client-defined");
+    assert!(
+        e.aux.iter().any(|a| a.contains(&at)),
+        "memcheck should know the chunk: {e:#?}"
+    );
+}
+
+/// Asserts memcheck's one error of `bugs <name>` is `kind`, in the bug's function (`name` with
+/// `_` for `-`), at the freed chunk of `size` bytes that `freed_by` freed.
+fn freed_chunk_case(name: &str, kind: &str, freed_by: &str, size: usize) {
+    let errors = memcheck(name);
+    let function = name.replace('-', "_");
+    let e = the_error(&errors, kind, &function);
+    described_as_the_freed_chunk(e, &function, freed_by, size);
+}
+
 #[test]
 fn read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
-    let errors = memcheck("read-after-pfree");
-    let e = the_error(&errors, "InvalidRead", "read_after_pfree");
-    described_as_the_freed_chunk(e, "read_after_pfree", "memctx::raw::pfree", 10);
+    freed_chunk_case("read-after-pfree", "InvalidRead", "memctx::raw::pfree", 10);
 }
 
 /// A Slab chunk is a pool chunk of its object's 40 bytes: memcheck names it at an overrun, and
 /// as the freed chunk (freed by `pfree`) at a read after its free.
 #[test]
 fn slab_chunks_are_described_as_the_objects() {
-    let errors = memcheck("slab-overrun");
-    let e = the_error(&errors, "InvalidWrite", "slab_overrun");
-    assert!(
-        e.aux
-            .iter()
-            .any(|a| a.contains("0 bytes after a block of size 40 client-defined")),
-        "memcheck should know the 40-byte chunk: {e:#?}"
-    );
+    invalid_write_after("slab-overrun", "0 bytes after a block of size 40");
     let errors = memcheck("slab-read-after-pfree");
     let e = the_error(&errors, "InvalidRead", "slab_read_after_pfree");
     assert!(
@@ -258,74 +264,71 @@ fn slab_chunks_are_described_as_the_objects() {
     );
 }
 
-/// Asserts memcheck's one error of `bugs <name>` is an `InvalidWrite` 0 bytes after the
-/// 10-byte chunk `bugs::<function>` allocated.
-fn just_after_the_10_byte_chunk(name: &str, function: &str) {
-    let errors = memcheck(name);
-    let e = the_error(&errors, "InvalidWrite", function);
-    assert!(
-        e.aux
-            .iter()
-            .any(|a| a.contains("0 bytes after a block of size 10 client-defined")),
-        "memcheck should know the 10-byte chunk: {e:#?}"
-    );
-}
-
 /// A Generation chunk is a pool chunk of its request, as an AllocSet chunk is.
 #[test]
 fn generation_overrun_is_an_invalid_write_just_after_the_chunk() {
-    just_after_the_10_byte_chunk("generation-overrun", "generation_overrun");
+    invalid_write_after("generation-overrun", "0 bytes after a block of size 10");
 }
 
 #[test]
 fn generation_read_after_pfree_is_an_invalid_read_of_the_freed_chunk() {
-    let errors = memcheck("generation-read-after-pfree");
-    let function = "generation_read_after_pfree";
-    let e = the_error(&errors, "InvalidRead", function);
-    described_as_the_freed_chunk(e, function, "memctx::raw::pfree", 10);
+    freed_chunk_case(
+        "generation-read-after-pfree",
+        "InvalidRead",
+        "memctx::raw::pfree",
+        10,
+    );
 }
 
 /// The `pfree` that empties a Generation block rewinds it as the context's spare: the freed
 /// chunk's space stays closed, and memcheck still names the chunk and the `pfree` that freed it.
 #[test]
 fn generation_write_into_the_spare_block_is_an_invalid_write_of_the_freed_chunk() {
-    let errors = memcheck("generation-write-after-spare");
-    let function = "generation_write_after_spare";
-    let e = the_error(&errors, "InvalidWrite", function);
-    described_as_the_freed_chunk(e, function, "memctx::raw::pfree", 200);
+    freed_chunk_case(
+        "generation-write-after-spare",
+        "InvalidWrite",
+        "memctx::raw::pfree",
+        200,
+    );
 }
 
 /// An emptied Generation block that is not kept goes back (to the quarantine of released
 /// blocks): a read of one of its chunks is memcheck's error, naming the chunk.
 #[test]
 fn generation_read_from_a_block_given_back_is_an_invalid_read_of_the_freed_chunk() {
-    let errors = memcheck("generation-read-after-give-back");
-    let function = "generation_read_after_give_back";
-    let e = the_error(&errors, "InvalidRead", function);
-    described_as_the_freed_chunk(e, function, "memctx::raw::pfree", 200);
+    freed_chunk_case(
+        "generation-read-after-give-back",
+        "InvalidRead",
+        "memctx::raw::pfree",
+        200,
+    );
 }
 
 #[test]
 fn generation_read_after_reset_is_an_invalid_read_of_the_released_chunk() {
-    let errors = memcheck("generation-read-after-reset");
-    let function = "generation_read_after_reset";
-    let e = the_error(&errors, "InvalidRead", function);
-    described_as_the_freed_chunk(e, function, "memctx::context::MemoryContext::reset", 10);
+    freed_chunk_case(
+        "generation-read-after-reset",
+        "InvalidRead",
+        "memctx::context::MemoryContext::reset",
+        10,
+    );
 }
 
 /// A Bump chunk of the debug build has a header and is a pool chunk of its request.
 #[test]
 fn bump_overrun_is_an_invalid_write_just_after_the_chunk() {
-    just_after_the_10_byte_chunk("bump-overrun", "bump_overrun");
+    invalid_write_after("bump-overrun", "0 bytes after a block of size 10");
 }
 
 /// A Bump context's reset trims its pool as an AllocSet's does: every chunk is freed at once.
 #[test]
 fn bump_read_after_reset_is_an_invalid_read_of_the_released_chunk() {
-    let errors = memcheck("bump-read-after-reset");
-    let function = "bump_read_after_reset";
-    let e = the_error(&errors, "InvalidRead", function);
-    described_as_the_freed_chunk(e, function, "memctx::context::MemoryContext::reset", 10);
+    freed_chunk_case(
+        "bump-read-after-reset",
+        "InvalidRead",
+        "memctx::context::MemoryContext::reset",
+        10,
+    );
 }
 
 /// A block of a deleted context waits in the debug build's quarantine, NOACCESS: a read through a
@@ -344,11 +347,9 @@ fn read_after_delete_is_an_invalid_read() {
 
 #[test]
 fn read_after_reset_is_an_invalid_read_of_the_released_chunk() {
-    let errors = memcheck("read-after-reset");
-    let e = the_error(&errors, "InvalidRead", "read_after_reset");
-    described_as_the_freed_chunk(
-        e,
-        "read_after_reset",
+    freed_chunk_case(
+        "read-after-reset",
+        "InvalidRead",
         "memctx::context::MemoryContext::reset",
         10,
     );
