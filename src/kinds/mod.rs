@@ -298,9 +298,9 @@ pub(crate) fn first_chunk_of(kind: KindId, block: *mut Block) -> *mut u8 {
     with_kind!(kind, K => K::first_chunk(block))
 }
 
-/// Marks the path past AllocSet's own test in [`alloc`] and [`target`], which keeps the compiler
-/// from folding that test into the kinds' `match`, where it would become one more case of a jump
-/// table. With `core::hint::cold_path` (Rust 1.95, `cfg(memctx_cold_path)` from `build.rs`) the
+/// Marks the path past AllocSet's own test in [`alloc`], [`reset`] and [`target`], which keeps
+/// the compiler from folding that test into the kinds' `match`, where it would become one more
+/// case of a jump table. With `core::hint::cold_path` (Rust 1.95, `cfg(memctx_cold_path)` from `build.rs`) the
 /// path is also laid out as the less likely one; with an older compiler [`keep_apart`] does it.
 #[inline(always)]
 fn past_allocset() {
@@ -365,12 +365,23 @@ pub(crate) unsafe fn init(ctx: *mut ContextHeader, kind: KindId, sizes: aset::Bl
 
 /// Resets `ctx` through its kind.
 ///
+/// Inlined into the tree's reset, with AllocSet tested first as in [`alloc`]: a per-row loop
+/// pays this dispatch once per row, and a call plus the kinds' `match` in front of AllocSet's
+/// reset is a measurable share of a short row (BENCHMARKS.md).
+///
 /// # Safety
 /// As [`ContextKind::reset`].
+#[inline]
 pub(crate) unsafe fn reset(ctx: *mut ContextHeader) {
     // SAFETY: the header's kind id names the kind that set the context up, so the caller's promise
     // (live, its memory unused) is the one `K::reset` asks.
-    unsafe { with_kind!((*ctx).kind, K => K::reset(ctx)) }
+    unsafe {
+        if (*ctx).kind == KindId::AllocSet {
+            return AllocSet::reset(ctx);
+        }
+        past_allocset();
+        with_kind!((*ctx).kind, K => K::reset(ctx))
+    }
 }
 
 /// Gives every block of `ctx` back, through its kind.
