@@ -12,13 +12,13 @@
 //! space). A wrong-context free is the safe API's `deallocate` through another context's allocator
 //! (an AllocSet's).
 //!
-//! Each sequence runs at one of the two verification depths (`ResetCheck`). At `Full` every bug is
-//! reported. At `Chunks`, the default, released space is filled without being verified when it is
-//! carved again, so a write after reset whose bytes are carved into a new chunk before the next
+//! Each sequence runs at one of the verification depths (`ResetCheck`, [`DEPTHS`]). At `Released`,
+//! the default, and at `Full` every bug is reported. At `Chunks`, the opt-down, released space is
+//! filled without being verified when it is carved again, so a write after reset whose bytes are carved into a new chunk before the next
 //! check or delete is lost (the documented trade-off): there a write after reset may go
 //! unreported, but never misreported, and every other bug must still be reported exactly. The
 //! same holds for a write after the free of a chunk of a kind whose free can release its block's
-//! space (`Kind::free_releases_blocks`: a Generation block whose last chunk is freed is rewound).
+//! space (`Kind::free_releases_blocks`: a Generation or Slab block whose last chunk is freed is rewound).
 //!
 //! After the injection the sequence goes on, so the bug is found wherever the debug build finds
 //! it naturally: at pfree or repalloc of the chunk, when its memory is handed out again, at the
@@ -196,6 +196,10 @@ unsafe fn free_again(r: &Runner, c: &ChunkModel) {
         };
     }
 }
+
+/// The verification depths every sequence runs at: the default first, then the full depth and
+/// the cheaper opt-down.
+const DEPTHS: [ResetCheck; 3] = [ResetCheck::Released, ResetCheck::Full, ResetCheck::Chunks];
 
 /// Commits the bug; returns what the reports must say.
 fn inject(r: &mut Runner, inj: &Injection) -> Expected {
@@ -423,9 +427,8 @@ proptest! {
     fn injected_bugs_are_reported(
         ops in strategy::ops(),
         injection in proptest::option::weighted(0.8, injection()),
-        full in any::<bool>(),
+        depth in proptest::sample::select(&DEPTHS[..]),
     ) {
-        let depth = if full { ResetCheck::Full } else { ResetCheck::Chunks };
         on_fresh_thread(move || check(&ops, injection.as_ref(), depth));
     }
 }
@@ -460,7 +463,7 @@ fn each_bug_once_on_every_kind() {
                 }
             }
         }
-        for depth in [ResetCheck::Full, ResetCheck::Chunks] {
+        for depth in DEPTHS {
             let ops = ops.clone();
             assert_eq!(on_fresh_thread(move || check(&ops, None, depth)), None);
         }
@@ -482,7 +485,7 @@ fn write_after_reset_stays_inside_a_slab_chunk() {
         .position(|&k| k == Kind::Slab)
         .expect("Slab is one of the kinds") as u8;
     let ops = fixed_sequence(slab);
-    for depth in [ResetCheck::Full, ResetCheck::Chunks] {
+    for depth in DEPTHS {
         let inj = Injection {
             bug: Bug::WriteAfterReset,
             at: 4,
@@ -492,7 +495,7 @@ fn write_after_reset_stays_inside_a_slab_chunk() {
         };
         let ops = ops.clone();
         let hit = on_fresh_thread(move || check(&ops, Some(&inj), depth));
-        // At depth Chunks a write after reset may be lost (see `check`); at Full it is found.
+        // At depth Chunks a write after reset may be lost (see `check`); at the others it is found.
         let lost_allowed = depth == ResetCheck::Chunks && hit.is_none();
         assert!(
             hit == Some(Kind::Slab) || lost_allowed,
@@ -502,10 +505,10 @@ fn write_after_reset_stays_inside_a_slab_chunk() {
 }
 
 /// The injection points of [`each_bug_once_on_every_kind`]: after the first, fifth and last op of
-/// [`fixed_sequence`], at both depths, with victims 0, 1 and 2.
+/// [`fixed_sequence`], at every depth, with victims 0, 1 and 2.
 fn cases() -> impl Iterator<Item = (usize, ResetCheck, u16)> {
     [0, 4, 9].into_iter().flat_map(|at| {
-        [ResetCheck::Full, ResetCheck::Chunks]
+        DEPTHS
             .into_iter()
             .flat_map(move |depth| (0..3).map(move |victim| (at, depth, victim)))
     })

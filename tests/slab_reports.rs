@@ -327,3 +327,27 @@ fn a_given_back_block_keeps_its_history() {
     assert_eq!(twice.requested, Some(CHUNK));
     ctx.delete();
 }
+
+/// `repalloc` to the chunk's own size keeps the slot; the overrun its check finds is reported
+/// there, once: the redzone is rewritten, so the reset after it finds nothing more.
+#[test]
+fn overrun_found_at_repalloc_to_the_same_size_is_reported_once() {
+    let ctx = slab("SlabSameSize");
+    let reports = collect(|| {
+        let p = ctx.alloc(CHUNK).as_ptr();
+        unsafe { p.add(CHUNK + 1).write(b'R') };
+        let q = unsafe { memctx::repalloc(p, CHUNK) };
+        assert_eq!(q, p);
+        ctx.reset();
+    });
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "SlabSameSize");
+    assert_eq!(r.found_at, "repalloc");
+    assert_eq!(r.range, Some((CHUNK as isize + 1, CHUNK as isize + 2)));
+    assert_eq!(r.found, [b'R']);
+    let name = "overrun_found_at_repalloc_to_the_same_size_is_reported_once";
+    assert_frame(&r.alloc_backtrace(), name, None, "allocation");
+    ctx.delete();
+}

@@ -552,13 +552,19 @@ pub(crate) unsafe fn free(data: *mut u8, hdr: ChunkHeader) {
 ///
 /// # Safety
 /// `data` must be a live Slab chunk with header `hdr`.
-unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize) -> *mut u8 {
+unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize, old_size: usize) -> *mut u8 {
     // SAFETY: the caller promises a live chunk, whose block names its live context.
-    let chunk_size = unsafe { (*Slab::owner(data, hdr)).state.slab.chunk_size };
-    if size != chunk_size {
-        realloc_unsupported(size, chunk_size);
+    unsafe {
+        let ctx = Slab::owner(data, hdr);
+        let state = &(*ctx).state.slab;
+        if size != state.chunk_size {
+            realloc_unsupported(size, state.chunk_size);
+        }
+        // The chunk stays as it is, but the debug build reported what the resize's check found
+        // and must rewrite the redzones, or the next check reports the same damage again.
+        hooks::chunk_resized(ctx, data, old_size, size, state.footprint - CHUNK_PREFIX);
+        data
     }
-    data
 }
 
 #[cold]
@@ -591,9 +597,9 @@ impl ContextKind for Slab {
         // SAFETY: the caller promises a live Slab chunk with header `hdr`, as `free` asks.
         unsafe { free(data, hdr) }
     }
-    unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize, _old: usize) -> *mut u8 {
+    unsafe fn realloc(data: *mut u8, hdr: ChunkHeader, size: usize, old: usize) -> *mut u8 {
         // SAFETY: the caller promises a live Slab chunk with header `hdr`, as `realloc` asks.
-        unsafe { realloc(data, hdr, size) }
+        unsafe { realloc(data, hdr, size, old) }
     }
     unsafe fn reset(ctx: *mut ContextHeader) {
         // SAFETY: the caller promises a live Slab context whose memory nothing uses: every block

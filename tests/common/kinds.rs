@@ -50,12 +50,12 @@ impl Kind {
         }
     }
 
-    /// Whether a free can release its chunk's block's space, as a reset does: a Generation block
-    /// whose chunks are all freed is rewound or given back.
+    /// Whether a free can release its chunk's block's space, as a reset does: a Generation or
+    /// Slab block whose chunks are all freed is rewound (kept) or given back.
     pub fn free_releases_blocks(self) -> bool {
         match self {
-            Kind::AllocSet | Kind::Bump | Kind::Slab => false,
-            Kind::Generation => true,
+            Kind::AllocSet | Kind::Bump => false,
+            Kind::Generation | Kind::Slab => true,
         }
     }
 

@@ -22,7 +22,7 @@
 //! the safe API's `deallocate`, which takes back the last allocation only (the model predicts the
 //! free bytes it gives back), its grow the safe API's `grow`, and its shrink a copy into a new
 //! chunk of the same context. A context of one chunk size (Slab) gets every request and
-//! over-aligned request at that size, and its chunks are never resized.
+//! over-aligned request at that size, and its resizes are `repalloc`s to that size.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -487,7 +487,7 @@ impl Runner {
             0,
             "step {step}: resize lost the alignment"
         );
-        let (old, id, align) = (c.data.len(), c.id, c.align);
+        let (old, id, align, moved) = (c.data.len(), c.id, c.align, c.ptr != q);
         c.data
             .extend((old..size.max(old)).map(|i| pattern_byte(id, i)));
         c.data.truncate(size);
@@ -508,8 +508,10 @@ impl Runner {
         );
         let m = self.ctxs.get_mut(&c.ctx).expect("live");
         m.touched = true;
-        if !kind.frees_chunks() {
-            // In place or a fresh allocation: either way the last one.
+        // A grow in place (only the last allocation grows in place) or a fresh allocation: either
+        // way the last one now. A "grow" to the same size allocates nothing and moves nothing, so
+        // whichever chunk was last stays last.
+        if !kind.frees_chunks() && (moved || size != old) {
             m.last = in_active_block(size, align).then_some(id);
         }
     }
@@ -608,10 +610,11 @@ impl Runner {
                 self.adopt(p, ctx, size, false, align);
             }
             Op::Realloc { chunk, size } => {
-                // A chunk of a context of one chunk size cannot change size: skipped.
-                let i = self.pick_chunk(chunk);
-                if let Some(i) = i.filter(|&i| self.ctxs[&self.chunks[i].ctx].fixed.is_none()) {
-                    self.realloc_index(i, clamp(size));
+                // A chunk of a context of one chunk size keeps it: `repalloc` to that size, the
+                // one resize such a context allows (it returns the chunk as it is).
+                if let Some(i) = self.pick_chunk(chunk) {
+                    let fixed = self.ctxs[&self.chunks[i].ctx].fixed;
+                    self.realloc_index(i, fixed.unwrap_or(clamp(size)));
                 }
             }
             Op::Free { chunk } => {
