@@ -349,9 +349,15 @@ impl PinnedContext {
             return Err(AllocError);
         }
         // SAFETY: `ptr` is a live chunk of this Bump context with `old.size()` bytes (the
-        // caller's promise), which is all `grow_in_place` needs.
-        let in_place = new.size() <= old.size()
-            || unsafe { bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size()) };
+        // caller's promise), which is all `shrink_in_place` and `grow_in_place` need.
+        let in_place = unsafe {
+            if new.size() <= old.size() {
+                bump::shrink_in_place(ctx, ptr.as_ptr(), old.size(), new.size());
+                true
+            } else {
+                bump::grow_in_place(ctx, ptr.as_ptr(), old.size(), new.size())
+            }
+        };
         if in_place {
             return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
         }

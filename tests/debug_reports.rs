@@ -874,6 +874,40 @@ fn overrun_of_a_bump_chunk_found_at_reset() {
     ctx.delete();
 }
 
+/// The safe API shrinks a Bump chunk in place; the debug build's record takes the new size, so a
+/// write past it is an overrun of the shrunk chunk, found at the reset with the new request.
+#[test]
+fn overrun_of_a_shrunk_bump_chunk_found_at_reset() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let ctx = MemoryContext::top().new_bump_child("BumpShrunk", BlockSizes::DEFAULT);
+    let r = one(collect(|| {
+        let pinned = ctx.pin();
+        let (old, new) = (
+            Layout::from_size_align(64, 8).unwrap(),
+            Layout::from_size_align(16, 8).unwrap(),
+        );
+        let p = pinned.allocate(old).unwrap().cast::<u8>();
+        let q = unsafe { pinned.shrink(p, old, new) }.unwrap().cast::<u8>();
+        assert_eq!(q, p, "a Bump chunk shrinks in place");
+        unsafe { q.as_ptr().add(20).write(b'S') }; // inside the old size, past the new one
+        drop(pinned);
+        ctx.reset();
+    }));
+    assert_eq!(r.class, BugClass::Overrun);
+    assert_eq!(r.context, "BumpShrunk");
+    assert_eq!(r.requested, Some(16));
+    assert_eq!(r.range, Some((20, 21)));
+    assert_eq!(r.found, [b'S']);
+    assert!(r.found_at.starts_with("reset"), "{}", r.found_at);
+    assert_first_frame(
+        &r.alloc_backtrace(),
+        "overrun_of_a_shrunk_bump_chunk_found_at_reset",
+        "allocation",
+    );
+    ctx.delete();
+}
+
 /// The safe API gives back a Bump context's last chunk; the debug build keeps its space as a
 /// freed chunk, so a write through the pointer kept past the `deallocate` is found by `check()`
 /// with that chunk's request, range and allocation line.

@@ -308,6 +308,23 @@ pub(crate) unsafe fn grow_in_place(
     }
 }
 
+/// The safe API's in-place `shrink`: the chunk keeps its place and capacity, and the debug
+/// build's record takes the new size, so the bytes past it are redzone again (an overrun of the
+/// shrunk chunk is found as one).
+///
+/// # Safety
+/// `data` must be a live chunk of the live Bump context `ctx`, allocated with `old` >= `new`
+/// bytes.
+pub(crate) unsafe fn shrink_in_place(
+    ctx: *mut ContextHeader,
+    data: *mut u8,
+    old: usize,
+    new: usize,
+) {
+    debug_assert!(new <= old);
+    hooks::chunk_resized(ctx, data, old, new, capacity_for(old));
+}
+
 /// `op` on a Bump chunk: PostgreSQL's error.
 #[cold]
 #[inline(never)]
