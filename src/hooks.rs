@@ -199,9 +199,15 @@ mod off {
     pub(crate) fn requested_size(data: *mut u8, cap: usize) -> usize {
         cap
     }
-    /// An aligned-redirect header was written at `aligned` inside the chunk `base`.
+    /// An aligned-redirect header was written at `aligned` inside the chunk `base` of `ctx`.
     #[inline(always)]
-    pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {}
+    pub(crate) fn redirect_written(
+        ctx: *mut ContextHeader,
+        base: *mut u8,
+        aligned: *mut u8,
+        size: usize,
+    ) {
+    }
     /// `ctx` was created (or recycled) and linked into the tree.
     #[inline(always)]
     pub(crate) fn context_created(ctx: *mut ContextHeader) {}

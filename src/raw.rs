@@ -219,7 +219,7 @@ pub(crate) unsafe fn alloc_aligned_in(
     );
     // SAFETY: the redirect header lies inside `base`'s data: p - CHUNK_PREFIX >= base.
     unsafe {
-        hooks::redirect_written(base, p, size);
+        hooks::redirect_written(ctx, base, p, size);
         chunk::write_header(chunk::chunk_of(p), header);
         if flags.contains(AllocFlags::ZERO) {
             ptr::write_bytes(p, 0, size);

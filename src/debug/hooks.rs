@@ -1206,8 +1206,14 @@ pub(crate) fn requested_size(data: *mut u8, cap: usize) -> usize {
 /// the pool chunk becomes the aligned region itself, so that the pointer the program holds is
 /// its start (a leak search calls a block reachable only through an interior pointer "possibly
 /// lost"); the base is remembered, and [`chunk_freed`] moves the pool chunk back before freeing it.
-pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {
-    // SAFETY: `base` is a live chunk holding `[aligned, aligned + size)`.
+pub(crate) fn redirect_written(
+    ctx: *mut ContextHeader,
+    base: *mut u8,
+    aligned: *mut u8,
+    size: usize,
+) {
+    // SAFETY: `base` is a live chunk of `ctx` holding `[aligned, aligned + size)`. The pool is
+    // `ctx`'s, passed in: a Bump chunk's header cannot name its context (`kinds::owner` refuses).
     unsafe {
         let hdr = chunk::read_header(base);
         let Target::Chunk(kind) = kinds::target(base, hdr, "palloc_aligned") else {
@@ -1228,7 +1234,7 @@ pub(crate) fn redirect_written(base: *mut u8, aligned: *mut u8, size: usize) {
                 .try_with(|r| r.borrow_mut().insert(base as usize, offset))
                 .is_ok()
         {
-            sanitizer::chunk_change(kinds::owner(kind, base, hdr), base, aligned, size);
+            sanitizer::chunk_change(ctx, base, aligned, size);
         }
         sanitizer::close(base, offset);
     }
