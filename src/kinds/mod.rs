@@ -751,8 +751,10 @@ mod tests {
             ("raw.rs", include_str!("../raw.rs")),
             ("kinds/mod.rs", include_str!("mod.rs")),
             ("kinds/aset.rs", include_str!("aset.rs")),
+            ("kinds/bump.rs", include_str!("bump.rs")),
             ("kinds/generation.rs", include_str!("generation.rs")),
             ("kinds/slab.rs", include_str!("slab.rs")),
+            ("kinds/walk.rs", include_str!("walk.rs")),
         ];
         let banned = ["dump", "snapshot", "leak", "debug"];
         for (file, text) in core {
