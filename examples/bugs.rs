@@ -15,6 +15,7 @@
 //! | `read-after-reset` | reads a chunk after its context was reset |
 //! | `slab-overrun` | writes the byte right after a 40-byte Slab object |
 //! | `slab-read-after-pfree` | reads a Slab object after `pfree` |
+//! | `slab-read-after-reset` | reads a Slab object after its context was reset |
 //! | `read-after-delete` | reads a chunk of a deleted context (its block in the quarantine) |
 //! | `generation-overrun` | writes the byte right after a 10-byte chunk of a Generation context |
 //! | `generation-read-after-pfree` | reads a Generation chunk after `pfree` (its block still holds a live chunk) |
@@ -98,6 +99,18 @@ fn slab_read_after_pfree(ctx: MemoryContext) -> u8 {
     unsafe {
         p.write_bytes(7, 40);
         pfree(p);
+        ptr::read_volatile(p)
+    }
+}
+
+#[inline(never)]
+fn slab_read_after_reset(ctx: MemoryContext) -> u8 {
+    let nodes = slab(ctx);
+    let p = nodes.alloc(40).as_ptr();
+    // SAFETY: `p` is a live 40-byte chunk until the reset; the read after it is the bug.
+    unsafe {
+        p.write_bytes(7, 40);
+        nodes.reset();
         ptr::read_volatile(p)
     }
 }
@@ -446,6 +459,9 @@ fn main() {
         "slab-read-after-pfree" => {
             black_box(slab_read_after_pfree(ctx));
         }
+        "slab-read-after-reset" => {
+            black_box(slab_read_after_reset(ctx));
+        }
         "generation-overrun" => generation_overrun(ctx),
         "generation-read-after-pfree" => {
             black_box(generation_read_after_pfree(ctx));
@@ -467,9 +483,9 @@ fn main() {
             eprintln!(
                 "usage: bugs overrun|overrun-slack|underrun|large-overrun|read-after-pfree|\
                  read-after-reset|read-after-delete|uninit|slab-overrun|slab-read-after-pfree|\
-                 generation-overrun|generation-read-after-pfree|generation-write-after-spare|\
-                 generation-read-after-give-back|generation-read-after-reset|bump-overrun|\
-                 bump-read-after-reset|leak|clean|quarantine-overflow"
+                 slab-read-after-reset|generation-overrun|generation-read-after-pfree|\
+                 generation-write-after-spare|generation-read-after-give-back|generation-read-after-reset|\
+                 bump-overrun|bump-read-after-reset|leak|clean|quarantine-overflow"
             );
             std::process::exit(2);
         }

@@ -142,9 +142,9 @@ fn underrun_is_reported_at_the_write() {
     );
 }
 
-/// A Slab chunk is poisoned as an AllocSet chunk is: past its object, and once freed.
+/// A Slab chunk is poisoned as an AllocSet chunk is: past its object, and once freed or reset.
 #[test]
-fn slab_chunks_are_poisoned_past_the_object_and_after_pfree() {
+fn slab_chunks_are_poisoned_past_the_object_and_after_pfree_or_reset() {
     assert_report(
         "slab-overrun",
         "use-after-poison",
@@ -156,6 +156,12 @@ fn slab_chunks_are_poisoned_past_the_object_and_after_pfree() {
         "use-after-poison",
         "READ of size 1",
         "slab_read_after_pfree",
+    );
+    assert_report(
+        "slab-read-after-reset",
+        "use-after-poison",
+        "READ of size 1",
+        "slab_read_after_reset",
     );
 }
 

@@ -264,6 +264,17 @@ fn slab_chunks_are_described_as_the_objects() {
     );
 }
 
+/// A Slab context's reset trims its pool as an AllocSet's does: every object is freed at once.
+#[test]
+fn slab_read_after_reset_is_an_invalid_read_of_the_released_chunk() {
+    freed_chunk_case(
+        "slab-read-after-reset",
+        "InvalidRead",
+        "memctx::context::MemoryContext::reset",
+        40,
+    );
+}
+
 /// A Generation chunk is a pool chunk of its request, as an AllocSet chunk is.
 #[test]
 fn generation_overrun_is_an_invalid_write_just_after_the_chunk() {
