@@ -1,6 +1,7 @@
 //! The debug build's checks at the edges of a chunk (debug build): the last byte of a size class,
 //! a request that fills its class together with its redzone, an in-place `repalloc` that would
-//! leave no room for the rear redzone, and the allocation stack an in-place `repalloc` must keep.
+//! leave no room for the rear redzone, the allocation stack an in-place `repalloc` must keep, and
+//! the record and redzone a large chunk's `realloc` (guard pages off) must carry along.
 //! Each test commits one bug on purpose and checks the report's class, context, damaged range,
 //! where it was found and the allocation backtrace's first frame (function and line).
 //!
@@ -412,5 +413,66 @@ fn repalloc_in_place_grows_with_the_fresh_pattern() {
     assert!(bytes[40..44].iter().all(|&b| b == 0xA5), "{bytes:x?}");
     assert!(bytes[44..].iter().all(|&b| b == 0x7E), "{bytes:x?}");
     unsafe { pfree(q) };
+    ctx.delete();
+}
+
+/// Set in the child that [`large_repalloc_without_guard_pages_moves_record_and_redzone`] runs.
+const NO_GUARDS_CHILD: &str = "MEMCTX_BOUNDARIES_NO_GUARDS";
+
+/// Without guard pages, a chunk with a block of its own grows by the system's `realloc`
+/// (`kinds::aset::realloc_large`), and the debug hooks around it (`large_chunk_moving`,
+/// `large_chunk_moved`) carry the block's registration, the record and the redzone along: the
+/// contents are kept, the new bytes get the fresh pattern, and an overrun of the new size is found
+/// at `pfree` with the original allocation's line. Guard pages are a process-wide setting, so the
+/// test runs itself again in a child with `MEMCTX_GUARD_PAGES=0`.
+#[test]
+fn large_repalloc_without_guard_pages_moves_record_and_redzone() {
+    const NAME: &str = "large_repalloc_without_guard_pages_moves_record_and_redzone";
+    if std::env::var_os(NO_GUARDS_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NO_GUARDS_CHILD, "1")
+            .env("MEMCTX_GUARD_PAGES", "0")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let ctx = new_ctx("LargeMoveCtx");
+    let (old, new) = (20_000usize, 40_000usize);
+    let mut line = 0;
+    let mut chunk = core::ptr::null_mut();
+    let r = collect(|| {
+        line = line!() + 1;
+        let p = ctx.alloc(old).as_ptr();
+        // SAFETY: `p` is a live chunk of `old` bytes.
+        unsafe { p.write_bytes(0x11, old) };
+        let q = unsafe { repalloc(p, new) };
+        // SAFETY: `q` is a live chunk of `new` bytes; the redzone after it is readable (no bug).
+        let bytes = unsafe { std::slice::from_raw_parts(q, new + REDZONE) };
+        assert!(bytes[..old].iter().all(|&b| b == 0x11), "contents kept");
+        assert!(
+            bytes[old..new].iter().all(|&b| b == 0xA5),
+            "new bytes fresh"
+        );
+        assert!(
+            bytes[new..].iter().all(|&b| b == 0x7E),
+            "redzone at the new end"
+        );
+        // SAFETY (process): the first byte past the new size, in the rear redzone. The bug.
+        unsafe { q.add(new).write(7) };
+        unsafe { pfree(q) };
+        chunk = q;
+    });
+    assert_eq!(memctx::debug::guard_stats().maps, 0, "no guarded mapping");
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_overrun(&r[0], chunk, new, new, 7, "pfree");
+    assert_eq!(r[0].context, "LargeMoveCtx");
+    assert_allocated_at(&r[0], NAME, line);
     ctx.delete();
 }
