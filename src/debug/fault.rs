@@ -227,6 +227,9 @@ unsafe fn registers(uctx: *mut libc::c_void) -> (usize, usize, usize, Option<boo
 }
 
 /// Elsewhere the registers are not read: no faulting stack.
+///
+/// # Safety
+/// None beyond the x86-64 version's signature: `_uctx` is never read here.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 unsafe fn registers(_uctx: *mut libc::c_void) -> (usize, usize, usize, Option<bool>) {
     (0, 0, 0, None)
