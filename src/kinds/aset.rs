@@ -593,16 +593,10 @@ pub(crate) unsafe fn release_all(ctx: *mut ContextHeader) {
 /// # Safety
 /// `ctx` must be a live AllocSet context.
 pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters {
-    let mut c = crate::stats::Counters::default();
-    // SAFETY: walking the context's own lists.
+    // SAFETY: walking the context's own lists: its blocks (each live, so its tail readable)
+    // and its freelists.
     unsafe {
-        let mut block = (*ctx).blocks;
-        while !block.is_null() {
-            c.total_nblocks += 1;
-            c.total_bytes += (*block).size() as u64;
-            c.free_bytes += ((*block).end_ptr as usize - (*block).free_ptr as usize) as u64;
-            block = (*block).next;
-        }
+        let mut c = kinds::block_counters(ctx, |block| (kinds::tail_bytes(block) as u64, 0));
         for (idx, &head) in (*ctx).state.aset.freelist.iter().enumerate() {
             let mut chunk = head;
             while !chunk.is_null() {
@@ -615,8 +609,8 @@ pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> crate::stats::Counters
             }
         }
         debug_assert_eq!(c.total_bytes, (*ctx).mem_allocated as u64);
+        c
     }
-    c
 }
 
 /// AllocSet behind the kind interface (see `crate::kinds`).

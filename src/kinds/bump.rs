@@ -378,18 +378,9 @@ impl ContextKind for Bump {
         unsupported("GetMemoryChunkSpace")
     }
     unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
-        let mut c = Counters::default();
-        // SAFETY: the caller promises a live context; its block list is its own.
-        unsafe {
-            let mut block = (*ctx).blocks;
-            while !block.is_null() {
-                c.total_nblocks += 1;
-                c.total_bytes += (*block).size() as u64;
-                c.free_bytes += ((*block).end_ptr as usize - (*block).free_ptr as usize) as u64;
-                block = (*block).next;
-            }
-        }
-        c
+        // SAFETY: the caller promises a live context; a Bump block's only free space is its
+        // tail (a chunk given back stays in place until the reset).
+        unsafe { kinds::block_counters(ctx, |block| (kinds::tail_bytes(block) as u64, 0)) }
     }
 
     /// A Bump chunk of the debug build: its value is its capacity in 16-byte units, or it is

@@ -115,16 +115,6 @@ fn chunk_limit(sizes: &BlockSizes) -> usize {
     ((sizes.max_block_size - BLOCK_START) / CHUNK_FRACTION) & !(CHUNK_ALIGN - 1)
 }
 
-/// Free bytes at the end of `block`.
-///
-/// # Safety
-/// `block` must be a live block.
-#[inline(always)]
-unsafe fn free_bytes(block: *mut Block) -> usize {
-    // SAFETY: the caller promises a live block, whose header is readable.
-    unsafe { (*block).end_ptr as usize - (*block).free_ptr as usize }
-}
-
 /// Sets up a fresh, block-less context header as a Generation context and allocates its keeper
 /// block. Returns false when the system allocator fails.
 ///
@@ -191,7 +181,7 @@ pub(crate) unsafe fn alloc(ctx: *mut ContextHeader, size: usize) -> *mut u8 {
             return alloc_large(ctx, size);
         }
         let block = state.current;
-        if free_bytes(block) >= fp {
+        if kinds::tail_bytes(block) >= fp {
             return carve(ctx, block, size, fp);
         }
         alloc_from_other_block(ctx, size, fp)
@@ -235,7 +225,7 @@ unsafe fn alloc_from_other_block(ctx: *mut ContextHeader, size: usize, fp: usize
     unsafe {
         let state = &mut (*ctx).state.generation;
         let spare = state.spare;
-        let block = if !spare.is_null() && free_bytes(spare) >= fp {
+        let block = if !spare.is_null() && kinds::tail_bytes(spare) >= fp {
             state.spare = ptr::null_mut();
             spare
         } else {
@@ -487,19 +477,16 @@ impl ContextKind for Generation {
         CHUNK_PREFIX + unsafe { chunk_capacity(data, hdr) }
     }
     unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
-        let mut c = Counters::default();
-        // SAFETY: the caller promises a live context; its block list and counts are its own.
+        // SAFETY: the caller promises a live context; each of its blocks is a Generation block,
+        // its counts in the kind's bytes after the header.
         unsafe {
-            let mut block = (*ctx).blocks;
-            while !block.is_null() {
-                c.total_nblocks += 1;
-                c.total_bytes += (*block).size() as u64;
-                c.free_bytes += free_bytes(block) as u64;
-                c.free_chunks += (*counts(block)).nfree as u64;
-                block = (*block).next;
-            }
+            kinds::block_counters(ctx, |block| {
+                (
+                    kinds::tail_bytes(block) as u64,
+                    u64::from((*counts(block)).nfree),
+                )
+            })
         }
-        c
     }
     unsafe fn detail(ctx: *mut ContextHeader) -> KindDetail {
         let mut chunks = 0;

@@ -411,6 +411,42 @@ pub(crate) unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
     unsafe { with_kind!((*ctx).kind, K => K::counters(ctx)) }
 }
 
+/// The block part of a kind's counters: every block of `ctx` counted with its size, and with the
+/// free bytes and free chunks `free_of` finds in it (a kind's own rule: the unused tail at the
+/// free pointer, plus what the kind keeps freed inside the block).
+///
+/// # Safety
+/// `ctx` must be a live context; `free_of` is called with each of its blocks.
+pub(crate) unsafe fn block_counters(
+    ctx: *mut ContextHeader,
+    mut free_of: impl FnMut(*mut Block) -> (u64, u64),
+) -> Counters {
+    let mut c = Counters::default();
+    // SAFETY: the caller promises a live context, whose block list links its own live blocks.
+    unsafe {
+        let mut block = (*ctx).blocks;
+        while !block.is_null() {
+            let (free_bytes, free_chunks) = free_of(block);
+            c.total_nblocks += 1;
+            c.total_bytes += (*block).size() as u64;
+            c.free_bytes += free_bytes;
+            c.free_chunks += free_chunks;
+            block = (*block).next;
+        }
+    }
+    c
+}
+
+/// The unused tail of `block`, from its free pointer to its end.
+///
+/// # Safety
+/// `block` must be a live block.
+#[inline(always)]
+pub(crate) unsafe fn tail_bytes(block: *mut Block) -> usize {
+    // SAFETY: the caller promises a live block, whose header is readable.
+    unsafe { (*block).end_ptr as usize - (*block).free_ptr as usize }
+}
+
 /// The stats detail of `ctx`, through its kind.
 ///
 /// # Safety

@@ -638,23 +638,17 @@ impl ContextKind for Slab {
         hdr.value() as usize * CHUNK_ALIGN
     }
     unsafe fn counters(ctx: *mut ContextHeader) -> Counters {
-        let mut c = Counters::default();
         // SAFETY: the caller promises a live Slab context; its block list holds Slab blocks.
         unsafe {
-            let footprint = (*ctx).state.slab.footprint;
-            let mut block = (*ctx).blocks as *mut SlabBlock;
-            while !block.is_null() {
-                let (free_ptr, end) = ((*block).base.free_ptr, (*block).base.end_ptr);
-                let tail = end as usize - free_ptr as usize;
-                let listed = (*block).nfree as usize - tail / footprint;
-                c.total_nblocks += 1;
-                c.total_bytes += (*block).base.size() as u64;
-                c.free_chunks += u64::from((*block).nfree);
-                c.free_bytes += (listed * footprint + tail) as u64;
-                block = (*block).base.next as *mut SlabBlock;
-            }
+            let footprint = (*ctx).state.slab.footprint as u64;
+            kinds::block_counters(ctx, |block| {
+                // Free slots are the never-used ones in the tail and the listed freed ones.
+                let tail = kinds::tail_bytes(block) as u64;
+                let nfree = u64::from((*(block as *mut SlabBlock)).nfree);
+                let listed = nfree - tail / footprint;
+                (listed * footprint + tail, nfree)
+            })
         }
-        c
     }
     unsafe fn detail(ctx: *mut ContextHeader) -> KindDetail {
         KindDetail {
