@@ -1041,6 +1041,41 @@ mod release_layout {
         }
     }
 
+    /// `repalloc` of a chunk with a block of its own to a size the freelists serve (`need` at most
+    /// the chunk limit, 8 KiB for DEFAULT) moves it into a size-class chunk and gives its block
+    /// back, at the limit itself too; above the limit it keeps a block of its own, resized.
+    #[test]
+    fn a_large_chunk_resized_to_the_chunk_limit_or_below_leaves_its_block() {
+        // (new size, its chunk's space, the context's memory after the resize)
+        for (n, space, total) in [
+            (100usize, footprint(128), 8192),
+            // 8208 bytes do not fit the keeper: a new block, doubled to 16 KiB.
+            (8192, footprint(8192), 8192 + 16384),
+            (
+                8193,
+                large_block(8193) - BLOCK_OVERHEAD,
+                8192 + large_block(8193),
+            ),
+            (
+                20_000,
+                large_block(20_000) - BLOCK_OVERHEAD,
+                8192 + large_block(20_000),
+            ),
+        ] {
+            let (ctx, _g) = fresh("resized large");
+            let p = palloc(10_000);
+            assert_eq!(ctx.mem_allocated(false), 8192 + large_block(10_000));
+            unsafe { fill(p, 10_000, 5) };
+            let q = unsafe { repalloc(p, n) };
+            unsafe { check(q, n.min(10_000), 5) };
+            assert_eq!(unsafe { chunk_space(q) }, space, "10000 -> {n} bytes");
+            assert_eq!(ctx.mem_allocated(false), total, "10000 -> {n} bytes");
+            unsafe { pfree(q) };
+            drop(_g);
+            ctx.delete();
+        }
+    }
+
     #[test]
     fn leftover_space_is_carved_into_freelists_before_a_new_block() {
         let ctx = MemoryContext::top().new_child("leftover", BlockSizes::DEFAULT);

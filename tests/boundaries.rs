@@ -1,7 +1,8 @@
 //! The debug build's checks at the edges of a chunk (debug build): the last byte of a size class,
 //! a request that fills its class together with its redzone, an in-place `repalloc` that would
-//! leave no room for the rear redzone, the allocation stack an in-place `repalloc` must keep, and
-//! the record and redzone a large chunk's `realloc` (guard pages off) must carry along.
+//! leave no room for the rear redzone, the allocation stack an in-place `repalloc` must keep, an
+//! empty chunk grown in place, and the record, redzone and block registration a large chunk's
+//! `realloc` (guard pages off) must carry along.
 //! Each test commits one bug on purpose and checks the report's class, context, damaged range,
 //! where it was found and the allocation backtrace's first frame (function and line).
 //!
@@ -16,8 +17,8 @@
 use memctx::debug::{BugClass, Report};
 use memctx::{chunk_prefix_size, chunk_space, pfree, repalloc, BlockSizes, MemoryContext};
 
-/// Rear redzone the debug build adds to every request by default (`debug::set_redzone`; no test
-/// in this file changes it).
+/// Rear redzone the debug build adds to every request by default (`debug::set_redzone`; only
+/// [`an_empty_chunk_grows_in_place_with_the_fresh_pattern`] changes it, in a child process).
 const REDZONE: usize = 16;
 
 /// Requests whose class ends at different distances from the request, the redzone included: 16,
@@ -33,7 +34,7 @@ fn class_of(n: usize) -> usize {
 
 #[path = "common/reports.rs"]
 mod reports;
-use reports::collect;
+use reports::{collect, one};
 
 fn new_ctx(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
@@ -416,31 +417,43 @@ fn repalloc_in_place_grows_with_the_fresh_pattern() {
     ctx.delete();
 }
 
-/// Set in the child that [`large_repalloc_without_guard_pages_moves_record_and_redzone`] runs.
-const NO_GUARDS_CHILD: &str = "MEMCTX_BOUNDARIES_NO_GUARDS";
+/// Set in the child process that a test needing a process-wide setting runs itself in.
+const CHILD_VAR: &str = "MEMCTX_BOUNDARIES_CHILD";
+
+/// For a test that needs process-wide settings (`env`: guard pages, the redzone): in the test
+/// process, runs the test `name` again in a child with `env` set, checks it passed there and
+/// returns false; in that child, returns true, and the test goes on.
+fn in_child_with(name: &str, env: &[(&str, &str)]) -> bool {
+    if std::env::var_os(CHILD_VAR).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+/// Guard pages off, for [`in_child_with`].
+const NO_GUARD_PAGES: [(&str, &str); 1] = [("MEMCTX_GUARD_PAGES", "0")];
 
 /// Without guard pages, a chunk with a block of its own grows by the system's `realloc`
 /// (`kinds::aset::realloc_large`), and the debug hooks around it (`large_chunk_moving`,
 /// `large_chunk_moved`) carry the block's registration, the record and the redzone along: the
 /// contents are kept, the new bytes get the fresh pattern, and an overrun of the new size is found
-/// at `pfree` with the original allocation's line. Guard pages are a process-wide setting, so the
-/// test runs itself again in a child with `MEMCTX_GUARD_PAGES=0`.
+/// at `pfree` with the original allocation's line (in a child: [`in_child_with`]).
 #[test]
 fn large_repalloc_without_guard_pages_moves_record_and_redzone() {
     const NAME: &str = "large_repalloc_without_guard_pages_moves_record_and_redzone";
-    if std::env::var_os(NO_GUARDS_CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(NO_GUARDS_CHILD, "1")
-            .env("MEMCTX_GUARD_PAGES", "0")
-            .output()
-            .expect("run the child");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if !in_child_with(NAME, &NO_GUARD_PAGES) {
         return;
     }
     let ctx = new_ctx("LargeMoveCtx");
@@ -474,5 +487,71 @@ fn large_repalloc_without_guard_pages_moves_record_and_redzone() {
     assert_overrun(&r[0], chunk, new, new, 7, "pfree");
     assert_eq!(r[0].context, "LargeMoveCtx");
     assert_allocated_at(&r[0], NAME, line);
+    ctx.delete();
+}
+
+/// Without guard pages, `repalloc` growing a chunk with a block of its own whose neighbour in the
+/// heap is taken (by a second such chunk) makes the system's `realloc` move the block and free the
+/// old one. The old block is then no memory of the context: `pfree` through the pointer the chunk
+/// moved away from is an invalid pointer no context allocated, judged without reading the freed
+/// block (in a child: [`in_child_with`]).
+#[test]
+fn pfree_through_the_pointer_a_large_repalloc_moved_away_from_is_refused() {
+    const NAME: &str = "pfree_through_the_pointer_a_large_repalloc_moved_away_from_is_refused";
+    if !in_child_with(NAME, &NO_GUARD_PAGES) {
+        return;
+    }
+    let ctx = new_ctx("StaleMoveCtx");
+    let p = ctx.alloc(20_000).as_ptr();
+    let neighbour = ctx.alloc(20_000).as_ptr();
+    let q = unsafe { repalloc(p, 40_000) };
+    assert_ne!(q, p, "the block was moved");
+    // SAFETY (process): `p` is stale, its block freed by `realloc`. The bug.
+    let r = one(collect(|| unsafe { pfree(p) }));
+    assert_eq!(r.class, BugClass::InvalidPointer, "{r}");
+    assert_eq!((r.chunk, r.found_at.as_str()), (None, "pfree"), "{r}");
+    assert!(
+        r.detail.starts_with(&format!(
+            "pfree called with {p:p}, which no context of this thread allocated"
+        )),
+        "{r}"
+    );
+    assert_eq!(memctx::debug::guard_stats().maps, 0, "no guarded mapping");
+    unsafe {
+        pfree(q);
+        pfree(neighbour);
+    }
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
+
+/// With a 24-byte rear redzone (`MEMCTX_REDZONE=24`), a request of 0 bytes takes the 32-byte
+/// class with room to grow: `repalloc` to 8 bytes stays in place, hands the 8 bytes out with the
+/// fresh pattern and moves the redzone behind them, where an overrun is found at `pfree` (in a
+/// child: [`in_child_with`]).
+#[test]
+fn an_empty_chunk_grows_in_place_with_the_fresh_pattern() {
+    const NAME: &str = "an_empty_chunk_grows_in_place_with_the_fresh_pattern";
+    if !in_child_with(NAME, &[("MEMCTX_REDZONE", "24")]) {
+        return;
+    }
+    let ctx = new_ctx("EmptyGrowCtx");
+    let p = ctx.alloc(0).as_ptr();
+    assert_eq!(unsafe { chunk_space(p) } - chunk_prefix_size(), 32);
+    let q = unsafe { repalloc(p, 8) };
+    assert_eq!(
+        q, p,
+        "8 bytes and the 24-byte redzone fill the 32-byte class"
+    );
+    // SAFETY: the chunk's 32 data bytes lie in its block; reading the redzone is no bug.
+    let bytes = unsafe { std::slice::from_raw_parts(q, 32) };
+    assert!(bytes[..8].iter().all(|&b| b == 0xA5), "{bytes:x?}");
+    assert!(bytes[8..].iter().all(|&b| b == 0x7E), "{bytes:x?}");
+    let r = collect(|| unsafe {
+        q.add(8).write(7); // the first byte past the new size. The bug.
+        pfree(q);
+    });
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_overrun(&r[0], q, 8, 8, 7, "pfree");
     ctx.delete();
 }

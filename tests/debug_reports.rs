@@ -28,6 +28,10 @@ fn new_ctx(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
 }
 
+/// Bytes before the first chunk of an AllocSet block: the block header (its fields: context,
+/// prev, next, free pointer, end pointer, released mark), the kind's 8 bytes and 8 of padding.
+const BEFORE_FIRST: usize = 64;
+
 #[test]
 fn overrun_found_at_pfree() {
     let ctx = new_ctx("OverrunCtx");
@@ -706,9 +710,6 @@ fn corrupt_header_is_reported() {
 /// space ends: restoring could write past the block).
 #[test]
 fn overwritten_block_header_is_found_by_check() {
-    // Bytes before a block's first chunk: the header (its fields below), the kind's 8 bytes and
-    // 8 of padding.
-    const BEFORE_FIRST: usize = 64;
     let ctx = new_ctx("BlockHeaderCtx");
     let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
     let block = unsafe { p.sub(memctx::chunk_prefix_size() + BEFORE_FIRST) };
@@ -1012,7 +1013,6 @@ fn write_right_after_an_intact_class_end_is_a_wild_write() {
 /// chunk not freed.
 #[test]
 fn pfree_in_a_block_whose_context_field_was_overwritten_is_reported() {
-    const BEFORE_FIRST: usize = 64; // as in `overwritten_block_header_is_found_by_check`
     let ctx = new_ctx("BlockFieldCtx");
     let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
     let q = ctx.alloc(16).as_ptr();
@@ -1089,5 +1089,123 @@ fn an_interior_pointer_names_the_chunk_it_points_into() {
         "{r}"
     );
     assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
+
+/// A pointer into a block's header (16-aligned, before the first chunk) is an invalid pointer
+/// naming no chunk, judged from where the block's chunks start: nothing there is read as a chunk
+/// header (which, 48 bytes before such a pointer, would lie before the block itself).
+#[test]
+fn a_pointer_into_a_block_header_is_an_invalid_pointer_naming_no_chunk() {
+    let ctx = new_ctx("BlockHeaderPtrCtx");
+    let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
+    let block = unsafe { p.sub(memctx::chunk_prefix_size() + BEFORE_FIRST) };
+    for off in (0..BEFORE_FIRST).step_by(16) {
+        let q = unsafe { block.add(off) };
+        let r = one(collect(|| unsafe { pfree(q) }));
+        assert_eq!(r.class, BugClass::InvalidPointer, "{r}");
+        assert_eq!(r.context, "BlockHeaderPtrCtx");
+        assert_eq!((r.chunk, r.found_at.as_str()), (None, "pfree"), "{r}");
+        assert_eq!(
+            r.detail,
+            format!(
+                "pfree called with {q:p}, inside block {block:p} but not at a chunk (misaligned, \
+                 or in unused space)"
+            )
+        );
+    }
+    assert_eq!(ctx.check(), 0, "the block is untouched");
+    unsafe { pfree(p) };
+    ctx.delete();
+}
+
+/// Asserts `r` is `pfree`'s report of the chunk `p` of the context `ctx` whose header word was
+/// overwritten: a corrupt header, the damage the 8 bytes of the word.
+fn assert_header_overwritten(r: &debug::Report, ctx: &str, p: *mut u8) {
+    let prefix = memctx::chunk_prefix_size() as isize;
+    assert_eq!(r.class, BugClass::CorruptHeader, "{r}");
+    assert_eq!(r.context, ctx);
+    assert_eq!(r.chunk, Some(p as usize));
+    assert_eq!(r.range, Some((-prefix, -prefix + 8)));
+    assert_eq!(r.found_at, "pfree");
+    assert_eq!(r.detail, "the chunk's header word was overwritten");
+}
+
+/// The header word of an aligned allocation (a redirect to the chunk holding it) copied over the
+/// header of a block's first chunk: followed, the redirect would lead before the block's chunks,
+/// so `pfree` of that chunk reports its header as overwritten instead.
+#[test]
+fn a_redirect_leading_before_the_first_chunk_is_a_corrupt_header() {
+    let ctx = new_ctx("RedirectCtx");
+    let guard = ctx.switch_to();
+    let first = ctx.alloc(16).as_ptr(); // the keeper's first chunk
+    let aligned = memctx::palloc_aligned(16, 64, memctx::AllocFlags::NONE);
+    let prefix = memctx::chunk_prefix_size();
+    let redirect = unsafe { (aligned.sub(prefix) as *const u64).read() };
+    let header = unsafe { first.sub(prefix) } as *mut u64;
+    let kept = unsafe { header.read() };
+    unsafe { header.write(redirect) };
+    let r = one(collect(|| unsafe { pfree(first) }));
+    unsafe { header.write(kept) };
+    assert_header_overwritten(&r, "RedirectCtx", first);
+    assert_eq!(ctx.check(), 0, "not freed, and the header restored");
+    unsafe {
+        pfree(aligned);
+        pfree(first);
+    }
+    drop(guard);
+    ctx.delete();
+}
+
+/// `pfree` of a chunk whose header word's size class and debug record were both overwritten (its
+/// kind and block offset intact): those still say a chunk starts there, so it is a corrupt
+/// header, not an invalid pointer, although neither the record nor a walk of the block (which
+/// stops at the undecodable header) confirms it.
+#[test]
+fn pfree_of_a_chunk_whose_class_and_record_were_overwritten_is_a_corrupt_header() {
+    let ctx = new_ctx("ClassCtx");
+    let p = ctx.alloc(32).as_ptr(); // the keeper's first chunk
+    let prefix = memctx::chunk_prefix_size();
+    let (header, record) = unsafe { (p.sub(prefix), p.sub(prefix - 8) as *mut u64) };
+    let kept = unsafe { ((header as *const u64).read(), record.read()) };
+    unsafe {
+        // Bits 8..16 of the header word: bits 3..11 of the size class (bits 5..34), so a class
+        // past the largest; the kind (bits 0..4) and the offset (from bit 34) are untouched.
+        header.add(1).write(0xff);
+        record.write(u64::MAX);
+    }
+    let r = one(collect(|| unsafe { pfree(p) }));
+    unsafe {
+        (header as *mut u64).write(kept.0);
+        record.write(kept.1);
+    }
+    assert_header_overwritten(&r, "ClassCtx", p);
+    assert_eq!(ctx.check(), 0, "not freed, and the prefix restored");
+    unsafe { pfree(p) };
+    ctx.delete();
+}
+
+/// `pfree` of a chunk whose header word names the size class one past the largest (index 11, 16
+/// KiB; kind and block offset intact), in a block with room for such a chunk after it: the class
+/// is not believed, the header is reported as overwritten.
+#[test]
+fn a_header_naming_the_class_past_the_largest_is_a_corrupt_header() {
+    /// The size class index: bits 5..34 of the header word.
+    const CLASS_BITS: u64 = ((1 << 29) - 1) << 5;
+    let sizes = BlockSizes {
+        min_context_size: 0,
+        init_block_size: 64 << 10,
+        max_block_size: 64 << 10,
+    };
+    let ctx = MemoryContext::top().new_child("ClassPastCtx", sizes);
+    let p = ctx.alloc(32).as_ptr(); // the keeper's first chunk, 64 KiB of block after it
+    let header = unsafe { p.sub(memctx::chunk_prefix_size()) } as *mut u64;
+    let kept = unsafe { header.read() };
+    unsafe { header.write((kept & !CLASS_BITS) | 11 << 5) };
+    let r = one(collect(|| unsafe { pfree(p) }));
+    unsafe { header.write(kept) };
+    assert_header_overwritten(&r, "ClassPastCtx", p);
+    assert_eq!(ctx.check(), 0, "not freed, and the header restored");
+    unsafe { pfree(p) };
     ctx.delete();
 }

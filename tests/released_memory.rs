@@ -7,14 +7,55 @@
 //! process: this test binary run again on one `child_` test, with `MEMCTX_RELEASED_CHILD` set
 //! (without it the `child_` tests return at once).
 //!
+//! The global allocator counts the large blocks each thread gives back to the system, which is
+//! where blocks leaving the quarantine must go.
+//!
 //! These tests write into released memory on purpose, which ASan and memcheck rightly call
 //! errors, so the sanitizer legs leave this file out (`ci/sanitizers`).
 #![cfg(feature = "debug-contexts")]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::process::Command;
 
 use memctx::debug::{self, BugClass, Policy, Report};
 use memctx::{BlockSizes, MemoryContext};
+
+/// Size of the chunks [`child_quarantine_gives_blocks_back`] gives blocks of their own: the only
+/// memory of at least this size the tests free.
+const LARGE: usize = 20_000;
+
+thread_local! {
+    /// Blocks of at least [`LARGE`] bytes this thread gave back to the system allocator.
+    static LARGE_FREES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The system allocator, counting what each thread gives back of at least [`LARGE`] bytes: what
+/// the quarantine returns to the system is seen nowhere else.
+struct CountingAlloc;
+
+// SAFETY: every call is forwarded to `System` with the caller's arguments unchanged.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as given (the caller keeps `GlobalAlloc::alloc`'s contract).
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.size() >= LARGE {
+            // A const-initialised `Cell` without destructor: no allocation, usable in teardown.
+            let _ = LARGE_FREES.try_with(|n| n.set(n.get() + 1));
+        }
+        // SAFETY: forwarded as given (the caller keeps `GlobalAlloc::dealloc`'s contract).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as given (the caller keeps `GlobalAlloc::realloc`'s contract).
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 #[path = "common/reports.rs"]
 mod reports;
@@ -521,6 +562,39 @@ fn eviction_from_the_quarantine_verifies_the_block() {
     let (code, out, err) = run_child("child_eviction", &[("MEMCTX_QUARANTINE", "32768")]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("eviction found it"), "{out}{err}");
+}
+
+/// Child of [`blocks_leaving_the_quarantine_go_back_to_the_system`]: with guard pages off, each
+/// chunk of [`LARGE`] bytes has a block of its own from the system allocator (20,144 bytes), and
+/// the quarantine (62,000 bytes) holds three of them. Deleting a context with ten such chunks
+/// leaves its newest three in the quarantine and gives the other seven back at the end of the
+/// delete; the next such delete pushes out the three and seven more.
+#[test]
+fn child_quarantine_gives_blocks_back() {
+    if is_child() {
+        let frees = || LARGE_FREES.with(Cell::get);
+        for (round, given_back) in [7, 10].into_iter().enumerate() {
+            let ctx = MemoryContext::top().new_child("LargeCtx", BlockSizes::DEFAULT);
+            fill(ctx, 10, LARGE);
+            let before = frees();
+            ctx.delete();
+            assert_eq!(frees() - before, given_back, "delete {round}");
+        }
+        println!("given back");
+    }
+}
+
+/// Blocks leaving the quarantine go back to the system allocator: the quarantine bounds what the
+/// debug build keeps of released memory, it does not leak it.
+#[test]
+fn blocks_leaving_the_quarantine_go_back_to_the_system() {
+    if is_child() {
+        return;
+    }
+    let env = [("MEMCTX_QUARANTINE", "62000"), ("MEMCTX_GUARD_PAGES", "0")];
+    let (code, out, err) = run_child("child_quarantine_gives_blocks_back", &env);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("given back"), "{out}{err}");
 }
 
 /// A write through a pointer kept past a reset (or a delete whose keeper a new context took) that
