@@ -17,9 +17,11 @@
 //! `quarantine` (released blocks kept back from the system and verified), `verify`
 //! (comparisons and the context walk), `report` (reports, their builder and policy), `stack`
 //! (backtrace capture and the stack depot), `settings`, `sanitizer` (the Valgrind and ASan
-//! backends behind one interface), `vgmap` (blocks mapped under memcheck), `guard` (guard
-//! pages after chunks with a block of their own), `fault` (the handler of their faults),
-//! `sample` (guarded sampling of small chunks), and `hooks` (the glue the allocator calls).
+//! backends behind one interface, and [`tool_view`]: what the running tool believes about a range
+//! of memory, for tests of what the debug build tells it), `vgmap` (blocks mapped under
+//! memcheck), `guard` (guard pages after chunks with a block of their own), `fault` (the handler
+//! of their faults), `sample` (guarded sampling of small chunks), and `hooks` (the glue the
+//! allocator calls).
 //!
 //! # Examples
 //! ```
@@ -62,6 +64,7 @@ pub use report::{
     default_policy, set_default_policy, set_thread_policy, take_reports, thread_policy, BugClass,
     Frame, Policy, Report,
 };
+pub use sanitizer::{tool, tool_view, ByteView, Tool};
 pub use settings::{
     report_frames, report_stderr, reset_check, set_backtrace_depth, set_backtraces, set_guard_max,
     set_guard_pages, set_guard_quarantine, set_guard_sample, set_guard_seed, set_guard_slots,

@@ -214,6 +214,70 @@ impl Drop for Peek {
     }
 }
 
+/// A tool watching this process (see [`tool_view`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    /// Valgrind memcheck (the process runs under `valgrind --tool=memcheck`).
+    Memcheck,
+    /// AddressSanitizer (the crate is built with `-Zsanitizer=address`).
+    Asan,
+}
+
+/// What the running tool believes about one byte of memory (see [`tool_view`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteView {
+    /// Not addressable: the tool reports any access (memcheck's NOACCESS, ASan's poison).
+    NoAccess,
+    /// Addressable, its value not defined (memcheck: never written since it was handed out).
+    Undefined,
+    /// Addressable and defined (memcheck).
+    Defined,
+    /// Addressable (ASan, which does not track whether a byte was written).
+    Addressable,
+}
+
+impl ByteView {
+    /// Whether the program may touch the byte.
+    pub fn is_addressable(self) -> bool {
+        self != ByteView::NoAccess
+    }
+}
+
+/// The tool watching this process, if any: ASan in a build with `-Zsanitizer=address`, memcheck
+/// when the process runs under Valgrind (asked once, as the allocator asks).
+pub fn tool() -> Option<Tool> {
+    if asan::ON {
+        Some(Tool::Asan)
+    } else if valgrind::running() {
+        Some(Tool::Memcheck)
+    } else {
+        None
+    }
+}
+
+/// What the running tool believes about each byte of `[ptr, ptr + len)`, or `None` when no tool
+/// watches: how tests see what the debug build told memcheck or ASan about a chunk (its prefix
+/// and redzones closed, its requested bytes open and, under memcheck, undefined until written).
+///
+/// Memcheck answers through `VALGRIND_GET_VBITS`, which reports no error for unaddressable bytes
+/// (it returns 3, and the bytes are asked one by one then); ASan through
+/// `__asan_address_is_poisoned`, byte by byte. ASan's shadow describes 8-byte granules as "the
+/// first k bytes addressable", so a range it holds addressable is exact only where it ends a
+/// granule's addressable prefix: a chunk's data starts on a granule and its rear redzone ends on
+/// one, which makes every boundary of a chunk exact.
+///
+/// # Safety
+/// `[ptr, ptr + len)` must lie in the process's address space as the tools know it (memory the
+/// process mapped or had mapped, such as a context's block, live or given back); the bytes are
+/// never read, only the tool's record of them.
+pub unsafe fn tool_view(ptr: *const u8, len: usize) -> Option<Vec<ByteView>> {
+    match tool()? {
+        // SAFETY: the range is in the process's memory (caller); only ASan's shadow is read.
+        Tool::Asan => Some(unsafe { asan::view(ptr, len) }),
+        Tool::Memcheck => Some(valgrind::view(ptr, len)),
+    }
+}
+
 /// Memcheck, through crabgrind's client requests.
 mod valgrind {
     use core::ffi::c_void;
@@ -296,6 +360,32 @@ mod valgrind {
         mark(addr, len, MemState::NoAccess);
     }
 
+    /// Memcheck's view of `[addr, addr + len)`: the V bits of the whole range at once when it
+    /// is addressable, else byte by byte (a range with an unaddressable byte yields no bits).
+    pub(super) fn view(addr: *const u8, len: usize) -> Vec<super::ByteView> {
+        use super::ByteView;
+        let state = |bits: u8| {
+            if bits == 0 {
+                ByteView::Defined
+            } else {
+                ByteView::Undefined
+            }
+        };
+        let mut bits = vec![0u8; len];
+        if memcheck::vbits(addr as *const c_void, &mut bits).is_ok() {
+            return bits.into_iter().map(state).collect();
+        }
+        (0..len)
+            .map(|i| {
+                let mut one = [0u8];
+                match memcheck::vbits(addr.wrapping_add(i) as *const c_void, &mut one) {
+                    Ok(()) => state(one[0]),
+                    Err(_) => ByteView::NoAccess,
+                }
+            })
+            .collect()
+    }
+
     /// Stops error reports from this thread (nestable). Reads of inaccessible bytes then load
     /// them as defined without a report, and change no state.
     pub(super) fn disable_reports() {
@@ -323,6 +413,27 @@ mod asan {
         fn __asan_poison_memory_region(addr: *const c_void, size: usize);
         fn __asan_unpoison_memory_region(addr: *const c_void, size: usize);
         fn __asan_region_is_poisoned(beg: *mut c_void, size: usize) -> *mut c_void;
+        fn __asan_address_is_poisoned(addr: *const c_void) -> i32;
+    }
+
+    /// ASan's view of `[addr, addr + len)`, byte by byte.
+    ///
+    /// # Safety
+    /// As [`super::tool_view`].
+    pub(super) unsafe fn view(addr: *const u8, len: usize) -> Vec<super::ByteView> {
+        (0..len)
+            .map(|i| {
+                // SAFETY: the byte is in the application's memory (caller); the runtime reads
+                // only its shadow.
+                let poisoned =
+                    unsafe { __asan_address_is_poisoned(addr.wrapping_add(i) as *const c_void) };
+                if poisoned != 0 {
+                    super::ByteView::NoAccess
+                } else {
+                    super::ByteView::Addressable
+                }
+            })
+            .collect()
     }
 
     /// The crate is built with ASan.
@@ -417,4 +528,12 @@ mod asan {
 
     #[inline(always)]
     pub(super) fn restore(_saved: &Saved) {}
+
+    /// Never called: [`super::tool`] names ASan only in an ASan build.
+    ///
+    /// # Safety
+    /// None needed; it reads nothing.
+    pub(super) unsafe fn view(_addr: *const u8, _len: usize) -> Vec<super::ByteView> {
+        unreachable!("ASan's view asked for in a build without ASan")
+    }
 }
