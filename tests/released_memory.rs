@@ -21,8 +21,8 @@ use std::process::Command;
 use memctx::debug::{self, BugClass, Policy, Report};
 use memctx::{BlockSizes, MemoryContext};
 
-/// Size of the chunks [`child_quarantine_gives_blocks_back`] gives blocks of their own: the only
-/// memory of at least this size the tests free.
+/// Size of the chunks [`child_quarantine_gives_blocks_back`] gives blocks of their own: their
+/// blocks are the only memory of at least this size that test's deletes free.
 const LARGE: usize = 20_000;
 
 thread_local! {
