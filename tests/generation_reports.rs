@@ -20,6 +20,9 @@ use reports::{collect, one};
 mod blocks;
 use blocks::{fill_blocks, pfree_all};
 
+#[path = "common/headers.rs"]
+mod headers;
+
 /// Asserts that the first user frame of `frames` is the function `name` of this file, at `line`
 /// when given.
 fn assert_frame(frames: &[debug::Frame], name: &str, line: Option<u32>, what: &str) {
@@ -355,4 +358,20 @@ fn wrong_context_free_through_another_allocator() {
     assert_eq!(r.found_at, "deallocate");
     owner.delete();
     other.delete();
+}
+
+/// A chunk header whose footprint (Generation's header value) was overwritten, kind and offset
+/// intact, is a corrupt header at `check()` and `pfree`: none, the prefix alone, past the block.
+#[test]
+fn overwritten_footprint_in_a_chunk_header_is_reported() {
+    let ctx = generation("GenFootprint");
+    let before = ctx.alloc(24).as_ptr();
+    let victim = ctx.alloc(40).as_ptr();
+    let after = ctx.alloc(24).as_ptr();
+    headers::assert_overwritten_footprint_is_reported(ctx, "GenFootprint", victim, 40);
+    unsafe {
+        pfree(before);
+        pfree(after);
+    }
+    ctx.delete();
 }

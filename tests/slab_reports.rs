@@ -16,6 +16,9 @@ use memctx::{pfree, MemoryContext};
 mod reports;
 use reports::{collect, one};
 
+#[path = "common/headers.rs"]
+mod headers;
+
 const CHUNK: usize = 40;
 
 fn slab(name: &'static str) -> MemoryContext {
@@ -349,5 +352,21 @@ fn overrun_found_at_repalloc_to_the_same_size_is_reported_once() {
     assert_eq!(r.found, [b'R']);
     let name = "overrun_found_at_repalloc_to_the_same_size_is_reported_once";
     assert_frame(&r.alloc_backtrace(), name, None, "allocation");
+    ctx.delete();
+}
+
+/// A slot header whose footprint (Slab's header value) was overwritten, kind and offset intact, is
+/// a corrupt header at `check()` and `pfree`: none, the prefix alone, past the block.
+#[test]
+fn overwritten_footprint_in_a_slot_header_is_reported() {
+    let ctx = slab("SlabFootprint");
+    let before = ctx.alloc(CHUNK).as_ptr();
+    let victim = ctx.alloc(CHUNK).as_ptr();
+    let after = ctx.alloc(CHUNK).as_ptr();
+    headers::assert_overwritten_footprint_is_reported(ctx, "SlabFootprint", victim, CHUNK);
+    unsafe {
+        pfree(before);
+        pfree(after);
+    }
     ctx.delete();
 }
