@@ -227,3 +227,159 @@ fn large_request_at_full_depth_raises_nothing() {
     .expect("no panic");
     assert!(reports.is_empty(), "{reports:#?}");
 }
+
+/// Bytes in front of a Bump chunk's data: none in a release build, the chunk prefix (header word,
+/// debug record, front redzone) in the debug build.
+const PREFIX: usize = if DEBUG { 48 } else { 0 };
+
+/// Where the first chunk's data lies in its block: right after the 48-byte block header in a
+/// release build; in the debug build past the 16 bytes every kind's first chunk start leaves
+/// (the kind's bytes and padding) and the prefix.
+const FIRST_DATA: usize = if DEBUG { 48 + 16 + PREFIX } else { 48 };
+
+/// The largest request whose chunk has capacity `cap` (a multiple of 16): `cap` itself in a
+/// release build; in the debug build the request rounded to 8 plus the 16-byte rear redzone
+/// makes the capacity, so 16 bytes less.
+fn request_for(cap: usize) -> usize {
+    if DEBUG {
+        cap - 16
+    } else {
+        cap
+    }
+}
+
+/// The chunk limit is the largest power of two up to 8 KiB whose chunk (capacity and prefix)
+/// takes at most an eighth of a maximum-sized block less its header: a request of that capacity
+/// is carved from the keeper (large enough for it here), one of 16 bytes more gets a block of its
+/// own. The maximum sizes put an eighth of the block at, just below and just above the boundaries
+/// of both builds.
+#[test]
+fn the_chunk_limit_follows_the_maximum_block_size() {
+    // (maximum block size, an eighth of it less the header, limit: release build, debug build)
+    let cases = [
+        (8 << 20, 1_048_570, 8192, 8192),
+        (8192, 1018, 512, 512), // BlockSizes::SMALL
+        (8232, 1023, 512, 512),
+        (8240, 1024, 1024, 512),
+        (8616, 1071, 1024, 512),
+        (8624, 1072, 1024, 1024),
+    ];
+    for (max, eighth, release, debug) in cases {
+        assert_eq!((max - 48) / 8, eighth);
+        let limit = if DEBUG { debug } else { release };
+        let sizes = BlockSizes {
+            min_context_size: 16 * 1024,
+            init_block_size: 1024,
+            max_block_size: max,
+        };
+        let ctx = MemoryContext::top().new_bump_child("limits", sizes);
+        ctx.alloc(request_for(limit));
+        let c = ctx.counters();
+        assert_eq!(c.total_nblocks, 1, "max {max}: capacity {limit} is carved");
+        ctx.alloc(request_for(limit + 16));
+        let c = ctx.counters();
+        assert_eq!(
+            c.total_nblocks, 2,
+            "max {max}: capacity {limit} + 16 is large"
+        );
+        ctx.delete();
+    }
+}
+
+/// A new block has the next size of the doubling series when the chunk fits it with the block's
+/// overhead (header, 16 bytes of slack, prefix), and doubles until it does: a chunk of exactly
+/// the room takes an 8 KiB block, 16 bytes more a 16 KiB one.
+#[test]
+fn a_new_block_doubles_only_when_the_chunk_does_not_fit() {
+    let room = 8192 - (48 + 16 + PREFIX);
+    for (cap, block) in [(room, 8192), (room + 16, 16384)] {
+        let ctx = bump("new block");
+        ctx.alloc(64); // the 8 KiB keeper can no longer hold the chunk
+        let p = ctx.alloc(request_for(cap)).as_ptr();
+        unsafe { p.write_bytes(1, request_for(cap)) };
+        let c = ctx.counters();
+        assert_eq!(
+            (c.total_nblocks, c.total_bytes),
+            (2, 8192 + block),
+            "capacity {cap}"
+        );
+        assert_eq!(ctx.check(), 0);
+        ctx.delete();
+    }
+}
+
+/// Set in the child that [`a_large_block_is_header_slack_prefix_and_chunk`] runs in the debug
+/// build.
+const NO_GUARDS_CHILD: &str = "MEMCTX_BUMP_NO_GUARDS";
+
+/// A chunk above the chunk limit gets a block of exactly the block header, 16 bytes, the prefix
+/// and its capacity: nothing rounded away from a size whose bit 4 is set, nothing added. The
+/// debug build's guard pages size such a block for the guard page instead, and they are a
+/// process-wide setting: there the test runs itself again in a child with `MEMCTX_GUARD_PAGES=0`.
+#[test]
+fn a_large_block_is_header_slack_prefix_and_chunk() {
+    const NAME: &str = "a_large_block_is_header_slack_prefix_and_chunk";
+    if DEBUG && std::env::var_os(NO_GUARDS_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NO_GUARDS_CHILD, "1")
+            .env("MEMCTX_GUARD_PAGES", "0")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let ctx = bump("large, exact");
+    // (request, its block: release build, debug build)
+    for (size, release, debug) in [
+        (100_016, 100_080, 100_144),
+        (100_001, 100_080, 100_144),
+        (100_032, 100_096, 100_160),
+    ] {
+        let p = ctx.alloc(size).as_ptr();
+        unsafe { p.write_bytes(1, size) };
+        let block = if DEBUG { debug } else { release };
+        let c = ctx.counters();
+        assert_eq!(
+            (c.total_nblocks, c.total_bytes),
+            (2, 8192 + block),
+            "{size}"
+        );
+        assert_eq!(ctx.check(), 0);
+        ctx.reset();
+    }
+    ctx.delete();
+}
+
+/// The safe API grows the last allocation in place up to exactly its block's end; 16 bytes more
+/// move it.
+#[test]
+fn safe_api_grows_the_last_allocation_to_exactly_the_block_end() {
+    let room = 8192 - FIRST_DATA;
+    for (cap, in_place) in [(room, true), (room + 16, false)] {
+        let ctx = bump("grown to the end");
+        let pinned = ctx.pin();
+        let old = Layout::from_size_align(16, 8).unwrap();
+        let p = pinned.allocate(old).unwrap().cast::<u8>();
+        unsafe { p.as_ptr().write_bytes(3, 16) };
+        let new = Layout::from_size_align(request_for(cap), 8).unwrap();
+        let q = unsafe { pinned.grow(p, old, new) }.unwrap().cast::<u8>();
+        assert_eq!(q == p, in_place, "capacity {cap}");
+        let c = ctx.counters();
+        if in_place {
+            assert_eq!((c.total_nblocks, c.free_bytes), (1, 0));
+        } else {
+            assert_eq!(c.total_nblocks, 2);
+        }
+        let bytes = unsafe { core::slice::from_raw_parts(q.as_ptr(), 16) };
+        assert!(bytes.iter().all(|&b| b == 3));
+        assert_eq!(ctx.check(), 0);
+        drop(pinned);
+        ctx.delete();
+    }
+}
