@@ -605,3 +605,70 @@ fn a_reset_forgets_an_aligned_chunks_redirect() {
     }
     say_if_skipped("a_reset_forgets_an_aligned_chunks_redirect");
 }
+
+/// An over-aligned chunk whose base is a freed chunk taken from its freelist, with a live chunk
+/// right after it: moving the base's rear redzone behind the aligned region, and freeing it,
+/// leaves that neighbour as it was.
+#[test]
+fn an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone() {
+    let ctx = Kind::AllocSet.create(MemoryContext::top(), "aligned reuse", BlockSizes::DEFAULT);
+    let (size, align) = ALIGNED;
+    // What palloc_aligned asks its context for: the request, the alignment and a chunk prefix.
+    let x = ctx.alloc(size + align + PREFIX).as_ptr();
+    let y = ctx.alloc(SIZE).as_ptr();
+    write(y, SIZE, 0x77);
+    // SAFETY: live AllocSet chunks.
+    let (cap, y_cap) = unsafe { (chunk_space(x) - PREFIX, chunk_space(y) - PREFIX) };
+    assert_eq!(y, x.wrapping_add(cap + PREFIX), "carved in a row");
+    // SAFETY: a live chunk of `ctx`.
+    unsafe { memctx::pfree(x) };
+    let p = ctx
+        .alloc_aligned(size, align, AllocFlags::NONE)
+        .expect("memory")
+        .as_ptr();
+    let lead = p as usize - x as usize;
+    assert!(
+        (PREFIX..PREFIX + align).contains(&lead),
+        "the freed chunk is the base"
+    );
+    let what = format!("palloc_aligned({size}, {align}) in a reused chunk");
+    expect(
+        x,
+        lead,
+        Want::NoAccess,
+        &format!("{what}: base bytes before the aligned region"),
+    );
+    expect(
+        p,
+        size,
+        Want::Undefined,
+        &format!("{what}: the aligned region"),
+    );
+    let rest = cap - lead - size;
+    let after = p.wrapping_add(size);
+    expect(
+        after,
+        rest,
+        Want::NoAccess,
+        &format!("{what}: base bytes after the aligned region"),
+    );
+    live(
+        y,
+        SIZE,
+        y_cap,
+        Want::Defined,
+        &format!("{what}: the chunk after the base"),
+    );
+    // SAFETY: a live over-aligned chunk.
+    unsafe { memctx::pfree(p) };
+    gone(x, cap, &format!("{what}, freed: its base"));
+    live(
+        y,
+        SIZE,
+        y_cap,
+        Want::Defined,
+        &format!("{what}, freed: the chunk after the base"),
+    );
+    ctx.delete();
+    say_if_skipped("an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone");
+}
