@@ -338,3 +338,189 @@ fn contexts_of_every_kind_share_a_tree() {
     parent.delete();
     assert!(!gen.is_alive());
 }
+
+/// The largest request whose footprint is `fp` (a multiple of 16): the footprint less the
+/// prefix (8 bytes in a release build; in the debug build 48, and the 16-byte rear redzone).
+fn request_for(fp: u64) -> usize {
+    let size = (if DEBUG { fp - 64 } else { fp - 8 }) as usize;
+    assert_eq!(footprint(size), fp);
+    size
+}
+
+/// The chunks a Generation context's stats count (`N chunks`): every chunk carved from its
+/// blocks since each was taken or rewound, a block of its own counting its one chunk.
+fn chunks(ctx: MemoryContext) -> u64 {
+    ctx.stats()
+        .detail
+        .chunks
+        .expect("a Generation context counts its chunks")
+}
+
+/// The chunk limit is an eighth of a maximum-sized block's chunk space (its size less the bytes
+/// before the first chunk), rounded down to 16: a chunk of that footprint is carved from the
+/// keeper (large enough for it here), one of 16 bytes more gets a block of its own. The maximum
+/// sizes put the eighth just below a multiple of 16 in both builds, and at one in the release
+/// build.
+#[test]
+fn the_chunk_limit_is_an_eighth_of_the_maximum_block() {
+    // (maximum block size, limit: release build, debug build)
+    let cases = [
+        (8192, 1008, 1008), // BlockSizes::SMALL
+        (8224, 1008, 1008), // debug: 8160 / 8 = 1020
+        (8232, 1008, 1008), // release: 8176 / 8 = 1022
+        (8248, 1024, 1008), // release: 8192 / 8 = 1024
+    ];
+    for (max, release, debug) in cases {
+        let limit = if DEBUG { debug } else { release };
+        let sizes = BlockSizes {
+            min_context_size: 16 * 1024,
+            init_block_size: 1024,
+            max_block_size: max,
+        };
+        let ctx = MemoryContext::top().new_generation_child("limits", sizes);
+        ctx.alloc(request_for(limit));
+        assert_eq!(
+            ctx.counters().total_nblocks,
+            1,
+            "max {max}: {limit} is carved"
+        );
+        let big = ctx.alloc(request_for(limit + 16)).as_ptr();
+        assert_eq!(
+            ctx.counters().total_nblocks,
+            2,
+            "max {max}: {limit} + 16 is large"
+        );
+        assert_eq!(unsafe { memctx::chunk_context(big) }, ctx);
+        ctx.delete();
+    }
+}
+
+/// A new block has the next size of the doubling series when the chunk fits it after the
+/// block's first-chunk offset — exactly, in the debug build, whose offset and footprints are
+/// multiples of 16 — and is rounded up to a power of two when it does not: an initial size of
+/// 1536 shows which.
+#[test]
+fn a_new_block_is_the_next_size_or_the_chunk_rounded_to_a_power_of_two() {
+    let sizes = BlockSizes {
+        min_context_size: 0,
+        init_block_size: 1536,
+        max_block_size: 8 << 20,
+    };
+    for (fp, block) in [(1536 - 64, 1536), (1536 - 48, 2048)] {
+        let ctx = MemoryContext::top().new_generation_child("odd sizes", sizes);
+        ctx.alloc(16); // the 1536-byte keeper can no longer hold the chunk
+        let p = ctx.alloc(request_for(fp)).as_ptr();
+        unsafe { p.write_bytes(1, request_for(fp)) };
+        let c = ctx.counters();
+        assert_eq!((c.total_nblocks, c.total_bytes), (2, 1536 + block), "{fp}");
+        assert_eq!(ctx.check(), 0);
+        ctx.delete();
+    }
+    // A chunk larger than the next block: the block is the chunk and its offset rounded up to
+    // a power of two, 16 KiB for a 10 KiB chunk.
+    let ctx = generation("larger than the next block");
+    ctx.alloc(request_for(10_016));
+    let c = ctx.counters();
+    assert_eq!((c.total_nblocks, c.total_bytes), (2, 8192 + 16384));
+    ctx.delete();
+}
+
+/// A chunk with a block of its own counts as a chunk of that block: the stats' chunk count
+/// includes it, and its `pfree` takes it out with the block.
+#[test]
+fn a_large_chunk_counts_in_its_own_block() {
+    let ctx = generation("counted");
+    ctx.alloc(64);
+    ctx.alloc(64);
+    let big = ctx.alloc(2 << 20).as_ptr();
+    unsafe { big.write_bytes(9, 2 << 20) };
+    assert_eq!((ctx.counters().total_nblocks, chunks(ctx)), (2, 3));
+    let c = ctx.counters();
+    assert_eq!(c.free_chunks, 0);
+    unsafe { memctx::pfree(big) };
+    assert_eq!((ctx.counters().total_nblocks, chunks(ctx)), (1, 2));
+    ctx.delete();
+}
+
+/// A block taken from the system starts with no chunks, whatever its memory held before: after
+/// a reset gave the chunks' block back, the block the next chunks take (likely the same memory)
+/// counts only them, and empties when they are freed.
+#[test]
+fn a_new_block_counts_only_its_own_chunks() {
+    let ctx = generation("counts");
+    for _ in 0..3 {
+        let groups = fill_blocks(ctx, 1000, 2, 3);
+        unsafe { memctx::pfree(groups[1][0]) };
+        assert_eq!(chunks(ctx), (groups[0].len() + 3) as u64);
+        assert_eq!(ctx.counters().free_chunks, 1);
+        ctx.reset();
+        assert_eq!(chunks(ctx), 0);
+    }
+    let groups = fill_blocks(ctx, 1000, 2, 2);
+    assert_eq!(chunks(ctx), (groups[0].len() + 2) as u64);
+    pfree_all(&groups[1]);
+    let c = ctx.counters();
+    assert_eq!(
+        (c.total_nblocks, c.free_chunks),
+        (2, 0),
+        "emptied and rewound"
+    );
+    assert_eq!(ctx.alloc(1000).as_ptr(), groups[1][0]);
+    ctx.delete();
+}
+
+/// The keeper emptied while a later block is current is rewound where it is: it is not the
+/// spare, so when the current block fills up the next chunk takes a new block — and the keeper's
+/// whole chunk space counts as free.
+#[test]
+fn an_emptied_keeper_that_is_not_current_stays_the_keeper() {
+    let ctx = generation("keeper emptied");
+    let groups = fill_blocks(ctx, 500, 2, 1);
+    pfree_all(&groups[0]);
+    let c = ctx.counters();
+    let current_tail = 8192 - BLOCK_START - footprint(500);
+    assert_eq!(
+        (c.total_nblocks, c.free_bytes, c.free_chunks),
+        (2, (8192 - BLOCK_START) + current_tail, 0)
+    );
+    let mut tail = current_tail;
+    while tail >= footprint(500) {
+        ctx.alloc(500);
+        tail -= footprint(500);
+    }
+    let next = ctx.alloc(500).as_ptr();
+    assert_eq!(
+        ctx.counters().total_nblocks,
+        3,
+        "a new block, not the keeper"
+    );
+    assert!(!groups[0].contains(&next));
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
+
+/// Of two emptied blocks of the same size the one kept as the spare stays: the later one goes
+/// back, and the next chunk that does not fit the current block lands on the spare's first
+/// chunk.
+#[test]
+fn of_two_emptied_blocks_of_one_size_the_spare_stays() {
+    let sizes = BlockSizes {
+        min_context_size: 0,
+        init_block_size: 8192,
+        max_block_size: 8192,
+    };
+    let ctx = MemoryContext::top().new_generation_child("equal blocks", sizes);
+    let groups = fill_blocks(ctx, 900, 4, 1);
+    pfree_all(&groups[1]); // the spare
+    pfree_all(&groups[2]); // as large: given back
+    assert_eq!(ctx.counters().total_nblocks, 3);
+    let mut tail = 8192 - BLOCK_START - footprint(900);
+    while tail >= footprint(900) {
+        ctx.alloc(900);
+        tail -= footprint(900);
+    }
+    assert_eq!(ctx.alloc(900).as_ptr(), groups[1][0]);
+    assert_eq!(ctx.counters().total_nblocks, 3);
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}

@@ -375,3 +375,34 @@ fn overwritten_footprint_in_a_chunk_header_is_reported() {
     }
     ctx.delete();
 }
+
+/// An overrun into the redzone of a chunk with a block of its own is found at its `pfree`, which
+/// checks the chunk to its block's end before giving the block back.
+#[test]
+fn overrun_of_a_large_chunk_found_at_pfree() {
+    const SIZE: usize = 2 << 20;
+    let ctx = generation("GenLargeOverrun");
+    let mut chunk = core::ptr::null_mut();
+    let r = one(collect(|| {
+        chunk = ctx.alloc(SIZE).as_ptr();
+        unsafe {
+            chunk.add(SIZE + 3).write(b'L');
+            pfree(chunk);
+        }
+    }));
+    assert_eq!(r.class, BugClass::Overrun, "{r}");
+    assert_eq!(r.context, "GenLargeOverrun");
+    assert_eq!(r.chunk, Some(chunk as usize));
+    assert_eq!(r.requested, Some(SIZE));
+    assert_eq!(r.range, Some((SIZE as isize + 3, SIZE as isize + 4)));
+    assert_eq!(r.found, [b'L']);
+    assert_eq!(r.found_at, "pfree");
+    assert_frame(
+        &r.alloc_backtrace(),
+        "overrun_of_a_large_chunk_found_at_pfree",
+        None,
+        "allocation",
+    );
+    assert_eq!(ctx.counters().total_nblocks, 1, "the block went back");
+    ctx.delete();
+}
