@@ -8,6 +8,8 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use std::alloc::{GlobalAlloc, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use allocator_api2::alloc::Allocator;
 use memctx::stats::{format_stats, PrintOptions};
@@ -28,6 +30,32 @@ const FOOTPRINT: usize = if DEBUG { 128 } else { 80 };
 const HEADER: usize = if DEBUG { 80 } else { 88 };
 /// Slots in an 8 KiB block.
 const PER_BLOCK: usize = (BLOCK - HEADER) / FOOTPRINT;
+
+/// The system allocator, refusing requests of exactly [`REFUSED`] bytes (none while it is 0): a
+/// block of that size cannot be had.
+struct Refusing;
+
+static REFUSED: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call but a refused one goes to `System` unchanged; a refusal is a null pointer,
+// which `GlobalAlloc::alloc` may return.
+unsafe impl GlobalAlloc for Refusing {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() == REFUSED.load(Ordering::Relaxed) {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` (through `alloc`) with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Refusing = Refusing;
 
 fn slab(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_slab_child(name, BLOCK, CHUNK)
@@ -332,4 +360,35 @@ fn a_deleted_slab_header_serves_another_kind_next() {
     assert_eq!(unsafe { chunk_context(p) }, s);
     unsafe { pfree(p) };
     s.delete();
+}
+
+/// A keeper block the system refuses is PostgreSQL's out-of-memory error, naming the block size
+/// (the keeper's) and the context; nothing is created, and the same sizes work once the system
+/// gives the block.
+#[test]
+fn a_refused_keeper_is_out_of_memory_naming_the_block_size() {
+    if std::env::var_os("MEMCTX_UNDER_VALGRIND").is_some() {
+        // Under memcheck every block is a mapping of its own (`sanitizer::pools`), not the
+        // global allocator's.
+        eprintln!("skipped under memcheck: blocks are not the global allocator's");
+        return;
+    }
+    // A size no other test of this file asks the system for.
+    const REFUSED_BLOCK: usize = (3 << 20) + 48;
+    REFUSED.store(REFUSED_BLOCK, Ordering::Relaxed);
+    let msg = expect_panic(|| MemoryContext::top().new_slab_child("Refused", REFUSED_BLOCK, CHUNK));
+    REFUSED.store(0, Ordering::Relaxed);
+    assert_eq!(
+        msg,
+        format!(
+            "out of memory: Failed on request of size {REFUSED_BLOCK} in memory context \"Refused\"."
+        )
+    );
+    assert!(MemoryContext::top()
+        .children()
+        .iter()
+        .all(|c| c.name() != "Refused"));
+    let ctx = MemoryContext::top().new_slab_child("Refused", REFUSED_BLOCK, CHUNK);
+    assert_eq!(ctx.counters().total_bytes, REFUSED_BLOCK as u64);
+    ctx.delete();
 }
