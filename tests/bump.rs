@@ -287,8 +287,9 @@ fn the_chunk_limit_follows_the_maximum_block_size() {
 }
 
 /// A new block has the next size of the doubling series when the chunk fits it with the block's
-/// overhead (header, 16 bytes of slack, prefix), and doubles until it does: a chunk of exactly
-/// the room takes an 8 KiB block, 16 bytes more a 16 KiB one.
+/// overhead (its header, 16 bytes — the debug build's padding before the first chunk, slack in a
+/// release build — and the prefix), and doubles until it does: a chunk of exactly the room takes
+/// an 8 KiB block, 16 bytes more a 16 KiB one.
 #[test]
 fn a_new_block_doubles_only_when_the_chunk_does_not_fit() {
     let room = 8192 - (48 + 16 + PREFIX);

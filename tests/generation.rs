@@ -37,6 +37,15 @@ fn generation(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_generation_child(name, BlockSizes::DEFAULT)
 }
 
+/// Allocates `size`-byte chunks in `ctx` until its current block, with `tail` bytes left, has no
+/// room for another.
+fn fill_tail(ctx: MemoryContext, size: usize, mut tail: u64) {
+    while tail >= footprint(size) {
+        ctx.alloc(size);
+        tail -= footprint(size);
+    }
+}
+
 #[test]
 fn chunks_are_carved_in_order_and_counted() {
     let ctx = generation("ReorderBuffer");
@@ -158,11 +167,7 @@ fn emptied_blocks_are_kept_as_the_spare_or_released() {
 
     // Fill the current block to its end: the next chunk comes from the spare's first chunk,
     // with no new block.
-    let mut current_tail = tail(65536, 4);
-    while current_tail >= footprint(500) {
-        ctx.alloc(500);
-        current_tail -= footprint(500);
-    }
+    fill_tail(ctx, 500, tail(65536, 4));
     assert_eq!(ctx.alloc(500).as_ptr(), groups[3][0]);
     assert_eq!(sizes(ctx), (3, 8192 * 13));
     assert_eq!(ctx.check(), 0);
@@ -448,6 +453,8 @@ fn a_large_chunk_counts_in_its_own_block() {
 #[test]
 fn a_new_block_counts_only_its_own_chunks() {
     let ctx = generation("counts");
+    // Rounds of a block taken, counted and given back by the reset: each round's block is likely
+    // the memory of the round before.
     for _ in 0..3 {
         let groups = fill_blocks(ctx, 1000, 2, 3);
         unsafe { memctx::pfree(groups[1][0]) };
@@ -483,11 +490,7 @@ fn an_emptied_keeper_that_is_not_current_stays_the_keeper() {
         (c.total_nblocks, c.free_bytes, c.free_chunks),
         (2, (8192 - BLOCK_START) + current_tail, 0)
     );
-    let mut tail = current_tail;
-    while tail >= footprint(500) {
-        ctx.alloc(500);
-        tail -= footprint(500);
-    }
+    fill_tail(ctx, 500, current_tail);
     let next = ctx.alloc(500).as_ptr();
     assert_eq!(
         ctx.counters().total_nblocks,
@@ -514,11 +517,7 @@ fn of_two_emptied_blocks_of_one_size_the_spare_stays() {
     pfree_all(&groups[1]); // the spare
     pfree_all(&groups[2]); // as large: given back
     assert_eq!(ctx.counters().total_nblocks, 3);
-    let mut tail = 8192 - BLOCK_START - footprint(900);
-    while tail >= footprint(900) {
-        ctx.alloc(900);
-        tail -= footprint(900);
-    }
+    fill_tail(ctx, 900, 8192 - BLOCK_START - footprint(900));
     assert_eq!(ctx.alloc(900).as_ptr(), groups[1][0]);
     assert_eq!(ctx.counters().total_nblocks, 3);
     assert_eq!(ctx.check(), 0);
