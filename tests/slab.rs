@@ -392,3 +392,28 @@ fn a_refused_keeper_is_out_of_memory_naming_the_block_size() {
     assert_eq!(ctx.counters().total_bytes, REFUSED_BLOCK as u64);
     ctx.delete();
 }
+
+/// Blocks of one slot each — 224 bytes hold one 64-byte slot in either build — are full or
+/// empty: the free of a block's slot empties it at once, so it is kept on the empty list (the
+/// keeper and up to [`SLAB_MAX_EMPTY_BLOCKS`] others) or given back, never listed as a block
+/// with a free slot.
+#[test]
+fn a_block_of_one_slot_empties_at_its_free() {
+    const ONE_SLOT: usize = 224;
+    assert!(ONE_SLOT - HEADER >= FOOTPRINT && ONE_SLOT - HEADER < 2 * FOOTPRINT);
+    let ctx = MemoryContext::top().new_slab_child("one slot", ONE_SLOT, CHUNK);
+    let blocks = SLAB_MAX_EMPTY_BLOCKS + 2; // the keeper, ten to keep, one to give back
+    let chunks = fill(ctx, blocks);
+    let empty = |c: MemoryContext| c.stats().detail.empty_blocks;
+    assert_eq!(ctx.counters().total_nblocks, blocks as u64);
+    assert_eq!(empty(ctx), Some(0));
+    for &p in &chunks {
+        unsafe { pfree(p) };
+    }
+    let c = ctx.counters();
+    assert_eq!(c.total_nblocks, blocks as u64 - 1);
+    assert_eq!(c.free_chunks, blocks as u64 - 1);
+    assert_eq!(empty(ctx), Some(blocks as u64 - 1));
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
