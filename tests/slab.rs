@@ -400,7 +400,7 @@ fn a_refused_keeper_is_out_of_memory_naming_the_block_size() {
 #[test]
 fn a_block_of_one_slot_empties_at_its_free() {
     const ONE_SLOT: usize = 224;
-    assert!(ONE_SLOT - HEADER >= FOOTPRINT && ONE_SLOT - HEADER < 2 * FOOTPRINT);
+    const { assert!(ONE_SLOT - HEADER >= FOOTPRINT && ONE_SLOT - HEADER < 2 * FOOTPRINT) };
     let ctx = MemoryContext::top().new_slab_child("one slot", ONE_SLOT, CHUNK);
     let blocks = SLAB_MAX_EMPTY_BLOCKS + 2; // the keeper, ten to keep, one to give back
     let chunks = fill(ctx, blocks);
