@@ -36,6 +36,10 @@ fn class_of(n: usize) -> usize {
 mod reports;
 use reports::{collect, one};
 
+#[path = "common/child.rs"]
+mod child;
+use child::{in_child_with, NO_GUARD_PAGES};
+
 fn new_ctx(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_child(name, BlockSizes::DEFAULT)
 }
@@ -416,34 +420,6 @@ fn repalloc_in_place_grows_with_the_fresh_pattern() {
     unsafe { pfree(q) };
     ctx.delete();
 }
-
-/// Set in the child process that a test needing a process-wide setting runs itself in.
-const CHILD_VAR: &str = "MEMCTX_BOUNDARIES_CHILD";
-
-/// For a test that needs process-wide settings (`env`: guard pages, the redzone): in the test
-/// process, runs the test `name` again in a child with `env` set, checks it passed there and
-/// returns false; in that child, returns true, and the test goes on.
-fn in_child_with(name: &str, env: &[(&str, &str)]) -> bool {
-    if std::env::var_os(CHILD_VAR).is_some() {
-        return true;
-    }
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_VAR, "1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    false
-}
-
-/// Guard pages off, for [`in_child_with`].
-const NO_GUARD_PAGES: [(&str, &str); 1] = [("MEMCTX_GUARD_PAGES", "0")];
 
 /// Without guard pages, a chunk with a block of its own grows by the system's `realloc`
 /// (`kinds::aset::realloc_large`), and the debug hooks around it (`large_chunk_moving`,

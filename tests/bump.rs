@@ -17,6 +17,9 @@ fn bump(name: &'static str) -> MemoryContext {
     MemoryContext::top().new_bump_child(name, BlockSizes::DEFAULT)
 }
 
+#[path = "common/child.rs"]
+mod child;
+
 #[cfg(feature = "debug-contexts")]
 #[path = "common/panics.rs"]
 mod panics;
@@ -309,30 +312,14 @@ fn a_new_block_doubles_only_when_the_chunk_does_not_fit() {
     }
 }
 
-/// Set in the child that [`a_large_block_is_header_slack_prefix_and_chunk`] runs in the debug
-/// build.
-const NO_GUARDS_CHILD: &str = "MEMCTX_BUMP_NO_GUARDS";
-
 /// A chunk above the chunk limit gets a block of exactly the block header, 16 bytes, the prefix
 /// and its capacity: nothing rounded away from a size whose bit 4 is set, nothing added. The
 /// debug build's guard pages size such a block for the guard page instead, and they are a
-/// process-wide setting: there the test runs itself again in a child with `MEMCTX_GUARD_PAGES=0`.
+/// process-wide setting: there the test runs itself again in a child without them.
 #[test]
 fn a_large_block_is_header_slack_prefix_and_chunk() {
     const NAME: &str = "a_large_block_is_header_slack_prefix_and_chunk";
-    if DEBUG && std::env::var_os(NO_GUARDS_CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(NO_GUARDS_CHILD, "1")
-            .env("MEMCTX_GUARD_PAGES", "0")
-            .output()
-            .expect("run the child");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if DEBUG && !child::in_child_with(NAME, &child::NO_GUARD_PAGES) {
         return;
     }
     let ctx = bump("large, exact");
