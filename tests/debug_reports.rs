@@ -682,6 +682,46 @@ fn wrong_context_free_through_another_allocator() {
     );
     assert_eq!(r.requested, Some(40));
     assert_eq!(r.found_at, "deallocate");
+    assert_eq!(
+        owner.counters().free_chunks,
+        1,
+        "after the report the chunk is freed in its own context"
+    );
+    assert_eq!(other.counters().free_chunks, 0);
+    owner.delete();
+    other.delete();
+}
+
+/// A Bump chunk given to another context's allocator is reported as the wrong context, and then
+/// left alone: Bump frees no chunk by pointer, so it waits for its context's reset (`pfree` on it
+/// would be refused), and its context's memory is unchanged.
+#[test]
+fn wrong_context_free_of_a_bump_chunk_leaves_it_to_its_reset() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let owner = MemoryContext::top().new_bump_child("BumpOwner", BlockSizes::DEFAULT);
+    let other = new_ctx("AsetOther");
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    let mut before = None;
+    let r = one(collect(|| {
+        let a = owner.pin();
+        let b = other.pin();
+        let p = a.allocate(layout).unwrap();
+        before = Some(owner.counters());
+        unsafe { b.deallocate(p.cast(), layout) };
+    }));
+    assert_eq!(r.class, BugClass::WrongContext);
+    assert_eq!(r.context, "BumpOwner");
+    assert!(
+        r.detail.contains("through context \"AsetOther\""),
+        "{}",
+        r.detail
+    );
+    assert_eq!(r.requested, Some(40));
+    assert_eq!(r.found_at, "deallocate");
+    assert_eq!(owner.counters(), before.unwrap(), "the Bump chunk stays");
+    assert_eq!(other.counters().free_chunks, 0);
+    assert_eq!(owner.check(), 0);
     owner.delete();
     other.delete();
 }
