@@ -672,3 +672,40 @@ fn an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone() {
     ctx.delete();
     say_if_skipped("an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone");
 }
+
+/// The view itself, on memory memctx does not manage: a 13-byte heap buffer is addressable to the
+/// tool and the 3 bytes after it are not (the tool's redzone after a `malloc`'d block; ASan's
+/// granule holds "the first 5 bytes addressable"); memcheck sees the buffer undefined until
+/// written, then defined. With no tool there is no view.
+#[test]
+fn the_view_of_a_heap_buffer() {
+    let mut buf: Vec<u8> = Vec::with_capacity(13);
+    let p = buf.as_mut_ptr();
+    // SAFETY: the buffer and the bytes right after it are heap memory the process holds.
+    let fresh = unsafe { debug::tool_view(p, 16) };
+    let Some(tool) = debug::tool() else {
+        assert_eq!(fresh, None);
+        say_if_skipped("the_view_of_a_heap_buffer");
+        return;
+    };
+    let fresh = fresh.expect("a tool answers");
+    let (unwritten, written) = match tool {
+        Tool::Memcheck => (ByteView::Undefined, ByteView::Defined),
+        Tool::Asan => (ByteView::Addressable, ByteView::Addressable),
+    };
+    assert_eq!(fresh[..13], [unwritten; 13], "{tool:?}: a fresh buffer");
+    assert_eq!(
+        fresh[13..],
+        [ByteView::NoAccess; 3],
+        "{tool:?}: past its end"
+    );
+    buf.extend_from_slice(&[7; 13]);
+    // SAFETY: as above.
+    let view = unsafe { debug::tool_view(p, 16) }.expect("a tool answers");
+    assert_eq!(view[..13], [written; 13], "{tool:?}: the buffer written");
+    assert_eq!(
+        view[13..],
+        [ByteView::NoAccess; 3],
+        "{tool:?}: past its end"
+    );
+}
