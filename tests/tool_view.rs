@@ -200,30 +200,25 @@ impl Trio {
         expect(next, PREFIX + 16, Want::NoAccess, &what);
     }
 
-    /// `a` and `c`, live and written, and `b` as `b_live` says.
+    /// `a` and `c`, live and written, `b` as `b_live` says, and the space after `c`.
     fn neighbours(&self, op: &str, b_live: bool) {
-        let kind = self.kind;
-        live(
-            self.a,
-            self.size,
-            self.cap,
-            Want::Defined,
-            &format!("{kind:?} {op}: chunk a"),
-        );
-        if b_live {
-            let what = format!("{kind:?} {op}: chunk b");
-            live(self.b, self.size, self.cap, Want::Defined, &what);
-        } else {
-            gone(self.b, self.cap, &format!("{kind:?} {op}: freed chunk b"));
-        }
-        live(
-            self.c,
-            self.size,
-            self.cap,
-            Want::Defined,
-            &format!("{kind:?} {op}: chunk c"),
-        );
+        let what = format!("{:?} {op}: chunk a", self.kind);
+        live(self.a, self.size, self.cap, Want::Defined, &what);
+        self.after_a(&format!("{:?} {op}", self.kind), b_live);
         self.unused_after_c(op);
+    }
+
+    /// `b` (live and written, or freed, as `b_live` says) and `c` after something was done to
+    /// `a`: an `open` or `close` of `a`'s too long shows there.
+    fn after_a(&self, what: &str, b_live: bool) {
+        if b_live {
+            let b = format!("{what}: chunk b");
+            live(self.b, self.size, self.cap, Want::Defined, &b);
+        } else {
+            gone(self.b, self.cap, &format!("{what}: freed chunk b"));
+        }
+        let c = format!("{what}: chunk c");
+        live(self.c, self.size, self.cap, Want::Defined, &c);
     }
 }
 
@@ -291,7 +286,7 @@ fn resize_in_place(t: &Trio, b_live: bool) {
         &format!("{what}: redzone"),
     );
     let b = if b_live { "" } else { " (b freed)" };
-    live_or_gone_after(t, b_live, &format!("{what}{b}"));
+    t.after_a(&format!("{what}{b}"), b_live);
     let shrunk = 41;
     resize(shrunk);
     live(
@@ -301,31 +296,9 @@ fn resize_in_place(t: &Trio, b_live: bool) {
         Want::Defined,
         &format!("{kind:?} repalloc -> {shrunk}"),
     );
-    live_or_gone_after(t, b_live, &format!("{kind:?} repalloc -> {shrunk}"));
+    t.after_a(&format!("{kind:?} repalloc -> {shrunk}"), b_live);
     resize(t.size);
     write(t.a, t.size, 0x11);
-}
-
-/// `b` and `c` after something was done to `a`.
-fn live_or_gone_after(t: &Trio, b_live: bool, what: &str) {
-    if b_live {
-        live(
-            t.b,
-            t.size,
-            t.cap,
-            Want::Defined,
-            &format!("{what}: chunk b"),
-        );
-    } else {
-        gone(t.b, t.cap, &format!("{what}: freed chunk b"));
-    }
-    live(
-        t.c,
-        t.size,
-        t.cap,
-        Want::Defined,
-        &format!("{what}: chunk c"),
-    );
 }
 
 /// An over-aligned chunk carved right after `c`, and a chunk after it: the base chunk's bytes
