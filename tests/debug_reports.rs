@@ -790,6 +790,47 @@ fn overwritten_block_header_is_found_by_check() {
     ctx.delete();
 }
 
+/// A block list leading into the middle of another block of the same context is damage too, even
+/// when what it leads to looks like a block header (the context, the containing block's end, a
+/// free pointer in range): the registry says the block starting there does not exist. A forged
+/// header inside a chunk, linked after the keeper, is reported as that header's damage, and the
+/// walk stops there.
+#[test]
+fn a_block_list_leading_into_another_block_is_a_damaged_header() {
+    let ctx = new_ctx("ForgedBlockCtx");
+    let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
+    let keeper = unsafe { p.sub(memctx::chunk_prefix_size() + BEFORE_FIRST) } as *mut usize;
+    let forged = ctx.alloc(1000).as_ptr() as *mut usize; // in the keeper too, 16-aligned
+    let field = |b: *mut usize, i: usize| unsafe { b.add(i) };
+    let (context, end) = unsafe { (keeper.read(), field(keeper, 4).read()) };
+    assert_eq!(unsafe { field(keeper, 2).read() }, 0, "the keeper is alone");
+    assert!((forged as usize) < end);
+    let header = [
+        context,
+        keeper as usize,
+        0,
+        forged as usize + BEFORE_FIRST,
+        end,
+        0,
+    ];
+    for (i, word) in header.into_iter().enumerate() {
+        unsafe { field(forged, i).write(word) };
+    }
+    unsafe { field(keeper, 2).write(forged as usize) };
+    let r = one(collect(|| assert_eq!(ctx.check(), 1)));
+    unsafe { field(keeper, 2).write(0) };
+    assert_eq!(r.class, BugClass::WildWrite, "{r}");
+    assert_eq!(r.context, "ForgedBlockCtx");
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, None);
+    assert_eq!(
+        r.detail,
+        format!("the header of block {forged:p} was overwritten")
+    );
+    assert_eq!(ctx.check(), 0, "the list restored");
+    ctx.delete();
+}
+
 #[test]
 fn default_policy_panics_with_the_report() {
     let ctx = new_ctx("PanicCtx");
