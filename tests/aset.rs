@@ -1146,4 +1146,27 @@ mod release_layout {
             ctx.delete();
         }
     }
+
+    /// Only a zeroing request zeroes: `palloc` and `palloc_extended` without `ZERO` hand back a
+    /// reused chunk as its last owner left it (past the freelist link, the data's first 8 bytes),
+    /// as PostgreSQL's `palloc` does. Release build only: the debug build fills a chunk it hands
+    /// out with its pattern.
+    #[test]
+    fn palloc_leaves_a_reused_chunk_as_it_was() {
+        let (ctx, _g) = fresh("dirty");
+        for flags in [AllocFlags::NONE, AllocFlags::NO_OOM, AllocFlags::HUGE] {
+            for n in [24usize, 100, 5000] {
+                let p = palloc(n);
+                unsafe { p.write_bytes(0xEE, n) };
+                unsafe { pfree(p) };
+                let q = palloc_extended(n, flags);
+                assert_eq!(q, p, "palloc_extended({n}) reuses the freed chunk");
+                let kept = (8..n).filter(|&i| unsafe { *q.add(i) } == 0xEE).count();
+                assert_eq!(kept, n - 8, "palloc_extended({n}, {flags:?})");
+                unsafe { pfree(q) };
+            }
+        }
+        drop(_g);
+        ctx.delete();
+    }
 }
