@@ -1200,6 +1200,54 @@ fn a_pointer_into_a_block_header_is_an_invalid_pointer_naming_no_chunk() {
     ctx.delete();
 }
 
+/// A chunk header whose offset was overwritten to lead exactly to the start of another context's
+/// block names that block: `check()` and `pfree` report the chunk as a wrong context (not merely a
+/// corrupt header), the damage the header word, and `pfree` leaves the chunk allocated.
+#[test]
+fn a_header_offset_naming_another_contexts_block_is_a_wrong_context() {
+    const OFFSET_SHIFT: u32 = 34; // the header word's offset field: bits 34-63 (`src/chunk.rs`)
+    let (a, b) = (new_ctx("OffsetCtxA"), new_ctx("OffsetCtxB"));
+    let prefix = memctx::chunk_prefix_size();
+    let (pa, pb) = (a.alloc(16).as_ptr(), b.alloc(16).as_ptr()); // each its keeper's first chunk
+    let block_of = |p: *mut u8| p as usize - prefix - BEFORE_FIRST;
+    // The chunk whose header lies above the other context's block, so the offset is positive.
+    let (ctx, name, victim, other) = if pa > pb {
+        (a, "OffsetCtxA", pa, block_of(pb))
+    } else {
+        (b, "OffsetCtxB", pb, block_of(pa))
+    };
+    let word = unsafe { victim.sub(prefix) } as *mut u64;
+    let kept = unsafe { word.read() };
+    let offset = (word as usize - other) as u64;
+    assert!(
+        offset < 1 << (64 - OFFSET_SHIFT),
+        "blocks within the offset's reach"
+    );
+    unsafe { word.write((kept & ((1 << OFFSET_SHIFT) - 1)) | offset << OFFSET_SHIFT) };
+    let found = one(collect(|| assert_eq!(ctx.check(), 1)));
+    let freed = one(collect(|| unsafe { pfree(victim) }));
+    unsafe { word.write(kept) };
+    for (r, at) in [(&found, "check"), (&freed, "pfree")] {
+        assert_eq!(r.class, BugClass::WrongContext, "{r}");
+        assert_eq!(r.context, name, "{r}");
+        assert_eq!(r.chunk, Some(victim as usize), "{r}");
+        assert_eq!(r.range, Some((-(prefix as isize), 8 - prefix as isize)));
+        assert_eq!(r.found_at, at, "{r}");
+        assert_eq!(
+            r.detail,
+            "the chunk's header names a block of another context"
+        );
+    }
+    assert_eq!(
+        ctx.check(),
+        0,
+        "the header restored, the chunk is sound and live"
+    );
+    unsafe { pfree(victim) };
+    a.delete();
+    b.delete();
+}
+
 /// Asserts `r` is `pfree`'s report of the chunk `p` of the context `ctx` whose header word was
 /// overwritten: a corrupt header, the damage the 8 bytes of the word.
 fn assert_header_overwritten(r: &debug::Report, ctx: &str, p: *mut u8) {
