@@ -1,7 +1,8 @@
 //! The safe API at the huge limit, seen from the system allocator: a request of exactly
 //! `MAX_ALLOC_HUGE_SIZE` bytes is tried (the system refuses a block that size, and the caller
 //! gets `AllocError`), one byte more is refused before the system is asked. A refused grow
-//! leaves the old allocation as it was.
+//! leaves the old allocation as it was. The same for `palloc_aligned`, whose padding counts
+//! towards the limit.
 //!
 //! The blocks of the release build come from the global allocator, so this file's global
 //! allocator records the largest request it sees. (The debug build may take a chunk of its own
@@ -14,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use allocator_api2::alloc::{AllocError, Allocator};
-use memctx::{BlockSizes, MemoryContext, MAX_ALLOC_HUGE_SIZE};
+use memctx::{palloc_aligned, AllocFlags, BlockSizes, MemoryContext, MAX_ALLOC_HUGE_SIZE};
 
 /// The system allocator, recording the largest size asked of it since the last [`largest`].
 struct Recording;
@@ -90,5 +91,29 @@ fn requests_past_the_huge_limit_never_reach_the_system() {
     assert!(kept.iter().all(|&b| b == 0x3C));
     unsafe { pinned.deallocate(NonNull::from(&kept[0]).cast(), layout(100)) };
     drop(pinned);
+    aligned_requests_padded_past_the_limit_never_reach_the_system(ctx);
     ctx.delete();
+}
+
+/// `palloc_aligned` pads a request above 16-byte alignment by the alignment and a chunk prefix
+/// (8 bytes in the release build): padded to exactly the huge limit it is tried, one byte more
+/// and the padding is refused before the system is asked (null with `NO_OOM`, never an
+/// allocation past the limit).
+fn aligned_requests_padded_past_the_limit_never_reach_the_system(ctx: MemoryContext) {
+    let _g = ctx.switch_to();
+    let flags = AllocFlags::HUGE | AllocFlags::NO_OOM;
+    let at_limit = MAX_ALLOC_HUGE_SIZE - 64 - 8;
+    let _ = largest();
+    assert!(palloc_aligned(at_limit, 64, flags).is_null());
+    assert!(
+        largest() > MAX_ALLOC_HUGE_SIZE,
+        "the aligned request padded to the limit was not tried"
+    );
+    for size in [at_limit + 1, MAX_ALLOC_HUGE_SIZE] {
+        assert!(palloc_aligned(size, 64, flags).is_null(), "{size}");
+    }
+    assert!(
+        largest() < MAX_ALLOC_HUGE_SIZE,
+        "an aligned request padded past the limit was tried"
+    );
 }
