@@ -336,6 +336,41 @@ fn write_into_the_keeper_of_a_reset_found_by_check() {
     ctx.delete();
 }
 
+/// A chunk whose debug record was overwritten leaves no history when a reset releases it (its
+/// requested size and stacks cannot be trusted): the reset reports the record, and a later write
+/// into its space is unused keeper space written, located against the block, not a write after
+/// free naming the chunk.
+#[test]
+fn a_chunk_with_a_damaged_record_leaves_no_history_at_reset() {
+    let ctx = MemoryContext::top().new_child("NoHistory", BlockSizes::SMALL);
+    let prefix = memctx::chunk_prefix_size();
+    let p = ctx.alloc(200).as_ptr(); // the keeper's first chunk
+    let block = p as usize - prefix - 64; // block header, AllocSet's fields and padding
+    let r = one(collect(|| {
+        // The record: the 24 bytes between the header word and the 16-byte front redzone.
+        unsafe { p.sub(prefix - 8).write_bytes(0, prefix - 24) };
+        ctx.reset();
+    }));
+    assert_eq!(r.class, BugClass::CorruptHeader, "{r}");
+    assert_eq!(r.chunk, Some(p as usize));
+    assert_eq!(r.found_at, "reset of \"NoHistory\"");
+    let r = one(collect(|| {
+        unsafe { p.add(9).write(8) };
+        assert_eq!(ctx.check(), 1);
+    }));
+    assert_eq!(r.class, BugClass::WildWrite, "{r}");
+    assert_eq!(r.context, "NoHistory");
+    assert_eq!(r.found_at, "check");
+    assert_eq!(r.chunk, None);
+    let at = (p as usize + 9 - block) as isize;
+    assert_eq!(r.range, Some((at, at + 1)));
+    assert_eq!(
+        r.detail,
+        "unused block space, owned by no chunk, was written"
+    );
+    ctx.delete();
+}
+
 /// A deleted context's keeper that a new context took is the new context's memory: `check` no
 /// longer verifies it as released memory, so the new context's data is neither reported nor
 /// overwritten with the freed pattern.
