@@ -296,6 +296,14 @@ fn safe_api_serves_the_chunk_size_only() {
     ] {
         assert!(pinned.allocate(other).is_err(), "{other:?}");
     }
+    // Up to 16-byte alignment, every chunk's own, the chunk size is served (the next slot).
+    let aligned = Layout::from_size_align(CHUNK, 16).unwrap();
+    let q = pinned.allocate(aligned).unwrap().cast::<u8>();
+    assert_eq!(
+        q.as_ptr() as usize,
+        p.as_ptr() as usize + unsafe { chunk_space(p.as_ptr()) }
+    );
+    unsafe { pinned.deallocate(q, aligned) };
     let bigger = Layout::from_size_align(2 * CHUNK, 8).unwrap();
     let smaller = Layout::from_size_align(CHUNK / 2, 8).unwrap();
     unsafe {
