@@ -498,6 +498,40 @@ fn wild_write_into_unused_block_space() {
     );
 }
 
+/// A reset verifies blocks' unused space at `ResetCheck::Full` only (the table of `ResetCheck`):
+/// at `Chunks` and `Released` a wild write into the keeper's unused space passes the reset and is
+/// found by the next `check()`, which always verifies in full; at `Full` the reset finds it.
+#[test]
+fn a_reset_verifies_unused_space_at_depth_full_only() {
+    for depth in [ResetCheck::Chunks, ResetCheck::Released, ResetCheck::Full] {
+        let ctx = new_ctx("ResetDepthCtx");
+        let p = ctx.alloc(16).as_ptr(); // the keeper's first chunk
+        let at = (memctx::chunk_prefix_size() + BEFORE_FIRST + 4000) as isize; // from the block
+        debug::set_thread_reset_check(Some(depth));
+        let at_reset = collect(|| {
+            unsafe { p.add(4000).write(0x55) }; // far past any chunk, inside the keeper
+            ctx.reset();
+        });
+        debug::set_thread_reset_check(None);
+        let r = if depth == ResetCheck::Full {
+            assert!(collect(|| assert_eq!(ctx.check(), 0)).is_empty());
+            one(at_reset)
+        } else {
+            assert!(at_reset.is_empty(), "{depth:?}: {at_reset:#?}");
+            one(collect(|| assert_eq!(ctx.check(), 1)))
+        };
+        let found_at = match depth {
+            ResetCheck::Full => "reset of \"ResetDepthCtx\"",
+            _ => "check",
+        };
+        assert_eq!(r.class, BugClass::WildWrite, "{depth:?}: {r}");
+        assert_eq!(r.found_at, found_at, "{depth:?}: {r}");
+        assert_eq!(r.range, Some((at, at + 1)), "{depth:?}: {r}");
+        assert_eq!(r.found, [0x55]);
+        ctx.delete();
+    }
+}
+
 /// An overrun that stops at the class end and a wild write further on in the unused block space
 /// are two findings: the wild write is not taken for the overrun's continuation.
 #[test]
