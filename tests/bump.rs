@@ -6,6 +6,7 @@
 //! Runs in both builds and commits no memory bug, so it runs under memcheck and ASan too.
 
 use core::alloc::Layout;
+use core::ptr::NonNull;
 
 use allocator_api2::alloc::Allocator;
 use allocator_api2::vec::Vec as AVec;
@@ -151,6 +152,37 @@ fn safe_api_grows_the_last_allocation_in_place() {
     drop(pinned);
     ctx.reset();
     assert!(ctx.is_empty());
+    ctx.delete();
+}
+
+/// An allocation aligned above 16 bytes (a redirect in front of the aligned pointer) grows and
+/// shrinks through the safe API by allocate, copy and forget: it keeps its alignment and its
+/// contents, and the debug build finds nothing wrong with the context afterwards.
+#[test]
+fn safe_api_resizes_an_over_aligned_allocation() {
+    let ctx = bump("aligned rows");
+    let pinned = ctx.pin();
+    let layout = |size| Layout::from_size_align(size, 64).unwrap();
+    let p = pinned.allocate(layout(100)).unwrap().cast::<u8>();
+    let bytes: Vec<u8> = (0..100u8).collect();
+    unsafe { p.as_ptr().copy_from_nonoverlapping(bytes.as_ptr(), 100) };
+    let kept = |q: NonNull<u8>, n| {
+        assert_eq!(q.as_ptr() as usize % 64, 0);
+        assert_eq!(
+            unsafe { std::slice::from_raw_parts(q.as_ptr(), n) },
+            &bytes[..n]
+        );
+    };
+    let grown = unsafe { pinned.grow(p, layout(100), layout(200)) }
+        .unwrap()
+        .cast::<u8>();
+    kept(grown, 100);
+    let shrunk = unsafe { pinned.shrink(grown, layout(200), layout(50)) }
+        .unwrap()
+        .cast::<u8>();
+    kept(shrunk, 50);
+    assert_eq!(ctx.check(), 0);
+    drop(pinned);
     ctx.delete();
 }
 
