@@ -353,7 +353,14 @@ fn a_chunk_with_a_damaged_record_leaves_no_history_at_reset() {
     }));
     assert_eq!(r.class, BugClass::CorruptHeader, "{r}");
     assert_eq!(r.chunk, Some(p as usize));
+    // The damage is the record: from the header word's end to the front redzone.
+    let record = (8 - prefix as isize, -16);
+    assert_eq!(r.range, Some(record), "{r}");
     assert_eq!(r.found_at, "reset of \"NoHistory\"");
+    assert_eq!(
+        r.detail,
+        "the chunk's debug record was overwritten (an underrun past its front redzone?)"
+    );
     let r = one(collect(|| {
         unsafe { p.add(9).write(8) };
         assert_eq!(ctx.check(), 1);
