@@ -326,6 +326,24 @@ fn aligned_after(t: &Trio, ctx: MemoryContext) -> (*mut u8, *mut u8, usize) {
         Want::NoAccess,
         &format!("{what}: base prefix"),
     );
+    aligned_in_base(base, base_cap, p, size, &what);
+    live(
+        n,
+        t.size,
+        t.cap,
+        Want::Undefined,
+        &format!("{what}: the chunk after it"),
+    );
+    write(p, size, 0x44);
+    write(n, t.size, 0x55);
+    (p, base, base_cap)
+}
+
+/// The tool's view of an over-aligned chunk `p` of `size` bytes inside its base chunk `base`
+/// (capacity `base_cap`): the base's bytes before the aligned region (the redirect header among
+/// them) closed, the region open and undefined, the base's bytes after it closed.
+fn aligned_in_base(base: *mut u8, base_cap: usize, p: *mut u8, size: usize, what: &str) {
+    let lead = p as usize - base as usize;
     expect(
         base,
         lead,
@@ -338,24 +356,12 @@ fn aligned_after(t: &Trio, ctx: MemoryContext) -> (*mut u8, *mut u8, usize) {
         Want::Undefined,
         &format!("{what}: the aligned region"),
     );
-    let after = p.wrapping_add(size);
-    let rest = base_cap - lead - size;
     expect(
-        after,
-        rest,
+        p.wrapping_add(size),
+        base_cap - lead - size,
         Want::NoAccess,
         &format!("{what}: base bytes after the aligned region"),
     );
-    live(
-        n,
-        t.size,
-        t.cap,
-        Want::Undefined,
-        &format!("{what}: the chunk after it"),
-    );
-    write(p, size, 0x44);
-    write(n, t.size, 0x55);
-    (p, base, base_cap)
 }
 
 /// Frees the aligned chunk `p` (base `base`, capacity `cap`) after moving it with repalloc: the
@@ -605,26 +611,7 @@ fn an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone() {
         "the freed chunk is the base"
     );
     let what = format!("palloc_aligned({size}, {align}) in a reused chunk");
-    expect(
-        x,
-        lead,
-        Want::NoAccess,
-        &format!("{what}: base bytes before the aligned region"),
-    );
-    expect(
-        p,
-        size,
-        Want::Undefined,
-        &format!("{what}: the aligned region"),
-    );
-    let rest = cap - lead - size;
-    let after = p.wrapping_add(size);
-    expect(
-        after,
-        rest,
-        Want::NoAccess,
-        &format!("{what}: base bytes after the aligned region"),
-    );
+    aligned_in_base(x, cap, p, size, &what);
     live(
         y,
         SIZE,
