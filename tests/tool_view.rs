@@ -22,7 +22,7 @@
 //! chunk's capacity is a multiple of 8, so every boundary asserted here is exact under ASan too.
 #![cfg(feature = "debug-contexts")]
 
-use memctx::debug::{self, ByteView, Tool};
+use memctx::debug::{self, BugClass, ByteView, Tool};
 use memctx::{chunk_prefix_size, chunk_space, AllocFlags, BlockSizes, MemoryContext};
 
 #[path = "common/kinds.rs"]
@@ -481,6 +481,93 @@ fn bump_chunks_as_the_tool_sees_them() {
 fn slab_chunks_as_the_tool_sees_them() {
     walk(Kind::Slab);
     say_if_skipped("slab_chunks_as_the_tool_sees_them");
+}
+
+/// `check()` over a context's chunks, clean and then damaged: the walk opens each chunk's record
+/// and redzones (a freed chunk's bytes) only around its checks, and the patterns it writes back
+/// after reporting damage are closed again. An overrun of `a` and, for a kind that frees chunks,
+/// a write into freed `b` are planted past the tool (`debug::write_unseen`); the check finds both
+/// at their bytes, and every boundary stays as it was — `d`, carved after `c` and never written,
+/// still undefined to memcheck; a second check finds nothing left.
+fn check_and_restore(kind: Kind) {
+    let ctx = kind.create(MemoryContext::top(), "tool check", BlockSizes::DEFAULT);
+    let t = Trio::carve(kind, ctx);
+    let d = ctx.alloc(t.size).as_ptr();
+    assert_eq!(d, t.c.wrapping_add(PREFIX + t.cap), "{kind:?}: d after c");
+    let b_live = !kind.frees_chunks();
+    if !b_live {
+        // SAFETY: `b` is a live chunk of `ctx`.
+        unsafe { memctx::pfree(t.b) };
+    }
+    let boundaries = |op: &str| {
+        let what = format!("{kind:?} {op}");
+        live(
+            t.a,
+            t.size,
+            t.cap,
+            Want::Defined,
+            &format!("{what}: chunk a"),
+        );
+        t.after_a(&what, b_live);
+        live(
+            d,
+            t.size,
+            t.cap,
+            Want::Undefined,
+            &format!("{what}: chunk d"),
+        );
+        let next = d.wrapping_add(t.cap);
+        expect(
+            next,
+            PREFIX + 16,
+            Want::NoAccess,
+            &format!("{what}: after d"),
+        );
+    };
+    assert_eq!(ctx.check(), 0, "{kind:?}: a clean context");
+    boundaries("check");
+
+    let (over, in_b) = (t.size + 3, t.size / 2);
+    // SAFETY: both bytes lie in `ctx`'s block: `over` in `a`'s rear redzone (its capacity holds
+    // at least a 16-byte redzone), `in_b` among freed `b`'s bytes past its freelist link.
+    unsafe {
+        debug::write_unseen(t.a.wrapping_add(over), &[0xab]);
+        if !b_live {
+            debug::write_unseen(t.b.wrapping_add(in_b), &[0xcd]);
+        }
+    }
+    debug::set_thread_policy(Some(debug::Policy::Log));
+    let n = ctx.check();
+    let reports = debug::take_reports();
+    debug::set_thread_policy(None);
+    let got: Vec<_> = reports
+        .iter()
+        .map(|r| (r.class, r.chunk, r.range, r.found_at.as_str()))
+        .collect();
+    let mut want = vec![(
+        BugClass::Overrun,
+        Some(t.a as usize),
+        Some((over as isize, over as isize + 1)),
+        "check",
+    )];
+    if !b_live {
+        let range = Some((in_b as isize, in_b as isize + 1));
+        want.push((BugClass::WriteAfterFree, Some(t.b as usize), range, "check"));
+    }
+    want.sort_by_key(|w| w.1);
+    assert_eq!((n, got), (want.len(), want), "{kind:?}: the planted damage");
+    boundaries("check that restored the patterns");
+    assert_eq!(ctx.check(), 0, "{kind:?}: every pattern restored");
+    boundaries("a second check");
+    ctx.delete();
+}
+
+#[test]
+fn a_check_and_its_restore_leave_every_boundary_as_it_was() {
+    for kind in kinds::ALL {
+        check_and_restore(*kind);
+    }
+    say_if_skipped("a_check_and_its_restore_leave_every_boundary_as_it_was");
 }
 
 /// An AllocSet keeper filled until a request needs a new block: the space left at its end is

@@ -64,7 +64,7 @@ pub use report::{
     default_policy, set_default_policy, set_thread_policy, take_reports, thread_policy, BugClass,
     Frame, Policy, Report,
 };
-pub use sanitizer::{tool, tool_view, ByteView, Tool};
+pub use sanitizer::{tool, tool_view, write_unseen, ByteView, Tool};
 pub use settings::{
     report_frames, report_stderr, reset_check, set_backtrace_depth, set_backtraces, set_guard_max,
     set_guard_pages, set_guard_quarantine, set_guard_sample, set_guard_seed, set_guard_slots,

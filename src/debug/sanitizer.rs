@@ -278,6 +278,26 @@ pub unsafe fn tool_view(ptr: *const u8, len: usize) -> Option<Vec<ByteView>> {
     }
 }
 
+/// Writes `bytes` at `ptr` as a bug would, whatever the running tool believes about them, and
+/// leaves the tool's view of them as it was: how a test plants damage in a redzone or a freed
+/// chunk under Valgrind or ASan (which would otherwise stop the write itself) to see what the
+/// debug build's own checks then find and restore. Memcheck is told not to report the write;
+/// ASan's granules are opened and closed again as they were. Natively it is a plain write.
+///
+/// # Safety
+/// `[ptr, ptr + bytes.len())` must be memory the process owns and may write (a context's block),
+/// at most 64 bytes; whatever the write breaks there is the caller's to expect.
+pub unsafe fn write_unseen(ptr: *mut u8, bytes: &[u8]) {
+    assert!(
+        bytes.len() <= MAX_PEEK,
+        "write_unseen: at most {MAX_PEEK} bytes"
+    );
+    let _peek = peek(ptr, bytes.len());
+    // SAFETY: the range is writable memory of the process (caller), and while the peek lives
+    // neither tool stops the write.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
+}
+
 /// Memcheck, through crabgrind's client requests.
 mod valgrind {
     use core::ffi::c_void;
