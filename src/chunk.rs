@@ -230,7 +230,7 @@ pub(crate) const BLOCK_META_SIZE: usize = BLOCK_HEADER_SIZE + BLOCK_KIND_BYTES;
 /// an aligned address). 8 in a release build, where the kind's bytes take what was alignment
 /// padding anyway; 16 in the debug build.
 pub(crate) const FIRST_CHUNK_PAD: usize =
-    BLOCK_KIND_BYTES + (CHUNK_ALIGN - (BLOCK_META_SIZE + CHUNK_PREFIX) % CHUNK_ALIGN) % CHUNK_ALIGN;
+    align_up(BLOCK_META_SIZE + CHUNK_PREFIX, CHUNK_ALIGN) - CHUNK_PREFIX - BLOCK_HEADER_SIZE;
 
 /// Footprint of a chunk whose data area is `class` bytes: prefix plus data, rounded so that the
 /// next chunk's data is aligned too.
