@@ -10,6 +10,10 @@
 //! - freed chunks, memory a reset released and unused block space not addressable;
 //! - the next chunk's bytes as they were: an `open` or `close` too long shows there.
 //!
+//! A `check()` that finds damage planted past the tool (`debug::write_unseen`) and writes the
+//! patterns back leaves the same boundaries; under memcheck, where every block is a mapping of its
+//! own, a block given back is unmapped.
+//!
 //! Only a tool can answer, so the boundaries are asserted under the memcheck and ASan legs of
 //! `ci/sanitizers` and the memcheck and asan passes of `ci/mutants`; a native run walks the same
 //! operations, checks the layout the assertions rely on (where each chunk lands) and says that
@@ -718,6 +722,52 @@ fn an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone() {
     );
     ctx.delete();
     say_if_skipped("an_aligned_chunk_in_a_reused_slot_leaves_its_neighbour_alone");
+}
+
+/// Whether the page holding `p` is mapped, as the kernel says (`mincore` fails with ENOMEM on an
+/// address no mapping holds).
+fn mapped(p: *mut u8) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let start = (p as usize & !(page - 1)) as *mut libc::c_void;
+    let mut resident = [0u8; 1];
+    // SAFETY: `resident` has room for the one page asked about; mincore only reads the kernel's
+    // page tables and writes `resident`.
+    unsafe { libc::mincore(start, 1, resident.as_mut_ptr()) == 0 }
+}
+
+/// Under memcheck every block is a mapping of its own (`src/debug/vgmap.rs`), and a block given
+/// back is unmapped, not kept: a large chunk's block at its pfree, and at a delete a block larger
+/// than the quarantine of released memory (8 MiB by default), which takes smaller ones. Natively
+/// and under ASan blocks come from the system allocator, whose pages are its own business.
+#[test]
+fn blocks_given_back_under_memcheck_are_unmapped() {
+    if debug::tool() != Some(Tool::Memcheck) {
+        eprintln!("blocks_given_back_under_memcheck_are_unmapped: blocks are mappings under memcheck only; skipped");
+        return;
+    }
+    let ctx = Kind::AllocSet.create(MemoryContext::top(), "given back", BlockSizes::DEFAULT);
+    let large = ctx.alloc(1 << 20).as_ptr();
+    let last = large.wrapping_add((1 << 20) - 1);
+    assert!(
+        mapped(large) && mapped(last),
+        "a large chunk's block is mapped"
+    );
+    // SAFETY: a live chunk of `ctx`.
+    unsafe { memctx::pfree(large) };
+    assert!(
+        !mapped(large) && !mapped(last),
+        "the block of a large chunk, freed, is unmapped"
+    );
+    let huge = ctx.alloc(9 << 20).as_ptr();
+    let small = ctx.alloc(SIZE).as_ptr();
+    assert!(mapped(huge) && mapped(small));
+    ctx.delete();
+    assert!(
+        !mapped(huge),
+        "a block larger than the quarantine is unmapped at the delete"
+    );
+    assert!(mapped(small), "the keeper, in the quarantine, stays mapped");
 }
 
 /// The view itself, on memory memctx does not manage: a 13-byte heap buffer is addressable to the
