@@ -37,6 +37,7 @@ fn child() {
     };
     match case.as_str() {
         "overrun" => overrun(guarded_context()),
+        "memset-overrun" => memset_overrun(),
         "use-after-free" => use_after_free(guarded_context()),
         "generation-overrun" => overrun(generation_context()),
         "generation-use-after-free" => use_after_free(generation_context()),
@@ -84,6 +85,20 @@ fn overrun(ctx: MemoryContext) {
     let p = allocate_big_chunk(&ctx);
     write_past(p, 10_100);
     unreachable!("the write past the guard page returned");
+}
+
+/// Fills `len` bytes from `p` with `ptr::write_bytes`, which calls the C library's `memset`: a
+/// leaf function that sets up no frame pointer.
+#[inline(never)]
+fn fill_past(p: *mut u8, len: usize) {
+    // SAFETY: none — the bug under test: `len` runs past the chunk.
+    unsafe { std::ptr::write_bytes(p, 1, std::hint::black_box(len)) };
+}
+
+fn memset_overrun() {
+    let p = allocate_big_chunk(&guarded_context());
+    fill_past(p, 10_100);
+    unreachable!("the memset past the guard page returned");
 }
 
 #[inline(never)]
@@ -345,6 +360,38 @@ fn overrun_far_past_a_large_generation_chunk_faults_at_the_write() {
 #[test]
 fn overrun_far_past_a_large_bump_chunk_faults_at_the_write() {
     assert_overrun_faults("bump-overrun");
+}
+
+/// An overrun by `memset` faults in the C library, whose `memset` has no frame of its own: the
+/// fault stack still names the function that called it, with its line, as the first frame of
+/// this file (the frame-pointer walk alone would start at its caller, `memset_overrun`).
+#[test]
+fn overrun_by_memset_names_the_caller_of_memset() {
+    let out = run("memset-overrun", &[]);
+    #[cfg(memctx_asan)]
+    assert_asan_report(&out, "heap-buffer-overflow", "fill_past");
+    #[cfg(not(memctx_asan))]
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{err}");
+        assert!(err.contains("memctx: overrun: write at "), "{err}");
+        assert!(
+            err.contains("16 bytes past the end of the 10000-byte chunk"),
+            "{err}"
+        );
+        let fault = err
+            .split("  fault:\n")
+            .nth(1)
+            .expect("a symbolised fault stack");
+        let first_here = fault
+            .lines()
+            .find(|l| l.contains(" in guard_pages::"))
+            .unwrap_or("");
+        assert!(
+            first_here.contains(" in guard_pages::fill_past at tests/guard_pages.rs:"),
+            "{err}"
+        );
+    }
 }
 
 /// The `case` child writes 40 bytes into its 10,000-byte chunk after `freed_in` freed it: a guard

@@ -11,7 +11,9 @@
 //! * a guard fault is printed to stderr with `write(2)` from a buffer on the handler's stack: the
 //!   class (`overrun` past a live chunk, `write-after-free` into a freed one), the chunk, the raw
 //!   return addresses of the faulting stack (walked by frame pointers from the signal context's
-//!   registers, `stack::walk_interrupted`) and the chunk's recorded stack ids — all of it
+//!   registers, `stack::walk_interrupted`; when the fault is in a C library leaf such as
+//!   `memset`, which sets up no frame, its return address at the top of the stack first, see
+//!   `leaf_caller`) and the chunk's recorded stack ids — all of it
 //!   async-signal-safe. Then, *only when it is safe*, the same stacks symbolised: symbolising
 //!   allocates and takes the C library's and the dynamic loader's locks, so it is skipped when
 //!   a caller frame of the faulting instruction lies in the C library, the dynamic loader or
@@ -49,6 +51,11 @@ static REPORTING: AtomicBool = AtomicBool::new(false);
 const MAX_RANGES: usize = 16;
 /// `[start, end)` pairs of the executable segments of the C library, the loader and libgcc.
 static LOCKED_CODE: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
+/// Most code ranges of all objects loaded when the handler was installed.
+const MAX_CODE_RANGES: usize = 64;
+/// `[start, end)` pairs of the executable segments of every object loaded at installation.
+static CODE: [AtomicUsize; 2 * MAX_CODE_RANGES] =
+    [const { AtomicUsize::new(0) }; 2 * MAX_CODE_RANGES];
 
 /// Installs the handler (once per process) and this thread's alternate stack (once per thread).
 pub(crate) fn ensure_ready() {
@@ -81,15 +88,16 @@ fn install() {
     }
 }
 
-/// Records the executable segments of the C library, the dynamic loader and libgcc.
+/// Records the executable segments of every loaded object ([`CODE`]), and among them those of
+/// the C library, the dynamic loader and libgcc ([`LOCKED_CODE`]).
 fn record_locked_code() {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
-        count: *mut libc::c_void,
+        counts: *mut libc::c_void,
     ) -> libc::c_int {
-        // SAFETY: the loader passes a valid info for the duration of the call, and `count` is the
-        // `usize` that `record_locked_code` passed.
+        // SAFETY: the loader passes a valid info for the duration of the call, and `counts` is
+        // the `[usize; 2]` that `record_locked_code` passed.
         unsafe {
             let info = &*info;
             let name = if info.dlpi_name.is_null() {
@@ -100,34 +108,76 @@ fn record_locked_code() {
             let locked = [&b"libc.so"[..], b"ld-linux", b"libgcc_s", b"libpthread"]
                 .iter()
                 .any(|l| name.windows(l.len()).any(|w| w == *l));
-            if !locked {
-                return 0;
-            }
-            let count = &mut *(count as *mut usize);
+            let [code, locked_count] = &mut *(counts as *mut [usize; 2]);
             for i in 0..usize::from(info.dlpi_phnum) {
                 let ph = &*info.dlpi_phdr.add(i);
-                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 && *count < MAX_RANGES
-                {
-                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                    LOCKED_CODE[2 * *count].store(start, Ordering::Relaxed);
-                    LOCKED_CODE[2 * *count + 1]
-                        .store(start + ph.p_memsz as usize, Ordering::Relaxed);
-                    *count += 1;
+                if ph.p_type != libc::PT_LOAD || ph.p_flags & libc::PF_X == 0 {
+                    continue;
+                }
+                let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                let range = (start, start + ph.p_memsz as usize);
+                record_range(&CODE, code, range);
+                if locked {
+                    record_range(&LOCKED_CODE, locked_count, range);
                 }
             }
         }
         0
     }
-    let mut count = 0usize;
+    let mut counts = [0usize; 2];
     // SAFETY: `each` matches the callback type and only reads what the loader passes it.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut count as *mut usize as *mut libc::c_void) };
+    unsafe { libc::dl_iterate_phdr(Some(each), counts.as_mut_ptr() as *mut libc::c_void) };
 }
 
-fn in_locked_code(ip: usize) -> bool {
-    LOCKED_CODE.chunks(2).any(|r| {
+/// Stores `[start, end)` as the `count`-th pair of `table`, if there is room.
+fn record_range(table: &[AtomicUsize], count: &mut usize, (start, end): (usize, usize)) {
+    if 2 * *count + 1 < table.len() {
+        table[2 * *count].store(start, Ordering::Relaxed);
+        table[2 * *count + 1].store(end, Ordering::Relaxed);
+        *count += 1;
+    }
+}
+
+/// Whether `ip` lies in one of the `[start, end)` pairs of `table`.
+fn in_ranges(table: &[AtomicUsize], ip: usize) -> bool {
+    table.chunks(2).any(|r| {
         let (s, e) = (r[0].load(Ordering::Relaxed), r[1].load(Ordering::Relaxed));
         s <= ip && ip < e
     })
+}
+
+fn in_locked_code(ip: usize) -> bool {
+    in_ranges(&LOCKED_CODE, ip)
+}
+
+/// The return address into the caller of a C library function that faulted, when that function
+/// set up no frame pointer: the C library's `memset`, `memcpy` and `memmove` (what
+/// `ptr::write_bytes`, `copy_from_slice` and `ptr::copy` call) are such leaves, so the frame
+/// pointer still holds their caller's frame and a walk from it starts at the caller's caller,
+/// leaving out the very line that overran. A leaf that pushed nothing has its return address at
+/// the top of the stack; the word there is taken as one only if it points into loaded code just
+/// after a call instruction.
+fn leaf_caller(pc: usize, sp: usize) -> Option<usize> {
+    if !in_locked_code(pc) {
+        return None;
+    }
+    let ret = stack::interrupted_top(sp)?;
+    (in_ranges(&CODE, ret) && in_ranges(&CODE, ret.wrapping_sub(6)) && follows_call(ret))
+        .then_some(ret)
+}
+
+/// Whether the bytes before `ret` end in an x86-64 call: `call rel32` (`E8`), `call [rip+disp32]`
+/// (`FF 15`), `call reg` (`FF D0+r`) or `call [reg+disp8]` (`FF 50+r`).
+///
+/// `[ret - 6, ret)` must lie in loaded code (the caller checks it against [`CODE`]).
+fn follows_call(ret: usize) -> bool {
+    // SAFETY: the six bytes lie in an executable segment of a loaded object (caller), which is
+    // mapped and readable.
+    let b = |back: usize| unsafe { core::ptr::read_volatile((ret - back) as *const u8) };
+    b(5) == 0xE8
+        || (b(6) == 0xFF && b(5) == 0x15)
+        || (b(2) == 0xFF && b(1) & 0xF8 == 0xD0)
+        || (b(3) == 0xFF && b(2) & 0xF8 == 0x50)
 }
 
 /// A thread's alternate signal stack, given back when the thread ends.
@@ -490,7 +540,12 @@ fn headline(out: &mut Out, f: &Fault, addr: usize, write: Option<bool>, freed: b
 fn fault_frames(pc: usize, fp: usize, sp: usize) -> ([usize; stack::MAX_DEPTH], usize) {
     let mut frames = [MaybeUninit::<usize>::uninit(); stack::MAX_DEPTH];
     frames[0].write(pc);
-    let n = 1 + stack::walk_interrupted(fp, sp, &mut frames[1..]);
+    let mut n = 1;
+    if let Some(ret) = leaf_caller(pc, sp) {
+        frames[1].write(ret);
+        n = 2;
+    }
+    n += stack::walk_interrupted(fp, sp, &mut frames[n..]);
     let frames = core::array::from_fn(|i| {
         if i < n {
             // SAFETY: the first `n` entries were written: the pc above, the rest by the walk.

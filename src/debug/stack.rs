@@ -719,6 +719,26 @@ pub(crate) fn walk_interrupted(_fp: usize, _sp: usize, _out: &mut [MaybeUninit<u
     0
 }
 
+/// The word at the top of the stack of code a signal interrupted (`[sp]`), or `None` when `sp`
+/// is not an 8-aligned address on this thread's stack with a word above it. Async-signal-safe as
+/// [`walk_interrupted`].
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) fn interrupted_top(sp: usize) -> Option<usize> {
+    let (lo, hi) = THREAD.try_with(|t| t.bounds.get()).ok()?;
+    if sp < lo || sp.checked_add(16)? > hi || sp & 7 != 0 {
+        return None;
+    }
+    // SAFETY: [sp, sp + 16) lies in the live part of this thread's stack (checked above), mapped
+    // and readable; sp is 8-aligned.
+    Some(unsafe { read_frame(sp) }.0)
+}
+
+/// Not on x86_64 Linux: no stack is read.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) fn interrupted_top(_sp: usize) -> Option<usize> {
+    None
+}
+
 /// This thread's stack as `(low, high)`, from `pthread_getattr_np`.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn thread_stack_bounds() -> Option<(usize, usize)> {
