@@ -1372,3 +1372,66 @@ fn a_header_naming_the_class_past_the_largest_is_a_corrupt_header() {
     unsafe { pfree(p) };
     ctx.delete();
 }
+
+/// Allocates two 24-byte chunks (64-byte classes, adjacent in the keeper) in `ctx` and overruns
+/// the first by 48 bytes — its redzone, its class's slack and the header word of the second, as a
+/// copy into a buffer too small does. Returns both chunks and the allocation line of the first.
+fn overrun_into_the_next_header(ctx: MemoryContext) -> (*mut u8, *mut u8, u32) {
+    let line = line!() + 1;
+    let a = ctx.alloc(24).as_ptr();
+    let b = ctx.alloc(24).as_ptr();
+    assert_eq!(b as usize, a as usize + 64 + memctx::chunk_prefix_size());
+    // SAFETY (process): 48 bytes past a's 24, the last 8 over b's header word. The bug.
+    unsafe { a.add(24).write_bytes(b'x', 48) };
+    (a, b, line)
+}
+
+/// An overrun that runs on into the next chunk's header word is found when the next chunk is
+/// freed, and its report is the overrun of the chunk that overran — from its request's end on,
+/// with its allocation stack — not only the victim's damaged header, which names no allocation:
+/// under the default policy that first report is the only one a program sees.
+#[test]
+#[ignore = "the damaged header is reported without the chunk whose overrun reached it (src/debug/hooks.rs, verify.rs)"]
+fn an_overrun_into_the_next_header_names_the_chunk_that_overran() {
+    let ctx = new_ctx("NextHeaderCtx");
+    let (mut a, mut line) = (core::ptr::null_mut(), 0);
+    let reports = collect(|| {
+        let (first, b, at) = overrun_into_the_next_header(ctx);
+        (a, line) = (first, at);
+        unsafe { pfree(b) };
+    });
+    let r = reports.first().expect("a report at the pfree");
+    assert_eq!(r.class, BugClass::Overrun, "{reports:#?}");
+    assert_eq!(r.context, "NextHeaderCtx");
+    assert_eq!(r.found_at, "pfree");
+    assert_eq!(r.chunk, Some(a as usize), "{r}");
+    assert_eq!(r.requested, Some(24), "{r}");
+    assert_eq!(r.range.map(|(start, _)| start), Some(24), "{r}");
+    assert_first_frame_at(
+        &r.alloc_backtrace(),
+        "overrun_into_the_next_header",
+        line,
+        "allocation",
+    );
+    ctx.delete();
+}
+
+/// Damage that `check()` reported is not reported again by the reset after it (README: each
+/// damage is reported once), a damaged chunk header included; the reset survives the header.
+#[test]
+#[ignore = "a damaged header found by check() is reported again at the next reset (src/debug/verify.rs)"]
+fn a_damaged_header_found_by_check_is_not_reported_again_at_reset() {
+    let ctx = new_ctx("HeaderOnceCtx");
+    let found = collect(|| {
+        overrun_into_the_next_header(ctx);
+        assert!(ctx.check() >= 1);
+    });
+    assert!(!found.is_empty());
+    let again = collect(|| ctx.reset());
+    assert!(again.is_empty(), "reported again at the reset: {again:#?}");
+    assert!(ctx.is_empty());
+    let p = ctx.alloc(24).as_ptr();
+    unsafe { pfree(p) };
+    assert_eq!(ctx.check(), 0);
+    ctx.delete();
+}
