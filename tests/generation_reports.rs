@@ -302,6 +302,29 @@ fn double_free_after_the_block_was_given_back() {
     ctx.delete();
 }
 
+/// The second free of a chunk whose block the first one emptied, kept as the spare: a double free
+/// that says what released the chunk — the last pfree of its block, no reset ran.
+#[test]
+#[ignore = "the detail says \"already freed by a reset of its context\" (src/debug/hooks.rs not_a_live_chunk)"]
+fn double_free_into_the_spare_block_names_the_pfree_that_emptied_it() {
+    let ctx = generation("GenDoubleSpare");
+    let mut twice = core::ptr::null_mut();
+    let r = one(collect(|| {
+        let groups = fill_blocks(ctx, 700, 3, 1);
+        twice = groups[1][0];
+        pfree_all(&groups[1]); // the block empties: the spare
+        assert_eq!(ctx.counters().total_nblocks, 3, "kept");
+        unsafe { pfree(twice) };
+    }));
+    assert_eq!(r.class, BugClass::DoubleFree, "{r}");
+    assert_eq!(r.chunk, Some(twice as usize));
+    assert_eq!(r.requested, Some(700));
+    assert!(!r.detail.contains("reset"), "{r}");
+    assert!(r.detail.contains("last pfree of its block"), "{r}");
+    assert_frame(&r.free_backtrace(), "blocks::pfree_all", None, "free");
+    ctx.delete();
+}
+
 #[test]
 fn interior_and_foreign_pointers_are_reported_not_freed() {
     let ctx = generation("GenInvalid");
