@@ -763,17 +763,23 @@ fn wrong_context_free_of_a_bump_chunk_leaves_it_to_its_reset() {
     other.delete();
 }
 
-#[test]
-fn corrupt_header_is_reported() {
-    let ctx = new_ctx("HeaderCtx");
-    let r = one(collect(|| {
+/// Overwrites the header word of a fresh 32-byte chunk of `ctx` with `word` and frees it: the one
+/// report that raises.
+fn pfree_with_header(ctx: MemoryContext, word: u64) -> debug::Report {
+    one(collect(|| {
         let p = ctx.alloc(32).as_ptr();
         unsafe {
             let header = p.sub(memctx::chunk_prefix_size()) as *mut u64;
-            header.write(0xdead_beef);
+            header.write(word);
             pfree(p);
         }
-    }));
+    }))
+}
+
+#[test]
+fn corrupt_header_is_reported() {
+    let ctx = new_ctx("HeaderCtx");
+    let r = pfree_with_header(ctx, 0xdead_beef);
     assert_eq!(r.class, BugClass::CorruptHeader);
     assert_eq!(r.context, "HeaderCtx");
     let prefix = memctx::chunk_prefix_size() as isize;
@@ -785,15 +791,7 @@ fn corrupt_header_is_reported() {
 #[test]
 #[ignore = "the report prints an empty \"expected:\" line (src/debug/report.rs Display)"]
 fn a_corrupt_header_report_prints_no_empty_expected_line() {
-    let ctx = new_ctx("HeaderTextCtx");
-    let r = one(collect(|| {
-        let p = ctx.alloc(32).as_ptr();
-        unsafe {
-            let header = p.sub(memctx::chunk_prefix_size()) as *mut u64;
-            header.write(0x4141_4141_4141_4141);
-            pfree(p);
-        }
-    }));
+    let r = pfree_with_header(new_ctx("HeaderTextCtx"), 0x4141_4141_4141_4141);
     assert_eq!(r.class, BugClass::CorruptHeader);
     assert!(r.expected.is_empty());
     let text = r.to_string();

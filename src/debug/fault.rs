@@ -70,7 +70,7 @@ pub(crate) fn ensure_ready() {
 
 fn install() {
     stack::cache_stack_bounds();
-    record_locked_code();
+    record_code_ranges();
     // SAFETY: a zeroed sigaction is a valid out-parameter; the new action's handler is an
     // `extern "C"` function of the signature SA_SIGINFO asks for, and its mask is initialised.
     unsafe {
@@ -90,14 +90,14 @@ fn install() {
 
 /// Records the executable segments of every loaded object ([`CODE`]), and among them those of
 /// the C library, the dynamic loader and libgcc ([`LOCKED_CODE`]).
-fn record_locked_code() {
+fn record_code_ranges() {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
         counts: *mut libc::c_void,
     ) -> libc::c_int {
         // SAFETY: the loader passes a valid info for the duration of the call, and `counts` is
-        // the `[usize; 2]` that `record_locked_code` passed.
+        // the `[usize; 2]` that `record_code_ranges` passed.
         unsafe {
             let info = &*info;
             let name = if info.dlpi_name.is_null() {
