@@ -232,12 +232,12 @@ fn reference(dumps: &[Dump]) -> BTreeMap<Key, [Vec<Option<u64>>; 4]> {
         .collect();
     for (key, sums) in &singles {
         let names = key.1.iter().map(|(n, _)| (n.clone(), None)).collect();
-        let several = groups[&(key.0.clone(), names, false)]
-            .iter()
-            .flatten()
-            .any(|s| s.2 > 1);
+        let group = &groups[&(key.0.clone(), names, false)];
+        let several = group.iter().flatten().any(|s| s.2 > 1);
+        // Every member of the group in every dump: the single is its group again.
+        let whole = (group.iter().zip(sums)).all(|(g, s)| g.map(|g| g.2) == s.map(|s| s.2));
         let folded = key.1.last().is_some_and(|(n, _)| n == FOLDED_NAME);
-        if several && sums[0].is_some() && sums[n - 1].is_some() && !folded {
+        if several && !whole && sums[0].is_some() && sums[n - 1].is_some() && !folded {
             out.insert(key.clone(), series(key, sums));
         }
     }

@@ -498,3 +498,41 @@ fn memctx_stats_prints_every_kinds_line_as_postgres_did() {
     );
     assert_eq!(got, want);
 }
+
+/// A backend mid-query (a sort, then a hash aggregate), dumped three times: everything it runs is
+/// under the unnamed portal, `PortalContext` with the identifier `<unnamed>`. Its same-named
+/// `ExprContext`s (5 -> 8) are one group; the same contexts matched by a path that carries the
+/// portal's identifier are that group again, not a single context, so they are no entry of
+/// their own: each growth is reported once.
+#[test]
+fn contexts_under_an_identified_portal_are_reported_once() {
+    let dumps = fixture("pg15_sort_hashagg.log");
+    assert_eq!(dumps.len(), 3);
+    let report = leak::diff(&dumps).unwrap();
+    let expr: Vec<_> = (report.entries.iter())
+        .filter(|e| e.path.last().unwrap().name == "ExprContext")
+        .filter(|e| e.path[e.path.len() - 2].name == "ExecutorState")
+        .collect();
+    let paths: Vec<String> = expr.iter().map(|e| e.display_path()).collect();
+    assert_eq!(
+        paths,
+        ["TopMemoryContext/TopPortalContext/PortalContext/ExecutorState/ExprContext"]
+    );
+    let group = expr[0];
+    assert_eq!(group.kind, EntryKind::Group);
+    assert_eq!(group.verdict, Verdict::Growing);
+    assert_eq!(group.count.to_vec(), [Some(5), Some(5), Some(8)]);
+    assert_eq!(group.growth(), 159_383_552 + 7 * 8192 - 40_960);
+    // No entry of any kind is another entry's series under another name.
+    for (i, a) in report.entries.iter().enumerate() {
+        for b in &report.entries[i + 1..] {
+            let same = a.total == b.total && a.count == b.count && a.subtree == b.subtree;
+            assert!(
+                !(same && a.growth() != 0),
+                "{} and {} are one growth",
+                a.display_path(),
+                b.display_path()
+            );
+        }
+    }
+}

@@ -19,12 +19,13 @@ pub(super) struct Judge {
 
 impl Judge {
     /// One entry per group, plus one per single context worth following on its own: one with an
-    /// identifier whose group holds others, present in the first and the last dump, and not a
-    /// folded line.
+    /// identifier whose group holds others, present in the first and the last dump, not a
+    /// folded line, and not the whole group in every dump (contexts under one identified
+    /// ancestor, a portal's `ExecutorState/ExprContext`s, are their group again).
     pub(super) fn entries(&mut self) -> Vec<EntryReport> {
         let acc = &mut self.acc;
         let (n, show_thread) = (acc.n, acc.threads.len() > 1);
-        let mut several = vec![false; acc.group_tracks.len()];
+        let mut counts = vec![None; acc.group_tracks.len()];
         let mut entries = Vec::new();
         for (k, track) in std::mem::take(&mut acc.group_tracks)
             .into_iter()
@@ -39,7 +40,9 @@ impl Judge {
                 (EntryKind::Group, partial)
             };
             let e = entry(&acc.groups, k, (kind, note, done), show_thread, self.metric);
-            several[k] = e.count.iter().flatten().any(|c| c > 1);
+            if e.count.iter().flatten().any(|c| c > 1) {
+                counts[k] = Some(e.count.clone());
+            }
             entries.push(e);
         }
         for (k, single) in std::mem::take(&mut acc.single_tracks)
@@ -50,9 +53,15 @@ impl Judge {
                 continue;
             };
             let done = track.finish(n, &acc.facts);
-            if several[group] && done.in_first && done.in_last && !acc.folded.contains(&group) {
+            let Some(group_count) = &counts[group] else {
+                continue;
+            };
+            if done.in_first && done.in_last && !acc.folded.contains(&group) {
                 let e = (EntryKind::Context, None, done);
-                entries.push(entry(&acc.singles, k, e, show_thread, self.metric));
+                let e = entry(&acc.singles, k, e, show_thread, self.metric);
+                if !e.count.iter().eq(group_count.iter()) {
+                    entries.push(e);
+                }
             }
         }
         entries

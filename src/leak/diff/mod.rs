@@ -13,7 +13,10 @@
 //!   `PARENT/(more child contexts)`, so growth hiding there is still attributed to the parent it
 //!   hides under; its note names what the printed siblings are, the likely content of the fold.
 //! - **contexts**: single contexts with an identifier that are members of a larger group and are
-//!   present in the first and the last dump: a relcache entry or a plan that itself grows.
+//!   present in the first and the last dump: a relcache entry or a plan that itself grows. A
+//!   path whose identifier is an ancestor's and that matches the whole group in every dump (the
+//!   `ExprContext`s of a query under the portal `PortalContext[<unnamed>]`) is that group, not
+//!   an entry of its own.
 //!
 //! Each entry's own bytes (not its children's) are followed over the series. One [`Metric`]
 //! ([`DiffOptions::metric`], total bytes by default) decides everything: [`verdict`] classifies its
