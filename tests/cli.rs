@@ -908,6 +908,16 @@ fn malformed_files_are_errors_with_line_numbers() {
             "num.csv:3: column `total_bytes`: expected a non-negative integer, found \"many\"",
         ),
         (
+            // A real export cut inside its last number (264 used bytes read as 26).
+            "cut.csv",
+            (std::fs::read_to_string(data("pg15_contexts.csv")).unwrap())
+                .strip_suffix("4\n")
+                .unwrap()
+                .to_string(),
+            "cut.csv:115: column `used_bytes`: 26 is not total_bytes 8192 minus free_bytes 7928 \
+             (the row is cut short or altered)",
+        ),
+        (
             "gap.txt",
             "TopMemoryContext: 8192 total in 1 blocks; 100 free (1 chunks); 8092 used\n\
              \x20     Deep: 8192 total in 1 blocks; 100 free (1 chunks); 8092 used\n"

@@ -258,7 +258,7 @@ impl Columns {
         let total = num(self.total, "total_bytes")?;
         let free = num(self.free, "free_bytes")?;
         let used = match self.used {
-            Some(c) => num(c, "used_bytes")?,
+            Some(c) => used_bytes(num(c, "used_bytes")?, total, free, line, source)?,
             None => total.saturating_sub(free),
         };
         let path = match self.path {
@@ -282,6 +282,28 @@ impl Columns {
             ],
         })
     }
+}
+
+/// The view's `used_bytes`, which PostgreSQL computes as total minus free (`mcxtfuncs.c`): any
+/// other value is a row cut short inside its last field, or altered.
+fn used_bytes(
+    used: u64,
+    total: u64,
+    free: u64,
+    line: usize,
+    source: &str,
+) -> Result<u64, ParseError> {
+    if total.checked_sub(free) == Some(used) {
+        return Ok(used);
+    }
+    Err(ParseError::new(
+        source,
+        Some(line),
+        format!(
+            "column `used_bytes`: {used} is not total_bytes {total} minus free_bytes {free} \
+             (the row is cut short or altered)"
+        ),
+    ))
 }
 
 fn csv_number(f: &Field, what: &str, line: usize, source: &str) -> Result<u64, ParseError> {
