@@ -82,6 +82,35 @@ fn the_page_states_the_growth_rate_fit_and_projection() {
 }
 
 /// A short series (a watch of half a minute) is drawn in seconds, and its rate is still per hour.
+/// The flame graph's frame is as tall as the graph it shows (which its page draws without
+/// margins), and its title names the dumps by file, not by the path that the page's heading gives.
+#[test]
+fn the_flame_graph_frame_fits_its_graph_and_its_title_names_the_dumps() {
+    let dir = temp_dir("flame");
+    let log = dir.join("server.log");
+    std::fs::write(&log, growing_log(3600)).unwrap();
+    let page = report(&log, &dir.join("report.html"));
+    let svg = &page[page.find("srcdoc=").unwrap()..];
+    let root = &svg[svg.find("&lt;svg ").unwrap()..];
+    let root = &root[..root.find("&gt;").unwrap()];
+    let at = root.find(" height=&quot;").unwrap() + " height=&quot;".len();
+    let height: u32 = root[at..].split('&').next().unwrap().parse().unwrap();
+    assert!(
+        (100..400).contains(&height),
+        "three levels of frames: {height}"
+    );
+    let frame = format!(
+        "<iframe id=\"flame\" title=\"differential flame graph\" style=\"height:{height}px\" \
+         srcdoc=\"&lt;style&gt;body{{margin:0}}svg{{display:block}}&lt;/style&gt;"
+    );
+    assert!(page.contains(&frame), "{frame} in {page}");
+    assert!(
+        page.contains("Growth by total bytes: server.log#4 against server.log#1"),
+        "{page}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_short_series_is_drawn_in_seconds_with_its_rate_per_hour() {
     let dir = temp_dir("short");

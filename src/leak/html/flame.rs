@@ -2,6 +2,7 @@
 //! (inferno's differential mode: red grew, blue shrank).
 
 use std::io::BufReader;
+use std::path::Path;
 
 use crate::leak::parse::Dump;
 use crate::leak::render::{folded_stacks, under_root, FlameOptions};
@@ -33,9 +34,12 @@ pub fn differential(first: &Dump, last: &Dump, metric: Metric) -> std::io::Resul
     )?;
     let folded = String::from_utf8_lossy(&folded).into_owned();
     let mut opts = inferno::flamegraph::Options::default();
+    // The dumps by file name: the page's heading names the series, and a title wider than the
+    // graph runs under inferno's search button.
     opts.title = format!(
         "Growth by {metric} bytes: {} against {}",
-        last.source, first.source
+        file_name(&last.source),
+        file_name(&first.source)
     );
     opts.subtitle = Some("width: the last dump; red grew, blue shrank".into());
     opts.count_name = "bytes".into();
@@ -46,4 +50,20 @@ pub fn differential(first: &Dump, last: &Dump, metric: Metric) -> std::io::Resul
     let mut svg = Vec::new();
     inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut svg)?;
     Ok(String::from_utf8_lossy(&svg).into_owned())
+}
+
+/// The last component of a dump's source (`dir/server.log#2` gives `server.log#2`).
+fn file_name(source: &str) -> &str {
+    Path::new(source)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(source)
+}
+
+/// The height the SVG's root element declares, in pixels.
+pub fn height(svg: &str) -> Option<u32> {
+    let root = &svg[svg.find("<svg")?..];
+    let root = &root[..root.find('>')?];
+    let at = root.find(" height=\"")? + " height=\"".len();
+    root[at..].split('"').next()?.parse().ok()
 }

@@ -325,10 +325,15 @@ pub fn page_of(input: &PageInput<'_>, opts: &HtmlOptions) -> Result<String, Diff
     body.push_str("<h2>Differential flame graph: last dump against the first</h2>\n");
     let svg = flame::differential(input.first, input.last, opts.metric)
         .map_err(|e| DiffError(format!("drawing the flame graph: {e}")))?;
+    // The frame as tall as the graph, which its page shows without margins and as a block (an
+    // inline one sits on a text line, a few pixels taller), so it needs no scroll bar; the
+    // stylesheet's height is the fallback.
+    let fit = flame::height(&svg).map_or(String::new(), |h| format!(" style=\"height:{h}px\""));
+    let doc = format!("<style>body{{margin:0}}svg{{display:block}}</style>{svg}");
     let _ = write!(
         body,
-        "<iframe id=\"flame\" title=\"differential flame graph\" srcdoc=\"{}\"></iframe>",
-        escape(&svg)
+        "<iframe id=\"flame\" title=\"differential flame graph\"{fit} srcdoc=\"{}\"></iframe>",
+        escape(&doc)
     );
     Ok(format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
